@@ -1,0 +1,43 @@
+"""The ``lqo`` command line: a thin layer over the Python API.
+
+Each sub-command lives in its own module with ``register(subparsers)``; the handler it
+sets returns an exit code. An ``LqoError`` becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import LqoError
+
+# Modules that add sub-commands; each has register(subparsers).
+_COMMAND_MODULES = ["workload_cmd", "explain_cmd", "run_cmd", "explore_cmd"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="lqo", description="A learned query optimizer and scheduler for DuckDB.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in _COMMAND_MODULES:
+        importlib.import_module(f"{__name__}.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except LqoError as err:
+        print(f"lqo: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lqo: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
