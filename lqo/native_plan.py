@@ -1,0 +1,342 @@
+"""DuckDB's own plan -> lqo ``Plan``: read join trees from EXPLAIN (or profiling) JSON.
+
+Inner joins of the physical plan form trees whose leaves are scans or other subplans.
+For each join block of the query lqo finds the subtree whose leaves are exactly the
+block's relations, matching leaves by the base tables read beneath them (CTE scans
+expanded) and, where one table appears several times, by the join conditions. Filters,
+projections and semi/anti/mark joins between inner joins are passed through: they are
+placed by DuckDB whatever the tree.
+
+The same reader works on the profiling JSON (``operator_name``/``operator_cardinality``),
+which gives actual cardinalities for the same join nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from itertools import permutations
+from typing import Any
+
+import duckdb
+
+from .join_graph import JoinBlock, QueryGraph
+from .plan import Join, Leaf, Plan, Tree
+
+JOIN_OPERATORS = {
+    "HASH_JOIN", "NESTED_LOOP_JOIN", "PIECEWISE_MERGE_JOIN", "IE_JOIN", "BLOCKWISE_NL_JOIN",
+    "CROSS_PRODUCT", "LEFT_DELIM_JOIN", "RIGHT_DELIM_JOIN",
+}
+PASS_THROUGH = {"FILTER", "PROJECTION"}
+# Joins that only filter one input (from WHERE subqueries): the index of that input.
+_FILTERING_JOIN_INPUT = {"SEMI": 0, "ANTI": 0, "MARK": 0, "RIGHT_SEMI": 1, "RIGHT_ANTI": 1}
+
+
+@dataclass
+class PNode:
+    """A physical-plan node, from EXPLAIN or profiling JSON."""
+
+    name: str
+    info: dict[str, Any]
+    children: list["PNode"]
+    actual: int | None = None
+
+    @classmethod
+    def from_json(cls, node: dict) -> "PNode":
+        name = node.get("name") or node.get("operator_name") or node.get("operator_type") or ""
+        kids = [cls.from_json(c) for c in node.get("children", [])]
+        return cls(name.strip(), node.get("extra_info") or {}, kids, node.get("operator_cardinality"))
+
+    @property
+    def join_type(self) -> str:
+        if self.name == "CROSS_PRODUCT":
+            return "INNER"
+        return str(self.info.get("Join Type", "")).upper() if self.name in JOIN_OPERATORS else ""
+
+    @property
+    def is_inner_join(self) -> bool:
+        return self.name in JOIN_OPERATORS and self.join_type == "INNER" and len(self.children) == 2
+
+    @property
+    def estimate(self) -> float | None:
+        est = self.info.get("Estimated Cardinality")
+        try:
+            return float(est) if est is not None else None
+        except ValueError:
+            return None
+
+    @property
+    def conditions(self) -> list[str]:
+        conds = self.info.get("Conditions", [])
+        return [conds] if isinstance(conds, str) else list(conds)
+
+
+@dataclass
+class NativeTrees:
+    """DuckDB's join tree per block, with per-join estimated (and actual) cardinalities."""
+
+    trees: dict[int, Tree] = field(default_factory=dict)
+    estimates: dict[int, dict[frozenset[str], float | None]] = field(default_factory=dict)
+    actuals: dict[int, dict[frozenset[str], int | None]] = field(default_factory=dict)
+    missing: dict[int, str] = field(default_factory=dict)  # block -> why no tree was found
+
+    @property
+    def plan(self) -> Plan:
+        return Plan.of(self.trees)
+
+
+def explain_json(con: duckdb.DuckDBPyConnection, sql: str) -> list[PNode]:
+    """Roots of DuckDB's physical plan for ``sql`` (EXPLAIN (FORMAT JSON))."""
+    rows = con.execute("EXPLAIN (FORMAT JSON) " + sql).fetchall()
+    return [PNode.from_json(n) for n in json.loads(rows[0][1])]
+
+
+def read_native_trees(graph: QueryGraph, roots: list[PNode]) -> NativeTrees:
+    """Match every reorderable block of ``graph`` to a join tree in the physical plan."""
+    ctes = _cte_tables(roots)
+    candidates = [t for r in roots for t in _join_trees(r)]
+    out = NativeTrees()
+    used: set[int] = set()
+    for block in graph.reorderable:
+        found = None
+        # Unused trees first; a tree DuckDB shares between identical blocks (its common
+        # subplan optimizer materializes them once) may serve several blocks.
+        for cand in sorted(candidates, key=lambda c: id(c) in used):
+            found = _match_block(block, cand, ctes)
+            if found is not None:
+                used.add(id(cand))
+                break
+        if found is None:
+            out.missing[block.index] = "no join tree in DuckDB's plan has exactly this block's relations"
+            continue
+        tree, est, act = found
+        out.trees[block.index], out.estimates[block.index], out.actuals[block.index] = tree, est, act
+    return out
+
+
+# -- the physical plan's inner-join trees --------------------------------------------
+
+
+@dataclass
+class JTree:
+    """An inner-join tree of the physical plan: a join (two kids) or a leaf subplan."""
+
+    node: PNode
+    kids: tuple["JTree", ...] = ()
+    tables: tuple[str, ...] = ()
+
+
+def _skip(node: PNode, aside: list[PNode]) -> PNode:
+    """Descend through operators that do not change a block's join tree; the other
+    inputs of filtering joins (subqueries) go to ``aside``."""
+    while True:
+        if node.name in PASS_THROUGH and len(node.children) == 1:
+            node = node.children[0]
+        elif node.name in JOIN_OPERATORS and node.join_type in _FILTERING_JOIN_INPUT and len(node.children) == 2:
+            keep = _FILTERING_JOIN_INPUT[node.join_type]
+            aside.append(node.children[1 - keep])
+            node = node.children[keep]
+        elif _scalar_subquery_side(node) is not None:
+            side = _scalar_subquery_side(node)
+            aside.append(node.children[side])
+            node = node.children[1 - side]
+        else:
+            return node
+
+
+def _scalar_subquery_side(node: PNode) -> int | None:
+    """An inner join with an uncorrelated scalar subquery (``x > SUBQUERY``) is a filter
+    DuckDB places itself: the index of the subquery's input, or None."""
+    if not node.is_inner_join or not any("SUBQUERY" in c for c in node.conditions):
+        return None
+    for side in (1, 0):
+        top = node.children[side]
+        while top.name in PASS_THROUGH and len(top.children) == 1:
+            top = top.children[0]
+        if top.name in ("UNGROUPED_AGGREGATE", "SIMPLE_AGGREGATE"):
+            return side
+    return None
+
+
+def _build_jtree(node: PNode, ctes: dict[str, tuple[str, ...]], aside: list[PNode]) -> JTree:
+    node = _skip(node, aside)
+    if node.is_inner_join:
+        kids = tuple(_build_jtree(c, ctes, aside) for c in node.children)
+        return JTree(node, kids, tuple(sorted(kids[0].tables + kids[1].tables)))
+    return JTree(node, (), tuple(sorted(_scanned_tables(node, ctes))))
+
+
+def _join_trees(root: PNode) -> list[JTree]:
+    """Every inner-join subtree, outermost first (a subtree may be a block of its own)."""
+    ctes = _cte_tables([root])
+    out: list[JTree] = []
+
+    def visit(node: PNode) -> None:
+        aside: list[PNode] = []
+        skipped = _skip(node, aside)
+        if skipped.is_inner_join:
+            jt = _build_jtree(skipped, ctes, aside)
+            for other in aside:
+                visit(other)
+            stack = [jt]
+            while stack:
+                t = stack.pop(0)
+                if t.kids:
+                    out.append(t)
+                    stack.extend(t.kids)
+                else:
+                    visit_children(t.node)
+        else:
+            visit_children(node)
+
+    def visit_children(node: PNode) -> None:
+        for c in node.children:
+            visit(c)
+
+    visit(root)
+    return out
+
+
+def _table_name(node: PNode) -> str | None:
+    table = node.info.get("Table")
+    return str(table).split(".")[-1].strip('"').lower() if table else None
+
+
+def _cte_tables(roots: list[PNode]) -> dict[str, tuple[str, ...]]:
+    """CTE index -> base tables its materialized definition scans."""
+    out: dict[str, tuple[str, ...]] = {}
+
+    def visit(node: PNode) -> None:
+        if node.name == "CTE" and node.children:
+            out[str(node.info.get("Table Index"))] = tuple(_scanned_tables(node.children[0], out))
+        for c in node.children:
+            visit(c)
+
+    for r in roots:
+        visit(r)
+    return out
+
+
+def _scanned_tables(node: PNode, ctes: dict[str, tuple[str, ...]]) -> list[str]:
+    if node.name == "CTE_SCAN":
+        return list(ctes.get(str(node.info.get("CTE Index")), ()))
+    if node.name == "CTE" and len(node.children) == 2:
+        return _scanned_tables(node.children[1], ctes)
+    name = _table_name(node)
+    if name:
+        return [name]
+    return [t for c in node.children for t in _scanned_tables(c, ctes)]
+
+
+# -- matching a block to a join tree ---------------------------------------------------
+
+
+def _match_block(block: JoinBlock, jt: JTree, ctes) -> tuple[Tree, dict, dict] | None:
+    want = tuple(sorted(t for r in block.relations for t in r.tables))
+    if jt.tables != want:
+        return None
+    for cut in _cuts(jt, len(block.relations)):
+        for assign in _assignments(block, cut):
+            tree = _to_tree(jt, assign)
+            if tree is not None and _conditions_consistent(block, jt, assign):
+                est: dict[frozenset[str], float | None] = {}
+                act: dict[frozenset[str], int | None] = {}
+                _collect_cards(jt, assign, est, act)
+                return tree, est, act
+    return None
+
+
+def _cuts(jt: JTree, n: int):
+    """Ways to cut the tree into exactly ``n`` leaf subtrees (frontier nodes)."""
+    def go(t: JTree, k: int):
+        if k == 1:
+            yield [t]
+        if t.kids and k >= 2:
+            for k0 in range(1, k):
+                for a in go(t.kids[0], k0):
+                    for b in go(t.kids[1], k - k0):
+                        yield a + b
+
+    yield from go(jt, n)
+
+
+def _assignments(block: JoinBlock, cut: list[JTree]):
+    """Bijections frontier-node -> relation alias with equal base-table multisets."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for r in block.relations:
+        groups.setdefault(r.tables, []).append(r.alias)
+    slots: dict[tuple[str, ...], list[int]] = {}
+    for i, t in enumerate(cut):
+        slots.setdefault(t.tables, []).append(i)
+    if {k: len(v) for k, v in groups.items()} != {k: len(v) for k, v in slots.items()}:
+        return
+    keys = list(groups)
+    options = [list(permutations(groups[k])) for k in keys]
+
+    def go(i: int, acc: dict[int, str]):
+        if i == len(keys):
+            yield {id(cut[j]): a for j, a in acc.items()}
+            return
+        for perm in options[i][:720]:
+            nxt = dict(acc)
+            nxt.update(zip(slots[keys[i]], perm))
+            yield from go(i + 1, nxt)
+
+    yield from go(0, {})
+
+
+def _to_tree(jt: JTree, assign: dict[int, str]) -> Tree | None:
+    if id(jt) in assign:
+        return Leaf(assign[id(jt)])
+    if not jt.kids:
+        return None
+    a, b = _to_tree(jt.kids[0], assign), _to_tree(jt.kids[1], assign)
+    return Join(a, b) if a is not None and b is not None else None
+
+
+def _rels(jt: JTree, assign) -> frozenset[str]:
+    if id(jt) in assign:
+        return frozenset((assign[id(jt)],))
+    return frozenset().union(*(_rels(k, assign) for k in jt.kids))
+
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _conditions_consistent(block: JoinBlock, jt: JTree, assign) -> bool:
+    """Every plain ``x = y`` join condition links the two sides by a key class."""
+    if id(jt) in assign or not jt.kids:
+        return True
+    left, right = _rels(jt.kids[0], assign), _rels(jt.kids[1], assign)
+    for cond in jt.node.conditions:
+        parts = [p.strip() for p in cond.split(" = ")]
+        if len(parts) != 2 or not all(_IDENT.match(p) for p in parts):
+            continue
+        if not _linked(block, parts[0].lower(), parts[1].lower(), left, right):
+            return False
+    return all(_conditions_consistent(block, k, assign) for k in jt.kids)
+
+
+def _linked(block: JoinBlock, x: str, y: str, left: frozenset[str], right: frozenset[str]) -> bool:
+    known = False
+    for cls in block.classes:
+        names = {c.name for c in cls}
+        if x in names or y in names:
+            known = True
+        for a in cls:
+            for b in cls:
+                if a.name == x and b.name == y and (
+                    (a.rel in left and b.rel in right) or (a.rel in right and b.rel in left)
+                ):
+                    return True
+    return not known  # a condition lqo cannot place (e.g. a residual) does not decide
+
+
+def _collect_cards(jt: JTree, assign, est: dict, act: dict) -> None:
+    rels = _rels(jt, assign)
+    est[rels] = jt.node.estimate
+    act[rels] = jt.node.actual
+    if id(jt) not in assign:
+        for k in jt.kids:
+            _collect_cards(k, assign, est, act)

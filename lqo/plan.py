@@ -1,0 +1,132 @@
+"""Plan trees: one binary join-tree type, and a whole-query plan.
+
+A ``Join`` has a *probe* child (left, streamed) and a *build* child (right, the hash
+table), exactly as DuckDB executes a rendered tree with ``join_order`` and
+``build_side_probe_side`` disabled. A ``Plan`` maps every join block of a query to a tree.
+
+>>> t = Join(Join(Leaf("lineitem"), Leaf("orders")), Leaf("supplier"))
+>>> str(t)
+'((lineitem orders) supplier)'
+>>> tree_from_json(tree_to_json(t)) == t
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Iterator, Union
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """One relation of a block, by alias."""
+
+    rel: str
+
+    def __str__(self) -> str:
+        return self.rel
+
+    @property
+    def rels(self) -> frozenset[str]:
+        return frozenset((self.rel,))
+
+
+@dataclass(frozen=True)
+class Join:
+    """A binary join: ``probe`` streams through the hash table built on ``build``."""
+
+    probe: "Tree"
+    build: "Tree"
+
+    def __str__(self) -> str:
+        return f"({self.probe} {self.build})"
+
+    @property
+    def rels(self) -> frozenset[str]:
+        return self.probe.rels | self.build.rels
+
+
+Tree = Union[Leaf, Join]
+
+
+def leaves(tree: Tree) -> list[str]:
+    """Relation aliases in left-to-right order."""
+    if isinstance(tree, Leaf):
+        return [tree.rel]
+    return leaves(tree.probe) + leaves(tree.build)
+
+
+def joins(tree: Tree) -> Iterator[Join]:
+    """Join nodes in post-order (children before parents)."""
+    if isinstance(tree, Join):
+        yield from joins(tree.probe)
+        yield from joins(tree.build)
+        yield tree
+
+
+def is_left_deep(tree: Tree) -> bool:
+    return all(isinstance(j.build, Leaf) for j in joins(tree))
+
+
+def shape(tree: Tree) -> Tree:
+    """The tree with children unordered: for comparing join order regardless of sides."""
+    if isinstance(tree, Leaf):
+        return tree
+    a, b = shape(tree.probe), shape(tree.build)
+    return Join(a, b) if str(a) <= str(b) else Join(b, a)
+
+
+def tree_to_json(tree: Tree):
+    """A leaf is its alias; a join is ``[probe, build]``."""
+    if isinstance(tree, Leaf):
+        return tree.rel
+    return [tree_to_json(tree.probe), tree_to_json(tree.build)]
+
+
+def tree_from_json(data) -> Tree:
+    if isinstance(data, str):
+        return Leaf(data)
+    if isinstance(data, list) and len(data) == 2:
+        return Join(tree_from_json(data[0]), tree_from_json(data[1]))
+    raise ValueError(f"not a join tree: {data!r}")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A whole-query plan: a tree for every join block, keyed by block index.
+
+    ``trees`` is a tuple of ``(block_index, tree)`` pairs sorted by block index, so a
+    Plan is hashable and compares by value.
+    """
+
+    trees: tuple[tuple[int, Tree], ...]
+
+    @classmethod
+    def of(cls, trees: dict[int, Tree]) -> "Plan":
+        return cls(tuple(sorted(trees.items())))
+
+    def tree(self, block: int) -> Tree:
+        return dict(self.trees)[block]
+
+    def replace(self, block: int, tree: Tree) -> "Plan":
+        d = dict(self.trees)
+        d[block] = tree
+        return Plan.of(d)
+
+    def __str__(self) -> str:
+        return "; ".join(f"#{i} {t}" for i, t in self.trees)
+
+    def to_json(self) -> str:
+        return json.dumps({str(i): tree_to_json(t) for i, t in self.trees}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Plan":
+        data = json.loads(text)
+        return cls.of({int(k): tree_from_json(v) for k, v in data.items()})
+
+    @property
+    def key(self) -> str:
+        """A short stable hash of the plan."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
