@@ -133,6 +133,10 @@ def _skip(node: PNode, aside: list[PNode]) -> PNode:
     while True:
         if node.name in PASS_THROUGH and len(node.children) == 1:
             node = node.children[0]
+        elif node.name in ("LEFT_DELIM_JOIN", "RIGHT_DELIM_JOIN") and node.children:
+            # A decorrelated subquery: child 0 is the outer block's input.
+            aside.extend(node.children[1:])
+            node = node.children[0]
         elif node.name in JOIN_OPERATORS and node.join_type in _FILTERING_JOIN_INPUT and len(node.children) == 2:
             keep = _FILTERING_JOIN_INPUT[node.join_type]
             aside.append(node.children[1 - keep])
@@ -141,8 +145,18 @@ def _skip(node: PNode, aside: list[PNode]) -> PNode:
             side = _scalar_subquery_side(node)
             aside.append(node.children[side])
             node = node.children[1 - side]
+        elif node.is_inner_join and any(_is_delim_scan(c) for c in node.children):
+            # Decorrelation joins a subquery block with the outer values (DELIM_SCAN):
+            # not one of the block's relations.
+            node = next(c for c in node.children if not _is_delim_scan(c))
         else:
             return node
+
+
+def _is_delim_scan(node: PNode) -> bool:
+    while node.name in PASS_THROUGH and len(node.children) == 1:
+        node = node.children[0]
+    return node.name == "DELIM_SCAN"
 
 
 def _scalar_subquery_side(node: PNode) -> int | None:
@@ -159,8 +173,14 @@ def _scalar_subquery_side(node: PNode) -> int | None:
     return None
 
 
-def _build_jtree(node: PNode, ctes: dict[str, tuple[str, ...]], aside: list[PNode]) -> JTree:
+def _build_jtree(node: PNode, ctes: _Ctes, aside: list[PNode]) -> JTree:
     node = _skip(node, aside)
+    if node.name == "CTE_SCAN":
+        # DuckDB's common-subplan optimizer materializes a join shared by two blocks as a
+        # CTE: read through it so each block sees its whole tree.
+        body = ctes.bodies.get(str(node.info.get("CTE Index")))
+        if body is not None and _skip(body, []).is_inner_join:
+            return _build_jtree(body, ctes, aside)
     if node.is_inner_join:
         kids = tuple(_build_jtree(c, ctes, aside) for c in node.children)
         return JTree(node, kids, tuple(sorted(kids[0].tables + kids[1].tables)))
@@ -203,24 +223,33 @@ def _table_name(node: PNode) -> str | None:
     return str(table).split(".")[-1].strip('"').lower() if table else None
 
 
-def _cte_tables(roots: list[PNode]) -> dict[str, tuple[str, ...]]:
-    """CTE index -> base tables its materialized definition scans."""
-    out: dict[str, tuple[str, ...]] = {}
+@dataclass
+class _Ctes:
+    """Materialized CTEs of a plan by index: their definitions and base tables."""
+
+    bodies: dict[str, PNode] = field(default_factory=dict)
+    tables: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def _cte_tables(roots: list[PNode]) -> _Ctes:
+    ctes = _Ctes()
 
     def visit(node: PNode) -> None:
         if node.name == "CTE" and node.children:
-            out[str(node.info.get("Table Index"))] = tuple(_scanned_tables(node.children[0], out))
+            index = str(node.info.get("Table Index"))
+            ctes.bodies[index] = node.children[0]
+            ctes.tables[index] = tuple(_scanned_tables(node.children[0], ctes))
         for c in node.children:
             visit(c)
 
     for r in roots:
         visit(r)
-    return out
+    return ctes
 
 
-def _scanned_tables(node: PNode, ctes: dict[str, tuple[str, ...]]) -> list[str]:
+def _scanned_tables(node: PNode, ctes: _Ctes) -> list[str]:
     if node.name == "CTE_SCAN":
-        return list(ctes.get(str(node.info.get("CTE Index")), ()))
+        return list(ctes.tables.get(str(node.info.get("CTE Index")), ()))
     if node.name == "CTE" and len(node.children) == 2:
         return _scanned_tables(node.children[1], ctes)
     name = _table_name(node)
