@@ -12,7 +12,7 @@ from pathlib import Path
 
 import duckdb
 
-from .errors import MissingFileError
+from .errors import LqoError, MissingFileError
 
 _EXTENSION_PACKAGES = {"tpch": "duckdb_extension_tpch", "tpcds": "duckdb_extension_tpcds"}
 
@@ -43,7 +43,11 @@ def connect_read_only(db_path: str | os.PathLike, threads: int | None = None) ->
     config = _offline_config()
     if threads is not None:
         config["threads"] = threads
-    return duckdb.connect(str(path), read_only=True, config=config)
+    try:
+        return duckdb.connect(str(path), read_only=True, config=config)
+    except duckdb.Error as err:
+        first = str(err).strip().splitlines()[0]
+        raise LqoError(f"cannot open database {path}: {first}") from None
 
 
 def connect_writable(db_path: str | os.PathLike) -> duckdb.DuckDBPyConnection:

@@ -22,7 +22,7 @@ def emit(args: argparse.Namespace, text: str, payload: Any) -> None:
 
 
 def progress(iterable: Iterable, total: int | None = None, desc: str = "", enabled: bool = True):
-    """A tqdm progress bar on stderr (hidden when stderr is not a terminal and disabled)."""
+    """A tqdm progress bar on stderr; shown only when stderr is a terminal."""
     from tqdm import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, file=sys.stderr, disable=not enabled, leave=False, dynamic_ncols=True)
+    return tqdm(iterable, total=total, desc=desc, file=sys.stderr, disable=None if enabled else True, leave=False, dynamic_ncols=True)

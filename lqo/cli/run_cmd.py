@@ -1,0 +1,76 @@
+"""``lqo run WORKLOAD --plan native|random --repeat K``: execute and record."""
+
+from __future__ import annotations
+
+import argparse
+import random
+
+from ..catalog import Catalog
+from ..errors import LqoError
+from ..experience import ExperienceStore
+from ..explore import default_store_path
+from ..harness import Harness, median_latency
+from ..query import prepare
+from ..workload import Workload
+from .output import add_json_flag, emit, progress
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "run",
+        help="execute a workload's queries natively or with random join trees and record the runs",
+        description="Run every query of WORKLOAD K times with DuckDB's native plan, or with one random "
+        "cross-product-free join tree per query (forced), and record the runs in the experience store.",
+    )
+    p.add_argument("workload", help="workload directory (with workload.toml)")
+    p.add_argument("--plan", choices=["native", "random"], default="native", help="which plan to run (default native)")
+    p.add_argument("--repeat", type=int, default=1, help="runs per query (default 1)")
+    p.add_argument("--timeout", type=float, default=300.0, help="per-run timeout in seconds (default 300)")
+    p.add_argument("--seed", type=int, default=0, help="random seed for --plan random")
+    p.add_argument("--store", help="experience store file (default WORKLOAD/experience.duckdb)")
+    add_json_flag(p)
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.repeat < 1 or args.timeout <= 0:
+        raise LqoError("--repeat must be >= 1 and --timeout > 0")
+    workload = Workload.load(args.workload)
+    con = workload.connect()
+    catalog = Catalog.from_connection(con)
+    rng = random.Random(args.seed)
+    harness = Harness(con, timeout_s=args.timeout)
+    rows, interrupted = [], False
+    with ExperienceStore.open(args.store or default_store_path(workload)) as store:
+        try:
+            for q in progress(list(workload), total=len(workload), desc=f"run {args.plan}"):
+                qk = store.add_query(q.sql, str(workload.database), workload.name, q.id, q.template)
+                sql, forced, kind, plan_json, note = q.sql, False, "native", None, None
+                if args.plan == "random":
+                    pq = prepare(q.sql, con, catalog)
+                    plans = pq.random_plans(1, rng)
+                    if plans:
+                        sql, forced, kind, plan_json = pq.render(plans[0]), True, "random", plans[0].to_json()
+                        note = str(plans[0])
+                    else:
+                        note = f"native: {pq.reason or 'no alternative tree'}"
+                pk = store.add_plan(qk, kind, plan_json, sql if forced else None)
+                runs = [harness.run(sql, forced=forced) for _ in range(args.repeat)]
+                store.record_runs([(pk, r) for r in runs])
+                rows.append({
+                    "id": q.id, "plan": kind, "median_ms": median_latency(runs),
+                    "timeouts": sum(r.timed_out for r in runs), "errors": sum(r.error is not None for r in runs),
+                    "note": note,
+                })
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            con.close()
+    total = sum(r["median_ms"] or 0 for r in rows)
+    text = "\n".join(
+        [f"{'query':<10} {'plan':<7} {'median ms':>10}  note"]
+        + [f"{r['id']:<10} {r['plan']:<7} {(r['median_ms'] or 0):>10.1f}  {(r['note'] or '')[:90]}" for r in rows]
+        + [f"TOTAL {len(rows)} queries: {total:.0f} ms" + (" (interrupted)" if interrupted else "")]
+    )
+    emit(args, text, {"queries": rows, "totals": {"queries": len(rows), "median_ms": total, "interrupted": interrupted}})
+    return 130 if interrupted else 0

@@ -1,0 +1,94 @@
+"""``lqo workload``: create TPC workloads, vary them, inspect one.
+
+    lqo workload create tpch|tpcds --sf X --out DIR [--force] [--json]
+    lqo workload vary WORKLOAD --per-template N [--seed S] --out DIR [--force] [--json]
+    lqo workload info WORKLOAD [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .output import add_json_flag, emit
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``lqo workload ...`` to the top-level parser."""
+    parser = subparsers.add_parser("workload", help="create, vary and inspect workloads (query sets)")
+    sub = parser.add_subparsers(dest="workload_command", metavar="ACTION")
+    sub.required = True
+
+    create = sub.add_parser("create", help="generate a TPC-H or TPC-DS database and its queries")
+    create.add_argument("kind", metavar="KIND", help="tpch or tpcds")
+    create.add_argument("--sf", type=float, default=1.0, help="scale factor (default 1)")
+    create.add_argument("--out", required=True, help="output directory (absent or empty)")
+    create.add_argument("--force", action="store_true", help="replace an existing workload directory")
+    add_json_flag(create)
+    create.set_defaults(handler=_create)
+
+    vary = sub.add_parser("vary", help="new instances of each query with resampled constants")
+    vary.add_argument("workload", metavar="WORKLOAD", help="workload directory")
+    vary.add_argument("--per-template", type=int, required=True, help="instances per query")
+    vary.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    vary.add_argument("--out", required=True, help="output directory (absent or empty)")
+    vary.add_argument("--force", action="store_true", help="replace an existing workload directory")
+    add_json_flag(vary)
+    vary.set_defaults(handler=_vary)
+
+    info = sub.add_parser("info", help="validate a workload and summarise it")
+    info.add_argument("workload", metavar="WORKLOAD", help="workload directory")
+    add_json_flag(info)
+    info.set_defaults(handler=_info)
+
+
+def _summary(w) -> dict:
+    return {
+        "workload": str(w.root),
+        "name": w.name,
+        "kind": w.kind,
+        "scale_factor": w.scale_factor,
+        "database": str(w.database),
+        "queries": len(w),
+        "templates": len(w.templates),
+    }
+
+
+def _create(args: argparse.Namespace) -> int:
+    from ..workload_create import create_workload
+
+    w = create_workload(args.kind, args.sf, args.out, force=args.force, show_progress=sys.stderr.isatty())
+    size_mb = w.database.stat().st_size / 1e6
+    emit(args, f"created {w.name}: {len(w)} queries, database {w.database} ({size_mb:.1f} MB), workload {w.root}",
+         _summary(w))
+    return 0
+
+
+def _vary(args: argparse.Namespace) -> int:
+    from ..vary import instance_id, vary
+    from ..workload import Workload
+
+    source = Workload.load(args.workload)
+    w = vary(source, per_template=args.per_template, seed=args.seed, out=args.out, force=args.force,
+             show_progress=sys.stderr.isatty())
+    unchanged = [q.id for q in source
+                 if all(w.query(instance_id(q.id, i)).sql.strip() == q.sql.strip() for i in range(1, args.per_template + 1))]
+    distinct = len({q.sql for q in w})
+    payload = {**_summary(w), "source": str(source.root), "per_template": args.per_template, "seed": args.seed,
+               "distinct": distinct, "unchanged": unchanged}
+    text = f"wrote {len(w)} queries ({distinct} distinct) to {w.root}"
+    if unchanged:
+        text += f"\nno constants to vary in: {', '.join(unchanged)}"
+    emit(args, text, payload)
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from ..workload import Workload
+
+    w = Workload.load(args.workload)
+    payload = {**_summary(w), "query_ids": [q.id for q in w]}
+    sf = f", sf {w.scale_factor}" if w.scale_factor is not None else ""
+    emit(args, f"{w.name} ({w.kind}{sf}): {len(w)} queries, {len(w.templates)} templates, database {w.database}",
+         payload)
+    return 0
