@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         raise LqoError("--plans must be >= 0, --timeout-factor > 1 and --confirm >= 1")
     workload = Workload.load(args.workload)
     if args.queries:
-        workload = workload.subset(args.queries.split(","))  # noqa: see Workload.subset
+        workload = workload.subset(args.queries.split(","))
     config = ExploreConfig(plans=args.plans, timeout_factor=args.timeout_factor, confirm=args.confirm, seed=args.seed)
     report = explore_workload(
         workload,
