@@ -270,16 +270,26 @@ def _output_columns(query: exp.Expression) -> dict[str, str] | None:
 
 
 def _base_tables(query: exp.Expression, ctes, catalog: Catalog, seen: set[str]) -> tuple[str, ...]:
-    """Base tables scanned under ``query``, CTEs expanded (a multiset, sorted)."""
+    """Base tables on ``query``'s data path (FROM items, CTEs expanded; not tables of
+    subqueries in expressions, which DuckDB turns into filtering joins), sorted."""
     names: list[str] = []
-    for table in query.find_all(exp.Table):
-        if not isinstance(table.this, exp.Identifier):
-            continue
-        name = table.name.lower()
-        if name in ctes and name not in seen and not table.args.get("db"):
-            names += _base_tables(ctes[name].this, ctes, catalog, seen | {name})
-        elif catalog.has_table(name):
-            names.append(name)
+    if isinstance(query, (exp.Intersect, exp.Except)):
+        return _base_tables(query.this, ctes, catalog, seen)  # the right side is a semi/anti join
+    if isinstance(query, exp.SetOperation):
+        return tuple(sorted(_base_tables(query.this, ctes, catalog, seen) + _base_tables(query.expression, ctes, catalog, seen)))
+    if isinstance(query, exp.Subquery):
+        return _base_tables(query.this, ctes, catalog, seen)
+    if not isinstance(query, exp.Select):
+        return ()
+    for item in from_items(query):
+        if isinstance(item, exp.Table) and isinstance(item.this, exp.Identifier):
+            name = item.name.lower()
+            if name in ctes and name not in seen and not item.args.get("db"):
+                names += _base_tables(ctes[name].this, ctes, catalog, seen | {name})
+            elif catalog.has_table(name):
+                names.append(name)
+        elif isinstance(item, exp.Subquery):
+            names += _base_tables(item.this, ctes, catalog, seen)
     return tuple(sorted(names))
 
 
@@ -343,7 +353,10 @@ def _classify(block: JoinBlock, conjuncts: list[exp.Expression]) -> None:
         if isinstance(conj, exp.EQ) and isinstance(conj.this, exp.Column) and isinstance(conj.expression, exp.Column):
             a, b = _resolve(block, conj.this), _resolve(block, conj.expression)
             # Transitivity across differing types could change casts: keep those pairwise.
-            if _col_type(block, a) == _col_type(block, b):
+            # Derived-table columns have no known type ("") and are taken as compatible;
+            # result fingerprints catch the rare case where that is wrong.
+            ta, tb = _col_type(block, a), _col_type(block, b)
+            if ta == tb or not ta or not tb:
                 parent[find(a)] = find(b)
                 continue
         block.residuals.append(Residual(conj, refs))

@@ -22,6 +22,8 @@ from typing import Any
 import duckdb
 
 from .join_graph import JoinBlock, QueryGraph
+from sqlglot import exp
+
 from .plan import Join, Leaf, Plan, Tree
 
 JOIN_OPERATORS = {
@@ -99,18 +101,21 @@ def read_native_trees(graph: QueryGraph, roots: list[PNode]) -> NativeTrees:
     out = NativeTrees()
     used: set[int] = set()
     for block in graph.reorderable:
-        found = None
-        # Unused trees first; a tree DuckDB shares between identical blocks (its common
-        # subplan optimizer materializes them once) may serve several blocks.
-        for cand in sorted(candidates, key=lambda c: id(c) in used):
+        best = None
+        for cand in candidates:
             found = _match_block(block, cand, ctes)
-            if found is not None:
-                used.add(id(cand))
-                break
-        if found is None:
+            if found is None:
+                continue
+            # Unused trees first (a tree DuckDB shares between identical blocks, through
+            # its common-subplan CTEs, may serve several), then the best filter match.
+            rank = (id(cand) not in used, found[0])
+            if best is None or rank > best[0]:
+                best = (rank, cand, found[1:])
+        if best is None:
             out.missing[block.index] = "no join tree in DuckDB's plan has exactly this block's relations"
             continue
-        tree, est, act = found
+        used.add(id(best[1]))
+        tree, est, act = best[2]
         out.trees[block.index], out.estimates[block.index], out.actuals[block.index] = tree, est, act
     return out
 
@@ -125,13 +130,16 @@ class JTree:
     node: PNode
     kids: tuple["JTree", ...] = ()
     tables: tuple[str, ...] = ()
+    filters: str = ""  # a leaf's filter text (FILTER expressions and scan filters)
 
 
-def _skip(node: PNode, aside: list[PNode]) -> PNode:
+def _skip(node: PNode, aside: list[PNode], filters: list[str] | None = None) -> PNode:
     """Descend through operators that do not change a block's join tree; the other
-    inputs of filtering joins (subqueries) go to ``aside``."""
+    inputs of filtering joins (subqueries) go to ``aside``, filter texts to ``filters``."""
     while True:
         if node.name in PASS_THROUGH and len(node.children) == 1:
+            if filters is not None and node.name == "FILTER":
+                filters.append(str(node.info.get("Expression", "")))
             node = node.children[0]
         elif node.name in ("LEFT_DELIM_JOIN", "RIGHT_DELIM_JOIN") and node.children:
             # A decorrelated subquery: child 0 is the outer block's input.
@@ -174,7 +182,8 @@ def _scalar_subquery_side(node: PNode) -> int | None:
 
 
 def _build_jtree(node: PNode, ctes: _Ctes, aside: list[PNode]) -> JTree:
-    node = _skip(node, aside)
+    filters: list[str] = []
+    node = _skip(node, aside, filters)
     if node.name == "CTE_SCAN":
         # DuckDB's common-subplan optimizer materializes a join shared by two blocks as a
         # CTE: read through it so each block sees its whole tree.
@@ -184,7 +193,9 @@ def _build_jtree(node: PNode, ctes: _Ctes, aside: list[PNode]) -> JTree:
     if node.is_inner_join:
         kids = tuple(_build_jtree(c, ctes, aside) for c in node.children)
         return JTree(node, kids, tuple(sorted(kids[0].tables + kids[1].tables)))
-    return JTree(node, (), tuple(sorted(_scanned_tables(node, ctes))))
+    scan_filters = node.info.get("Filters", "")
+    filters += scan_filters if isinstance(scan_filters, list) else [str(scan_filters)]
+    return JTree(node, (), tuple(sorted(_scanned_tables(node, ctes))), " ".join(filters))
 
 
 def _join_trees(root: PNode) -> list[JTree]:
@@ -248,6 +259,9 @@ def _cte_tables(roots: list[PNode]) -> _Ctes:
 
 
 def _scanned_tables(node: PNode, ctes: _Ctes) -> list[str]:
+    """Base tables on ``node``'s data path: subquery inputs of filtering joins excluded,
+    as ``Relation.tables`` excludes tables of subqueries in expressions."""
+    node = _skip(node, [])
     if node.name == "CTE_SCAN":
         return list(ctes.tables.get(str(node.info.get("CTE Index")), ()))
     if node.name == "CTE" and len(node.children) == 2:
@@ -261,19 +275,48 @@ def _scanned_tables(node: PNode, ctes: _Ctes) -> list[str]:
 # -- matching a block to a join tree ---------------------------------------------------
 
 
-def _match_block(block: JoinBlock, jt: JTree, ctes) -> tuple[Tree, dict, dict] | None:
+def _match_block(block: JoinBlock, jt: JTree, ctes) -> tuple[int, Tree, dict, dict] | None:
+    """The best-scoring consistent reading of ``jt`` as ``block``'s tree, or None."""
     want = tuple(sorted(t for r in block.relations for t in r.tables))
     if jt.tables != want:
         return None
+    best = None
+    tries = 0
     for cut in _cuts(jt, len(block.relations)):
         for assign in _assignments(block, cut):
+            tries += 1
+            if tries > 2000:
+                break
             tree = _to_tree(jt, assign)
-            if tree is not None and _conditions_consistent(block, jt, assign):
-                est: dict[frozenset[str], float | None] = {}
-                act: dict[frozenset[str], int | None] = {}
-                _collect_cards(jt, assign, est, act)
-                return tree, est, act
-    return None
+            if tree is None or not _conditions_consistent(block, jt, assign):
+                continue
+            score = _filter_score(block, cut, assign)
+            if best is None or score > best[0]:
+                best = (score, tree, assign)
+    if best is None:
+        return None
+    est: dict[frozenset[str], float | None] = {}
+    act: dict[frozenset[str], int | None] = {}
+    _collect_cards(jt, best[2], est, act)
+    return best[0], best[1], est, act
+
+
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _filter_score(block: JoinBlock, cut: list["JTree"], assign: dict[int, str]) -> int:
+    """How well the scans' filters agree with the relations' filters: tells apart
+    structurally identical blocks (or self-joined tables) by what they filter on."""
+    score = 0
+    for leaf in cut:
+        if leaf.kids:
+            continue
+        rel = assign[id(leaf)]
+        cols = {c.name.lower() for f in block.filters.get(rel, []) for c in f.find_all(exp.Column)}
+        words = set(_WORD.findall(leaf.filters.lower()))
+        if cols:
+            score += 1 if cols <= words else -1
+    return score
 
 
 def _cuts(jt: JTree, n: int):

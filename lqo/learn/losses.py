@@ -1,0 +1,94 @@
+"""Training losses on standardized log latency.
+
+Labels are ``(log1p(ms) - mean) / std``; predictions live on the same scale.
+
+- :func:`regression_loss`: MSE, so the model predicts latencies (needed to compare
+  plans of different queries and to cap runs);
+- :func:`ranking_loss`: pairwise logistic (RankNet) loss over plans of the same query,
+  because choosing a plan only needs the right order within a query (Lero's point) and
+  a ranking loss does not spend capacity on each query's absolute level;
+- :func:`combined_loss`: both, ``regression + rank_weight * ranking``.
+
+Example::
+
+    >>> loss = combined_loss(pred, target, groups, rank_weight=0.5)
+    >>> loss.backward()
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+LOSS_KINDS = ("regression", "ranking", "combined")
+
+# Label differences below this (in standardized log units, ~0.1% of latency at std 1)
+# are timing noise, not an order worth learning.
+TIE_MARGIN = 1e-3
+
+
+def regression_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean squared error on standardized log latency.
+
+    Example::
+
+        >>> regression_loss(torch.zeros(3), torch.ones(3))
+        tensor(1.)
+    """
+    return F.mse_loss(pred, target)
+
+
+def ranking_pairs(groups: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Index pairs ``(i, j)`` of plans in the same group with ``target[i] < target[j]``
+    (i is faster), ties within :data:`TIE_MARGIN` left out."""
+    same = groups.unsqueeze(0) == groups.unsqueeze(1)
+    faster = (target.unsqueeze(1) + TIE_MARGIN) < target.unsqueeze(0)
+    i, j = torch.nonzero(same & faster, as_tuple=True)
+    return i, j
+
+
+def ranking_loss(pred: Tensor, target: Tensor, groups: Tensor | None = None) -> Tensor:
+    """RankNet loss: mean over same-group pairs (i faster than j) of ``softplus(pred[i] - pred[j])``,
+    i.e. ``-log sigmoid(pred[j] - pred[i])``, the log-likelihood that the model orders the pair right.
+
+    ``groups`` None puts all plans in one group. With no pair to compare the loss is
+    a zero that still carries a gradient path, so a batch of singletons is harmless.
+
+    Example::
+
+        >>> ranking_loss(torch.tensor([0., 1.]), torch.tensor([0., 1.]), torch.tensor([7, 7]))
+        tensor(0.3133)
+    """
+    if groups is None:
+        groups = torch.zeros_like(target, dtype=torch.int64)
+    i, j = ranking_pairs(groups, target)
+    if i.numel() == 0:
+        return pred.sum() * 0.0
+    return F.softplus(pred[i] - pred[j]).mean()
+
+
+def combined_loss(pred: Tensor, target: Tensor, groups: Tensor | None = None, rank_weight: float = 1.0) -> Tensor:
+    """``regression_loss + rank_weight * ranking_loss``.
+
+    Example::
+
+        >>> combined_loss(pred, target, groups, rank_weight=1.0)
+    """
+    return regression_loss(pred, target) + rank_weight * ranking_loss(pred, target, groups)
+
+
+def plan_loss(kind: str, pred: Tensor, target: Tensor, groups: Tensor | None, rank_weight: float = 1.0) -> Tensor:
+    """Dispatch on ``kind`` in :data:`LOSS_KINDS`.
+
+    Example::
+
+        >>> plan_loss("ranking", pred, target, groups)
+    """
+    if kind == "regression":
+        return regression_loss(pred, target)
+    if kind == "ranking":
+        return ranking_loss(pred, target, groups)
+    if kind == "combined":
+        return combined_loss(pred, target, groups, rank_weight)
+    raise ValueError(f"loss must be one of {LOSS_KINDS}, got {kind!r}")

@@ -1,0 +1,492 @@
+"""Plan-scoring models behind one scikit-learn-style interface.
+
+Constructor arguments are hyperparameters only; :meth:`PlanModel.fit` learns the
+state (attributes ending in ``_``). A model is a small *deep ensemble*: ``n_members``
+copies of one network (tree or graph convolution) with different seeds, trained
+together on the same batches. The ensemble, not MC dropout, gives the uncertainty:
+disagreement between independently initialized members grows off the training
+distribution more reliably than dropout noise does, it is deterministic (the same
+plans always get the same std, which a fallback-to-native rule needs), and it costs
+``n_members`` small forward passes instead of the 20-odd a dropout estimate needs.
+
+Example::
+
+    >>> model = make_model("tree_conv", loss="combined", epochs=50)
+    >>> model.fit(plans, latencies_ms, groups=query_ids)
+    >>> mean_ms, std_log = model.predict_with_uncertainty(candidates)
+    >>> model.save("model.lqo", vocabulary=table_ids, schema=fingerprint)
+    >>> model = PlanModel.load("model.lqo", expected_schema=fingerprint)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from lqo.errors import LqoError, SchemaMismatchError
+from lqo.learn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from lqo.learn.featurized import FlatPlan
+from lqo.learn.graph_conv import GraphConvNet, batch_graph
+from lqo.learn.greedy_lr import GreedyLR
+from lqo.learn.losses import LOSS_KINDS, plan_loss, ranking_pairs
+from lqo.learn.tree_conv import TreeConvNet, batch_tree
+
+LR_SCHEDULES = ("greedy", "cosine")
+_PREDICT_CHUNK = 2048  # plans per forward pass when predicting, to bound memory
+
+
+@contextmanager
+def _torch_env(n_threads: int | None, seed: int | None = None) -> Iterator[None]:
+    """Threads, deterministic kernels and seeded RNG for the duration of a call, then
+    everything back as it was: a library must not change the caller's torch state."""
+    old_threads = torch.get_num_threads()
+    old_det = torch.are_deterministic_algorithms_enabled()
+    old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    if n_threads is not None and n_threads != old_threads:
+        torch.set_num_threads(n_threads)
+    try:
+        if seed is None:
+            yield
+        else:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                yield
+    finally:
+        if seed is not None:
+            torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
+        if torch.get_num_threads() != old_threads:
+            torch.set_num_threads(old_threads)
+
+
+def _split_groups(gid: np.ndarray, frac: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out whole groups (queries), so validation measures unseen queries, not
+    near-duplicates of training plans."""
+    uniq = np.unique(gid)
+    if frac <= 0 or len(uniq) < 2:
+        return np.arange(len(gid)), np.arange(0)
+    n_val = min(len(uniq) - 1, max(1, int(round(frac * len(uniq)))))
+    val_groups = rng.choice(uniq, size=n_val, replace=False)
+    is_val = np.isin(gid, val_groups)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def _group_batches(gid: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled minibatches made of whole groups, so every same-query pair the ranking
+    loss needs lies inside one batch."""
+    order = np.argsort(gid, kind="stable")
+    _, starts = np.unique(gid[order], return_index=True)
+    members = np.split(order, starts[1:])
+    batches: list[np.ndarray] = []
+    current: list[np.ndarray] = []
+    size = 0
+    for g in rng.permutation(len(members)):
+        current.append(members[g])
+        size += len(members[g])
+        if size >= batch_size:
+            batches.append(np.concatenate(current))
+            current, size = [], 0
+    if current:
+        batches.append(np.concatenate(current))
+    return batches
+
+
+def _feature_stats(arrays: Sequence[np.ndarray]) -> tuple[Tensor, Tensor]:
+    stacked = np.concatenate(arrays).astype(np.float64)
+    std = stacked.std(axis=0)
+    # Constant features (e.g. an unused one-hot slot) keep scale 1 instead of exploding.
+    std[std < 1e-6] = 1.0
+    return torch.tensor(stacked.mean(axis=0), dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+
+
+class PlanModel:
+    """Common estimator: fit on (plan, latency) pairs, predict latency in ms.
+
+    Args:
+        channels: convolution widths, e.g. ``(64, 64, 32)``.
+        hidden: width of the MLP head.
+        table_dim: table-embedding width.
+        n_tables: table-vocabulary size; None infers ``max table id + 1`` at fit time.
+        dropout: dropout in the head (regularization only; uncertainty comes from the ensemble).
+        loss: ``"regression"``, ``"ranking"`` or ``"combined"``. A ranking-only model orders
+            plans of one query well but its absolute ms are not calibrated.
+        rank_weight: weight of the ranking term in ``"combined"``.
+        lr, weight_decay: Adam settings.
+        lr_schedule: ``"greedy"`` (GreedyLR on the validation loss, once per epoch) or ``"cosine"``.
+        batch_size: plans per minibatch (rounded up to whole groups).
+        epochs: maximum epochs; ``fit(epochs=...)`` overrides.
+        patience: early-stopping patience in epochs without a better validation loss.
+        val_fraction: share of groups held out when ``fit`` gets no ``val``.
+        n_members: ensemble size (>= 2 for a nonzero uncertainty).
+        time_budget_s: wall-clock cap on training; ``fit(time_budget_s=...)`` overrides.
+        seed: seeds init, shuffling and the split; equal seeds give equal models on CPU.
+        n_threads: torch threads during fit/predict (restored afterwards); None leaves them.
+            Tiny batches run fastest on 1 thread, and the global setting is never touched
+            at import.
+    """
+
+    kind: ClassVar[str] = ""
+    _EXTRA_PARAMS: ClassVar[tuple[str, ...]] = ()
+    _COMMON_PARAMS: ClassVar[tuple[str, ...]] = (
+        "channels", "hidden", "table_dim", "n_tables", "dropout", "loss", "rank_weight", "lr",
+        "weight_decay", "lr_schedule", "batch_size", "epochs", "patience", "val_fraction",
+        "n_members", "time_budget_s", "seed", "n_threads",
+    )
+
+    def __init__(
+        self,
+        *,
+        channels: Sequence[int] = (64, 64, 32),
+        hidden: int = 32,
+        table_dim: int = 8,
+        n_tables: int | None = None,
+        dropout: float = 0.0,
+        loss: str = "regression",
+        rank_weight: float = 1.0,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        lr_schedule: str = "greedy",
+        batch_size: int = 64,
+        epochs: int = 100,
+        patience: int = 15,
+        val_fraction: float = 0.1,
+        n_members: int = 3,
+        time_budget_s: float | None = None,
+        seed: int = 0,
+        n_threads: int | None = 1,
+    ) -> None:
+        self.channels = tuple(int(c) for c in channels)
+        self.hidden, self.table_dim, self.n_tables, self.dropout = hidden, table_dim, n_tables, dropout
+        self.loss, self.rank_weight, self.lr, self.weight_decay = loss, rank_weight, lr, weight_decay
+        self.lr_schedule, self.batch_size, self.epochs, self.patience = lr_schedule, batch_size, epochs, patience
+        self.val_fraction, self.n_members, self.time_budget_s = val_fraction, n_members, time_budget_s
+        self.seed, self.n_threads = seed, n_threads
+        self.vocabulary_: dict[str, int] = {}
+        self.schema_: str | None = None
+
+    # ----- hooks for the concrete kinds -------------------------------------------------
+    def _build_net(self) -> nn.Module:
+        raise NotImplementedError
+
+    @staticmethod
+    def _batch(plans: Sequence[FlatPlan]) -> Any:
+        raise NotImplementedError
+
+    # ----- parameters -------------------------------------------------------------------
+    def get_params(self) -> dict[str, Any]:
+        """Constructor arguments as a JSON-able dict (what a checkpoint stores)."""
+        params = {name: getattr(self, name) for name in self._COMMON_PARAMS + self._EXTRA_PARAMS}
+        params["channels"] = list(self.channels)
+        return params
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"
+
+    def _check_params(self) -> None:
+        if self.loss not in LOSS_KINDS:
+            raise ValueError(f"loss must be one of {LOSS_KINDS}, got {self.loss!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.n_members < 1 or self.batch_size < 1 or not self.channels or not 0 <= self.val_fraction < 1:
+            raise ValueError("need n_members >= 1, batch_size >= 1, channels, 0 <= val_fraction < 1")
+
+    # ----- training ---------------------------------------------------------------------
+    def fit(
+        self,
+        plans: Sequence[FlatPlan],
+        latencies_ms: np.ndarray,
+        groups: np.ndarray | None = None,
+        val: tuple[Sequence[FlatPlan], np.ndarray, np.ndarray | None] | None = None,
+        *,
+        epochs: int | None = None,
+        time_budget_s: float | None = None,
+    ) -> PlanModel:
+        """Train on ``plans`` with measured ``latencies_ms``; ``groups`` (one id per plan,
+        e.g. the query) scopes the ranking loss and the validation split. ``val`` is an
+        optional ``(plans, latencies_ms, groups)``; without it ``val_fraction`` of the
+        groups is held out. Stops at ``epochs``, on ``patience`` or on ``time_budget_s``,
+        and keeps the epoch with the best validation loss. Returns ``self``.
+
+        Example::
+
+            >>> model = TreeConvModel(epochs=40).fit(plans, ms, groups=query_ids)
+            >>> model.history_[-1]
+            {'epoch': 39, 'train_loss': 0.08, 'val_loss': 0.11, 'lr': 0.0012, 'time_s': 3.1}
+        """
+        self._check_params()
+        y = np.asarray(latencies_ms, dtype=np.float64)
+        if len(plans) == 0 or y.shape != (len(plans),) or not np.all(np.isfinite(y)) or (y < 0).any():
+            raise ValueError("need one finite, non-negative latency per plan and at least one plan")
+        rank_groups = groups is not None
+        gid = np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1) if rank_groups else np.arange(len(y))
+        if gid.shape != y.shape:
+            raise ValueError(f"groups has {gid.shape[0]} ids for {len(y)} plans")
+        epochs = self.epochs if epochs is None else epochs
+        budget = self.time_budget_s if time_budget_s is None else time_budget_s
+        rng = np.random.default_rng(self.seed)
+        start = time.perf_counter()
+        with _torch_env(self.n_threads, self.seed):
+            if val is None:
+                tr, va = _split_groups(gid, self.val_fraction, rng)
+                val_plans, val_y, val_g = [plans[i] for i in va], y[va], gid[va]
+                plans, y, gid = [plans[i] for i in tr], y[tr], gid[tr]
+            else:
+                val_plans, val_y = list(val[0]), np.asarray(val[1], dtype=np.float64)
+                val_g = np.unique(np.asarray(val[2]), return_inverse=True)[1].reshape(-1) if val[2] is not None else None
+                val_g = np.arange(len(val_y)) if val_g is None else val_g
+            self._init_state(plans, val_plans, np.log1p(y))
+            target = torch.tensor((np.log1p(y) - self.label_mean_) / self.label_std_, dtype=torch.float32)
+            g_t = torch.from_numpy(gid) if rank_groups else None
+            monitor_val = len(val_plans) > 0
+            if monitor_val:
+                vb = self._batch(val_plans)
+                vt = torch.tensor((np.log1p(val_y) - self.label_mean_) / self.label_std_, dtype=torch.float32)
+                vg = torch.from_numpy(val_g) if rank_groups else None
+                if self.loss == "ranking":  # nothing to rank in validation: watch the train loss
+                    monitor_val = ranking_pairs(vg if vg is not None else torch.zeros_like(vt), vt)[0].numel() > 0
+
+            nets = self.net_
+            opt = torch.optim.Adam(nets.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+            sched: Any = (
+                GreedyLR(opt, factor=0.8, patience=2, smooth=True, window=3, min_lr=self.lr * 1e-2)
+                if self.lr_schedule == "greedy"
+                else torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs), eta_min=self.lr * 1e-2)
+            )
+            best, best_state, bad = math.inf, copy.deepcopy(nets.state_dict()), 0
+            self.history_: list[dict[str, Any]] = []
+            self.stop_reason_, self.best_epoch_ = "epochs", -1
+            for epoch in range(epochs):
+                nets.train()
+                total, count = 0.0, 0
+                for idx in _group_batches(gid, self.batch_size, rng):
+                    batch = self._batch([plans[i] for i in idx])
+                    t, g = target[idx], (g_t[idx] if g_t is not None else None)
+                    # Members are independent, so one backward over the summed losses trains
+                    # each exactly as alone (Adam is per-parameter) for one batching cost.
+                    loss = sum(plan_loss(self.loss, net(batch), t, g, self.rank_weight) for net in nets)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    total += float(loss) / len(nets) * len(idx)
+                    count += len(idx)
+                    if budget is not None and time.perf_counter() - start > budget:
+                        self.stop_reason_ = "time_budget"
+                        break
+                train_loss = total / max(count, 1)
+                val_loss = None
+                if monitor_val:
+                    nets.eval()
+                    with torch.no_grad():
+                        val_loss = sum(float(plan_loss(self.loss, n(vb), vt, vg, self.rank_weight)) for n in nets) / len(nets)
+                watched = val_loss if val_loss is not None else train_loss
+                lr = float(opt.param_groups[0]["lr"])
+                self.history_.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
+                                      "time_s": time.perf_counter() - start})
+                if watched < best - 1e-6:
+                    best, best_state, bad, self.best_epoch_ = watched, copy.deepcopy(nets.state_dict()), 0, epoch
+                else:
+                    bad += 1
+                if self.stop_reason_ == "time_budget":
+                    break
+                if bad >= self.patience:
+                    self.stop_reason_ = "patience"
+                    break
+                sched.step(watched) if self.lr_schedule == "greedy" else sched.step()
+            nets.load_state_dict(best_state)
+            nets.eval()
+        self.best_loss_ = best
+        self.fit_time_s_ = time.perf_counter() - start
+        return self
+
+    def _init_state(self, plans: Sequence[FlatPlan], val_plans: Sequence[FlatPlan], log_y: np.ndarray) -> None:
+        """Infer dimensions and scaling from the training plans and build fresh members."""
+        every = list(plans) + list(val_plans)
+        self.n_features_ = int(plans[0].x.shape[1])
+        self.n_query_ = int(plans[0].query.shape[0])
+        self._check_dims(every)
+        inferred = max(int(p.table.max(initial=0)) for p in every) + 1
+        self.n_tables_ = int(self.n_tables) if self.n_tables is not None else inferred
+        self.label_mean_ = float(log_y.mean())
+        self.label_std_ = float(log_y.std()) if log_y.std() > 1e-6 else 1.0
+        # Stats over real nodes only: the null rows are padding, not data.
+        x_mean, x_std = _feature_stats([p.x[1:] for p in plans])
+        q_mean, q_std = _feature_stats([p.query[None, :] for p in plans])
+        members = []
+        for m in range(self.n_members):
+            torch.manual_seed(self.seed * 7919 + m)
+            net = self._build_net()
+            net.encoder.set_scaling(x_mean, x_std, q_mean, q_std)
+            members.append(net)
+        self.net_ = nn.ModuleList(members)
+
+    def _check_dims(self, plans: Sequence[FlatPlan]) -> None:
+        for p in plans:
+            if p.x.shape[1] != self.n_features_ or p.query.shape[0] != self.n_query_:
+                raise SchemaMismatchError(
+                    f"plan has {p.x.shape[1]} node / {p.query.shape[0]} query features, "
+                    f"the model expects {self.n_features_} / {self.n_query_}"
+                )
+
+    # ----- inference --------------------------------------------------------------------
+    def _predict_log(self, plans: Sequence[FlatPlan]) -> np.ndarray:
+        """Per-member predictions of log1p(ms), shape [n_members, n_plans]."""
+        if not hasattr(self, "net_"):
+            raise LqoError(f"{type(self).__name__} is not fitted; call fit() or load() first")
+        if len(plans) == 0:
+            return np.zeros((len(self.net_), 0))
+        self._check_dims(plans)
+        outs = []
+        with _torch_env(self.n_threads), torch.inference_mode():
+            for lo in range(0, len(plans), _PREDICT_CHUNK):
+                batch = self._batch(plans[lo : lo + _PREDICT_CHUNK])
+                outs.append(torch.stack([net(batch) for net in self.net_]))
+        scaled = torch.cat(outs, dim=1).double().numpy()
+        return scaled * self.label_std_ + self.label_mean_
+
+    def predict(self, plans: Sequence[FlatPlan]) -> np.ndarray:
+        """Predicted latency in ms, one per plan (ensemble mean in log space).
+
+        Example::
+
+            >>> best = plans[int(np.argmin(model.predict(plans)))]
+        """
+        return np.clip(np.expm1(self._predict_log(plans).mean(axis=0)), 0.0, None)
+
+    def predict_with_uncertainty(self, plans: Sequence[FlatPlan]) -> tuple[np.ndarray, np.ndarray]:
+        """``(mean_ms, std_log)``: the prediction and the ensemble's spread in log1p(ms) units
+        (0.1 is about +-10%). Zero when ``n_members == 1``.
+
+        Example::
+
+            >>> ms, std = model.predict_with_uncertainty(plans)
+            >>> use_native = std[best] > 0.5
+        """
+        log = self._predict_log(plans)
+        return np.clip(np.expm1(log.mean(axis=0)), 0.0, None), log.std(axis=0)
+
+    # ----- persistence ------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str], *, vocabulary: dict[str, int] | None = None,
+             schema: str | None = None) -> None:
+        """Write a checkpoint (see :mod:`lqo.learn.checkpoint`) with the caller's table
+        vocabulary and schema fingerprint (defaults: those the model was loaded with).
+
+        Example::
+
+            >>> model.save("model.lqo", vocabulary={"title": 1, "cast_info": 2}, schema="sha1:...")
+        """
+        if not hasattr(self, "net_"):
+            raise LqoError(f"{type(self).__name__} is not fitted; nothing to save")
+        save_checkpoint(path, Checkpoint(
+            kind=self.kind, params=self.get_params(),
+            dims={"n_features": self.n_features_, "n_query": self.n_query_, "n_tables": self.n_tables_},
+            tensors=dict(self.net_.state_dict()),
+            vocabulary=dict(vocabulary if vocabulary is not None else self.vocabulary_),
+            schema=schema if schema is not None else self.schema_,
+            label_stats={"mean": self.label_mean_, "std": self.label_std_},
+            extra={"history": getattr(self, "history_", []), "best_epoch": getattr(self, "best_epoch_", -1)},
+        ))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], expected_schema: str | None = None) -> PlanModel:
+        """Rebuild a model from :meth:`save`'s file. Raises MissingFileError,
+        SchemaMismatchError (when ``expected_schema`` differs) or LqoError.
+
+        Example::
+
+            >>> model = PlanModel.load("model.lqo", expected_schema=fingerprint)
+        """
+        ckpt = load_checkpoint(path, expected_schema)
+        kind_cls = MODEL_KINDS.get(ckpt.kind)
+        if kind_cls is None or not issubclass(kind_cls, cls):
+            raise LqoError(f"{path} holds a {ckpt.kind!r} model, not a {cls.__name__}")
+        model = kind_cls(**ckpt.params)
+        model.n_features_, model.n_query_ = int(ckpt.dims["n_features"]), int(ckpt.dims["n_query"])
+        model.n_tables_ = int(ckpt.dims["n_tables"])
+        model.label_mean_, model.label_std_ = float(ckpt.label_stats["mean"]), float(ckpt.label_stats["std"])
+        model.net_ = nn.ModuleList(model._build_net() for _ in range(model.n_members))
+        try:
+            model.net_.load_state_dict(ckpt.tensors, strict=True)
+        except RuntimeError as exc:
+            raise LqoError(f"{path}: weights do not fit a {ckpt.kind} model: {exc}") from exc
+        model.net_.eval()
+        model.vocabulary_, model.schema_ = dict(ckpt.vocabulary), ckpt.schema
+        model.history_ = list(ckpt.extra.get("history", []))
+        model.best_epoch_ = int(ckpt.extra.get("best_epoch", -1))
+        return model
+
+
+class TreeConvModel(PlanModel):
+    """Tree convolution (Neo/Bao style); ``norm`` toggles per-node LayerNorm.
+
+    Example::
+
+        >>> TreeConvModel(channels=(64, 64, 32), loss="ranking").fit(plans, ms, groups)
+    """
+
+    kind = "tree_conv"
+    _EXTRA_PARAMS = ("norm",)
+
+    def __init__(self, *, norm: bool = True, **params: Any) -> None:
+        super().__init__(**params)
+        self.norm = norm
+
+    def _build_net(self) -> nn.Module:
+        return TreeConvNet(self.n_features_, self.n_query_, self.n_tables_, channels=self.channels,
+                           table_dim=self.table_dim, hidden=self.hidden, dropout=self.dropout, norm=self.norm)
+
+    @staticmethod
+    def _batch(plans: Sequence[FlatPlan]) -> Any:
+        return batch_tree(plans)
+
+
+class GraphConvModel(PlanModel):
+    """Graph convolution over plan tree + join graph; ``conv`` is ``"gine"`` or ``"gatv2"``.
+
+    Example::
+
+        >>> GraphConvModel(conv="gatv2").fit(plans, ms, groups)
+    """
+
+    kind = "graph_conv"
+    _EXTRA_PARAMS = ("conv",)
+
+    def __init__(self, *, conv: str = "gine", **params: Any) -> None:
+        super().__init__(**params)
+        self.conv = conv
+
+    def _build_net(self) -> nn.Module:
+        return GraphConvNet(self.n_features_, self.n_query_, self.n_tables_, channels=self.channels,
+                            table_dim=self.table_dim, hidden=self.hidden, dropout=self.dropout, conv=self.conv)
+
+    @staticmethod
+    def _batch(plans: Sequence[FlatPlan]) -> Any:
+        return batch_graph(plans)
+
+
+MODEL_KINDS: dict[str, type[PlanModel]] = {"tree_conv": TreeConvModel, "graph_conv": GraphConvModel}
+
+
+def make_model(kind: str, **params: Any) -> PlanModel:
+    """A fresh, unfitted model of ``kind`` (a key of :data:`MODEL_KINDS`).
+
+    Example::
+
+        >>> model = make_model("graph_conv", channels=(64, 64, 32), lr_schedule="cosine")
+    """
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"model kind must be one of {tuple(MODEL_KINDS)}, got {kind!r}")
+    return MODEL_KINDS[kind](**params)
+
+
+def load_model(path: str | os.PathLike[str], expected_schema: str | None = None) -> PlanModel:
+    """Same as :meth:`PlanModel.load`."""
+    return PlanModel.load(path, expected_schema)
