@@ -243,6 +243,8 @@ def _relation(item: exp.Expression, ctes, catalog: Catalog) -> Relation | str:
             return "derived table without alias"
         cols = _alias_columns(item.args.get("alias")) or _output_columns(item.this)
         return Relation(alias, "derived", None, cols, _base_tables(item.this, ctes, catalog, set()))
+    if isinstance(item, exp.Subquery) and not isinstance(item.this, exp.Query):
+        return "parenthesized join in FROM"
     return f"FROM item {type(item).__name__} ({item.sql(dialect='duckdb')[:40]})"
 
 

@@ -208,16 +208,21 @@ def _join_trees(root: PNode) -> list[JTree]:
         skipped = _skip(node, aside)
         if skipped.is_inner_join:
             jt = _build_jtree(skipped, ctes, aside)
-            for other in aside:
-                visit(other)
-            stack = [jt]
+            # This tree's subtrees first, then the subplans below its leaves and beside
+            # it: the order blocks are numbered in (outer before nested), so ties between
+            # identical blocks resolve to the right one.
+            leaves, stack = [], [jt]
             while stack:
                 t = stack.pop(0)
                 if t.kids:
                     out.append(t)
                     stack.extend(t.kids)
                 else:
-                    visit_children(t.node)
+                    leaves.append(t)
+            for t in leaves:
+                visit_children(t.node)
+            for other in aside:
+                visit(other)
         else:
             visit_children(node)
 

@@ -276,7 +276,7 @@ class PlanModel:
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                    total += float(loss) / len(nets) * len(idx)
+                    total += float(loss.detach()) / len(nets) * len(idx)
                     count += len(idx)
                     if budget is not None and time.perf_counter() - start > budget:
                         self.stop_reason_ = "time_budget"

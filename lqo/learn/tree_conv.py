@@ -28,14 +28,14 @@ from lqo.learn.featurized import FlatPlan
 class TreeBatch(NamedTuple):
     """Many plans in one index space (what :func:`batch_tree` returns).
 
-    ``x`` [N, F] node features (null rows zero); ``left``/``right`` [N] global child
-    indices; ``table`` [N] table ids; ``query`` [B, Q]; ``plan`` [N] the plan of each
-    node; ``mask`` [N, 1] float, 0 on null rows; ``n_plans`` = B.
+    ``x`` [N, F] node features (null rows zero); ``nbr`` [N, 3] global indices of
+    (node, left child, right child); ``table`` [N] table ids; ``query`` [B, Q];
+    ``plan`` [N] the plan of each node; ``mask`` [N, 1] float, 0 on null rows;
+    ``n_plans`` = B.
     """
 
     x: Tensor
-    left: Tensor
-    right: Tensor
+    nbr: Tensor
     table: Tensor
     query: Tensor
     plan: Tensor
@@ -58,14 +58,15 @@ def batch_tree(plans: Sequence[FlatPlan]) -> TreeBatch:
     offsets = np.zeros(len(plans), dtype=np.int64)
     np.cumsum(sizes[:-1], out=offsets[1:])
     shift = np.repeat(offsets, sizes)
-    left = np.concatenate([p.left for p in plans]) + shift
-    right = np.concatenate([p.right for p in plans]) + shift
+    nbr = np.empty((len(shift), 3), dtype=np.int64)
+    nbr[:, 0] = np.arange(len(shift))
+    nbr[:, 1] = np.concatenate([p.left for p in plans]) + shift
+    nbr[:, 2] = np.concatenate([p.right for p in plans]) + shift
     mask = np.ones(int(sizes.sum()), dtype=np.float32)
     mask[offsets] = 0.0
     return TreeBatch(
         x=torch.from_numpy(np.concatenate([p.x for p in plans])),
-        left=torch.from_numpy(left),
-        right=torch.from_numpy(right),
+        nbr=torch.from_numpy(nbr),
         table=torch.from_numpy(np.concatenate([p.table for p in plans])),
         query=torch.from_numpy(np.stack([p.query for p in plans]).astype(np.float32, copy=False)),
         plan=torch.from_numpy(np.repeat(np.arange(len(plans), dtype=np.int64), sizes)),
@@ -113,12 +114,13 @@ class TreeConv(nn.Module):
     """One tree-convolution layer: a triangular filter over (node, left child, right child).
 
     ``out = act(norm(W · concat(x_node, x_left, x_right) + b))``, null rows reset to zero
-    afterwards so the next layer still sees a missing child as zeros.
+    afterwards so the next layer still sees a missing child as zeros. ``nbr`` [N, 3]
+    holds each node's (self, left, right) row, so the filter input is a single gather.
 
     Example::
 
         >>> conv = TreeConv(16, 64)
-        >>> h = conv(x, batch.left, batch.right, batch.mask)   # x: [N, 16] -> [N, 64]
+        >>> h = conv(x, batch.nbr, batch.mask)   # x: [N, 16] -> [N, 64]
     """
 
     def __init__(self, in_channels: int, out_channels: int, *, norm: bool = True, act: bool = True) -> None:
@@ -134,8 +136,9 @@ class TreeConv(nn.Module):
         if self.norm is not None:
             self.norm.reset_parameters()
 
-    def forward(self, x: Tensor, left: Tensor, right: Tensor, mask: Tensor | None = None) -> Tensor:
-        h = self.lin(torch.cat([x, x[left], x[right]], dim=1))
+    def forward(self, x: Tensor, nbr: Tensor, mask: Tensor | None = None) -> Tensor:
+        # One gather of [N, 3, C] viewed as [N, 3C] is concat(x_node, x_left, x_right).
+        h = self.lin(x[nbr].flatten(1))
         if self.norm is not None:
             h = self.norm(h)
         if self.act is not None:
@@ -196,5 +199,5 @@ class TreeConvNet(nn.Module):
     def forward(self, batch: TreeBatch) -> Tensor:
         h = self.encoder(batch.x, batch.table, batch.query, batch.plan) * batch.mask
         for conv in self.convs:
-            h = conv(h, batch.left, batch.right, batch.mask)
+            h = conv(h, batch.nbr, batch.mask)
         return self.head(dynamic_pool(h, batch.plan, batch.mask, batch.n_plans)).squeeze(1)

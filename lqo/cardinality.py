@@ -1,0 +1,552 @@
+"""lqo's own cardinality estimates: filter selectivity and System-R join sizes.
+
+DuckDB shows no estimates for a forced tree, so lqo estimates every subplan itself:
+single-relation filters from ``lqo.stats`` (MCVs, histograms, null fractions), and joins
+with the independence formula over the block's key equivalence classes.
+
+CTE and derived-table relations have no stats. Their output is estimated from their
+defining query: a join block is estimated like any block (all its relations joined),
+a single-table SELECT as table rows x WHERE selectivity; then GROUP BY caps it at the
+product of the grouping columns' distinct counts (rows / 10 where unknown), a plain
+aggregate gives 1 row, LIMIT caps it. Their columns take the distinct count of the base
+column they project where that is a plain column of a FROM table, else their row count
+(key-like). Filters on them use the defaults below.
+
+>>> est = Estimator(stats, graph)  # doctest: +SKIP
+>>> est.join_rows(graph.blocks[0], frozenset({"orders", "customer"}))  # doctest: +SKIP
+15000.0
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from functools import lru_cache
+
+from sqlglot import exp
+
+from .join_graph import JoinBlock, QueryGraph, Relation, from_items, select_nodes
+from .stats import ColumnStats, DatabaseStats
+
+DEFAULT_EQ = 0.1  # equality the stats cannot see into (functions of columns, CTE columns)
+DEFAULT_RANGE = 0.33
+DEFAULT_LIKE = 0.1
+DEFAULT_OTHER = 0.33
+DEFAULT_QUERY_ROWS = 1000.0  # a subquery lqo cannot estimate at all
+_EPOCH = datetime(1970, 1, 1)
+_UNIT_DAYS = {"DAY": 1.0, "WEEK": 7.0, "MONTH": 30.4375, "QUARTER": 91.3125, "YEAR": 365.25,
+              "HOUR": 1 / 24, "MINUTE": 1 / 1440, "SECOND": 1 / 86400}
+_FLIP = {exp.LT: exp.GT, exp.GT: exp.LT, exp.LTE: exp.GTE, exp.GTE: exp.LTE, exp.EQ: exp.EQ, exp.NEQ: exp.NEQ}
+
+
+def selectivity(stats: DatabaseStats, relation: Relation, filters: list[exp.Expression]) -> float:
+    """Fraction of ``relation``'s rows passing all ``filters`` (assumed independent).
+
+    >>> selectivity(stats, block.relation("orders"), block.filters["orders"])  # doctest: +SKIP
+    0.042
+    """
+    return min(1.0, max(0.0, _conjunction(_Scope(stats, [relation]), filters)))
+
+
+def _conjunction(scope: _Scope, conds: list[exp.Expression]) -> float:
+    """Product of the conjuncts, except that a lower and an upper bound on one column
+    combine as ``P(x >= lo) + P(x <= hi) - P(x not null)``: independence would square
+    a date window's selectivity."""
+    sel = 1.0
+    bounds: dict[tuple[str, str], list] = {}  # (alias, column) -> [lowest-selectivity lower, upper, ColumnStats]
+    for c in conds:
+        while isinstance(c, exp.Paren):
+            c = c.this
+        if isinstance(c, exp.And):
+            flat = list(c.flatten())
+            if len(flat) > 1:
+                sel *= _conjunction(scope, flat)
+                continue
+        side = _bound_side(scope, c)
+        if side is None:
+            sel *= _sel(scope, c)
+            continue
+        col, name, is_lower = side
+        slot = bounds.setdefault(name, [None, None, col])
+        s = _sel(scope, c)
+        i = 0 if is_lower else 1
+        slot[i] = s if slot[i] is None else min(slot[i], s)
+    for lo, hi, col in bounds.values():
+        if lo is not None and hi is not None:
+            sel *= max(0.0, lo + hi - (1.0 - col.null_frac))
+        else:
+            sel *= lo if lo is not None else hi
+    return sel
+
+
+def _bound_side(scope: _Scope, e: exp.Expression):
+    """``(column stats, (alias, column), is lower bound)`` for ``col <op> constant``, else None."""
+    if type(e) not in (exp.LT, exp.LTE, exp.GT, exp.GTE):
+        return None
+    op = type(e)
+    col_e, other = e.this, e.expression
+    hit = scope.lookup(col_e)
+    if hit is None:
+        other, op = col_e, _FLIP[op]
+        hit = scope.lookup(e.expression)
+    if hit is None or _to_domain(_fold(other), hit[1].kind) is None:
+        return None
+    return hit[1], hit[0], op in (exp.GT, exp.GTE)
+
+
+# ------------------------------------------------------------------ constant folding
+def _fold(e: exp.Expression):
+    """A constant as ("num", float) | ("str", str) | ("date", days) | ("ival", days), or None."""
+    if isinstance(e, (exp.Paren, exp.Collate)):
+        return _fold(e.this)
+    if isinstance(e, exp.Literal):
+        if e.is_string:
+            return ("str", e.this)
+        try:
+            return ("num", float(e.this))
+        except ValueError:
+            return None
+    if isinstance(e, exp.Boolean):
+        return ("num", 1.0 if e.this else 0.0)
+    if isinstance(e, exp.Neg):
+        v = _fold(e.this)
+        return (v[0], -v[1]) if v and v[0] in ("num", "ival") else None
+    if isinstance(e, exp.Cast):
+        v = _fold(e.this)
+        target = e.to.this.name if isinstance(e.to, exp.DataType) else ""
+        if v is None:
+            return None
+        if target.startswith(("DATE", "TIMESTAMP")):
+            return ("date", _days(v[1])) if v[0] == "str" and _days(v[1]) is not None else (v if v[0] == "date" else None)
+        if target in ("VARCHAR", "TEXT", "CHAR", "NCHAR", "NVARCHAR"):
+            return ("str", v[1]) if v[0] == "str" else None
+        return _as_num(v)
+    if isinstance(e, exp.Interval):
+        v = _fold(e.this)
+        unit = e.unit.name.upper() if e.args.get("unit") else ""
+        if v and v[0] == "str" and not unit:  # INTERVAL '90 days'
+            parts = v[1].split()
+            v, unit = (("str", parts[0]), parts[1].upper()) if len(parts) == 2 else (None, "")
+        n = _as_num(v) if v else None
+        per = _UNIT_DAYS.get(unit.rstrip("S"))
+        return ("ival", n[1] * per) if n and per else None
+    if isinstance(e, (exp.Add, exp.Sub, exp.Mul, exp.Div)):
+        a, b = _fold(e.this), _fold(e.expression)
+        if a is None or b is None:
+            return None
+        if isinstance(e, (exp.Add, exp.Sub)) and "date" in (a[0], b[0]):
+            d, o = (a, b) if a[0] == "date" else (b, a)
+            off = o[1] if o[0] in ("ival", "num") else None
+            if off is None or (isinstance(e, exp.Sub) and d is b):
+                return None
+            return ("date", d[1] + (off if isinstance(e, exp.Add) else -off))
+        a, b = _as_num(a), _as_num(b)
+        if a is None or b is None:
+            return None
+        if isinstance(e, exp.Add):
+            return ("num", a[1] + b[1])
+        if isinstance(e, exp.Sub):
+            return ("num", a[1] - b[1])
+        if isinstance(e, exp.Mul):
+            return ("num", a[1] * b[1])
+        return ("num", a[1] / b[1]) if b[1] else None
+    return None
+
+
+def _as_num(v):
+    if v[0] in ("num", "ival"):
+        return ("num", v[1])
+    if v[0] == "str":
+        try:
+            return ("num", float(v[1]))
+        except ValueError:
+            return None
+    return None
+
+
+def _days(text: str) -> float | None:
+    try:
+        return (datetime.fromisoformat(text.strip()) - _EPOCH).total_seconds() / 86400.0
+    except ValueError:
+        return None
+
+
+def _to_domain(v, kind: str):
+    """A folded constant as a value comparable with the column's stored values."""
+    if v is None:
+        return None
+    if kind == "num":
+        n = _as_num(v)
+        return n[1] if n else None
+    if kind == "date":
+        if v[0] == "date":
+            return v[1]
+        return _days(v[1]) if v[0] == "str" else None
+    if kind == "str":
+        if v[0] == "str":
+            return v[1]
+        return (str(int(v[1])) if float(v[1]).is_integer() else str(v[1])) if v[0] == "num" else None
+    return None
+
+
+# ------------------------------------------------------------------ predicates
+class _Scope:
+    """Resolves column references to stats: in one relation, or in any table of a block."""
+
+    def __init__(self, stats: DatabaseStats, rels: list[Relation]):
+        self.stats = stats
+        self.rels = rels
+
+    def lookup(self, e: exp.Expression) -> tuple[tuple[str, str], ColumnStats] | None:
+        while isinstance(e, (exp.Paren, exp.Cast)):
+            e = e.this
+        if not isinstance(e, exp.Column):
+            return None
+        name = e.name.lower()
+        if e.table:
+            rel = next((r for r in self.rels if r.alias == e.table.lower()), None)
+        elif len(self.rels) == 1:
+            rel = self.rels[0]
+        else:
+            owners = [r for r in self.rels if r.columns is not None and name in r.columns]
+            rel = owners[0] if len(owners) == 1 else None
+        if rel is None or rel.kind != "table" or rel.name is None:
+            return None
+        col = self.stats.column(rel.name, name)
+        return None if col is None else ((rel.alias, name), col)
+
+
+def _column(scope: _Scope, e: exp.Expression) -> ColumnStats | None:
+    hit = scope.lookup(e)
+    return None if hit is None else hit[1]
+
+
+@lru_cache(maxsize=1024)
+def _like_regex(pattern: str, ilike: bool) -> re.Pattern:
+    body = "".join(".*" if ch == "%" else "." if ch == "_" else re.escape(ch) for ch in pattern)
+    return re.compile(body + r"\Z", re.DOTALL | (re.IGNORECASE if ilike else 0))
+
+
+def _sel(scope: _Scope, e: exp.Expression) -> float:
+    if isinstance(e, exp.Paren):
+        return _sel(scope, e.this)
+    if isinstance(e, exp.And):
+        return _conjunction(scope, list(e.flatten()))
+    if isinstance(e, exp.Or):
+        miss = 1.0
+        for part in e.flatten():
+            miss *= 1.0 - min(1.0, _sel(scope, part))
+        return 1.0 - miss
+    if isinstance(e, exp.Not):
+        return 1.0 - min(1.0, _sel(scope, e.this))
+    if isinstance(e, exp.Boolean):
+        return 1.0 if e.this else 0.0
+    if type(e) in _FLIP:
+        return _compare(scope, e)
+    if isinstance(e, exp.Between):
+        col = _column(scope, e.this)
+        if col is None:
+            return DEFAULT_RANGE * 0.5
+        lo, hi = _to_domain(_fold(e.args["low"]), col.kind), _to_domain(_fold(e.args["high"]), col.kind)
+        if lo is None or hi is None:
+            return DEFAULT_RANGE * 0.5
+        return max(0.0, col.le_frac(hi) - col.lt_frac(lo))
+    if isinstance(e, exp.In):
+        items = e.expressions
+        col = _column(scope, e.this)
+        if col is None or not items or e.args.get("query") is not None:
+            return min(0.5, DEFAULT_EQ * max(1, len(items)))
+        vals = {_to_domain(_fold(i), col.kind) for i in items}
+        if None in vals:
+            return min(0.5, DEFAULT_EQ * len(items))
+        return min(1.0 - col.null_frac, sum(col.eq_frac(v) for v in vals))
+    if isinstance(e, exp.Is):
+        col = _column(scope, e.this)
+        if isinstance(e.expression, exp.Null):
+            return col.null_frac if col is not None else 0.05
+        return DEFAULT_OTHER
+    if isinstance(e, (exp.Like, exp.ILike)):
+        col = _column(scope, e.this)
+        pat = _fold(e.expression)
+        if col is None or col.kind != "str" or pat is None or pat[0] != "str":
+            s = DEFAULT_LIKE
+        else:
+            rx = _like_regex(pat[1], isinstance(e, exp.ILike))
+            s = col.match_frac(lambda v: rx.match(v) is not None)
+        if e.args.get("negate"):
+            return max(0.0, 1.0 - (col.null_frac if col else 0.0) - s)
+        return s
+    return DEFAULT_OTHER
+
+
+def _compare(scope: _Scope, e: exp.Expression) -> float:
+    op = type(e)
+    left, right = e.this, e.expression
+    lcol, rcol = _column(scope, left), _column(scope, right)
+    if lcol is not None and rcol is not None:  # two columns of one relation
+        if op is exp.EQ:
+            return 1.0 / max(lcol.ndv, rcol.ndv, 1.0)
+        return 1.0 - 1.0 / max(lcol.ndv, rcol.ndv, 1.0) if op is exp.NEQ else DEFAULT_RANGE
+    col, other = lcol, right
+    if col is None:
+        col, other, op = rcol, left, _FLIP[op]
+    if col is not None and op is exp.EQ and isinstance(other, exp.Column):
+        return 1.0 / max(col.ndv, 1.0)  # an outer (correlated) column: one value per call
+    v = _to_domain(_fold(other), col.kind) if col is not None else None
+    if col is None or v is None:
+        return DEFAULT_EQ if op is exp.EQ else 1.0 - DEFAULT_EQ if op is exp.NEQ else DEFAULT_RANGE
+    if op is exp.EQ:
+        return col.eq_frac(v)
+    if op is exp.NEQ:
+        return max(0.0, 1.0 - col.null_frac - col.eq_frac(v))
+    if op is exp.LT:
+        return col.lt_frac(v)
+    if op is exp.LTE:
+        return col.le_frac(v)
+    nonnull = 1.0 - col.null_frac
+    return max(0.0, nonnull - (col.le_frac(v) if op is exp.GT else col.lt_frac(v)))
+
+
+# ------------------------------------------------------------------ joins
+class Estimator:
+    """Row estimates for relations and connected subsets of a query's blocks, memoized.
+
+    >>> est = Estimator(stats, graph)  # doctest: +SKIP
+    >>> est.relation_rows(block, "customer"), est.join_rows(block, frozenset({"orders", "customer"}))  # doctest: +SKIP
+    (1500.0, 15000.0)
+    """
+
+    def __init__(self, stats: DatabaseStats, graph: QueryGraph):
+        self.stats = stats
+        self.graph = graph
+        self._scan: dict[tuple[int, str], tuple[float, float, float]] = {}
+        self._join: dict[tuple[int, frozenset[str]], float] = {}
+        self._classes: dict[int, list[dict[str, float]]] = {}
+        self._residuals: dict[int, list[tuple[frozenset[str], float]]] = {}
+        self._selects: list[exp.Select] | None = None
+        self._blocks = {b.index: b for b in graph.blocks}
+        self._query_rows: dict[int, float] = {}
+        self._active: set[int] = set()  # queries being estimated: recursive CTEs stop here
+
+    def scan(self, block: JoinBlock, alias: str) -> tuple[float, float, float]:
+        """``(base rows, filter selectivity, estimated rows)`` of one relation."""
+        key = (block.index, alias)
+        hit = self._scan.get(key)
+        if hit is None:
+            rel = block.relation(alias)
+            filters = block.filters.get(alias, [])
+            if rel.kind == "table":
+                base = float(self.stats.rows(rel.name) or DEFAULT_QUERY_ROWS)
+            else:
+                base = self._derived_rows(block, rel)
+            sel = selectivity(self.stats, rel, filters)
+            hit = (base, sel, max(1.0, base * sel))
+            self._scan[key] = hit
+        return hit
+
+    def relation_rows(self, block: JoinBlock, alias: str) -> float:
+        """Rows of ``alias`` after its single-relation filters."""
+        return self.scan(block, alias)[2]
+
+    def join_rows(self, block: JoinBlock, rels: frozenset[str]) -> float:
+        """Rows of joining ``rels`` (with every predicate they cover); any subset works,
+        a disconnected one is a cross product."""
+        key = (block.index, rels)
+        hit = self._join.get(key)
+        if hit is not None:
+            return hit
+        rows = 1.0
+        for a in rels:
+            rows *= self.scan(block, a)[2]
+        pairs: dict[tuple[str, ...], float] = {}
+        for cls in self._block_classes(block):
+            members = [(a, d) for a, d in cls.items() if a in rels]
+            if len(members) == 2:
+                pair = tuple(sorted(a for a, _ in members))
+                pairs[pair] = pairs.get(pair, 1.0) * max(d for _, d in members)
+                continue
+            # Containment: the smallest key domain is inside the others', so each further
+            # member divides by its own distinct count (max ndv for a pair).
+            for d in sorted(d for _, d in members)[1:]:
+                rows /= d
+        for (a, b), div in pairs.items():
+            # Several keys between one pair form a composite key: independence multiplies
+            # their distinct counts far past the rows that can hold them.
+            rows /= min(div, max(self.scan(block, a)[2], self.scan(block, b)[2]))
+        for res_rels, sel in self._block_residuals(block):
+            if res_rels <= rels:
+                rows *= sel
+        rows = max(1.0, rows)
+        self._join[key] = rows
+        return rows
+
+    def block_rows(self, block: JoinBlock) -> float:
+        """Rows of the whole block's join (before any aggregation)."""
+        return self.join_rows(block, frozenset(block.aliases))
+
+    def column_ndv(self, block: JoinBlock, rel: str, name: str) -> float:
+        """Distinct values of a column after its relation's filters (at most its rows)."""
+        r = block.relation(rel)
+        rows = self.scan(block, rel)[2]
+        if r.kind == "table":
+            col = self.stats.column(r.name, name)
+            ndv = col.ndv if col is not None and col.ndv > 0 else rows
+        else:
+            ndv = self._derived_ndv(block, r, name) or rows
+        return max(1.0, min(ndv, rows))
+
+    def _block_classes(self, block: JoinBlock) -> list[dict[str, float]]:
+        hit = self._classes.get(block.index)
+        if hit is None:
+            hit = []
+            for cls in block.classes:
+                per: dict[str, float] = {}
+                for c in cls:  # two keys of one relation: its smaller domain survives
+                    d = self.column_ndv(block, c.rel, c.name)
+                    per[c.rel] = min(per.get(c.rel, d), d)
+                hit.append(per)
+            self._classes[block.index] = hit
+        return hit
+
+    def _block_residuals(self, block: JoinBlock) -> list[tuple[frozenset[str], float]]:
+        hit = self._residuals.get(block.index)
+        if hit is None:
+            hit = []
+            for res in block.residuals:
+                e = res.expr
+                if isinstance(e, exp.EQ) and isinstance(e.this, exp.Column) and isinstance(e.expression, exp.Column):
+                    ds = [self._residual_ndv(block, c) for c in (e.this, e.expression)]
+                    sel = 1.0 / max(ds)
+                else:  # e.g. an OR of per-relation conditions: each atom has its stats
+                    sel = min(1.0, _sel(_Scope(self.stats, block.relations), e))
+                hit.append((res.rels, sel))
+            self._residuals[block.index] = hit
+        return hit
+
+    def _residual_ndv(self, block: JoinBlock, col: exp.Column) -> float:
+        alias = col.table.lower() if col.table else None
+        for r in block.relations:
+            if (alias is None and r.columns and col.name.lower() in r.columns) or r.alias == alias:
+                return self.column_ndv(block, r.alias, col.name.lower())
+        return 1.0 / DEFAULT_EQ
+
+    # -------------------------------------------------------- CTEs and derived tables
+    def _definition(self, block: JoinBlock, rel: Relation) -> exp.Expression | None:
+        if rel.kind == "cte":
+            for cte in self.graph.ast.find_all(exp.CTE):
+                if cte.alias_or_name.lower() == rel.name:
+                    return cte.this
+            return None
+        for item in from_items(self._select_nodes()[block.index]):
+            if item.alias_or_name.lower() == rel.alias and isinstance(item, exp.Subquery):
+                return item.this
+        return None
+
+    def _select_nodes(self) -> list[exp.Select]:
+        if self._selects is None:
+            self._selects = select_nodes(self.graph.ast)
+        return self._selects
+
+    def _derived_rows(self, block: JoinBlock, rel: Relation) -> float:
+        q = self._definition(block, rel)
+        return DEFAULT_QUERY_ROWS if q is None else self.query_rows(q)
+
+    def query_rows(self, q: exp.Expression) -> float:
+        """Estimated output rows of a (sub)query of this graph's AST."""
+        key = id(q)
+        if key in self._query_rows:
+            return self._query_rows[key]
+        if key in self._active or len(self._active) > 16:
+            return DEFAULT_QUERY_ROWS
+        self._active.add(key)
+        try:
+            rows = max(1.0, self._estimate_query(q))
+        finally:
+            self._active.discard(key)
+        self._query_rows[key] = rows
+        return rows
+
+    def _estimate_query(self, q: exp.Expression) -> float:
+        while isinstance(q, exp.Subquery):
+            q = q.this
+        if isinstance(q, exp.Union):
+            return self.query_rows(q.this) + self.query_rows(q.expression)
+        if isinstance(q, exp.SetOperation):  # INTERSECT / EXCEPT: at most the left side
+            return self.query_rows(q.this)
+        if not isinstance(q, exp.Select):
+            return DEFAULT_QUERY_ROWS
+        items = from_items(q)
+        index = next((i for i, s in enumerate(self._select_nodes()) if s is q), None)
+        block = self._blocks.get(index)
+        if block is not None and block.relations and len(block.relations) == len(items):
+            rows = self.block_rows(block)
+        elif len(items) == 1:
+            rows = self._item_rows(q, items[0])
+        elif not items:
+            rows = 1.0
+        else:
+            rows = DEFAULT_QUERY_ROWS
+        if q.args.get("group"):
+            cap = 1.0
+            for g in q.args["group"].expressions:
+                d = self._base_ndv(q, g)
+                cap = cap * d if d else cap * max(1.0, rows / 10)
+            rows = min(rows, cap)
+        elif any(not isinstance(a.parent, exp.Window) for e in q.expressions for a in e.find_all(exp.AggFunc)):
+            rows = 1.0
+        if q.args.get("having"):
+            rows *= DEFAULT_OTHER
+        limit = q.args.get("limit")
+        if limit is not None:
+            n = _fold(limit.expression) if limit.expression is not None else None
+            if n and n[0] == "num":
+                rows = min(rows, n[1])
+        return rows
+
+    def _item_rows(self, q: exp.Select, item: exp.Expression) -> float:
+        where = q.args.get("where")
+        conds = list(where.this.flatten()) if where is not None and isinstance(where.this, exp.And) else (
+            [where.this] if where is not None else [])
+        if isinstance(item, exp.Table) and self.stats.rows(item.name) is not None and not self._is_cte(item.name):
+            name = item.name.lower()
+            rel = Relation(item.alias_or_name.lower(), "table", name, None, (name,))
+            return self.stats.rows(name) * selectivity(self.stats, rel, conds)
+        inner = item.this if isinstance(item, exp.Subquery) else self._cte_query(item.name)
+        base = self.query_rows(inner) if inner is not None else DEFAULT_QUERY_ROWS
+        return base * DEFAULT_RANGE ** min(len(conds), 3)
+
+    def _is_cte(self, name: str) -> bool:
+        return self._cte_query(name) is not None
+
+    def _cte_query(self, name: str) -> exp.Expression | None:
+        for cte in self.graph.ast.find_all(exp.CTE):
+            if cte.alias_or_name.lower() == name.lower():
+                return cte.this
+        return None
+
+    def _base_ndv(self, q: exp.Select, e: exp.Expression) -> float | None:
+        """Distinct count of a plain column of one of ``q``'s FROM tables, if it is one."""
+        while isinstance(e, (exp.Alias, exp.Paren)):
+            e = e.this
+        if not isinstance(e, exp.Column):
+            return None
+        for item in from_items(q):
+            if not isinstance(item, exp.Table) or self._is_cte(item.name):
+                continue
+            if e.table and e.table.lower() != item.alias_or_name.lower():
+                continue
+            col = self.stats.column(item.name, e.name)
+            if col is not None:
+                return max(col.ndv, 1.0)
+        return None
+
+    def _derived_ndv(self, block: JoinBlock, rel: Relation, name: str) -> float | None:
+        q = self._definition(block, rel)
+        while isinstance(q, (exp.Subquery, exp.SetOperation)):
+            q = q.this
+        if not isinstance(q, exp.Select):
+            return None
+        for e in q.expressions:
+            if e.alias_or_name.lower() == name:
+                return self._base_ndv(q, e)
+        return None
