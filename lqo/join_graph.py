@@ -70,6 +70,9 @@ class JoinBlock:
     # written: positions, because they may hold subqueries that are blocks themselves.
     kept: list[int] = field(default_factory=list)
     unsafe: str | None = None
+    # Why lqo keeps DuckDB's native tree for this block (it is still rendered with it):
+    # a correlated subquery is rewritten by DuckDB's decorrelation, whatever its tree.
+    fixed: str | None = None
 
     @property
     def aliases(self) -> list[str]:
@@ -210,6 +213,9 @@ def _build_block(index: int, select: exp.Select, items, ctes, catalog: Catalog) 
             return block
         block.relations.append(rel)
     _classify(block, block_conjuncts(select))
+    outer = _outer_reference(block, select)
+    if outer:
+        block.fixed = f"correlated subquery (references {outer})"
     return block
 
 
@@ -296,6 +302,32 @@ def _base_tables(query: exp.Expression, ctes, catalog: Catalog, seen: set[str]) 
 
 
 _UNKNOWN = object()
+
+
+def _outer_reference(block: JoinBlock, select: exp.Select) -> str | None:
+    """A column of ``select`` (outside nested SELECTs) that no relation of the block has."""
+    for col in select.find_all(exp.Column):
+        if isinstance(col.this, exp.Star) or _nested_in(col, select):
+            continue
+        if col.table:
+            if col.table.lower() not in {r.alias for r in block.relations}:
+                return col.sql(dialect="duckdb")
+        elif all(r.columns is not None for r in block.relations):
+            name = col.name.lower()
+            if not any(name in r.columns for r in block.relations):
+                aliases = {e.alias.lower() for e in select.expressions if e.alias}
+                if name not in aliases:
+                    return col.sql(dialect="duckdb")
+    return None
+
+
+def _nested_in(node: exp.Expression, select: exp.Select) -> bool:
+    parent = node.parent
+    while parent is not None and parent is not select:
+        if isinstance(parent, exp.Select):
+            return True
+        parent = parent.parent
+    return False
 
 
 def _refs(block: JoinBlock, expr: exp.Expression):

@@ -114,8 +114,8 @@ def read_native_trees(graph: QueryGraph, roots: list[PNode]) -> NativeTrees:
         if best is None:
             out.missing[block.index] = "no join tree in DuckDB's plan has exactly this block's relations"
             continue
-        used.add(id(best[1]))
-        tree, est, act = best[2]
+        tree, est, act, interior = best[2]
+        used |= interior  # join nodes of this block's tree serve no other block
         out.trees[block.index], out.estimates[block.index], out.actuals[block.index] = tree, est, act
     return out
 
@@ -280,7 +280,7 @@ def _scanned_tables(node: PNode, ctes: _Ctes) -> list[str]:
 # -- matching a block to a join tree ---------------------------------------------------
 
 
-def _match_block(block: JoinBlock, jt: JTree, ctes) -> tuple[int, Tree, dict, dict] | None:
+def _match_block(block: JoinBlock, jt: JTree, ctes) -> tuple[int, Tree, dict, dict, set[int]] | None:
     """The best-scoring consistent reading of ``jt`` as ``block``'s tree, or None."""
     want = tuple(sorted(t for r in block.relations for t in r.tables))
     if jt.tables != want:
@@ -303,7 +303,14 @@ def _match_block(block: JoinBlock, jt: JTree, ctes) -> tuple[int, Tree, dict, di
     est: dict[frozenset[str], float | None] = {}
     act: dict[frozenset[str], int | None] = {}
     _collect_cards(jt, best[2], est, act)
-    return best[0], best[1], est, act
+    return best[0], best[1], est, act, _interior(jt, best[2])
+
+
+def _interior(jt: JTree, assign: dict[int, str]) -> set[int]:
+    """Ids of the join nodes that make up the block's tree (above its leaves)."""
+    if id(jt) in assign or not jt.kids:
+        return set()
+    return {id(jt)}.union(*(_interior(k, assign) for k in jt.kids))
 
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -55,6 +55,11 @@ class PreparedQuery:
     def render(self, plan: Plan) -> str:
         return render(self.graph, plan)
 
+    @property
+    def free_blocks(self) -> list:
+        """Blocks whose tree lqo may choose (the others keep DuckDB's native tree)."""
+        return [b for b in self.graph.reorderable if b.fixed is None and len(b.relations) >= 2]
+
     def random_plans(self, n: int, rng: random.Random, max_tries: int = 50) -> list[Plan]:
         """Up to ``n`` distinct plans, each differing from native in one random block.
 
@@ -64,7 +69,9 @@ class PreparedQuery:
         if not self.forceable:
             return []
         base = self.native_plan
-        blocks = [b for b in self.graph.reorderable if len(b.relations) >= 2]
+        blocks = self.free_blocks
+        if not blocks:
+            return []
         seen = {base}
         out: list[Plan] = []
         for _ in range(n * max_tries):

@@ -116,12 +116,12 @@ def test_random_trees_return_native_result(data, dbs, prepared):
     with forced_settings(con):
         executed = read_native_trees(pq.graph, explain_json(con, pq.render(plan)))
     blocks = {b.index: b for b in pq.graph.blocks}
-    for index, tree in plan.trees:
-        if index in executed.trees:
-            # Relations reading the same tables (three references to one CTE) cannot be
-            # told apart in EXPLAIN: compare the trees with leaves named by their tables.
-            got, want = (_by_tables(blocks[index], t) for t in (executed.trees[index], tree))
-            assert got == want, f"{kind} {qid} block {index}: executed {executed.trees[index]}, rendered {tree}"
+    # Relations reading the same tables (three references to one CTE), and blocks that
+    # differ only in constants, cannot be told apart in EXPLAIN: compare the multiset of
+    # trees with leaves named by their tables.
+    shown = sorted(str(_by_tables(blocks[i], t)) for i, t in executed.trees.items())
+    rendered = sorted(str(_by_tables(blocks[i], t)) for i, t in plan.trees if i in executed.trees)
+    assert shown == rendered, f"{kind} {qid}: executed {executed.plan}, rendered {plan}"
 
 
 def _by_tables(block, tree):

@@ -126,6 +126,7 @@ class GraphConvNet(nn.Module):
         hidden: int = 32,
         dropout: float = 0.0,
         conv: str = "gine",
+        norm: bool = False,
     ) -> None:
         super().__init__()
         if conv not in CONV_KINDS:
@@ -139,7 +140,7 @@ class GraphConvNet(nn.Module):
                 self.convs.append(GINEConv(mlp, train_eps=True, edge_dim=N_EDGE_TYPES))
             else:
                 self.convs.append(GATv2Conv(a, b, edge_dim=N_EDGE_TYPES, add_self_loops=True))
-        self.norms = nn.ModuleList(nn.LayerNorm(b) for b in dims[1:])
+        self.norms = nn.ModuleList((nn.LayerNorm(b) if norm else nn.Identity()) for b in dims[1:])
         self.act = nn.LeakyReLU(0.01)
         self.head = nn.Sequential(
             nn.Linear(2 * dims[-1], hidden), nn.LeakyReLU(0.01), nn.Dropout(dropout), nn.Linear(hidden, 1)
@@ -150,7 +151,8 @@ class GraphConvNet(nn.Module):
         self.encoder.reset_parameters()
         for conv, norm in zip(self.convs, self.norms):
             conv.reset_parameters()
-            norm.reset_parameters()
+            if isinstance(norm, nn.LayerNorm):
+                norm.reset_parameters()
         for layer in self.head:
             if isinstance(layer, nn.Linear):
                 layer.reset_parameters()

@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import functional as F
@@ -92,3 +93,46 @@ def plan_loss(kind: str, pred: Tensor, target: Tensor, groups: Tensor | None, ra
     if kind == "combined":
         return combined_loss(pred, target, groups, rank_weight)
     raise ValueError(f"loss must be one of {LOSS_KINDS}, got {kind!r}")
+
+
+def split_groups(gid: np.ndarray, frac: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(train, val)`` holding out ``frac`` of the groups (queries) whole, so
+    validation measures unseen queries, not near-duplicates of training plans.
+
+    Example::
+
+        >>> tr, va = split_groups(query_ids, 0.1, np.random.default_rng(0))
+    """
+    uniq = np.unique(gid)
+    if frac <= 0 or len(uniq) < 2:
+        return np.arange(len(gid)), np.arange(0)
+    n_val = min(len(uniq) - 1, max(1, int(round(frac * len(uniq)))))
+    val_groups = rng.choice(uniq, size=n_val, replace=False)
+    is_val = np.isin(gid, val_groups)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def group_batches(gid: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled minibatches of plan indices made of whole groups (each at least
+    ``batch_size`` plans but the last), so every same-query pair the ranking loss
+    needs lies inside one batch.
+
+    Example::
+
+        >>> for idx in group_batches(query_ids, 64, rng): ...
+    """
+    order = np.argsort(gid, kind="stable")
+    _, starts = np.unique(gid[order], return_index=True)
+    members = np.split(order, starts[1:])
+    batches: list[np.ndarray] = []
+    current: list[np.ndarray] = []
+    size = 0
+    for g in rng.permutation(len(members)):
+        current.append(members[g])
+        size += len(members[g])
+        if size >= batch_size:
+            batches.append(np.concatenate(current))
+            current, size = [], 0
+    if current:
+        batches.append(np.concatenate(current))
+    return batches

@@ -37,7 +37,7 @@ from lqo.learn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from lqo.learn.featurized import FlatPlan
 from lqo.learn.graph_conv import GraphConvNet, batch_graph
 from lqo.learn.greedy_lr import GreedyLR
-from lqo.learn.losses import LOSS_KINDS, plan_loss, ranking_pairs
+from lqo.learn.losses import LOSS_KINDS, group_batches, plan_loss, ranking_pairs, split_groups
 from lqo.learn.tree_conv import TreeConvNet, batch_tree
 
 LR_SCHEDULES = ("greedy", "cosine")
@@ -68,36 +68,15 @@ def _torch_env(n_threads: int | None, seed: int | None = None) -> Iterator[None]
             torch.set_num_threads(old_threads)
 
 
-def _split_groups(gid: np.ndarray, frac: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Hold out whole groups (queries), so validation measures unseen queries, not
-    near-duplicates of training plans."""
-    uniq = np.unique(gid)
-    if frac <= 0 or len(uniq) < 2:
-        return np.arange(len(gid)), np.arange(0)
-    n_val = min(len(uniq) - 1, max(1, int(round(frac * len(uniq)))))
-    val_groups = rng.choice(uniq, size=n_val, replace=False)
-    is_val = np.isin(gid, val_groups)
-    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
-
-
-def _group_batches(gid: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Shuffled minibatches made of whole groups, so every same-query pair the ranking
-    loss needs lies inside one batch."""
-    order = np.argsort(gid, kind="stable")
-    _, starts = np.unique(gid[order], return_index=True)
-    members = np.split(order, starts[1:])
-    batches: list[np.ndarray] = []
-    current: list[np.ndarray] = []
-    size = 0
-    for g in rng.permutation(len(members)):
-        current.append(members[g])
-        size += len(members[g])
-        if size >= batch_size:
-            batches.append(np.concatenate(current))
-            current, size = [], 0
-    if current:
-        batches.append(np.concatenate(current))
-    return batches
+def _labels(plans: Sequence[FlatPlan], ms: np.ndarray, groups: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Checked latencies and dense group ids 0..G-1 (each plan its own group when None)."""
+    y = np.asarray(ms, dtype=np.float64)
+    if len(plans) == 0 or y.shape != (len(plans),) or not np.all(np.isfinite(y)) or (y < 0).any():
+        raise ValueError("need one finite, non-negative latency per plan and at least one plan")
+    gid = np.arange(len(y)) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
+    if gid.shape != y.shape:
+        raise ValueError(f"groups has {gid.shape[0]} ids for {len(y)} plans")
+    return y, gid
 
 
 def _feature_stats(arrays: Sequence[np.ndarray]) -> tuple[Tensor, Tensor]:
@@ -106,6 +85,11 @@ def _feature_stats(arrays: Sequence[np.ndarray]) -> tuple[Tensor, Tensor]:
     # Constant features (e.g. an unused one-hot slot) keep scale 1 instead of exploding.
     std[std < 1e-6] = 1.0
     return torch.tensor(stacked.mean(axis=0), dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+
+
+def _to_ms(log1p_ms: np.ndarray) -> np.ndarray:
+    # A ranking-only model's scores have no absolute scale; clip so expm1 stays finite.
+    return np.expm1(np.clip(log1p_ms, 0.0, 700.0))
 
 
 class PlanModel:
@@ -117,6 +101,10 @@ class PlanModel:
         table_dim: table-embedding width.
         n_tables: table-vocabulary size; None infers ``max table id + 1`` at fit time.
         dropout: dropout in the head (regularization only; uncertainty comes from the ensemble).
+        norm: per-node LayerNorm after each convolution. Off by default: it normalizes away
+            the size of cardinality features, so predictions saturate past the training range
+            and members agree there (synthetic plans: rho 0.95 vs 0.98 without; far-out-of-range
+            ensemble std about equal to in-range vs several times it without).
         loss: ``"regression"``, ``"ranking"`` or ``"combined"``. A ranking-only model orders
             plans of one query well but its absolute ms are not calibrated.
         rank_weight: weight of the ranking term in ``"combined"``.
@@ -137,39 +125,22 @@ class PlanModel:
     kind: ClassVar[str] = ""
     _EXTRA_PARAMS: ClassVar[tuple[str, ...]] = ()
     _COMMON_PARAMS: ClassVar[tuple[str, ...]] = (
-        "channels", "hidden", "table_dim", "n_tables", "dropout", "loss", "rank_weight", "lr",
+        "channels", "hidden", "table_dim", "n_tables", "dropout", "norm", "loss", "rank_weight", "lr",
         "weight_decay", "lr_schedule", "batch_size", "epochs", "patience", "val_fraction",
         "n_members", "time_budget_s", "seed", "n_threads",
     )
 
     def __init__(
-        self,
-        *,
-        channels: Sequence[int] = (64, 64, 32),
-        hidden: int = 32,
-        table_dim: int = 8,
-        n_tables: int | None = None,
-        dropout: float = 0.0,
-        loss: str = "regression",
-        rank_weight: float = 1.0,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        lr_schedule: str = "greedy",
-        batch_size: int = 64,
-        epochs: int = 100,
-        patience: int = 15,
-        val_fraction: float = 0.1,
-        n_members: int = 3,
-        time_budget_s: float | None = None,
-        seed: int = 0,
-        n_threads: int | None = 1,
+        self, *, channels: Sequence[int] = (64, 64, 32), hidden: int = 32, table_dim: int = 8,
+        n_tables: int | None = None, dropout: float = 0.0, norm: bool = False, loss: str = "regression",
+        rank_weight: float = 1.0, lr: float = 1e-3, weight_decay: float = 0.0, lr_schedule: str = "greedy",
+        batch_size: int = 64, epochs: int = 100, patience: int = 15, val_fraction: float = 0.1,
+        n_members: int = 3, time_budget_s: float | None = None, seed: int = 0, n_threads: int | None = 1,
     ) -> None:
+        given = locals()
+        for name in self._COMMON_PARAMS:  # stored as given, scikit-learn style; checked in fit()
+            setattr(self, name, given[name])
         self.channels = tuple(int(c) for c in channels)
-        self.hidden, self.table_dim, self.n_tables, self.dropout = hidden, table_dim, n_tables, dropout
-        self.loss, self.rank_weight, self.lr, self.weight_decay = loss, rank_weight, lr, weight_decay
-        self.lr_schedule, self.batch_size, self.epochs, self.patience = lr_schedule, batch_size, epochs, patience
-        self.val_fraction, self.n_members, self.time_budget_s = val_fraction, n_members, time_budget_s
-        self.seed, self.n_threads = seed, n_threads
         self.vocabulary_: dict[str, int] = {}
         self.schema_: str | None = None
 
@@ -180,6 +151,10 @@ class PlanModel:
     @staticmethod
     def _batch(plans: Sequence[FlatPlan]) -> Any:
         raise NotImplementedError
+
+    def _net_params(self) -> dict[str, Any]:
+        return {"channels": self.channels, "table_dim": self.table_dim, "hidden": self.hidden,
+                "dropout": self.dropout, "norm": self.norm}
 
     # ----- parameters -------------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
@@ -213,8 +188,8 @@ class PlanModel:
         """Train on ``plans`` with measured ``latencies_ms``; ``groups`` (one id per plan,
         e.g. the query) scopes the ranking loss and the validation split. ``val`` is an
         optional ``(plans, latencies_ms, groups)``; without it ``val_fraction`` of the
-        groups is held out. Stops at ``epochs``, on ``patience`` or on ``time_budget_s``,
-        and keeps the epoch with the best validation loss. Returns ``self``.
+        groups is held out. Stops at ``epochs``, on ``patience`` or on ``time_budget_s``
+        (``stop_reason_``), and keeps the epoch with the best validation loss.
 
         Example::
 
@@ -223,89 +198,91 @@ class PlanModel:
             {'epoch': 39, 'train_loss': 0.08, 'val_loss': 0.11, 'lr': 0.0012, 'time_s': 3.1}
         """
         self._check_params()
-        y = np.asarray(latencies_ms, dtype=np.float64)
-        if len(plans) == 0 or y.shape != (len(plans),) or not np.all(np.isfinite(y)) or (y < 0).any():
-            raise ValueError("need one finite, non-negative latency per plan and at least one plan")
-        rank_groups = groups is not None
-        gid = np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1) if rank_groups else np.arange(len(y))
-        if gid.shape != y.shape:
-            raise ValueError(f"groups has {gid.shape[0]} ids for {len(y)} plans")
-        epochs = self.epochs if epochs is None else epochs
-        budget = self.time_budget_s if time_budget_s is None else time_budget_s
+        y, gid = _labels(plans, latencies_ms, groups)
         rng = np.random.default_rng(self.seed)
         start = time.perf_counter()
         with _torch_env(self.n_threads, self.seed):
             if val is None:
-                tr, va = _split_groups(gid, self.val_fraction, rng)
+                tr, va = split_groups(gid, self.val_fraction, rng)
                 val_plans, val_y, val_g = [plans[i] for i in va], y[va], gid[va]
                 plans, y, gid = [plans[i] for i in tr], y[tr], gid[tr]
             else:
-                val_plans, val_y = list(val[0]), np.asarray(val[1], dtype=np.float64)
-                val_g = np.unique(np.asarray(val[2]), return_inverse=True)[1].reshape(-1) if val[2] is not None else None
-                val_g = np.arange(len(val_y)) if val_g is None else val_g
+                val_plans = list(val[0])
+                val_y, val_g = _labels(val_plans, val[1], val[2]) if val_plans else (np.zeros(0), np.zeros(0, np.int64))
             self._init_state(plans, val_plans, np.log1p(y))
-            target = torch.tensor((np.log1p(y) - self.label_mean_) / self.label_std_, dtype=torch.float32)
-            g_t = torch.from_numpy(gid) if rank_groups else None
-            monitor_val = len(val_plans) > 0
-            if monitor_val:
-                vb = self._batch(val_plans)
-                vt = torch.tensor((np.log1p(val_y) - self.label_mean_) / self.label_std_, dtype=torch.float32)
-                vg = torch.from_numpy(val_g) if rank_groups else None
-                if self.loss == "ranking":  # nothing to rank in validation: watch the train loss
-                    monitor_val = ranking_pairs(vg if vg is not None else torch.zeros_like(vt), vt)[0].numel() > 0
-
-            nets = self.net_
-            opt = torch.optim.Adam(nets.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-            sched: Any = (
-                GreedyLR(opt, factor=0.8, patience=2, smooth=True, window=3, min_lr=self.lr * 1e-2)
-                if self.lr_schedule == "greedy"
-                else torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs), eta_min=self.lr * 1e-2)
-            )
-            best, best_state, bad = math.inf, copy.deepcopy(nets.state_dict()), 0
-            self.history_: list[dict[str, Any]] = []
-            self.stop_reason_, self.best_epoch_ = "epochs", -1
-            for epoch in range(epochs):
-                nets.train()
-                total, count = 0.0, 0
-                for idx in _group_batches(gid, self.batch_size, rng):
-                    batch = self._batch([plans[i] for i in idx])
-                    t, g = target[idx], (g_t[idx] if g_t is not None else None)
-                    # Members are independent, so one backward over the summed losses trains
-                    # each exactly as alone (Adam is per-parameter) for one batching cost.
-                    loss = sum(plan_loss(self.loss, net(batch), t, g, self.rank_weight) for net in nets)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    total += float(loss.detach()) / len(nets) * len(idx)
-                    count += len(idx)
-                    if budget is not None and time.perf_counter() - start > budget:
-                        self.stop_reason_ = "time_budget"
-                        break
-                train_loss = total / max(count, 1)
-                val_loss = None
-                if monitor_val:
-                    nets.eval()
-                    with torch.no_grad():
-                        val_loss = sum(float(plan_loss(self.loss, n(vb), vt, vg, self.rank_weight)) for n in nets) / len(nets)
-                watched = val_loss if val_loss is not None else train_loss
-                lr = float(opt.param_groups[0]["lr"])
-                self.history_.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
-                                      "time_s": time.perf_counter() - start})
-                if watched < best - 1e-6:
-                    best, best_state, bad, self.best_epoch_ = watched, copy.deepcopy(nets.state_dict()), 0, epoch
-                else:
-                    bad += 1
-                if self.stop_reason_ == "time_budget":
-                    break
-                if bad >= self.patience:
-                    self.stop_reason_ = "patience"
-                    break
-                sched.step(watched) if self.lr_schedule == "greedy" else sched.step()
-            nets.load_state_dict(best_state)
-            nets.eval()
-        self.best_loss_ = best
+            one_group = groups is None  # no query ids: rank every plan in a batch against every other
+            train = (plans, self._scale(y), gid, one_group)
+            val_set = (val_plans, self._scale(val_y), val_g, one_group) if len(val_plans) else None
+            if val_set is not None and self.loss == "ranking":  # nothing to rank there: watch the train loss
+                g = torch.zeros(len(val_y), dtype=torch.int64) if one_group else torch.from_numpy(val_g)
+                val_set = val_set if ranking_pairs(g, val_set[1])[0].numel() else None
+            self._train(train, val_set, self.epochs if epochs is None else epochs,
+                        self.time_budget_s if time_budget_s is None else time_budget_s, rng, start)
         self.fit_time_s_ = time.perf_counter() - start
         return self
+
+    def _scale(self, y: np.ndarray) -> Tensor:
+        return torch.tensor((np.log1p(y) - self.label_mean_) / self.label_std_, dtype=torch.float32)
+
+    def _loss_sum(self, plans: Sequence[FlatPlan], idx: np.ndarray, data: tuple) -> Tensor:
+        """Summed loss of all members on one batch. Members are independent, so one
+        backward over the sum trains each exactly as alone (Adam is per-parameter)."""
+        _, target, gid, one_group = data
+        batch = self._batch([plans[i] for i in idx])
+        t, g = target[idx], (None if one_group else torch.from_numpy(gid[idx]))
+        return sum(plan_loss(self.loss, net(batch), t, g, self.rank_weight) for net in self.net_)
+
+    def _train(self, train: tuple, val: tuple | None, epochs: int, budget: float | None,
+               rng: np.random.Generator, start: float) -> None:
+        nets = self.net_
+        # fused: one kernel for ~100 small tensors; the per-tensor loop was a third of the step time.
+        opt = torch.optim.Adam(nets.parameters(), lr=self.lr, weight_decay=self.weight_decay, fused=True)
+        sched: Any = (
+            GreedyLR(opt, factor=0.8, patience=2, smooth=True, window=3, min_lr=self.lr * 1e-2)
+            if self.lr_schedule == "greedy"
+            else torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs), eta_min=self.lr * 1e-2)
+        )
+        # Validation in whole-group chunks, so no ranking pair is cut apart.
+        val_chunks = group_batches(val[2], _PREDICT_CHUNK, np.random.default_rng(0)) if val else []
+        best, best_state, bad = math.inf, copy.deepcopy(nets.state_dict()), 0
+        self.history_: list[dict[str, Any]] = []
+        self.stop_reason_, self.best_epoch_ = "epochs", -1
+        for epoch in range(epochs):
+            nets.train()
+            total = 0.0
+            batches = group_batches(train[2], self.batch_size, rng)
+            for idx in batches:
+                loss = self._loss_sum(train[0], idx, train)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+                if budget is not None and time.perf_counter() - start > budget:
+                    self.stop_reason_ = "time_budget"
+                    break
+            train_loss = total / len(nets) / sum(len(i) for i in batches)
+            val_loss = None
+            if val is not None:
+                nets.eval()
+                with torch.no_grad():
+                    val_loss = sum(float(self._loss_sum(val[0], i, val)) * len(i) for i in val_chunks)
+                val_loss /= len(nets) * len(val[0])
+            watched = val_loss if val_loss is not None else train_loss
+            self.history_.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                                  "lr": float(opt.param_groups[0]["lr"]), "time_s": time.perf_counter() - start})
+            if watched < best - 1e-6:
+                best, best_state, bad, self.best_epoch_ = watched, copy.deepcopy(nets.state_dict()), 0, epoch
+            else:
+                bad += 1
+            if self.stop_reason_ == "time_budget":
+                break
+            if bad >= self.patience:
+                self.stop_reason_ = "patience"
+                break
+            sched.step(watched) if self.lr_schedule == "greedy" else sched.step()
+        nets.load_state_dict(best_state)
+        nets.eval()
+        self.best_loss_ = best
 
     def _init_state(self, plans: Sequence[FlatPlan], val_plans: Sequence[FlatPlan], log_y: np.ndarray) -> None:
         """Infer dimensions and scaling from the training plans and build fresh members."""
@@ -359,7 +336,7 @@ class PlanModel:
 
             >>> best = plans[int(np.argmin(model.predict(plans)))]
         """
-        return np.clip(np.expm1(self._predict_log(plans).mean(axis=0)), 0.0, None)
+        return _to_ms(self._predict_log(plans).mean(axis=0))
 
     def predict_with_uncertainty(self, plans: Sequence[FlatPlan]) -> tuple[np.ndarray, np.ndarray]:
         """``(mean_ms, std_log)``: the prediction and the ensemble's spread in log1p(ms) units
@@ -371,7 +348,7 @@ class PlanModel:
             >>> use_native = std[best] > 0.5
         """
         log = self._predict_log(plans)
-        return np.clip(np.expm1(log.mean(axis=0)), 0.0, None), log.std(axis=0)
+        return _to_ms(log.mean(axis=0)), log.std(axis=0)
 
     # ----- persistence ------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str], *, vocabulary: dict[str, int] | None = None,
@@ -425,7 +402,7 @@ class PlanModel:
 
 
 class TreeConvModel(PlanModel):
-    """Tree convolution (Neo/Bao style); ``norm`` toggles per-node LayerNorm.
+    """Tree convolution (Neo/Bao style), see :class:`~lqo.learn.tree_conv.TreeConvNet`.
 
     Example::
 
@@ -433,15 +410,9 @@ class TreeConvModel(PlanModel):
     """
 
     kind = "tree_conv"
-    _EXTRA_PARAMS = ("norm",)
-
-    def __init__(self, *, norm: bool = True, **params: Any) -> None:
-        super().__init__(**params)
-        self.norm = norm
 
     def _build_net(self) -> nn.Module:
-        return TreeConvNet(self.n_features_, self.n_query_, self.n_tables_, channels=self.channels,
-                           table_dim=self.table_dim, hidden=self.hidden, dropout=self.dropout, norm=self.norm)
+        return TreeConvNet(self.n_features_, self.n_query_, self.n_tables_, **self._net_params())
 
     @staticmethod
     def _batch(plans: Sequence[FlatPlan]) -> Any:
@@ -464,8 +435,7 @@ class GraphConvModel(PlanModel):
         self.conv = conv
 
     def _build_net(self) -> nn.Module:
-        return GraphConvNet(self.n_features_, self.n_query_, self.n_tables_, channels=self.channels,
-                            table_dim=self.table_dim, hidden=self.hidden, dropout=self.dropout, conv=self.conv)
+        return GraphConvNet(self.n_features_, self.n_query_, self.n_tables_, conv=self.conv, **self._net_params())
 
     @staticmethod
     def _batch(plans: Sequence[FlatPlan]) -> Any:

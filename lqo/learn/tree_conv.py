@@ -177,7 +177,7 @@ class TreeConvNet(nn.Module):
         table_dim: int = 8,
         hidden: int = 32,
         dropout: float = 0.0,
-        norm: bool = True,
+        norm: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = NodeEncoder(n_features, n_query, n_tables, table_dim)
