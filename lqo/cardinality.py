@@ -322,6 +322,7 @@ class Estimator:
         self._scan: dict[tuple[int, str], tuple[float, float, float]] = {}
         self._join: dict[tuple[int, frozenset[str]], float] = {}
         self._classes: dict[int, list[dict[str, float]]] = {}
+        self._by_alias: dict[int, dict[str, list[tuple[int, float]]]] = {}
         self._residuals: dict[int, list[tuple[frozenset[str], float]]] = {}
         self._selects: list[exp.Select] | None = None
         self._blocks = {b.index: b for b in graph.blocks}
@@ -355,27 +356,33 @@ class Estimator:
         hit = self._join.get(key)
         if hit is not None:
             return hit
-        rows = 1.0
-        for a in rels:
-            rows *= self.scan(block, a)[2]
-        pairs: dict[tuple[str, ...], float] = {}
-        for cls in self._block_classes(block):
-            members = [(a, d) for a, d in cls.items() if a in rels]
-            if len(members) == 2:
-                pair = tuple(sorted(a for a, _ in members))
-                pairs[pair] = pairs.get(pair, 1.0) * max(d for _, d in members)
-                continue
-            # Containment: the smallest key domain is inside the others', so each further
-            # member divides by its own distinct count (max ndv for a pair).
-            for d in sorted(d for _, d in members)[1:]:
-                rows /= d
-        for (a, b), div in pairs.items():
-            # Several keys between one pair form a composite key: independence multiplies
-            # their distinct counts far past the rows that can hold them.
-            rows /= min(div, max(self.scan(block, a)[2], self.scan(block, b)[2]))
-        for res_rels, sel in self._block_residuals(block):
-            if res_rels <= rels:
-                rows *= sel
+        by_alias = self._alias_classes(block)
+        residuals = self._block_residuals(block)
+        todo = [a for a in block.aliases if a in rels]
+        first = todo.pop(0)
+        rows = self.scan(block, first)[2]
+        done = {first}
+        dom = {ci: d for ci, d in by_alias[first]}  # key class -> its distinct values so far
+        while todo:
+            # Add relations in written order, preferring one that joins what is there:
+            # a deterministic order, so the estimate is a function of the subset alone.
+            x = next((a for a in todo if any(ci in dom for ci, _ in by_alias[a])), todo[0])
+            todo.remove(x)
+            xrows = self.scan(block, x)[2]
+            comp_x = comp_t = 1.0
+            for ci, d in by_alias[x]:
+                t = dom.get(ci)
+                if t is not None:
+                    comp_x *= d
+                    comp_t *= min(t, rows)
+                dom[ci] = d if t is None else min(t, d)  # containment: the smaller domain survives
+            # Each side's key combination (one key or a composite) has at most its rows of
+            # distinct values; matching values meet under containment: divide by the larger.
+            rows = rows * xrows / max(1.0, min(comp_x, xrows), min(comp_t, rows))
+            done.add(x)
+            for res_rels, sel in residuals:
+                if x in res_rels and res_rels <= done:
+                    rows *= sel
         rows = max(1.0, rows)
         self._join[key] = rows
         return rows
@@ -394,6 +401,17 @@ class Estimator:
         else:
             ndv = self._derived_ndv(block, r, name) or rows
         return max(1.0, min(ndv, rows))
+
+    def _alias_classes(self, block: JoinBlock) -> dict[str, list[tuple[int, float]]]:
+        """Per relation: (key class index, distinct values of its key) for its classes."""
+        hit = self._by_alias.get(block.index)
+        if hit is None:
+            hit = {a: [] for a in block.aliases}
+            for ci, cls in enumerate(self._block_classes(block)):
+                for a, d in cls.items():
+                    hit[a].append((ci, d))
+            self._by_alias[block.index] = hit
+        return hit
 
     def _block_classes(self, block: JoinBlock) -> list[dict[str, float]]:
         hit = self._classes.get(block.index)

@@ -22,9 +22,8 @@ from typing import Callable
 import duckdb
 
 from .catalog import Catalog
-from .errors import LqoError
 from .experience import ExperienceStore
-from .harness import Harness, RunResult, median_latency, run_interleaved
+from .harness import Harness, RunResult, is_user_interrupt, median_latency, run_interleaved
 from .query import PreparedQuery, prepare
 from .workload import Query, Workload
 
@@ -107,15 +106,23 @@ def explore_workload(
     catalog = Catalog.from_connection(con)
     rng = random.Random(config.seed)
     queries = list(workload)
+    try:
+        # Bind every query first: a bad one fails the command before anything is written.
+        prepared = {q.id: prepare(q.sql, con, catalog) for q in queries}
+    except BaseException:
+        con.close()
+        raise
     with ExperienceStore.open(store_path or default_store_path(workload)) as store:
         iterator = progress(queries) if progress else queries
         try:
             for query in iterator:
-                result = explore_query(con, catalog, store, workload, query, config, rng)
+                result = explore_query(con, store, workload, query, prepared[query.id], config, rng)
                 report.queries.append(result)
                 if on_query:
                     on_query(result)
-        except (KeyboardInterrupt, duckdb.InterruptException):
+        except (KeyboardInterrupt, duckdb.InterruptException, RuntimeError) as err:
+            if not is_user_interrupt(err) and not isinstance(err, duckdb.InterruptException):
+                raise
             report.interrupted = True
         finally:
             con.close()
@@ -125,28 +132,24 @@ def explore_workload(
 
 def explore_query(
     con: duckdb.DuckDBPyConnection,
-    catalog: Catalog,
     store: ExperienceStore,
     workload: Workload,
     query: Query,
+    pq: PreparedQuery,
     config: ExploreConfig,
     rng: random.Random,
 ) -> QueryResult:
     harness = Harness(con)
     qk = store.add_query(query.sql, str(workload.database), workload.name, query.id, query.template)
     native_key = store.add_plan(qk, "native", None, None)
-    try:
-        pq = prepare(query.sql, con, catalog)
-        reason = pq.reason
-    except LqoError as err:
-        pq, reason = None, f"cannot plan: {err}"
+    reason = pq.reason
     harness.run(query.sql, profile=False)  # warm-up: caches, not recorded
     native_runs = [harness.run(query.sql, profile=(i == 0)) for i in range(config.native_repeats)]
     store.record_runs([(native_key, r) for r in native_runs])
     native_ms = median_latency(native_runs) or 0.0
     reference = native_runs[0].fingerprint
     result = QueryResult(query.id, query.template, native_ms, native_ms, 1.0, reason=reason)
-    if pq is None or reason is not None or any(not r.ok for r in native_runs):
+    if reason is not None or any(not r.ok for r in native_runs):
         result.reason = reason or "native run failed"
         return result
 

@@ -125,6 +125,15 @@ class RunResult:
         return not self.timed_out and self.error is None
 
 
+def is_user_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` is Ctrl-C, as Python raises it or as DuckDB wraps it."""
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    return isinstance(exc, RuntimeError) and (
+        isinstance(exc.__cause__, KeyboardInterrupt) or "Query interrupted" in str(exc)
+    )
+
+
 def _utcnow() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None)
 
@@ -267,8 +276,15 @@ class Harness:
                         timer.join()
             except duckdb.InterruptException:
                 if not fired.is_set():
-                    raise
+                    raise KeyboardInterrupt from None
                 result.timed_out = True
+            except RuntimeError as exc:
+                if not is_user_interrupt(exc):
+                    raise
+                # Ctrl-C: DuckDB raises RuntimeError('Query interrupted') and may keep
+                # running the query; stop it so the connection answers again.
+                con.interrupt()
+                raise KeyboardInterrupt from exc
             except duckdb.Error as exc:
                 result.error = f"{type(exc).__name__}: {exc}"
             if rows is not None:

@@ -7,9 +7,11 @@ sets returns an exit code. An ``LqoError`` becomes one line on stderr and exit c
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..errors import LqoError
+from ..harness import is_user_interrupt
 
 # Modules that add sub-commands; each has register(subparsers).
 _COMMAND_MODULES = ["workload_cmd", "explain_cmd", "run_cmd", "explore_cmd"]
@@ -34,7 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     except LqoError as err:
         print(f"lqo: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) went away: stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except (KeyboardInterrupt, RuntimeError) as err:
+        if not is_user_interrupt(err):
+            raise
         print("lqo: interrupted", file=sys.stderr)
         return 130
 

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from ..db import connect_read_only
-from ..harness import Harness, profiling_settings
+from ..harness import is_user_interrupt, profiling_settings
 from ..native_plan import PNode, read_native_trees
 from ..plan import joins
 from ..query import PreparedQuery, prepare
@@ -35,7 +35,13 @@ def run(args: argparse.Namespace) -> int:
         actuals = None
         if not args.no_run:
             with profiling_settings(con):
-                con.execute(pq.sql).fetchall()
+                try:
+                    con.execute(pq.sql).fetchall()
+                except RuntimeError as err:
+                    if is_user_interrupt(err):
+                        con.interrupt()  # DuckDB may still be running the query
+                        raise KeyboardInterrupt from err
+                    raise
                 profile = json.loads(con.get_profiling_information(format="json"))
             actuals = read_native_trees(pq.graph, [PNode.from_json(c) for c in profile.get("children", [])])
     finally:

@@ -9,7 +9,7 @@ from ..catalog import Catalog
 from ..errors import LqoError
 from ..experience import ExperienceStore
 from ..explore import default_store_path
-from ..harness import Harness, median_latency
+from ..harness import Harness, is_user_interrupt, median_latency
 from ..query import prepare
 from ..workload import Workload
 from .output import add_json_flag, emit, progress
@@ -41,13 +41,19 @@ def run(args: argparse.Namespace) -> int:
     rng = random.Random(args.seed)
     harness = Harness(con, timeout_s=args.timeout)
     rows, interrupted = [], False
+    try:
+        # Bind every query first: a bad one fails the command before anything is written.
+        prepared = {q.id: prepare(q.sql, con, catalog) for q in workload}
+    except BaseException:
+        con.close()
+        raise
     with ExperienceStore.open(args.store or default_store_path(workload)) as store:
         try:
             for q in progress(list(workload), total=len(workload), desc=f"run {args.plan}"):
                 qk = store.add_query(q.sql, str(workload.database), workload.name, q.id, q.template)
                 sql, forced, kind, plan_json, note = q.sql, False, "native", None, None
                 if args.plan == "random":
-                    pq = prepare(q.sql, con, catalog)
+                    pq = prepared[q.id]
                     plans = pq.random_plans(1, rng)
                     if plans:
                         sql, forced, kind, plan_json = pq.render(plans[0]), True, "random", plans[0].to_json()
@@ -62,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
                     "timeouts": sum(r.timed_out for r in runs), "errors": sum(r.error is not None for r in runs),
                     "note": note,
                 })
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, RuntimeError) as err:
+            if not is_user_interrupt(err):
+                raise
             interrupted = True
         finally:
             con.close()

@@ -224,10 +224,10 @@ class PlanModel:
     def _scale(self, y: np.ndarray) -> Tensor:
         return torch.tensor((np.log1p(y) - self.label_mean_) / self.label_std_, dtype=torch.float32)
 
-    def _loss_sum(self, plans: Sequence[FlatPlan], idx: np.ndarray, data: tuple) -> Tensor:
+    def _loss_sum(self, idx: np.ndarray, data: tuple) -> Tensor:
         """Summed loss of all members on one batch. Members are independent, so one
         backward over the sum trains each exactly as alone (Adam is per-parameter)."""
-        _, target, gid, one_group = data
+        plans, target, gid, one_group = data
         batch = self._batch([plans[i] for i in idx])
         t, g = target[idx], (None if one_group else torch.from_numpy(gid[idx]))
         return sum(plan_loss(self.loss, net(batch), t, g, self.rank_weight) for net in self.net_)
@@ -249,23 +249,22 @@ class PlanModel:
         self.stop_reason_, self.best_epoch_ = "epochs", -1
         for epoch in range(epochs):
             nets.train()
-            total = 0.0
-            batches = group_batches(train[2], self.batch_size, rng)
-            for idx in batches:
-                loss = self._loss_sum(train[0], idx, train)
+            total, seen = 0.0, 0
+            for idx in group_batches(train[2], self.batch_size, rng):
+                loss = self._loss_sum(idx, train)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += float(loss.detach()) * len(idx)
+                total, seen = total + float(loss.detach()) * len(idx), seen + len(idx)
                 if budget is not None and time.perf_counter() - start > budget:
                     self.stop_reason_ = "time_budget"
                     break
-            train_loss = total / len(nets) / sum(len(i) for i in batches)
+            train_loss = total / (len(nets) * seen)
             val_loss = None
             if val is not None:
                 nets.eval()
                 with torch.no_grad():
-                    val_loss = sum(float(self._loss_sum(val[0], i, val)) * len(i) for i in val_chunks)
+                    val_loss = sum(float(self._loss_sum(i, val)) * len(i) for i in val_chunks)
                 val_loss /= len(nets) * len(val[0])
             watched = val_loss if val_loss is not None else train_loss
             self.history_.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,

