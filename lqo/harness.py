@@ -276,7 +276,7 @@ class Harness:
                         timer.join()
             except duckdb.InterruptException:
                 if not fired.is_set():
-                    raise KeyboardInterrupt from None
+                    raise
                 result.timed_out = True
             except RuntimeError as exc:
                 if not is_user_interrupt(exc):
