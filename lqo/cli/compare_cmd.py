@@ -1,0 +1,72 @@
+"""``lqo compare WORKLOAD --model M``: lqo's plans vs DuckDB's native optimizer."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..compare import CompareConfig, compare_workload
+from ..errors import LqoError
+from ..optimizer import CONFIG_FILE, Optimizer
+from ..workload import Workload
+from .output import add_json_flag, emit, progress
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="run native and lqo plans interleaved and compare them per query",
+        description="For every query (or the model's test split): plan with the model, then run native, "
+        "lqo's plan and the forced native tree interleaved with repeats. Prints per query native ms, "
+        "lqo ms (planning included), ratio, and totals: ratio of sums, geometric mean, worst ratio, "
+        "regressions, planning median and p99.",
+    )
+    p.add_argument("workload", help="workload directory")
+    p.add_argument("--model", required=True, help="model directory written by lqo train")
+    p.add_argument("--split", choices=["all", "train", "test"], default="all",
+                   help="which templates of the model's split to compare (default all)")
+    p.add_argument("--repeat", type=int, default=5, help="interleaved runs per plan (default 5)")
+    p.add_argument("--csv", help="also write the per-query table to this CSV file")
+    add_json_flag(p)
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.repeat < 1:
+        raise LqoError("--repeat must be >= 1")
+    workload = Workload.load(args.workload)
+    queries = list(workload)
+    if args.split != "all":
+        cfg_path = Path(args.model) / CONFIG_FILE
+        templates = set(json.loads(cfg_path.read_text()).get(f"{args.split}_templates", [])) if cfg_path.is_file() else set()
+        queries = [q for q in queries if q.template in templates]
+        if not queries:
+            raise LqoError(f"the model's {args.split} split has no query in this workload")
+    con = workload.connect()
+    try:
+        optimizer = Optimizer.load(args.model, con)
+    finally:
+        con.close()
+    report = compare_workload(workload, optimizer, CompareConfig(repeats=args.repeat), queries,
+                              progress=lambda items: progress(items, total=len(items), desc="compare"))
+    if args.csv:
+        report.write_csv(args.csv)
+    emit(args, format_report(report), report.to_json())
+    return 130 if report.interrupted else 0
+
+
+def format_report(report) -> str:
+    lines = [f"{'query':<10} {'native ms':>10} {'lqo ms':>10} {'plan ms':>8} {'ratio':>7}  decision"]
+    for q in report.queries:
+        mark = " REGRESSION" if q.ratio > report.regression else ""
+        lines.append(f"{q.id:<10} {q.native_ms:>10.1f} {q.lqo_ms:>10.1f} {q.planning_ms:>8.2f} {q.ratio:>7.3f}  "
+                     + (f"native: {q.fallback}" if q.fallback else f"lqo {q.chosen}")[:90] + mark)
+    t = report.totals
+    lines.append(
+        f"TOTAL {t['queries']} queries: native {t['native_ms']:.0f} ms, lqo {t['lqo_ms']:.0f} ms "
+        f"(ratio {t['ratio']}, geomean {t['geomean_ratio']}, worst {t['worst_ratio']}), "
+        f"{t['forced']} forced, regressions >{report.regression}x: {len(t['regressions'])}, "
+        f"wrong results: {t['wrong_results']}, planning median {t['planning_ms_median']} ms, p99 {t['planning_ms_p99']} ms"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,48 @@
+"""``lqo optimize "SQL" --db FILE --model M``: the plan lqo would run, and its SQL."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..db import connect_read_only
+from ..optimizer import Optimizer
+from .output import add_json_flag, emit
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "optimize",
+        help="plan one query with a trained model and print the chosen plan and its SQL",
+        description="Plan SQL with a trained model (lqo train): model-guided beam search over join "
+        "trees, then the decision: lqo's plan if the model predicts a confident gain, else DuckDB's "
+        "native plan with the reason. Prints the plan and the SQL to run (with the settings it needs).",
+    )
+    p.add_argument("sql", help="a SELECT query (quote it)")
+    p.add_argument("--db", required=True, help="DuckDB database file (opened read-only)")
+    p.add_argument("--model", required=True, help="model directory written by lqo train")
+    add_json_flag(p)
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    con = connect_read_only(args.db)
+    try:
+        res = Optimizer.load(args.model, con).optimize(args.sql, con)
+    finally:
+        con.close()
+    lines = [
+        f"native plan:  {res.native or '-'}",
+        f"lqo plan:     {res.chosen or '-'}",
+        f"decision:     {'native (' + res.fallback + ')' if res.fallback else 'lqo plan'}",
+        f"predicted:    lqo {_fmt(res.predicted_ms)} ms, native {_fmt(res.predicted_native_ms)} ms",
+        f"planning:     {res.planning_ms:.2f} ms ({res.candidates} plans scored)",
+    ]
+    if res.forced:
+        lines.append("run with:     SET disabled_optimizers='join_order,build_side_probe_side';")
+    lines.append(res.sql)
+    emit(args, "\n".join(lines), res.to_json())
+    return 0
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.1f}"

@@ -1,0 +1,210 @@
+"""The learned optimizer: plan a query with a trained model, or keep DuckDB's plan.
+
+``Optimizer.load(model_dir)`` reads a model directory written by ``lqo train``;
+``optimizer.optimize(sql, con)`` runs the planning path (parse, join graph, DuckDB's
+native trees, model-guided beam search, decision) and returns an ``Optimized`` whose
+``execute()`` applies and restores the settings a forced plan needs. Native is kept
+unless the model predicts a clear, confident gain; the reason is recorded.
+
+>>> opt = Optimizer.load("runs/tpch")                     # doctest: +SKIP
+>>> res = opt.optimize(sql, con)                          # doctest: +SKIP
+>>> rows = res.execute(con)                               # doctest: +SKIP
+>>> res.fallback or res.chosen                            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+
+from .catalog import Catalog
+from .errors import LqoError, MissingFileError, SchemaMismatchError
+from .harness import forced_settings
+from .learn.features import Featurizer
+from .learn.models import PlanModel, load_model
+from .plan import Plan
+from .query import PreparedQuery, prepare
+from .search import SearchConfig, beam_search
+from .stats import DatabaseStats
+
+MODEL_FILE = "model.lqo"
+STATS_FILE = "stats.json"
+CONFIG_FILE = "optimizer.json"
+
+
+@dataclass
+class Decision:
+    min_gain: float = 0.10  # predicted gain needed to leave native
+    z: float = 1.0  # gain must exceed z x ensemble uncertainty (log space)
+
+
+@dataclass
+class Optimized:
+    """The outcome of planning one query."""
+
+    original_sql: str
+    sql: str  # what to run: the rendered plan, or the original text when native is kept
+    forced: bool  # whether ``sql`` needs the forcing settings
+    chosen: Plan | None
+    native: Plan | None
+    predicted_ms: float | None
+    predicted_native_ms: float | None
+    fallback: str | None  # why native was kept, or None
+    planning_ms: float
+    candidates: int = 0
+
+    def execute(self, con: duckdb.DuckDBPyConnection) -> list[tuple]:
+        """Run the chosen plan on ``con`` and return all rows (settings restored after)."""
+        if not self.forced:
+            return con.execute(self.sql).fetchall()
+        with forced_settings(con):
+            return con.execute(self.sql).fetchall()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sql": self.sql, "forced": self.forced,
+            "chosen": str(self.chosen) if self.chosen else None,
+            "native": str(self.native) if self.native else None,
+            "predicted_ms": self.predicted_ms, "predicted_native_ms": self.predicted_native_ms,
+            "fallback": self.fallback, "planning_ms": round(self.planning_ms, 3), "candidates": self.candidates,
+        }
+
+
+class Optimizer:
+    """A trained model with what it needs to plan: statistics, catalog, settings."""
+
+    def __init__(self, model: PlanModel, featurizer: Featurizer, schema: str,
+                 search: SearchConfig | None = None, decision: Decision | None = None,
+                 cache_size: int = 1024) -> None:
+        self.model = model
+        self.featurizer = featurizer
+        self.schema = schema
+        self.search = search or SearchConfig()
+        self.decision = decision or Decision()
+        self._checked: set[int] = set()
+        self._catalog: Catalog | None = None
+        # Recurring workloads repeat query texts: keep their parsed graph and native
+        # trees (the EXPLAIN) instead of redoing them per call.
+        self._cache: OrderedDict[str, PreparedQuery] = OrderedDict()
+        self._cache_size = cache_size
+
+    # ----- persistence -----------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path, con: duckdb.DuckDBPyConnection | None = None) -> "Optimizer":
+        """Load a model directory; with ``con``, check it was trained for that schema."""
+        root = Path(path)
+        if not root.exists():
+            raise MissingFileError(f"model not found: {root}")
+        for name in (MODEL_FILE, STATS_FILE, CONFIG_FILE):
+            if not (root / name).is_file():
+                raise MissingFileError(f"model directory {root} lacks {name} (not trained, or trained elsewhere)")
+        config = json.loads((root / CONFIG_FILE).read_text())
+        model = load_model(root / MODEL_FILE)
+        stats = DatabaseStats.load(root / STATS_FILE)
+        featurizer = Featurizer(stats, model.vocabulary_ or None)
+        opt = cls(model, featurizer, model.schema_ or config.get("schema", ""),
+                  SearchConfig(**config.get("search", {})), Decision(**config.get("decision", {})))
+        if con is not None:
+            opt.check_schema(con)
+        return opt
+
+    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+        root = Path(path)
+        root.mkdir(parents=True, exist_ok=True)
+        self.model.save(root / MODEL_FILE, vocabulary=self.featurizer.vocabulary, schema=self.schema)
+        self.featurizer.stats.save(root / STATS_FILE)
+        config = {"schema": self.schema, "search": vars(self.search), "decision": vars(self.decision), **(extra or {})}
+        tmp = root / (CONFIG_FILE + ".tmp")
+        tmp.write_text(json.dumps(config, indent=2, default=str))
+        tmp.replace(root / CONFIG_FILE)
+
+    def check_schema(self, con: duckdb.DuckDBPyConnection) -> Catalog:
+        catalog = Catalog.from_connection(con)
+        if self.schema and catalog.fingerprint != self.schema:
+            raise SchemaMismatchError(
+                f"model was trained for schema {self.schema}, this database has schema {catalog.fingerprint}"
+            )
+        self._checked.add(id(con))
+        self._catalog = catalog
+        return catalog
+
+    # ----- planning --------------------------------------------------------------------
+    def prepare(self, sql: str, con: duckdb.DuckDBPyConnection) -> PreparedQuery:
+        if id(con) not in self._checked or self._catalog is None:
+            self.check_schema(con)
+        pq = self._cache.get(sql)
+        if pq is None:
+            pq = prepare(sql, con, self._catalog)
+            self._cache[sql] = pq
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(sql)
+        return pq
+
+    def scorer(self, pq: PreparedQuery):
+        """Predicted latency (ms) of plans of ``pq``, batched: the search's scorer."""
+        def score(plans):
+            return self.model.predict([self.featurizer.featurize(pq.graph, p) for p in plans])
+        return score
+
+    def optimize(self, sql: str, con: duckdb.DuckDBPyConnection) -> Optimized:
+        """Plan ``sql``: the model's best plan if confidently faster, else native."""
+        start = time.perf_counter()
+        pq = self.prepare(sql, con)
+        if not pq.forceable:
+            return Optimized(sql, sql, False, None, None, None, None, pq.reason, _ms(start))
+        native = pq.native_plan
+        if not pq.free_blocks:
+            return Optimized(sql, sql, False, native, native, None, None, "no block lqo may reorder", _ms(start))
+        result = beam_search(pq, self.scorer(pq), self.search)
+        best = result.best
+        plans = [native] if best == native else [native, best]
+        ms, std = self.model.predict_with_uncertainty([self.featurizer.featurize(pq.graph, p) for p in plans])
+        native_ms, best_ms = float(ms[0]), float(ms[-1])
+        fallback = self._fallback(best, native, ms, std)
+        if fallback:
+            return Optimized(sql, sql, False, best, native, best_ms, native_ms, fallback, _ms(start), len(result.scored))
+        return Optimized(sql, pq.render(best), True, best, native, best_ms, native_ms, None, _ms(start), len(result.scored))
+
+    def _fallback(self, best: Plan, native: Plan, ms: np.ndarray, std: np.ndarray) -> str | None:
+        if best == native:
+            return "the model ranks DuckDB's native plan best"
+        native_ms, best_ms = float(ms[0]), float(ms[1])
+        gain = 1.0 - best_ms / native_ms if native_ms > 0 else 0.0
+        if gain < self.decision.min_gain:
+            return f"predicted gain {gain:.0%} is below {self.decision.min_gain:.0%}"
+        margin = math.log1p(native_ms) - math.log1p(best_ms)
+        spread = self.decision.z * math.hypot(float(std[0]), float(std[1]))
+        if margin <= spread:
+            return f"predicted gain {gain:.0%} is within the model's uncertainty"
+        return None
+
+    def predict_latency_ms(self, sql: str, con: duckdb.DuckDBPyConnection) -> float:
+        """Predicted latency of the query's native plan (for scheduling)."""
+        pq = self.prepare(sql, con)
+        if not pq.forceable:
+            raise LqoError(f"cannot featurize this query: {pq.reason}")
+        return float(self.model.predict([self.featurizer.featurize(pq.graph, pq.native_plan)])[0])
+
+
+def optimize(sql: str, con: duckdb.DuckDBPyConnection, model: str | Path | Optimizer) -> Optimized:
+    """Plan ``sql`` for ``con`` with a trained model (a directory or an ``Optimizer``).
+
+    >>> res = lqo.optimize(sql, con, model="runs/tpch")  # doctest: +SKIP
+    >>> rows = res.execute(con)                          # doctest: +SKIP
+    """
+    opt = model if isinstance(model, Optimizer) else Optimizer.load(model, con)
+    return opt.optimize(sql, con)
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
