@@ -6,9 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..compare import CompareConfig, compare_workload
 from ..errors import LqoError
-from ..optimizer import CONFIG_FILE, Optimizer
 from ..workload import Workload
 from .output import add_json_flag, emit, progress
 
@@ -33,6 +31,9 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # torch is imported only when a command needs it: the CLI starts fast.
+    from ..compare import CompareConfig, compare_workload
+    from ..optimizer import CONFIG_FILE, Optimizer
     if args.repeat < 1:
         raise LqoError("--repeat must be >= 1")
     workload = Workload.load(args.workload)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from ..db import connect_read_only
-from ..optimizer import Optimizer
 from .output import add_json_flag, emit
 
 
@@ -25,6 +24,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # torch is imported only when a command needs it: the CLI starts fast.
+    from ..optimizer import Optimizer
     con = connect_read_only(args.db)
     try:
         res = Optimizer.load(args.model, con).optimize(args.sql, con)

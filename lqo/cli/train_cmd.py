@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 
 from ..errors import LqoError
-from ..recipe import Recipe
-from ..train import Trainer
 from .output import add_json_flag, emit, progress
 
 
@@ -29,6 +27,9 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # torch is imported only when a command needs it: the CLI starts fast.
+    from ..recipe import Recipe
+    from ..train import Trainer
     recipe = Recipe.load(args.recipe)
     if args.workload:
         recipe.workload = args.workload
