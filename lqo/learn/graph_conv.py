@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,7 +68,7 @@ def _graph_arrays(plans: Sequence[FlatPlan]) -> dict[str, Tensor]:
     kind.append(np.full(jedges.shape[1], EDGE_JOIN, dtype=np.int64))
     edge_type = torch.from_numpy(np.concatenate(kind))
     return {
-        "x": torch.from_numpy(np.concatenate([p.x[1:] for p in plans])),
+        "x": torch.from_numpy(np.concatenate([p.x[1:] for p in plans]).astype(np.float32, copy=False)),
         "table": torch.from_numpy(np.concatenate([p.table[1:] for p in plans])),
         "query": torch.from_numpy(np.stack([p.query for p in plans]).astype(np.float32, copy=False)),
         "edge_index": torch.from_numpy(np.stack([np.concatenate(src), np.concatenate(dst)])),
@@ -108,8 +109,8 @@ def batch_graph(plans: Sequence[FlatPlan]) -> Batch:
 
 
 class GraphConvNet(nn.Module):
-    """Encoder -> graph convs (default 64-64-32, GINE or GATv2, each + LayerNorm + LeakyReLU)
-    -> per-plan max and mean pooling -> MLP head -> one score per plan.
+    """Encoder -> graph convs (default 64-64-32, GINE or GATv2, each + optional LayerNorm
+    + LeakyReLU) -> per-plan max and mean pooling -> MLP head -> one score per plan.
 
     GINE (sum aggregation) is the default: it can count, e.g. how many large inputs
     feed a join, which attention-normalized GATv2 cannot; both see the edge type.
@@ -157,12 +158,33 @@ class GraphConvNet(nn.Module):
             if isinstance(layer, nn.Linear):
                 layer.reset_parameters()
 
+    def set_scaling(self, x_mean: Tensor, x_std: Tensor, q_mean: Tensor, q_std: Tensor) -> None:
+        self.encoder.set_scaling(x_mean, x_std, q_mean, q_std)
+
     def forward(self, batch: Batch) -> Tensor:
         n_plans = int(batch.num_graphs)
-        h = self.encoder(batch.x, batch.table, batch.query, batch.batch)
+        h = self.encoder(batch.x, batch.table, batch.query, batch.batch)[0]
         for conv, norm in zip(self.convs, self.norms):
             h = self.act(norm(conv(h, batch.edge_index, batch.edge_attr)))
         pooled = torch.cat(
             [global_max_pool(h, batch.batch, size=n_plans), global_mean_pool(h, batch.batch, size=n_plans)], dim=1
         )
         return self.head(pooled).squeeze(1)
+
+
+class GraphConvEnsemble(nn.ModuleList):
+    """``members`` independent :class:`GraphConvNet` s; ``forward`` gives [members, B].
+
+    PyG's message-passing layers cannot stack members' weights the way
+    :class:`~lqo.learn.tree_conv.TreeConvNet` does, so the members simply run in turn.
+    """
+
+    def __init__(self, n_features: int, n_query: int, n_tables: int, *, members: int = 1, **kwargs: Any) -> None:
+        super().__init__(GraphConvNet(n_features, n_query, n_tables, **kwargs) for _ in range(members))
+
+    def set_scaling(self, x_mean: Tensor, x_std: Tensor, q_mean: Tensor, q_std: Tensor) -> None:
+        for net in self:
+            net.set_scaling(x_mean, x_std, q_mean, q_std)
+
+    def forward(self, batch: Batch) -> Tensor:
+        return torch.stack([net(batch) for net in self])

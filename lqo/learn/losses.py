@@ -1,6 +1,8 @@
 """Training losses on standardized log latency.
 
-Labels are ``(log1p(ms) - mean) / std``; predictions live on the same scale.
+Labels are ``(log1p(ms) - mean) / std``; predictions live on the same scale. A
+prediction is [B] or, for an ensemble, [M, B]: every loss is a mean over plans,
+summed over members, so each member gets exactly the gradient it would get alone.
 
 - :func:`regression_loss`: MSE, so the model predicts latencies (needed to compare
   plans of different queries and to cap runs);
@@ -37,7 +39,7 @@ def regression_loss(pred: Tensor, target: Tensor) -> Tensor:
         >>> regression_loss(torch.zeros(3), torch.ones(3))
         tensor(1.)
     """
-    return F.mse_loss(pred, target)
+    return (pred - target).square().mean(-1).sum()
 
 
 def ranking_pairs(groups: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
@@ -66,7 +68,7 @@ def ranking_loss(pred: Tensor, target: Tensor, groups: Tensor | None = None) -> 
     i, j = ranking_pairs(groups, target)
     if i.numel() == 0:
         return pred.sum() * 0.0
-    return F.softplus(pred[i] - pred[j]).mean()
+    return F.softplus(pred[..., i] - pred[..., j]).mean(-1).sum()
 
 
 def combined_loss(pred: Tensor, target: Tensor, groups: Tensor | None = None, rank_weight: float = 1.0) -> Tensor:

@@ -2,12 +2,13 @@
 
 Constructor arguments are hyperparameters only; :meth:`PlanModel.fit` learns the
 state (attributes ending in ``_``). A model is a small *deep ensemble*: ``n_members``
-copies of one network (tree or graph convolution) with different seeds, trained
+independently initialized copies of one network (tree or graph convolution), trained
 together on the same batches. The ensemble, not MC dropout, gives the uncertainty:
 disagreement between independently initialized members grows off the training
 distribution more reliably than dropout noise does, it is deterministic (the same
-plans always get the same std, which a fallback-to-native rule needs), and it costs
-``n_members`` small forward passes instead of the 20-odd a dropout estimate needs.
+plans always get the same std, which a fallback-to-native rule needs), and it costs one
+stacked forward pass (tree conv) or ``n_members`` passes (graph conv) instead of the
+20-odd a dropout estimate needs.
 
 Example::
 
@@ -35,7 +36,6 @@ from torch import Tensor, nn
 from lqo.errors import LqoError, SchemaMismatchError
 from lqo.learn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from lqo.learn.featurized import FlatPlan
-from lqo.learn.graph_conv import GraphConvNet, batch_graph
 from lqo.learn.greedy_lr import GreedyLR
 from lqo.learn.losses import LOSS_KINDS, group_batches, plan_loss, ranking_pairs, split_groups
 from lqo.learn.tree_conv import TreeConvNet, batch_tree
@@ -99,7 +99,9 @@ class PlanModel:
         channels: convolution widths, e.g. ``(64, 64, 32)``.
         hidden: width of the MLP head.
         table_dim: table-embedding width.
-        n_tables: table-vocabulary size; None infers ``max table id + 1`` at fit time.
+        n_tables: table-vocabulary size; None infers ``max table id + 1`` at fit time. Ids
+            at or above it are read as 0 (unknown), whose embedding was trained, rather
+            than an untrained one.
         dropout: dropout in the head (regularization only; uncertainty comes from the ensemble).
         norm: per-node LayerNorm after each convolution. Off by default: it normalizes away
             the size of cardinality features, so predictions saturate past the training range
@@ -154,7 +156,7 @@ class PlanModel:
 
     def _net_params(self) -> dict[str, Any]:
         return {"channels": self.channels, "table_dim": self.table_dim, "hidden": self.hidden,
-                "dropout": self.dropout, "norm": self.norm}
+                "dropout": self.dropout, "norm": self.norm, "members": self.n_members}
 
     # ----- parameters -------------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
@@ -225,12 +227,12 @@ class PlanModel:
         return torch.tensor((np.log1p(y) - self.label_mean_) / self.label_std_, dtype=torch.float32)
 
     def _loss_sum(self, idx: np.ndarray, data: tuple) -> Tensor:
-        """Summed loss of all members on one batch. Members are independent, so one
+        """Loss on one batch summed over members. Members are independent, so one
         backward over the sum trains each exactly as alone (Adam is per-parameter)."""
         plans, target, gid, one_group = data
         batch = self._batch([plans[i] for i in idx])
         t, g = target[idx], (None if one_group else torch.from_numpy(gid[idx]))
-        return sum(plan_loss(self.loss, net(batch), t, g, self.rank_weight) for net in self.net_)
+        return plan_loss(self.loss, self.net_(batch), t, g, self.rank_weight)
 
     def _train(self, train: tuple, val: tuple | None, epochs: int, budget: float | None,
                rng: np.random.Generator, start: float) -> None:
@@ -259,13 +261,13 @@ class PlanModel:
                 if budget is not None and time.perf_counter() - start > budget:
                     self.stop_reason_ = "time_budget"
                     break
-            train_loss = total / (len(nets) * seen)
+            train_loss = total / (self.n_members * seen)
             val_loss = None
             if val is not None:
                 nets.eval()
                 with torch.no_grad():
                     val_loss = sum(float(self._loss_sum(i, val)) * len(i) for i in val_chunks)
-                val_loss /= len(nets) * len(val[0])
+                val_loss /= self.n_members * len(val[0])
             watched = val_loss if val_loss is not None else train_loss
             self.history_.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                                   "lr": float(opt.param_groups[0]["lr"]), "time_s": time.perf_counter() - start})
@@ -296,13 +298,9 @@ class PlanModel:
         # Stats over real nodes only: the null rows are padding, not data.
         x_mean, x_std = _feature_stats([p.x[1:] for p in plans])
         q_mean, q_std = _feature_stats([p.query[None, :] for p in plans])
-        members = []
-        for m in range(self.n_members):
-            torch.manual_seed(self.seed * 7919 + m)
-            net = self._build_net()
-            net.encoder.set_scaling(x_mean, x_std, q_mean, q_std)
-            members.append(net)
-        self.net_ = nn.ModuleList(members)
+        torch.manual_seed(self.seed)
+        self.net_ = self._build_net()
+        self.net_.set_scaling(x_mean, x_std, q_mean, q_std)
 
     def _check_dims(self, plans: Sequence[FlatPlan]) -> None:
         for p in plans:
@@ -318,13 +316,13 @@ class PlanModel:
         if not hasattr(self, "net_"):
             raise LqoError(f"{type(self).__name__} is not fitted; call fit() or load() first")
         if len(plans) == 0:
-            return np.zeros((len(self.net_), 0))
+            return np.zeros((self.n_members, 0))
         self._check_dims(plans)
         outs = []
         with _torch_env(self.n_threads), torch.inference_mode():
             for lo in range(0, len(plans), _PREDICT_CHUNK):
                 batch = self._batch(plans[lo : lo + _PREDICT_CHUNK])
-                outs.append(torch.stack([net(batch) for net in self.net_]))
+                outs.append(self.net_(batch))
         scaled = torch.cat(outs, dim=1).double().numpy()
         return scaled * self.label_std_ + self.label_mean_
 
@@ -388,7 +386,7 @@ class PlanModel:
         model.n_features_, model.n_query_ = int(ckpt.dims["n_features"]), int(ckpt.dims["n_query"])
         model.n_tables_ = int(ckpt.dims["n_tables"])
         model.label_mean_, model.label_std_ = float(ckpt.label_stats["mean"]), float(ckpt.label_stats["std"])
-        model.net_ = nn.ModuleList(model._build_net() for _ in range(model.n_members))
+        model.net_ = model._build_net()
         try:
             model.net_.load_state_dict(ckpt.tensors, strict=True)
         except RuntimeError as exc:
@@ -434,10 +432,15 @@ class GraphConvModel(PlanModel):
         self.conv = conv
 
     def _build_net(self) -> nn.Module:
-        return GraphConvNet(self.n_features_, self.n_query_, self.n_tables_, conv=self.conv, **self._net_params())
+        # Imported here: torch_geometric adds ~4 s to startup, paid only by graph models.
+        from lqo.learn.graph_conv import GraphConvEnsemble
+
+        return GraphConvEnsemble(self.n_features_, self.n_query_, self.n_tables_, conv=self.conv, **self._net_params())
 
     @staticmethod
     def _batch(plans: Sequence[FlatPlan]) -> Any:
+        from lqo.learn.graph_conv import batch_graph
+
         return batch_graph(plans)
 
 
