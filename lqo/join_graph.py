@@ -73,6 +73,7 @@ class JoinBlock:
     # Why lqo keeps DuckDB's native tree for this block (it is still rendered with it):
     # a correlated subquery is rewritten by DuckDB's decorrelation, whatever its tree.
     fixed: str | None = None
+    _link_sets: list[frozenset[str]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def aliases(self) -> list[str]:
@@ -83,7 +84,16 @@ class JoinBlock:
 
     def connects(self, left: frozenset[str], right: frozenset[str]) -> bool:
         """Whether joining ``left`` and ``right`` has a predicate (is no cross product)."""
-        return bool(self.join_conditions(left, right))
+        # On the search's hot path: set tests only, no expressions built.
+        if self._link_sets is None:
+            self._link_sets = [frozenset(c.rel for c in cls) for cls in self.classes]
+        for rels in self._link_sets:
+            if not rels.isdisjoint(left) and not rels.isdisjoint(right):
+                return True
+        both = left | right
+        return any(
+            r.rels <= both and not r.rels <= left and not r.rels <= right for r in self.residuals
+        )
 
     def join_conditions(self, left: frozenset[str], right: frozenset[str]) -> list[exp.Expression]:
         """Predicates that belong at the join of ``left`` and ``right``: one equality per

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Union
 
 
@@ -24,28 +24,41 @@ class Leaf:
     """One relation of a block, by alias."""
 
     rel: str
+    rels: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rels", frozenset((self.rel,)))
 
     def __str__(self) -> str:
         return self.rel
 
-    @property
-    def rels(self) -> frozenset[str]:
-        return frozenset((self.rel,))
 
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Join:
     """A binary join: ``probe`` streams through the hash table built on ``build``."""
 
     probe: "Tree"
     build: "Tree"
+    # Search hashes and compares thousands of trees: relation set and hash are computed
+    # once per node instead of walking the subtree every time.
+    rels: frozenset[str] = field(init=False, repr=False)
+    _hash: int = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rels", self.probe.rels | self.build.rels)
+        object.__setattr__(self, "_hash", hash((self.probe, self.build)))
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or (
+            isinstance(other, Join) and self._hash == other._hash
+            and self.probe == other.probe and self.build == other.build
+        )
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def __str__(self) -> str:
         return f"({self.probe} {self.build})"
-
-    @property
-    def rels(self) -> frozenset[str]:
-        return self.probe.rels | self.build.rels
 
 
 Tree = Union[Leaf, Join]

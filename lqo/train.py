@@ -125,14 +125,15 @@ class Trainer:
                 for q in self.progress(queries, desc="bootstrap"):
                     if self._out_of_time():
                         break
-                    runner.bootstrap(q, prepare(q.sql, con, catalog), usable.get(q.id), rng,
-                                     collect_samples(store_paths, {q.id: usable[q.id]}) if q.id in usable else [])
+                    sources = [store, store_paths[1]]
+                    runner.bootstrap(q, usable.get(q.id), rng,
+                                     collect_samples(sources, {q.id: usable[q.id]}) if q.id in usable else [])
                 start_it = int(state.get("iteration", 0))
                 for it in range(start_it + 1, r.iterations + 1):
                     if self._out_of_time():
                         result.stopped = f"time budget of {r.time_budget_min} min reached"
                         break
-                    samples = collect_samples(store_paths, usable)
+                    samples = collect_samples([store, store_paths[1]], usable)
                     optimizer = self._fit(samples, usable, featurizer, catalog, it)
                     line = self._iterate(it, optimizer, usable, runner, rng, queries)
                     line.update({"samples": len(samples), "elapsed_min": round(self._elapsed_min(), 2)})
@@ -274,7 +275,7 @@ class _Runner:
         self._best[q.id] = min(self._best[q.id], r.latency_ms)
         return r.latency_ms
 
-    def bootstrap(self, q: Query, pq: PreparedQuery, usable: PreparedQuery | None, rng: random.Random,
+    def bootstrap(self, q: Query, usable: PreparedQuery | None, rng: random.Random,
                   known: list[Sample]) -> None:
         self.native_ms(q)
         if usable is None:

@@ -41,12 +41,17 @@ GROUP BY ALL
 """
 
 
-def collect_samples(store_paths: list[Path], prepared: dict[str, PreparedQuery]) -> list[Sample]:
-    """Samples for the queries in ``prepared`` (id -> PreparedQuery), matched by SQL text."""
+def collect_samples(sources: list, prepared: dict[str, PreparedQuery]) -> list[Sample]:
+    """Samples for the queries in ``prepared`` (id -> PreparedQuery), matched by SQL text.
+
+    ``sources`` are experience stores: open ``ExperienceStore`` objects (read through
+    their own connection) or paths of other stores (opened read-only, skipped if busy).
+    """
     by_sql = {pq.sql: (qid, pq) for qid, pq in prepared.items()}
     merged: dict[tuple[str, Plan], list[tuple[float, int, bool]]] = {}
-    for path in store_paths:
-        for sql, kind, plan_json, ms, n, all_to in _read(path):
+    for source in sources:
+        rows = source.con.execute(_SAMPLES_SQL).fetchall() if hasattr(source, "con") else _read(source)
+        for sql, kind, plan_json, ms, n, all_to in rows:
             hit = by_sql.get(sql)
             if hit is None or ms is None:
                 continue
