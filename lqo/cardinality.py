@@ -8,9 +8,12 @@ CTE and derived-table relations have no stats. Their output is estimated from th
 defining query: a join block is estimated like any block (all its relations joined),
 a single-table SELECT as table rows x WHERE selectivity; then GROUP BY caps it at the
 product of the grouping columns' distinct counts (rows / 10 where unknown), a plain
-aggregate gives 1 row, LIMIT caps it. Their columns take the distinct count of the base
-column they project where that is a plain column of a FROM table, else their row count
-(key-like). Filters on them use the defaults below.
+aggregate gives 1 row, LIMIT caps it. A column that projects a plain column of a FROM
+table borrows that column's stats (distinct count, and the distribution for filters);
+any other column is key-like (as many values as rows) and its filters get the defaults.
+
+Joins add relations in written order (connected ones first) and divide by the larger
+key domain of each shared key class (containment); see ``Estimator.key_domain``.
 
 >>> est = Estimator(stats, graph)  # doctest: +SKIP
 >>> est.join_rows(graph.blocks[0], frozenset({"orders", "customer"}))  # doctest: +SKIP
@@ -22,6 +25,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from functools import lru_cache
+from typing import Callable
 
 from sqlglot import exp
 
@@ -39,13 +43,17 @@ _UNIT_DAYS = {"DAY": 1.0, "WEEK": 7.0, "MONTH": 30.4375, "QUARTER": 91.3125, "YE
 _FLIP = {exp.LT: exp.GT, exp.GT: exp.LT, exp.LTE: exp.GTE, exp.GTE: exp.LTE, exp.EQ: exp.EQ, exp.NEQ: exp.NEQ}
 
 
-def selectivity(stats: DatabaseStats, relation: Relation, filters: list[exp.Expression]) -> float:
+def selectivity(stats: DatabaseStats, relation: Relation, filters: list[exp.Expression],
+                derived: Callable[[Relation, str], ColumnStats | None] | None = None) -> float:
     """Fraction of ``relation``'s rows passing all ``filters`` (assumed independent).
+
+    ``derived`` maps a CTE or derived table's column to the stats of the base column it
+    projects, if any (the ``Estimator`` traces them); without it their filters get defaults.
 
     >>> selectivity(stats, block.relation("orders"), block.filters["orders"])  # doctest: +SKIP
     0.042
     """
-    return min(1.0, max(0.0, _conjunction(_Scope(stats, [relation]), filters)))
+    return min(1.0, max(0.0, _conjunction(_Scope(stats, [relation], derived), filters)))
 
 
 def _conjunction(scope: _Scope, conds: list[exp.Expression]) -> float:
@@ -193,9 +201,10 @@ def _to_domain(v, kind: str):
 class _Scope:
     """Resolves column references to stats: in one relation, or in any table of a block."""
 
-    def __init__(self, stats: DatabaseStats, rels: list[Relation]):
+    def __init__(self, stats: DatabaseStats, rels: list[Relation], derived=None):
         self.stats = stats
         self.rels = rels
+        self.derived = derived
 
     def lookup(self, e: exp.Expression) -> tuple[tuple[str, str], ColumnStats] | None:
         while isinstance(e, (exp.Paren, exp.Cast)):
@@ -210,9 +219,12 @@ class _Scope:
         else:
             owners = [r for r in self.rels if r.columns is not None and name in r.columns]
             rel = owners[0] if len(owners) == 1 else None
-        if rel is None or rel.kind != "table" or rel.name is None:
+        if rel is None:
             return None
-        col = self.stats.column(rel.name, name)
+        if rel.kind != "table" or rel.name is None:
+            col = self.derived(rel, name) if self.derived is not None else None
+        else:
+            col = self.stats.column(rel.name, name)
         return None if col is None else ((rel.alias, name), col)
 
 
@@ -322,9 +334,11 @@ class Estimator:
         self._scan: dict[tuple[int, str], tuple[float, float, float]] = {}
         self._join: dict[tuple[int, frozenset[str]], float] = {}
         self._classes: dict[int, list[dict[str, float]]] = {}
-        self._by_alias: dict[int, dict[str, list[tuple[int, float]]]] = {}
+        self._models: dict[int, tuple] = {}
         self._residuals: dict[int, list[tuple[frozenset[str], float]]] = {}
         self._selects: list[exp.Select] | None = None
+        self._select_index: dict[int, int] | None = None
+        self._ctes: dict[str, exp.Expression] | None = None
         self._blocks = {b.index: b for b in graph.blocks}
         self._query_rows: dict[int, float] = {}
         self._active: set[int] = set()  # queries being estimated: recursive CTEs stop here
@@ -340,7 +354,7 @@ class Estimator:
                 base = float(self.stats.rows(rel.name) or DEFAULT_QUERY_ROWS)
             else:
                 base = self._derived_rows(block, rel)
-            sel = selectivity(self.stats, rel, filters)
+            sel = selectivity(self.stats, rel, filters, lambda r, name: self._derived_column(block, r, name))
             hit = (base, sel, max(1.0, base * sel))
             self._scan[key] = hit
         return hit
@@ -356,32 +370,45 @@ class Estimator:
         hit = self._join.get(key)
         if hit is not None:
             return hit
-        by_alias = self._alias_classes(block)
-        residuals = self._block_residuals(block)
-        todo = [a for a in block.aliases if a in rels]
-        first = todo.pop(0)
-        rows = self.scan(block, first)[2]
-        done = {first}
-        dom = {ci: d for ci, d in by_alias[first]}  # key class -> its distinct values so far
+        bits, rows_of, classes, adj, res = self._model(block)
+        todo = 0
+        for a in rels:
+            todo |= bits[a]
+        low = todo & -todo
+        todo ^= low
+        done = low
+        i = low.bit_length() - 1
+        rows = rows_of[i]
+        near = adj[i]
+        dom = dict(classes[i])  # key class -> its domain so far
         while todo:
             # Add relations in written order, preferring one that joins what is there:
             # a deterministic order, so the estimate is a function of the subset alone.
-            x = next((a for a in todo if any(ci in dom for ci, _ in by_alias[a])), todo[0])
-            todo.remove(x)
-            xrows = self.scan(block, x)[2]
+            cand = todo & near or todo
+            pick = cand & -cand
+            todo ^= pick
+            done |= pick
+            i = pick.bit_length() - 1
+            near |= adj[i]
+            xrows = rows_of[i]
             comp_x = comp_t = 1.0
-            for ci, d in by_alias[x]:
+            shared = 0
+            for ci, d in classes[i]:
                 t = dom.get(ci)
-                if t is not None:
-                    comp_x *= d
-                    comp_t *= min(t, rows)
-                dom[ci] = d if t is None else min(t, d)  # containment: the smaller domain survives
-            # Each side's key combination (one key or a composite) has at most its rows of
-            # distinct values; matching values meet under containment: divide by the larger.
-            rows = rows * xrows / max(1.0, min(comp_x, xrows), min(comp_t, rows))
-            done.add(x)
-            for res_rels, sel in residuals:
-                if x in res_rels and res_rels <= done:
+                if t is None:
+                    dom[ci] = d
+                    continue
+                comp_x *= d
+                comp_t *= t
+                shared += 1
+                dom[ci] = min(t, d)  # containment: the smaller domain survives
+            if shared > 1:
+                # Several keys form a composite key: independence would multiply their
+                # domains far past the rows that can hold distinct combinations.
+                comp_x, comp_t = min(comp_x, xrows), min(comp_t, rows)
+            rows = rows * xrows / max(1.0, comp_x, comp_t)
+            for mask, sel in res[i]:
+                if mask & done == mask:
                     rows *= sel
         rows = max(1.0, rows)
         self._join[key] = rows
@@ -391,26 +418,60 @@ class Estimator:
         """Rows of the whole block's join (before any aggregation)."""
         return self.join_rows(block, frozenset(block.aliases))
 
-    def column_ndv(self, block: JoinBlock, rel: str, name: str) -> float:
-        """Distinct values of a column after its relation's filters (at most its rows)."""
-        r = block.relation(rel)
-        rows = self.scan(block, rel)[2]
-        if r.kind == "table":
-            col = self.stats.column(r.name, name)
-            ndv = col.ndv if col is not None and col.ndv > 0 else rows
-        else:
-            ndv = self._derived_ndv(block, r, name) or rows
-        return max(1.0, min(ndv, rows))
+    def key_domain(self, block: JoinBlock, rel: str, name: str, keys: list[ColumnStats] = ()) -> float:
+        """How many key values a join column can match, after its relation's filters.
 
-    def _alias_classes(self, block: JoinBlock) -> dict[str, list[tuple[int, float]]]:
-        """Per relation: (key class index, distinct values of its key) for its classes."""
-        hit = self._by_alias.get(block.index)
+        A unique (key-like) column keeps exactly the values its filtered rows hold: a
+        filter on a dimension picks its keys. Any other column keeps its whole value
+        space, as a filter independent of it does not narrow it: its distinct count, or
+        the number of values of a unique partner column ``keys`` that fall in its range
+        (a fact table's dates cover 5 years of a 200-year date dimension; a filtered
+        dimension is not assumed to pick only dates that have facts, nor all of them).
+        """
+        r = block.relation(rel)
+        base, _, rows = self.scan(block, rel)
+        if r.kind != "table":
+            col = self._derived_column(block, r, name)
+            return max(1.0, min(col.ndv if col is not None else rows, rows))
+        col = self.stats.column(r.name, name)
+        if col is None or col.ndv <= 0:
+            return rows
+        if self._unique(col, base):
+            return max(1.0, min(col.ndv, rows))
+        dom = col.ndv
+        for k in keys:
+            if col.lo is not None and k.lo is not None and k.hi > k.lo:
+                overlap = max(0.0, min(col.hi, k.hi) - max(col.lo, k.lo) + 1.0)
+                dom = max(dom, k.ndv * min(1.0, overlap / (k.hi - k.lo + 1.0)))
+        return max(1.0, dom)
+
+    @staticmethod
+    def _unique(col: ColumnStats, rows: float) -> bool:
+        return col.ndv >= 0.8 * rows * (1.0 - col.null_frac)  # HLL errs by up to ~10%
+
+    def _model(self, block: JoinBlock):
+        """Per block, indexed by relation position: bit masks, filtered rows, (key class,
+        domain) pairs, neighbours sharing a key class, and residuals completed by each."""
+        hit = self._models.get(block.index)
         if hit is None:
-            hit = {a: [] for a in block.aliases}
+            aliases = block.aliases
+            bits = {a: 1 << i for i, a in enumerate(aliases)}
+            rows_of = [self.scan(block, a)[2] for a in aliases]
+            classes: list[list[tuple[int, float]]] = [[] for _ in aliases]
+            adj = [0] * len(aliases)
             for ci, cls in enumerate(self._block_classes(block)):
+                mask = sum(bits[a] for a in cls)
                 for a, d in cls.items():
-                    hit[a].append((ci, d))
-            self._by_alias[block.index] = hit
+                    classes[aliases.index(a)].append((ci, d))
+                    adj[aliases.index(a)] |= mask
+            res: list[list[tuple[int, float]]] = [[] for _ in aliases]
+            for rels, sel in self._block_residuals(block):
+                mask = sum(bits[a] for a in rels if a in bits)
+                for a in rels:
+                    if a in bits:
+                        res[aliases.index(a)].append((mask, sel))
+            hit = (bits, rows_of, classes, adj, res)
+            self._models[block.index] = hit
         return hit
 
     def _block_classes(self, block: JoinBlock) -> list[dict[str, float]]:
@@ -418,9 +479,15 @@ class Estimator:
         if hit is None:
             hit = []
             for cls in block.classes:
+                keys = []
+                for c in cls:
+                    r = block.relation(c.rel)
+                    col = self.stats.column(r.name, c.name) if r.kind == "table" else None
+                    if col is not None and self._unique(col, self.scan(block, c.rel)[0]):
+                        keys.append(col)
                 per: dict[str, float] = {}
                 for c in cls:  # two keys of one relation: its smaller domain survives
-                    d = self.column_ndv(block, c.rel, c.name)
+                    d = self.key_domain(block, c.rel, c.name, keys)
                     per[c.rel] = min(per.get(c.rel, d), d)
                 hit.append(per)
             self._classes[block.index] = hit
@@ -445,16 +512,13 @@ class Estimator:
         alias = col.table.lower() if col.table else None
         for r in block.relations:
             if (alias is None and r.columns and col.name.lower() in r.columns) or r.alias == alias:
-                return self.column_ndv(block, r.alias, col.name.lower())
+                return self.key_domain(block, r.alias, col.name.lower())
         return 1.0 / DEFAULT_EQ
 
     # -------------------------------------------------------- CTEs and derived tables
     def _definition(self, block: JoinBlock, rel: Relation) -> exp.Expression | None:
         if rel.kind == "cte":
-            for cte in self.graph.ast.find_all(exp.CTE):
-                if cte.alias_or_name.lower() == rel.name:
-                    return cte.this
-            return None
+            return self._cte_query(rel.name or "")
         for item in from_items(self._select_nodes()[block.index]):
             if item.alias_or_name.lower() == rel.alias and isinstance(item, exp.Subquery):
                 return item.this
@@ -494,8 +558,9 @@ class Estimator:
         if not isinstance(q, exp.Select):
             return DEFAULT_QUERY_ROWS
         items = from_items(q)
-        index = next((i for i, s in enumerate(self._select_nodes()) if s is q), None)
-        block = self._blocks.get(index)
+        if self._select_index is None:
+            self._select_index = {id(s): i for i, s in enumerate(self._select_nodes())}
+        block = self._blocks.get(self._select_index.get(id(q), -1))
         if block is not None and block.relations and len(block.relations) == len(items):
             rows = self.block_rows(block)
         elif len(items) == 1:
@@ -505,10 +570,11 @@ class Estimator:
         else:
             rows = DEFAULT_QUERY_ROWS
         if q.args.get("group"):
-            cap = 1.0
-            for g in q.args["group"].expressions:
-                d = self._base_ndv(q, g)
-                cap = cap * d if d else cap * max(1.0, rows / 10)
+            keys = q.args["group"].expressions
+            cap = 1.0 if keys else rows / 10  # ROLLUP / CUBE / GROUPING SETS: no plain keys
+            for g in keys:
+                col = self._base_column(q, g)
+                cap *= max(col.ndv, 1.0) if col is not None else max(1.0, rows / 10)
             rows = min(rows, cap)
         elif any(not isinstance(a.parent, exp.Window) for e in q.expressions for a in e.find_all(exp.AggFunc)):
             rows = 1.0
@@ -537,13 +603,14 @@ class Estimator:
         return self._cte_query(name) is not None
 
     def _cte_query(self, name: str) -> exp.Expression | None:
-        for cte in self.graph.ast.find_all(exp.CTE):
-            if cte.alias_or_name.lower() == name.lower():
-                return cte.this
-        return None
+        if self._ctes is None:
+            self._ctes = {}
+            for cte in self.graph.ast.find_all(exp.CTE):
+                self._ctes.setdefault(cte.alias_or_name.lower(), cte.this)
+        return self._ctes.get(name.lower())
 
-    def _base_ndv(self, q: exp.Select, e: exp.Expression) -> float | None:
-        """Distinct count of a plain column of one of ``q``'s FROM tables, if it is one."""
+    def _base_column(self, q: exp.Select, e: exp.Expression) -> ColumnStats | None:
+        """Stats of ``e`` if it is a plain column of one of ``q``'s FROM tables."""
         while isinstance(e, (exp.Alias, exp.Paren)):
             e = e.this
         if not isinstance(e, exp.Column):
@@ -555,10 +622,10 @@ class Estimator:
                 continue
             col = self.stats.column(item.name, e.name)
             if col is not None:
-                return max(col.ndv, 1.0)
+                return col
         return None
 
-    def _derived_ndv(self, block: JoinBlock, rel: Relation, name: str) -> float | None:
+    def _derived_column(self, block: JoinBlock, rel: Relation, name: str) -> ColumnStats | None:
         q = self._definition(block, rel)
         while isinstance(q, (exp.Subquery, exp.SetOperation)):
             q = q.this
@@ -566,5 +633,5 @@ class Estimator:
             return None
         for e in q.expressions:
             if e.alias_or_name.lower() == name:
-                return self._base_ndv(q, e)
+                return self._base_column(q, e)
         return None

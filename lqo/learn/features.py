@@ -255,4 +255,5 @@ class Featurizer:
         return x, cost
 
 
-assert N_KINDS == 4 and _NODE_FEATURES.index("kind_scan") == SCAN
+# The kind one-hot columns are indexed by featurized's kind constants.
+assert N_KINDS == 4 and [_F["kind_scan"], _F["kind_join"], _F["kind_block"]] == [SCAN, JOIN, BLOCK]
