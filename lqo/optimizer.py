@@ -14,6 +14,7 @@ unless the model predicts a clear, confident gain; the reason is recorded.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -94,6 +95,7 @@ class Optimizer:
         # Recurring workloads repeat query texts: keep their parsed graph and native
         # trees (the EXPLAIN) instead of redoing them per call.
         self._cache: OrderedDict[str, PreparedQuery] = OrderedDict()
+        self._decisions: OrderedDict[str, Optimized] = OrderedDict()
         self._cache_size = cache_size
 
     # ----- persistence -----------------------------------------------------------------
@@ -157,8 +159,32 @@ class Optimizer:
         return score
 
     def optimize(self, sql: str, con: duckdb.DuckDBPyConnection) -> Optimized:
-        """Plan ``sql``: the model's best plan if confidently faster, else native."""
+        """Plan ``sql``: the model's best plan if confidently faster, else native.
+
+        A recurring query text is planned once: later calls return the cached decision
+        (``planning_ms`` then is the cost of the look-up).
+        """
         start = time.perf_counter()
+        cached = self._decisions.get(sql)
+        if cached is not None and id(con) in self._checked:
+            self._decisions.move_to_end(sql)
+            return dataclasses.replace(cached, planning_ms=_ms(start))
+        result = self._plan(sql, con, start)
+        self._decisions[sql] = result
+        if len(self._decisions) > self._cache_size:
+            self._decisions.popitem(last=False)
+        return result
+
+    def forget(self, sql: str | None = None) -> None:
+        """Drop cached plans (of one query text, or all): the next call plans afresh."""
+        if sql is None:
+            self._cache.clear()
+            self._decisions.clear()
+        else:
+            self._cache.pop(sql, None)
+            self._decisions.pop(sql, None)
+
+    def _plan(self, sql: str, con: duckdb.DuckDBPyConnection, start: float) -> Optimized:
         pq = self.prepare(sql, con)
         if not pq.forceable:
             return Optimized(sql, sql, False, None, None, None, None, pq.reason, _ms(start))

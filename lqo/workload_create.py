@@ -59,8 +59,6 @@ def create_workload(
 
     >>> create_workload("tpcds", 1, "workloads/tpcds-sf1")  # doctest: +SKIP
     """
-    from .cli.output import progress
-
     sf = validate_tpc_args(kind, scale_factor)
     out_path = check_out_dir(out, force)
     gen_fn, queries_fn, expected = TPC_KINDS[kind]
@@ -73,9 +71,9 @@ def create_workload(
         con = connect_writable(db_path)
         rows: list = []
         try:
-            bar = progress(steps, total=len(steps), desc=f"create {kind}", enabled=enabled)
-            for step in bar:
-                bar.set_postfix_str(step, refresh=True)
+            for i, step in enumerate(steps):
+                if enabled:  # three steps, one of them long: a line each says where it is
+                    print(f"create {kind}: {step} ({i + 1}/{len(steps)})", file=sys.stderr, flush=True)
                 if step.startswith("load"):
                     load_extension(con, kind)
                 elif step.startswith("generate"):
@@ -83,7 +81,6 @@ def create_workload(
                     con.execute("CHECKPOINT")
                 else:
                     rows = con.execute(f"SELECT query_nr, query FROM {queries_fn}() ORDER BY query_nr").fetchall()
-            bar.close()
         finally:
             con.close()
         if len(rows) != expected:

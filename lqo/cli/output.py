@@ -22,7 +22,23 @@ def emit(args: argparse.Namespace, text: str, payload: Any) -> None:
 
 
 def progress(iterable: Iterable, total: int | None = None, desc: str = "", enabled: bool = True):
-    """A tqdm progress bar on stderr; shown only when stderr is a terminal."""
-    from tqdm import tqdm
+    """A progress bar on stderr; without a terminal, a plain line every 10 s instead."""
+    if not enabled:
+        return iterable
+    if sys.stderr.isatty():
+        from tqdm import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, file=sys.stderr, disable=None if enabled else True, leave=False, dynamic_ncols=True)
+        return tqdm(iterable, total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
+    return _log_lines(iterable, total, desc)
+
+
+def _log_lines(iterable: Iterable, total: int | None, desc: str, every_s: float = 10.0):
+    import time
+
+    start = last = time.perf_counter()
+    for i, item in enumerate(iterable):
+        now = time.perf_counter()
+        if now - last >= every_s:
+            last = now
+            print(f"{desc}: {i}/{total if total is not None else '?'} ({now - start:.0f} s)", file=sys.stderr, flush=True)
+        yield item
