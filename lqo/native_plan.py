@@ -132,6 +132,12 @@ class JTree:
     tables: tuple[str, ...] = ()
     filters: str = ""  # a leaf's filter text (FILTER expressions and scan filters)
 
+    @property
+    def filter_words(self) -> set[str]:
+        if not hasattr(self, "_words"):
+            self._words = set(_WORD.findall(self.filters.lower()))
+        return self._words
+
 
 def _skip(node: PNode, aside: list[PNode], filters: list[str] | None = None) -> PNode:
     """Descend through operators that do not change a block's join tree; the other
@@ -285,25 +291,30 @@ def _match_block(block: JoinBlock, jt: JTree, ctes) -> tuple[int, Tree, dict, di
     want = tuple(sorted(t for r in block.relations for t in r.tables))
     if jt.tables != want:
         return None
+    rel_cols = {
+        r.alias: {c.name.lower() for f in block.filters.get(r.alias, []) for c in f.find_all(exp.Column)}
+        for r in block.relations
+    }
+    perfect = sum(1 for cols in rel_cols.values() if cols)
     best = None
     tries = 0
-    for cut in _cuts(jt, len(block.relations)):
+    for cut in _cuts(jt, len(block.relations), {r.tables for r in block.relations}):
         for assign in _assignments(block, cut):
             tries += 1
-            if tries > 2000:
+            if tries > 2000 or (best is not None and best[0] == perfect):
                 break
-            tree = _to_tree(jt, assign)
-            if tree is None or not _conditions_consistent(block, jt, assign):
+            if not _conditions_consistent(block, jt, assign):
                 continue
-            score = _filter_score(block, cut, assign)
+            score = _filter_score(cut, assign, rel_cols)
             if best is None or score > best[0]:
-                best = (score, tree, assign)
+                best = (score, assign)
     if best is None:
         return None
+    tree = _to_tree(jt, best[1])
     est: dict[frozenset[str], float | None] = {}
     act: dict[frozenset[str], int | None] = {}
-    _collect_cards(jt, best[2], est, act)
-    return best[0], best[1], est, act, _interior(jt, best[2])
+    _collect_cards(jt, best[1], est, act)
+    return best[0], tree, est, act, _interior(jt, best[1])
 
 
 def _interior(jt: JTree, assign: dict[int, str]) -> set[int]:
@@ -316,30 +327,30 @@ def _interior(jt: JTree, assign: dict[int, str]) -> set[int]:
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def _filter_score(block: JoinBlock, cut: list["JTree"], assign: dict[int, str]) -> int:
+def _filter_score(cut: list["JTree"], assign: dict[int, str], rel_cols: dict[str, set[str]]) -> int:
     """How well the scans' filters agree with the relations' filters: tells apart
     structurally identical blocks (or self-joined tables) by what they filter on."""
     score = 0
     for leaf in cut:
-        if leaf.kids:
-            continue
-        rel = assign[id(leaf)]
-        cols = {c.name.lower() for f in block.filters.get(rel, []) for c in f.find_all(exp.Column)}
-        words = set(_WORD.findall(leaf.filters.lower()))
-        if cols:
-            score += 1 if cols <= words else -1
+        cols = rel_cols[assign[id(leaf)]]
+        if cols and not leaf.kids:
+            score += 1 if cols <= leaf.filter_words else -1
     return score
 
 
-def _cuts(jt: JTree, n: int):
-    """Ways to cut the tree into exactly ``n`` leaf subtrees (frontier nodes)."""
+def _cuts(jt: JTree, n: int, signatures: set[tuple[str, ...]]):
+    """Ways to cut the tree into exactly ``n`` frontier subtrees, each reading the tables
+    of some relation of the block (``signatures``)."""
     def go(t: JTree, k: int):
-        if k == 1:
+        if k == 1 and t.tables in signatures:
             yield [t]
         if t.kids and k >= 2:
             for k0 in range(1, k):
-                for a in go(t.kids[0], k0):
-                    for b in go(t.kids[1], k - k0):
+                lefts = list(go(t.kids[0], k0))
+                if not lefts:
+                    continue
+                for b in go(t.kids[1], k - k0):
+                    for a in lefts:
                         yield a + b
 
     yield from go(jt, n)
@@ -390,16 +401,23 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 def _conditions_consistent(block: JoinBlock, jt: JTree, assign) -> bool:
     """Every plain ``x = y`` join condition links the two sides by a key class."""
-    if id(jt) in assign or not jt.kids:
-        return True
-    left, right = _rels(jt.kids[0], assign), _rels(jt.kids[1], assign)
-    for cond in jt.node.conditions:
-        parts = [p.strip() for p in cond.split(" = ")]
-        if len(parts) != 2 or not all(_IDENT.match(p) for p in parts):
-            continue
-        if not _linked(block, parts[0].lower(), parts[1].lower(), left, right):
-            return False
-    return all(_conditions_consistent(block, k, assign) for k in jt.kids)
+
+    def check(t: JTree) -> frozenset[str] | None:
+        # Post-order: each node's relation set once, None as soon as a condition fails.
+        if id(t) in assign:
+            return frozenset((assign[id(t)],))
+        left = check(t.kids[0])
+        right = check(t.kids[1]) if left is not None else None
+        if left is None or right is None:
+            return None
+        for cond in t.node.conditions:
+            parts = [p.strip() for p in cond.split(" = ")]
+            if len(parts) == 2 and all(_IDENT.match(p) for p in parts):
+                if not _linked(block, parts[0].lower(), parts[1].lower(), left, right):
+                    return None
+        return left | right
+
+    return check(jt) is not None
 
 
 def _linked(block: JoinBlock, x: str, y: str, left: frozenset[str], right: frozenset[str]) -> bool:
