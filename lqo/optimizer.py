@@ -33,7 +33,7 @@ from .learn.features import Featurizer
 from .learn.models import PlanModel, load_model
 from .plan import Plan
 from .query import PreparedQuery, prepare
-from .search import SearchConfig, beam_search
+from .search import SearchConfig, beam_search, star_plan
 from .stats import DatabaseStats
 
 MODEL_FILE = "model.lqo"
@@ -152,6 +152,10 @@ class Optimizer:
             self._cache.move_to_end(sql)
         return pq
 
+    def seeds(self, pq: PreparedQuery) -> list[Plan]:
+        """Starting points besides native: the star-shaped plan from lqo's estimates."""
+        return [star_plan(pq, self.featurizer.estimator(pq.graph))]
+
     def scorer(self, pq: PreparedQuery):
         """Predicted latency (ms) of plans of ``pq``, batched: the search's scorer."""
         def score(plans):
@@ -191,7 +195,7 @@ class Optimizer:
         native = pq.native_plan
         if not pq.free_blocks:
             return Optimized(sql, sql, False, native, native, None, None, "no block lqo may reorder", _ms(start))
-        result = beam_search(pq, self.scorer(pq), self.search)
+        result = beam_search(pq, self.scorer(pq), self.search, seeds=self.seeds(pq))
         best = result.best
         plans = [native] if best == native else [native, best]
         ms, std = self.model.predict_with_uncertainty([self.featurizer.featurize(pq.graph, p) for p in plans])

@@ -182,7 +182,7 @@ class Trainer:
                 total_lqo += native_ms
                 total_native += native_ms
                 continue
-            result = beam_search(pq, opt.scorer(pq), opt.search)
+            result = beam_search(pq, opt.scorer(pq), opt.search, seeds=opt.seeds(pq))
             ms, std = opt.model.predict_with_uncertainty(
                 [opt.featurizer.featurize(pq.graph, p) for p in (pq.native_plan, result.best)])
             fallback = opt._fallback(result.best, pq.native_plan, ms, std)
