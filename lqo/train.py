@@ -137,12 +137,22 @@ class Trainer:
                     optimizer = self._fit(samples, usable, featurizer, catalog, it)
                     line = self._iterate(it, optimizer, usable, runner, rng, queries)
                     line.update({"samples": len(samples), "elapsed_min": round(self._elapsed_min(), 2)})
-                    optimizer.save(self.out, extra={"recipe": r.to_dict(), "iteration": it,
-                                                    "train_templates": train_t, "test_templates": test_t})
+                    extra = {"recipe": r.to_dict(), "iteration": it,
+                             "train_templates": train_t, "test_templates": test_t}
+                    optimizer.save(self.out / "iterations" / f"{it:03d}", extra=extra)
+                    # The model directory holds the best model so far, judged by what its
+                    # decisions did to the training workload (Bao keeps a model only if it
+                    # is not worse): a retrain that got worse does not replace it.
+                    best = state.get("best_ratio")
+                    line["selected"] = best is None or (line["ratio"] or 9.0) <= best
+                    if line["selected"]:
+                        optimizer.save(self.out, extra=extra)
+                        state["best_ratio"], state["best_iteration"] = line["ratio"] or 9.0, it
                     with open(self.out / HISTORY_FILE, "a") as fh:
                         fh.write(json.dumps(line) + "\n")
-                    self._write_state({"workload": str(workload.root), "iteration": it,
-                                       "train_templates": train_t, "test_templates": test_t})
+                    state.update({"workload": str(workload.root), "iteration": it,
+                                  "train_templates": train_t, "test_templates": test_t})
+                    self._write_state(state)
                     result.iterations = it
                     result.history.append(line)
                     self.log(_format_line(line))
@@ -220,7 +230,7 @@ def _format_line(line: dict) -> str:
     return (f"iteration {line['iteration']}: training workload {line['workload_ms'] / 1000:.2f} s with lqo vs "
             f"{line['native_ms'] / 1000:.2f} s native ({ratio}), {line['forced']} queries forced, "
             f"{line['runs']} plans run ({line['timeouts']} timeouts), {line['samples']} samples, "
-            f"val loss {loss}, {line['elapsed_min']} min")
+            f"val loss {loss}, {line['elapsed_min']} min" + (" [kept]" if line.get("selected") else ""))
 
 
 class _Runner:
