@@ -44,10 +44,11 @@ class ModelConfig:
 
 @dataclass
 class SearchConfigSection:
-    width: int = 8  # beam width
-    max_steps: int = 6  # rounds of local moves
-    random_seeds: int = 4  # random trees in the first round
-    time_budget_ms: float = 20.0  # per query
+    width: int = 4  # beam width
+    max_steps: int = 3  # rounds of local moves
+    random_seeds: int = 0  # random trees in the first round
+    time_budget_ms: float = 10.0  # per query
+    max_per_step: int = 32  # new plans scored per round
 
 
 @dataclass

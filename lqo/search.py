@@ -32,10 +32,11 @@ Scorer = Callable[[Sequence[Plan]], np.ndarray]
 
 @dataclass
 class SearchConfig:
-    width: int = 8  # plans kept per round (the beam)
-    max_steps: int = 6  # rounds of local moves
-    random_seeds: int = 4  # random trees added to the first round
-    time_budget_ms: float = 20.0  # stop expanding once this is spent
+    width: int = 4  # plans kept per round (the beam)
+    max_steps: int = 3  # rounds of local moves
+    random_seeds: int = 0  # random trees added to the first round
+    time_budget_ms: float = 10.0  # stop expanding once this is spent
+    max_per_step: int = 32  # new plans scored per round (a sample when there are more)
     seed: int = 0
 
 
@@ -77,7 +78,10 @@ def beam_search(pq: PreparedQuery, scorer: Scorer, config: SearchConfig | None =
             break
         steps += 1
         best_before = scored[beam[0]]
-        score([n for p in beam for n in neighbours(p, blocks)])
+        fresh = [n for n in dict.fromkeys(n for p in beam for n in neighbours(p, blocks)) if n not in scored]
+        if len(fresh) > config.max_per_step:
+            fresh = rng.sample(fresh, config.max_per_step)
+        score(fresh)
         beam = sorted(scored, key=scored.get)[: config.width]
         if scored[beam[0]] >= best_before and steps > 1:
             break

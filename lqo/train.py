@@ -175,7 +175,8 @@ class Trainer:
         model.fit(plans, y, g)
         s = self.recipe.search
         search = SearchConfig(width=s.width, max_steps=s.max_steps, random_seeds=s.random_seeds,
-                              time_budget_ms=s.time_budget_ms, seed=self.recipe.seed)
+                              time_budget_ms=s.time_budget_ms, max_per_step=s.max_per_step,
+                              seed=self.recipe.seed)
         d = self.recipe.decision
         return Optimizer(model, featurizer, catalog.fingerprint, search, Decision(d.min_gain, d.z))
 

@@ -68,6 +68,7 @@ class _GraphInfo:
         self.class_sets: dict[int, list[frozenset[str]]] = {}
         self.pairs: dict[int, list[tuple[str, str]]] = {}
         self.query: dict[tuple[int, ...], np.ndarray] = {}
+        self.fragments: dict[tuple[int, Tree], tuple] = {}  # (block, tree) -> featurized tree
         for b in graph.blocks:
             if b.unsafe:
                 continue
@@ -176,39 +177,34 @@ class Featurizer:
                 raise ValueError(f"tree {tree} does not cover block {index} ({', '.join(block.aliases)})")
             blocks.append(block)
         k = len(blocks)
-        xs: list[list[float] | None] = [None] * (k + 1)
+        # Nodes: 0 null, 1..k the BLOCK chain (1 = root = last block), then each block's
+        # tree in pre-order. A block's tree is a cached fragment: search scores many
+        # plans that differ in one block only, and the others are copied, not rebuilt.
+        xs: list[list[float]] = [[0.0] * N_NODE_FEATURES] + [None] * k  # type: ignore[list-item]
         left = [0] * (k + 1)
         right = [0] * (k + 1)
         table = [0] * (k + 1)
         vertex: dict[tuple[int, str], int] = {}
         rel_nodes: list[int] = []
         est = info.est
-
-        def emit(block: JoinBlock, tree: Tree) -> tuple[int, float]:
-            """Append ``tree`` in pre-order; its node index and C_out cost."""
-            i = len(xs)
-            xs.append(None)
-            left.append(0)
-            right.append(0)
-            if isinstance(tree, Leaf):
-                key = (block.index, tree.rel)
-                xs[i] = info.scan_rows[key]
-                table.append(info.table_id[key])
-                vertex[key] = len(rel_nodes)
-                rel_nodes.append(i)
-                return i, 0.0
-            table.append(0)
-            left[i], pcost = emit(block, tree.probe)
-            right[i], bcost = emit(block, tree.build)
-            xs[i], cost = self._join_row(info, block, tree, pcost + bcost)
-            return i, cost
-
         chain_cost = 0.0
-        # BLOCK nodes: 1 = last block (the root), k = first block.
         for pos, (block, (_, tree)) in enumerate(zip(blocks, plan.trees)):
+            frag = info.fragments.get((block.index, tree))
+            if frag is None:
+                frag = self._fragment(info, block, tree)
+                info.fragments[(block.index, tree)] = frag
+            rows, tables, lefts, rights, leaf_aliases, cost = frag
+            base = len(xs)
+            xs.extend(rows)
+            table.extend(tables)
+            left.extend(base + i if i >= 0 else 0 for i in lefts)
+            right.extend(base + i if i >= 0 else 0 for i in rights)
+            for i, alias in leaf_aliases:
+                vertex[(block.index, alias)] = len(rel_nodes)
+                rel_nodes.append(base + i)
             node = k - pos
             left[node] = node + 1 if pos > 0 else 0
-            right[node], cost = emit(block, tree)
+            right[node] = base
             chain_cost += cost
             x = [0.0] * N_NODE_FEATURES
             x[BLOCK] = 1.0
@@ -217,7 +213,6 @@ class Featurizer:
             x[_F["block_n_relations"]] = float(len(block.relations))
             x[_F["block_n_key_classes"]] = float(len(block.classes))
             xs[node] = x
-        xs[0] = [0.0] * N_NODE_FEATURES
         edges = [(vertex[(b.index, x)], vertex[(b.index, y)]) for b in blocks for x, y in info.pairs[b.index]]
         edge_arr = np.array(edges + [(v, u) for u, v in edges], dtype=np.int64).reshape(-1, 2).T
         return FlatPlan(
@@ -229,6 +224,35 @@ class Featurizer:
             rel_nodes=np.array(rel_nodes, dtype=np.int64),
             edges=np.ascontiguousarray(edge_arr),
         )
+
+    def _fragment(self, info: "_GraphInfo", block: JoinBlock, tree: Tree):
+        """One block's tree in pre-order with child positions relative to its first node
+        (-1 for none): (rows, table ids, lefts, rights, [(position, alias)], C_out cost)."""
+        rows: list[list[float]] = []
+        tables: list[int] = []
+        lefts: list[int] = []
+        rights: list[int] = []
+        leaf_aliases: list[tuple[int, str]] = []
+
+        def emit(t: Tree) -> tuple[int, float]:
+            i = len(rows)
+            rows.append([])
+            lefts.append(-1)
+            rights.append(-1)
+            if isinstance(t, Leaf):
+                key = (block.index, t.rel)
+                rows[i] = info.scan_rows[key]
+                tables.append(info.table_id[key])
+                leaf_aliases.append((i, t.rel))
+                return i, 0.0
+            tables.append(0)
+            lefts[i], pcost = emit(t.probe)
+            rights[i], bcost = emit(t.build)
+            rows[i], cost = self._join_row(info, block, t, pcost + bcost)
+            return i, cost
+
+        _, cost = emit(tree)
+        return rows, tables, lefts, rights, leaf_aliases, cost
 
     @staticmethod
     def _join_row(info: _GraphInfo, block: JoinBlock, tree: Join, child_cost: float) -> tuple[list[float], float]:
