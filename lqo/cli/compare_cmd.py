@@ -68,6 +68,8 @@ def format_report(report) -> str:
         f"TOTAL {t['queries']} queries: native {t['native_ms']:.0f} ms, lqo {t['lqo_ms']:.0f} ms "
         f"(ratio {t['ratio']}, geomean {t['geomean_ratio']}, worst {t['worst_ratio']}), "
         f"{t['forced']} forced, regressions >{report.regression}x: {len(t['regressions'])}, "
-        f"wrong results: {t['wrong_results']}, planning median {t['planning_ms_median']} ms, p99 {t['planning_ms_p99']} ms"
+        f"wrong results: {t['wrong_results']}, planning median {t['planning_ms_median']} ms, p99 {t['planning_ms_p99']} ms\n"
+        f"RECURRING (plan cached per query text): lqo {t['lqo_warm_ms']:.0f} ms, ratio {t['warm_ratio']}, "
+        f"geomean {t['warm_geomean_ratio']}, worst {t['warm_worst_ratio']}"
     )
     return "\n".join(lines)
