@@ -5,7 +5,7 @@ types are errors naming the key, so a typo never silently falls back to a defaul
 
 >>> r = Recipe.from_toml_text('[model]\\nkind = "graph_conv"\\n[split]\\ntest_fraction = 0.3')
 >>> r.model.kind, r.split.test_fraction, r.search.width
-('graph_conv', 0.3, 8)
+('graph_conv', 0.3, 4)
 """
 
 from __future__ import annotations
