@@ -14,7 +14,7 @@ from ..errors import LqoError
 from ..harness import is_user_interrupt
 
 # Modules that add sub-commands; each has register(subparsers).
-_COMMAND_MODULES = ["workload_cmd", "explain_cmd", "run_cmd", "explore_cmd", "train_cmd", "optimize_cmd", "compare_cmd"]
+_COMMAND_MODULES = ["workload_cmd", "explain_cmd", "run_cmd", "explore_cmd", "train_cmd", "optimize_cmd", "compare_cmd", "schedule_cmd", "train_scheduler_cmd", "profile_cmd", "report_cmd"]
 
 
 def build_parser() -> argparse.ArgumentParser:

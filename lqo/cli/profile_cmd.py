@@ -1,0 +1,85 @@
+"""``lqo profile-threads WORKLOAD``: each query's latency alone at each thread count."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import LqoError
+from ..harness import is_user_interrupt
+from .output import add_json_flag, emit
+from .schedule_cmd import Counter
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "profile-threads",
+        help="measure every query's latency at each thread count (for the scheduler and its simulator)",
+        description="Run every query of WORKLOAD alone at each --threads count, --repeat times after a "
+        "warm-up, interleaving thread counts, and append the runs to a thread profile: a DuckDB file "
+        "the scheduler owns (default WORKLOAD/scheduler-profile.duckdb). With --calibrate, also run "
+        "a few real streams under fifo and all-at-once and fit the simulator's interference factor.",
+    )
+    p.add_argument("workload", help="workload directory (with workload.toml)")
+    p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
+    p.add_argument("--repeat", type=int, default=3, help="measured runs per query and thread count (default 3)")
+    p.add_argument("--warmup", type=int, default=1, help="unrecorded warm-up rounds per query (default 1)")
+    p.add_argument("--timeout", type=float, default=300.0, help="per-run timeout in seconds (default 300)")
+    p.add_argument("--store", help="profile file (default WORKLOAD/scheduler-profile.duckdb)")
+    p.add_argument("--queries", help="comma-separated query ids (default all)")
+    p.add_argument("--calibrate", type=int, default=0, metavar="N",
+                   help="after profiling, fit the simulator on real batch streams of N queries (default off)")
+    p.add_argument("--workers", type=int, help="workers for --calibrate (default: the number of cores)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --calibrate streams (default 0)")
+    add_json_flag(p)
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    from ..sched.profile import ThreadProfile, default_profile_path, parse_threads, profile_workload, save_interference
+    from ..workload import Workload
+
+    threads = parse_threads(args.threads)
+    if args.repeat < 1 or args.warmup < 0 or args.timeout <= 0 or args.calibrate < 0:
+        raise LqoError("--repeat must be >= 1, --warmup >= 0, --timeout > 0 and --calibrate >= 0")
+    if args.workers is not None and args.workers < 1:
+        raise LqoError("--workers must be >= 1")
+    workload = Workload.load(args.workload)
+    if args.queries:
+        workload = workload.subset(args.queries.split(","))
+    store = args.store or str(default_profile_path(workload))
+    bar = Counter(len(workload), "profile-threads")
+    rows, interrupted = [], False
+    try:
+        profile_workload(workload, store, threads, args.repeat, args.warmup, args.timeout,
+                         on_query=lambda qid, med: (rows.append({"id": qid, "ms": med}), bar.update(1)))
+    except (KeyboardInterrupt, RuntimeError) as err:
+        if not is_user_interrupt(err):
+            raise
+        interrupted = True
+    finally:
+        bar.close()
+    payload = {"store": store, "threads": list(threads), "queries": rows, "interrupted": interrupted}
+    if args.calibrate and not interrupted:
+        from ..sched.scheduler import Scheduler
+
+        cores = os.cpu_count() or 1
+        sched = Scheduler("fifo", args.workers or cores, cores, ThreadProfile.load(store), timeout_s=args.timeout)
+        streams = [sched.make_stream(workload, args.calibrate, "batch", args.seed)]
+        value, err, _ = sched.calibrate(streams)
+        save_interference(store, value, {"per_query_error": err, "queries": args.calibrate,
+                                         "workers": sched.workers, "cores": cores, "seed": args.seed})
+        payload["calibration"] = {"interference": value, "per_query_error": err}
+    lines = [f"{'query':<12} " + " ".join(f"{f'{t} thr ms':>10}" for t in threads) + f" {'speed-up':>9}"]
+    for r in rows:
+        ms = r["ms"]
+        cells = " ".join(f"{ms[t]:>10.1f}" if ms.get(t) is not None else f"{'-':>10}" for t in threads)
+        lo, hi = ms.get(threads[0]), ms.get(threads[-1])
+        lines.append(f"{r['id']:<12} {cells} {(lo / hi if lo and hi else float('nan')):>9.2f}")
+    lines.append(f"{len(rows)} queries profiled into {store}" + (" (interrupted)" if interrupted else ""))
+    if "calibration" in payload:
+        c = payload["calibration"]
+        lines.append(f"simulator interference {c['interference']:.2f} (per-query error {c['per_query_error']:.0%})")
+    emit(args, "\n".join(lines), payload)
+    return 130 if interrupted else 0
