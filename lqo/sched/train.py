@@ -119,8 +119,8 @@ class SchedRecipe:
         except RecipeError as err:
             raise RecipeError(f"{p}: {err}") from None
         base = p.resolve().parent
-        recipe.workloads = [str(base / w) if not Path(w).is_absolute() else w for w in recipe.workloads]
-        recipe.profiles = [str(base / w) if not Path(w).is_absolute() else w for w in recipe.profiles]
+        recipe.workloads = [w if Path(w).is_absolute() else os.path.normpath(base / w) for w in recipe.workloads]
+        recipe.profiles = [w if Path(w).is_absolute() else os.path.normpath(base / w) for w in recipe.profiles]
         if recipe.out and not Path(recipe.out).is_absolute():
             recipe.out = os.path.normpath(base / recipe.out)
         return recipe
