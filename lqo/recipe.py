@@ -107,7 +107,7 @@ class Recipe:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
             raise RecipeError(f"invalid TOML: {err}") from None
-        recipe = _build(cls, data, "")
+        recipe = dataclass_from_toml(cls, data)
         recipe.validate()
         return recipe
 
@@ -132,7 +132,9 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
-def _build(cls, data: dict, prefix: str):
+def dataclass_from_toml(cls, data: dict, prefix: str = ""):
+    """Build dataclass ``cls`` (nested dataclasses included) from parsed TOML, checking
+    keys and types against the fields' defaults; ``RecipeError`` names the bad key."""
     if not isinstance(data, dict):
         raise RecipeError(f"{prefix.rstrip('.') or 'recipe'} must be a table")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -142,7 +144,7 @@ def _build(cls, data: dict, prefix: str):
             raise RecipeError(f"unknown key {prefix}{key}")
         default = fields[key].default_factory() if fields[key].default_factory is not dataclasses.MISSING else fields[key].default
         if dataclasses.is_dataclass(default):
-            kwargs[key] = _build(type(default), value, f"{prefix}{key}.")
+            kwargs[key] = dataclass_from_toml(type(default), value, f"{prefix}{key}.")
         else:
             kwargs[key] = _coerce(value, default, f"{prefix}{key}")
     return cls(**kwargs)

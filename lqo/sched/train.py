@@ -37,6 +37,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..errors import LqoError, MissingFileError
+from ..recipe import RecipeError, dataclass_from_toml
 from .features import Job
 from .gnn_policy import LearnedPolicy, SchedNet
 from .policies import get_policy
@@ -44,8 +45,6 @@ from .simulator import SimConfig, simulate
 from .stream import arrival_times, parse_arrivals, rate_for_utilisation
 
 
-class RecipeError(LqoError):
-    """A scheduler recipe is malformed."""
 
 
 @dataclass
@@ -114,7 +113,7 @@ class SchedRecipe:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
             raise RecipeError(f"{p}: invalid TOML: {err}") from None
         try:
-            recipe = _build(cls, data, "")
+            recipe = dataclass_from_toml(cls, data)
             recipe.validate()
         except RecipeError as err:
             raise RecipeError(f"{p}: {err}") from None
@@ -154,27 +153,6 @@ class SchedRecipe:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _build(cls, data: Any, prefix: str):
-    if not isinstance(data, dict):
-        raise RecipeError(f"{prefix.rstrip('.') or 'recipe'} must be a table")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        if key not in fields:
-            raise RecipeError(f"unknown key {prefix}{key}")
-        f = fields[key]
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if dataclasses.is_dataclass(default):
-            kwargs[key] = _build(type(default), value, f"{prefix}{key}.")
-            continue
-        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if type(value) is not type(default):
-            raise RecipeError(f"{prefix}{key} must be {type(default).__name__}, got {value!r}")
-        kwargs[key] = value
-    return cls(**kwargs)
 
 
 # --------------------------------------------------------------------------- episodes
