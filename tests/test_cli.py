@@ -269,6 +269,12 @@ def _wait_for(pred, timeout: float, step: float = 0.05) -> bool:
     return pred()
 
 
+def _default_sigint() -> None:
+    # A test run started in the background inherits SIGINT ignored (the shell's doing);
+    # the command under test must see Ctrl-C as a terminal user's process would.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt(proc: subprocess.Popen, timeout: float = 15.0) -> tuple[int | None, str, str]:
     """SIGINT ``proc``; return (exit code or None if it did not exit in time, stdout, stderr)."""
     proc.send_signal(signal.SIGINT)
@@ -286,7 +292,7 @@ def test_explore_ctrl_c_keeps_partial_report_and_runs(wl):
     db_before = file_state(wl / "tpch.duckdb")
     proc = subprocess.Popen(
         [*lqo_argv(), "explore", str(wl), "--plans", "20", "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint,
     )
     try:
         # The store cannot be opened while explore holds it: watch the file instead.
@@ -326,7 +332,8 @@ def test_ctrl_c_during_a_query(tpch_wl, tmp_path, command):
         "run": ["run", str(slow), "--json"],
         "explain": ["explain", SLOW_SQL, "--db", str(db), "--json"],
     }[command]
-    proc = subprocess.Popen([*lqo_argv(), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*lqo_argv(), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     try:
         if command == "explain":  # no store to watch: wait for DuckDB's worker threads
             _wait_for(lambda: len(os.listdir(f"/proc/{proc.pid}/task")) > 1 if os.path.isdir("/proc") else False, 10)
