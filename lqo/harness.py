@@ -125,6 +125,25 @@ class RunResult:
         return not self.timed_out and self.error is None
 
 
+# Ctrl-C latch. DuckDB's client checks for signals while a query runs; one that lands
+# as the query finishes can be consumed without an exception. The CLI's SIGINT handler
+# also sets this event, and every run checks it, so such a Ctrl-C still stops the work.
+# Process-wide by nature, like the signal itself.
+_SIGINT_SEEN = threading.Event()
+
+
+def install_sigint_latch() -> None:
+    """Make Ctrl-C (when not ignored) also set the latch ``Harness.run`` checks."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        def _handler(signum, frame):
+            _SIGINT_SEEN.set()
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGINT, _handler)
+
+
 def is_user_interrupt(exc: BaseException) -> bool:
     """Whether ``exc`` is Ctrl-C, as Python raises it or as DuckDB wraps it."""
     if isinstance(exc, KeyboardInterrupt):
@@ -287,6 +306,8 @@ class Harness:
                 raise KeyboardInterrupt from exc
             except duckdb.Error as exc:
                 result.error = f"{type(exc).__name__}: {exc}"
+            if _SIGINT_SEEN.is_set():
+                raise KeyboardInterrupt
             if rows is not None:
                 result.rows = len(rows)
                 result.fingerprint = fingerprint_rows(rows)

@@ -305,7 +305,9 @@ def test_ctrl_c_stops_cleanly_and_reaps_workers(tmp_path, tpch_db):
     script = Path(sys.executable).parent / "lqo"
     argv = [str(script)] if script.is_file() else [sys.executable, "-c", "import sys, lqo.cli; sys.exit(lqo.cli.main())"]
     proc = subprocess.Popen([*argv, "schedule", str(wl), "--workers", "2", "--policy", "fifo"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            # a test run started in the background inherits SIGINT ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 30
         workers: list[int] = []

@@ -11,7 +11,7 @@ import os
 import sys
 
 from ..errors import LqoError
-from ..harness import is_user_interrupt
+from ..harness import install_sigint_latch, is_user_interrupt
 
 # Modules that add sub-commands; each has register(subparsers).
 _COMMAND_MODULES = ["workload_cmd", "explain_cmd", "run_cmd", "explore_cmd", "train_cmd", "optimize_cmd", "compare_cmd", "schedule_cmd", "train_scheduler_cmd", "profile_cmd", "report_cmd"]
@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if argv is None:  # the `lqo` process itself, not a call from Python code or tests
+        install_sigint_latch()
     try:
         return int(args.handler(args) or 0)
     except LqoError as err:
