@@ -30,7 +30,8 @@ from .catalog import Catalog
 from .errors import LqoError, MissingFileError, SchemaMismatchError
 from .harness import forced_settings
 from .learn.features import Featurizer
-from .learn.models import PlanModel, load_model
+from .learn.model_kinds import load_model
+from .learn.models import PlanModel
 from .plan import Plan
 from .query import PreparedQuery, prepare
 from .search import SearchConfig, beam_search, star_plan

@@ -248,7 +248,7 @@ def compare_lr_schedules(workload: str | Path | Workload, model: str | Path, tim
     import numpy as np
 
     from .catalog import Catalog
-    from .learn.models import make_model
+    from .learn.model_kinds import make_model
     from .optimizer import Optimizer
     from .query import prepare
     from .recipe import ModelConfig

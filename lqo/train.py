@@ -27,7 +27,7 @@ from .errors import LqoError, WorkloadError
 from .experience import ExperienceStore
 from .harness import Harness, median_latency
 from .learn.features import Featurizer
-from .learn.models import make_model
+from .learn.model_kinds import make_model
 from .optimizer import Decision, Optimizer
 from .plan import Plan
 from .query import PreparedQuery, prepare

@@ -18,7 +18,8 @@ from lqo.learn.checkpoint import load_checkpoint
 from lqo.learn.featurized import BLOCK, JOIN, N_KINDS, SCAN, FlatPlan
 from lqo.learn.graph_conv import batch_graph, plan_to_data
 from lqo.learn.losses import ranking_loss, regression_loss
-from lqo.learn.models import MODEL_KINDS, PlanModel, make_model
+from lqo.learn.model_kinds import MODEL_KINDS, make_model
+from lqo.learn.models import PlanModel
 from lqo.learn.tree_conv import batch_tree
 
 N_TABLES = 12

@@ -18,7 +18,7 @@ from lqo.cli import main
 from lqo.errors import InvalidSQLError, MissingFileError, NotSelectError, SchemaMismatchError
 from lqo.harness import Harness
 from lqo.learn.features import Featurizer
-from lqo.learn.models import make_model
+from lqo.learn.model_kinds import make_model
 from lqo.optimizer import Optimizer, optimize
 from lqo.query import prepare
 from lqo.recipe import Recipe

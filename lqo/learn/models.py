@@ -12,7 +12,7 @@ stacked forward pass (tree conv) or ``n_members`` passes (graph conv) instead of
 
 Example::
 
-    >>> model = make_model("tree_conv", loss="combined", epochs=50)
+    >>> model = make_model("tree_conv", loss="combined", epochs=50)  # from lqo.learn.model_kinds
     >>> model.fit(plans, latencies_ms, groups=query_ids)
     >>> mean_ms, std_log = model.predict_with_uncertainty(candidates)
     >>> model.save("model.lqo", vocabulary=table_ids, schema=fingerprint)
@@ -38,7 +38,6 @@ from lqo.learn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from lqo.learn.featurized import FlatPlan
 from lqo.learn.greedy_lr import GreedyLR
 from lqo.learn.losses import LOSS_KINDS, group_batches, plan_loss, ranking_pairs, split_groups
-from lqo.learn.tree_conv import TreeConvNet, batch_tree
 
 LR_SCHEDULES = ("greedy", "cosine")
 _PREDICT_CHUNK = 2048  # plans per forward pass when predicting, to bound memory
@@ -379,6 +378,8 @@ class PlanModel:
             >>> model = PlanModel.load("model.lqo", expected_schema=fingerprint)
         """
         ckpt = load_checkpoint(path, expected_schema)
+        from lqo.learn.model_kinds import MODEL_KINDS  # the kinds subclass this module's class
+
         kind_cls = MODEL_KINDS.get(ckpt.kind)
         if kind_cls is None or not issubclass(kind_cls, cls):
             raise LqoError(f"{path} holds a {ckpt.kind!r} model, not a {cls.__name__}")
@@ -396,69 +397,3 @@ class PlanModel:
         model.history_ = list(ckpt.extra.get("history", []))
         model.best_epoch_ = int(ckpt.extra.get("best_epoch", -1))
         return model
-
-
-class TreeConvModel(PlanModel):
-    """Tree convolution (Neo/Bao style), see :class:`~lqo.learn.tree_conv.TreeConvNet`.
-
-    Example::
-
-        >>> TreeConvModel(channels=(64, 64, 32), loss="ranking").fit(plans, ms, groups)
-    """
-
-    kind = "tree_conv"
-
-    def _build_net(self) -> nn.Module:
-        return TreeConvNet(self.n_features_, self.n_query_, self.n_tables_, **self._net_params())
-
-    @staticmethod
-    def _batch(plans: Sequence[FlatPlan]) -> Any:
-        return batch_tree(plans)
-
-
-class GraphConvModel(PlanModel):
-    """Graph convolution over plan tree + join graph; ``conv`` is ``"gine"`` or ``"gatv2"``.
-
-    Example::
-
-        >>> GraphConvModel(conv="gatv2").fit(plans, ms, groups)
-    """
-
-    kind = "graph_conv"
-    _EXTRA_PARAMS = ("conv",)
-
-    def __init__(self, *, conv: str = "gine", **params: Any) -> None:
-        super().__init__(**params)
-        self.conv = conv
-
-    def _build_net(self) -> nn.Module:
-        # Imported here: torch_geometric adds ~4 s to startup, paid only by graph models.
-        from lqo.learn.graph_conv import GraphConvEnsemble
-
-        return GraphConvEnsemble(self.n_features_, self.n_query_, self.n_tables_, conv=self.conv, **self._net_params())
-
-    @staticmethod
-    def _batch(plans: Sequence[FlatPlan]) -> Any:
-        from lqo.learn.graph_conv import batch_graph
-
-        return batch_graph(plans)
-
-
-MODEL_KINDS: dict[str, type[PlanModel]] = {"tree_conv": TreeConvModel, "graph_conv": GraphConvModel}
-
-
-def make_model(kind: str, **params: Any) -> PlanModel:
-    """A fresh, unfitted model of ``kind`` (a key of :data:`MODEL_KINDS`).
-
-    Example::
-
-        >>> model = make_model("graph_conv", channels=(64, 64, 32), lr_schedule="cosine")
-    """
-    if kind not in MODEL_KINDS:
-        raise ValueError(f"model kind must be one of {tuple(MODEL_KINDS)}, got {kind!r}")
-    return MODEL_KINDS[kind](**params)
-
-
-def load_model(path: str | os.PathLike[str], expected_schema: str | None = None) -> PlanModel:
-    """Same as :meth:`PlanModel.load`."""
-    return PlanModel.load(path, expected_schema)
