@@ -50,9 +50,10 @@ def connect_read_only(db_path: str | os.PathLike, threads: int | None = None) ->
         raise LqoError(f"cannot open database {path}: {first}") from None
 
 
-def connect_writable(db_path: str | os.PathLike) -> duckdb.DuckDBPyConnection:
-    """Open (or create) a database lqo owns, e.g. a generated TPC database."""
-    return duckdb.connect(str(db_path), config=_offline_config())
+def connect_writable(db_path: str | os.PathLike, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open (or create) a database lqo owns: a generated TPC database, the experience
+    store, a thread profile. Offline; DuckDB's own errors pass through."""
+    return duckdb.connect(str(db_path), read_only=read_only, config=_offline_config())
 
 
 def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:

@@ -47,6 +47,7 @@ from typing import Any
 
 import duckdb
 
+from .db import connect_writable
 from .errors import LqoError, MissingFileError, PlanError
 from .harness import RunResult, _utcnow
 
@@ -134,9 +135,8 @@ class ExperienceStore:
         path = str(path)
         if read_only and not os.path.exists(path):
             raise MissingFileError(f"experience store not found: {path}")
-        config = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
         try:
-            con = duckdb.connect(path, read_only=read_only, config=config)
+            con = connect_writable(path, read_only=read_only)
         except duckdb.IOException as exc:
             raise LqoError(f"cannot open experience store {path} (one process at a time may open it): {exc}") from exc
         try:

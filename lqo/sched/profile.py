@@ -33,6 +33,7 @@ from typing import Callable, Iterable, Sequence
 
 import duckdb
 
+from ..db import connect_writable
 from ..errors import LqoError, MissingFileError
 from ..experience import query_key
 from ..harness import Harness, _utcnow
@@ -60,9 +61,8 @@ def _open(path: str | os.PathLike, read_only: bool) -> duckdb.DuckDBPyConnection
     path = str(path)
     if read_only and not os.path.exists(path):
         raise MissingFileError(f"thread profile not found: {path} (run `lqo profile-threads WORKLOAD` first)")
-    cfg = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
     try:
-        con = duckdb.connect(path, read_only=read_only, config=cfg)
+        con = connect_writable(path, read_only=read_only)
     except duckdb.Error as exc:
         raise LqoError(f"cannot open thread profile {path}: {str(exc).splitlines()[0]}") from None
     try:
