@@ -83,7 +83,7 @@ def test_loss_falls_and_ranking_beats_chance(trained, workload):
     X = [feat.featurize(prepared[s.query_id].graph, s.plan) for s in train]
     y = np.array([s.latency_ms for s in train])
     g = np.array([ids.index(s.query_id) for s in train])
-    model = make_model("tree_conv", loss="combined", epochs=80, n_members=1, seed=0).fit(X, y, g)
+    model = make_model("tree_conv", loss="combined", epochs=80, n_members=3, seed=0).fit(X, y, g)
     losses = [h["train_loss"] for h in model.history_]
     assert min(losses[-5:]) < losses[0]
     pred = model.predict([feat.featurize(prepared[s.query_id].graph, s.plan) for s in test])
