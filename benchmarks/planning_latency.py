@@ -1,9 +1,15 @@
-"""Planning-path latency per query: parse + join graph, EXPLAIN + native trees, render.
+"""Planning-path latency per query, stage by stage.
 
-Usage: python benchmarks/planning_latency.py WORKLOAD [--rounds 5]
+Usage: python benchmarks/planning_latency.py WORKLOAD [--model MODEL_DIR] [--rounds 5] [--json]
 
-Each stage is timed separately over every query of the workload, ``rounds`` times,
-interleaved (round-robin over queries); prints median and p99 per stage in ms.
+Without a model: parse + join graph, EXPLAIN + native trees, render (native and a random
+plan). With ``--model``: the whole cold path of ``Optimizer.optimize`` (caches dropped
+before every call), split into parse + graph, EXPLAIN + reading the native trees,
+search + decision (featurization and model inference), render; plus DuckDB's own
+``PREPARE`` of the same text as the floor any EXPLAIN-based planner pays.
+
+Each stage is timed over every query of the workload, ``rounds`` times, interleaved
+(round-robin over queries); prints median and p99 per stage in ms.
 """
 
 from __future__ import annotations
@@ -27,18 +33,16 @@ def pct(values, p):
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("workload")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    wl = Workload.load(args.workload)
-    con = wl.connect()
+def _ms(t0: float, t1: float) -> float:
+    return (t1 - t0) * 1e3
+
+
+def time_stages(wl: Workload, con, rounds: int) -> dict[str, list[float]]:
     cat = Catalog.from_connection(con)
-    stages = {"parse_graph": [], "explain_native": [], "render_native": [], "render_random": [], "graph_plus_render": []}
+    stages: dict[str, list[float]] = {k: [] for k in ("parse_graph", "explain_native", "render_native",
+                                                      "render_random", "graph_plus_render")}
     rng = random.Random(0)
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         for q in wl:
             t0 = time.perf_counter()
             g = build_query_graph(q.sql, cat)
@@ -46,9 +50,9 @@ def main() -> None:
             nat = read_native_trees(g, explain_json(con, q.sql))
             t2 = time.perf_counter()
             pq = PreparedQuery(q.sql, g, nat)
+            stages["parse_graph"].append(_ms(t0, t1))
+            stages["explain_native"].append(_ms(t1, t2))
             if not pq.forceable:
-                stages["parse_graph"].append((t1 - t0) * 1e3)
-                stages["explain_native"].append((t2 - t1) * 1e3)
                 continue
             render(g, nat.plan)
             t3 = time.perf_counter()
@@ -56,12 +60,64 @@ def main() -> None:
             t4 = time.perf_counter()
             render(g, plans[0])
             t5 = time.perf_counter()
-            stages["parse_graph"].append((t1 - t0) * 1e3)
-            stages["explain_native"].append((t2 - t1) * 1e3)
-            stages["render_native"].append((t3 - t2) * 1e3)
-            stages["render_random"].append((t5 - t4) * 1e3)
-            stages["graph_plus_render"].append((t1 - t0 + t3 - t2) * 1e3)
-    out = {k: {"median_ms": round(statistics.median(v), 3), "p99_ms": round(pct(v, 99), 3), "n": len(v)} for k, v in stages.items() if v}
+            stages["render_native"].append(_ms(t2, t3))
+            stages["render_random"].append(_ms(t4, t5))
+            stages["graph_plus_render"].append(_ms(t0, t1) + _ms(t2, t3))
+    return stages
+
+
+def time_optimizer(wl: Workload, con, model_dir: str, rounds: int) -> dict[str, list[float]]:
+    from lqo.optimizer import Optimizer
+
+    opt = Optimizer.load(model_dir, con)
+    cat = Catalog.from_connection(con)
+    stages: dict[str, list[float]] = {k: [] for k in ("duckdb_prepare", "parse_graph", "explain_native",
+                                                      "search_decide", "render", "optimize_total")}
+    for q in wl:  # warm-up: first torch call, imports
+        opt.optimize(q.sql, con)
+    for r in range(rounds):
+        for i, q in enumerate(wl):
+            t0 = time.perf_counter()
+            con.execute(f"PREPARE lqo_bench_{r}_{i} AS {q.sql}")
+            stages["duckdb_prepare"].append(_ms(t0, time.perf_counter()))
+            con.execute(f"DEALLOCATE lqo_bench_{r}_{i}")
+            opt.forget()
+            t0 = time.perf_counter()
+            res = opt.optimize(q.sql, con)
+            stages["optimize_total"].append(_ms(t0, time.perf_counter()))
+            # The same path again, stage by stage (a new graph: no featurizer cache hit).
+            opt.forget()
+            t0 = time.perf_counter()
+            g = build_query_graph(q.sql, cat)
+            t1 = time.perf_counter()
+            pq = PreparedQuery(q.sql, g, read_native_trees(g, explain_json(con, q.sql)))
+            t2 = time.perf_counter()
+            stages["parse_graph"].append(_ms(t0, t1))
+            stages["explain_native"].append(_ms(t1, t2))
+            if not pq.forceable or not pq.free_blocks:
+                continue
+            t2 = time.perf_counter()
+            result, fallback = opt.decide(pq)
+            t3 = time.perf_counter()
+            stages["search_decide"].append(_ms(t2, t3))
+            if res.forced:
+                pq.render(result.best)
+                stages["render"].append(_ms(t3, time.perf_counter()))
+    return stages
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("workload")
+    ap.add_argument("--model", help="a model directory: time the whole optimizer path")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    wl = Workload.load(args.workload)
+    con = wl.connect()
+    stages = time_optimizer(wl, con, args.model, args.rounds) if args.model else time_stages(wl, con, args.rounds)
+    out = {k: {"median_ms": round(statistics.median(v), 3), "p99_ms": round(pct(v, 99), 3), "n": len(v)}
+           for k, v in stages.items() if v}
     if args.json:
         print(json.dumps(out, indent=2))
     else:

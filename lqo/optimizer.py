@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import numpy as np
 
 from .catalog import Catalog
 from .errors import LqoError, MissingFileError, SchemaMismatchError
@@ -34,7 +33,7 @@ from .learn.model_kinds import load_model
 from .learn.models import PlanModel
 from .plan import Plan
 from .query import PreparedQuery, prepare
-from .search import SearchConfig, beam_search, star_plan
+from .search import SearchConfig, SearchResult, beam_search, star_plan
 from .stats import DatabaseStats
 
 MODEL_FILE = "model.lqo"
@@ -157,10 +156,17 @@ class Optimizer:
         """Starting points besides native: the star-shaped plan from lqo's estimates."""
         return [star_plan(pq, self.featurizer.estimator(pq.graph))]
 
-    def scorer(self, pq: PreparedQuery):
-        """Predicted latency (ms) of plans of ``pq``, batched: the search's scorer."""
+    def scorer(self, pq: PreparedQuery, spread: dict[Plan, float] | None = None):
+        """Predicted latency (ms) of plans of ``pq``, batched: the search's scorer.
+
+        With ``spread``, the ensemble's spread of each scored plan is recorded there too,
+        so the decision needs no second pass over the model.
+        """
         def score(plans):
-            return self.model.predict([self.featurizer.featurize(pq.graph, p) for p in plans])
+            ms, std = self.model.predict_with_uncertainty([self.featurizer.featurize(pq.graph, p) for p in plans])
+            if spread is not None:
+                spread.update(zip(plans, std.tolist()))
+            return ms
         return score
 
     def optimize(self, sql: str, con: duckdb.DuckDBPyConnection) -> Optimized:
@@ -196,25 +202,31 @@ class Optimizer:
         native = pq.native_plan
         if not pq.free_blocks:
             return Optimized(sql, sql, False, native, native, None, None, "no block lqo may reorder", _ms(start))
-        result = beam_search(pq, self.scorer(pq), self.search, seeds=self.seeds(pq))
-        best = result.best
-        plans = [native] if best == native else [native, best]
-        ms, std = self.model.predict_with_uncertainty([self.featurizer.featurize(pq.graph, p) for p in plans])
-        native_ms, best_ms = float(ms[0]), float(ms[-1])
-        fallback = self._fallback(best, native, ms, std)
+        result, fallback = self.decide(pq)
+        best, native_ms, best_ms = result.best, result.native_score, result.best_score
         if fallback:
             return Optimized(sql, sql, False, best, native, best_ms, native_ms, fallback, _ms(start), len(result.scored))
         return Optimized(sql, pq.render(best), True, best, native, best_ms, native_ms, None, _ms(start), len(result.scored))
 
-    def _fallback(self, best: Plan, native: Plan, ms: np.ndarray, std: np.ndarray) -> str | None:
+    def decide(self, pq: PreparedQuery) -> tuple[SearchResult, str | None]:
+        """Search plans of a forceable ``pq``; the fallback reason is None when the best
+        plan should be forced, else why native is kept."""
+        spread: dict[Plan, float] = {}
+        result = beam_search(pq, self.scorer(pq, spread), self.search, seeds=self.seeds(pq))
+        native = pq.native_plan
+        fallback = self._fallback(result.best, native, (result.native_score, result.best_score),
+                                  (spread[native], spread[result.best]))
+        return result, fallback
+
+    def _fallback(self, best: Plan, native: Plan, ms: tuple[float, float], std: tuple[float, float]) -> str | None:
         if best == native:
             return "the model ranks DuckDB's native plan best"
-        native_ms, best_ms = float(ms[0]), float(ms[1])
+        native_ms, best_ms = ms
         gain = 1.0 - best_ms / native_ms if native_ms > 0 else 0.0
         if gain < self.decision.min_gain:
             return f"predicted gain {gain:.0%} is below {self.decision.min_gain:.0%}"
         margin = math.log1p(native_ms) - math.log1p(best_ms)
-        spread = self.decision.z * math.hypot(float(std[0]), float(std[1]))
+        spread = self.decision.z * math.hypot(std[0], std[1])
         if margin <= spread:
             return f"predicted gain {gain:.0%} is within the model's uncertainty"
         return None

@@ -32,7 +32,7 @@ from .optimizer import Decision, Optimizer
 from .plan import Plan
 from .query import PreparedQuery, prepare
 from .recipe import Recipe
-from .search import SearchConfig, beam_search, neighbours
+from .search import SearchConfig, neighbours
 from .stats import DatabaseStats
 from .training_data import Sample, collect_samples
 from .workload import Query, Workload
@@ -193,10 +193,7 @@ class Trainer:
                 total_lqo += native_ms
                 total_native += native_ms
                 continue
-            result = beam_search(pq, opt.scorer(pq), opt.search, seeds=opt.seeds(pq))
-            ms, std = opt.model.predict_with_uncertainty(
-                [opt.featurizer.featurize(pq.graph, p) for p in (pq.native_plan, result.best)])
-            fallback = opt._fallback(result.best, pq.native_plan, ms, std)
+            result, fallback = opt.decide(pq)
             to_run = [result.best]
             ranked = sorted(result.scored, key=result.scored.get)
             to_run += [p for p in ranked if not runner.tried(q, p)][: self.recipe.exploration.extra_candidates]
