@@ -18,7 +18,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -32,7 +32,7 @@ from .optimizer import Decision, Optimizer
 from .plan import Plan
 from .query import PreparedQuery, prepare
 from .recipe import Recipe
-from .search import SearchConfig, neighbours
+from .search import SearchConfig, neighbours, star_plan
 from .stats import DatabaseStats
 from .training_data import Sample, collect_samples
 from .workload import Query, Workload
@@ -126,8 +126,11 @@ class Trainer:
                     if self._out_of_time():
                         break
                     sources = [store, store_paths[1]]
-                    runner.bootstrap(q, usable.get(q.id), rng,
-                                     collect_samples(sources, {q.id: usable[q.id]}) if q.id in usable else [])
+                    pq = usable.get(q.id)
+                    # The star-shaped plan is the structured alternative that wins most
+                    # often on star schemas: measure it for every query from the start.
+                    star = [star_plan(pq, featurizer.estimator(pq.graph))] if pq else []
+                    runner.bootstrap(q, pq, rng, collect_samples(sources, {q.id: pq}) if pq else [], star)
                 start_it = int(state.get("iteration", 0))
                 for it in range(start_it + 1, r.iterations + 1):
                     if self._out_of_time():
@@ -284,7 +287,9 @@ class _Runner:
         return r.latency_ms
 
     def bootstrap(self, q: Query, usable: PreparedQuery | None, rng: random.Random,
-                  known: list[Sample]) -> None:
+                  known: list[Sample], seeds: Sequence[Plan] = ()) -> None:
+        """Native and its forced tree, ``seeds`` not yet run, then random plans up to
+        ``bootstrap_plans`` (plans already known count)."""
         self.native_ms(q)
         if usable is None:
             return
@@ -292,10 +297,12 @@ class _Runner:
             self._tried.add((q.id, s.plan))
             if not s.timed_out:
                 self._best[q.id] = min(self._best[q.id], s.latency_ms)
-        missing = self.recipe.exploration.bootstrap_plans - len(known)
-        if missing <= 0:
+        seeds = [p for p in seeds if p != usable.native_plan and not self.tried(q, p)]
+        missing = self.recipe.exploration.bootstrap_plans - len(known) - len(seeds)
+        if missing <= 0 and not seeds:
             return
-        plans = [usable.native_plan] + usable.random_plans(missing, rng)
+        plans = [usable.native_plan, *seeds] + usable.random_plans(max(0, missing), rng)
         for plan in plans:
             if not self.tried(q, plan):
-                self.run_plan(q, usable, plan, "forced_native" if plan == usable.native_plan else "random")
+                kind = "forced_native" if plan == usable.native_plan else "star" if plan in seeds else "random"
+                self.run_plan(q, usable, plan, kind)

@@ -56,6 +56,11 @@ def test_training_writes_a_resumable_checkpoint(trained, workload):
     assert (trained / "model.lqo").is_file() and (trained / "state.json").is_file()
     lines = (trained / "history.jsonl").read_text().splitlines()
     assert len(lines) == 2
+    # the bootstrap measured the star-shaped plan of (nearly) every reorderable query
+    import duckdb
+    with duckdb.connect(str(trained / "experience.duckdb"), read_only=True) as con:
+        kinds = dict(con.execute("SELECT kind, count(DISTINCT query_key) FROM plans GROUP BY kind").fetchall())
+    assert kinds.get("star", 0) >= 8, kinds
     # resuming with more iterations continues from iteration 3 and keeps the experience
     recipe = Recipe.from_toml_text("iterations = 3\ntime_budget_min = 3.0\n[model]\nepochs = 20\n")
     recipe.workload, recipe.out = str(workload.root), str(trained)
