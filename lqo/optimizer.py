@@ -144,7 +144,7 @@ class Optimizer:
             self.check_schema(con)
         pq = self._cache.get(sql)
         if pq is None:
-            pq = prepare(sql, con, self._catalog)
+            pq = prepare(sql, con, self._catalog, explain_unforceable=False)
             self._cache[sql] = pq
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)

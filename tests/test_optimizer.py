@@ -15,7 +15,7 @@ import pytest
 
 from lqo.catalog import Catalog
 from lqo.cli import main
-from lqo.errors import InvalidSQLError, MissingFileError, NotSelectError, SchemaMismatchError
+from lqo.errors import InvalidSQLError, LqoError, MissingFileError, NotSelectError, SchemaMismatchError
 from lqo.harness import Harness
 from lqo.learn.features import Featurizer
 from lqo.learn.model_kinds import make_model
@@ -134,6 +134,14 @@ def test_bad_inputs_fail_clearly(trained, workload, tmp_path, tpcds_db, capsys):
         opt.optimize("SELEC 1", con)
     with pytest.raises(NotSelectError):
         opt.optimize("DELETE FROM nation", con)
+    # queries kept native without an EXPLAIN are still bound: a bad column fails here
+    with pytest.raises(LqoError, match="nosuch"):
+        opt.optimize("SELECT nosuch FROM orders LEFT JOIN customer ON o_custkey = c_custkey", con)
+    with pytest.raises(LqoError, match="nosuch"):
+        opt.optimize("SELECT max(nosuch) FROM nation", con)
+    kept = opt.optimize("SELECT count(*) FROM orders LEFT JOIN customer ON o_custkey = c_custkey", con)
+    assert not kept.forced and "LEFT" in kept.fallback
+    assert kept.execute(con) == con.execute(kept.original_sql).fetchall()
     con.close()
     with pytest.raises(MissingFileError):
         Optimizer.load(tmp_path / "nope")
