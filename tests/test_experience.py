@@ -273,3 +273,30 @@ def test_runs_counted_exactly_after_one_crash(tmp_path):
         assert n_runs in (2 * reported, 2 * reported + 2)
         ids = [r[0] for r in s.con.execute("SELECT run_id FROM runs").fetchall()]
         assert len(set(ids)) == len(ids)
+
+
+def test_native_label_comes_from_unforced_runs(tmp_path, tpch_db):
+    """Keeping native runs the text as written: a forced run of DuckDB's own tree (which
+    pays for the forcing settings) must not become the native plan's label."""
+    from lqo.db import connect_read_only
+    from lqo.query import prepare
+    from lqo.training_data import collect_samples
+
+    sql = "SELECT count(*) FROM orders, customer, nation WHERE o_custkey = c_custkey AND c_nationkey = n_nationkey"
+    con = connect_read_only(tpch_db)
+    try:
+        pq = prepare(sql, con)
+    finally:
+        con.close()
+    other = pq.random_plans(1, random.Random(0))[0]
+    with ExperienceStore.open(tmp_path / "exp.duckdb") as s:
+        qk = s.add_query(sql, database=str(tpch_db), query_id="x1")
+        pk_n = s.add_plan(qk, "native", None, None)
+        pk_f = s.add_plan(qk, "forced_native", pq.native_plan.to_json(), pq.render(pq.native_plan))
+        pk_o = s.add_plan(qk, "random", other.to_json(), pq.render(other))
+        for ms in (10.0, 12.0, 11.0):
+            s.record_run(pk_n, ok(ms))
+            s.record_run(pk_f, ok(ms * 10))
+            s.record_run(pk_o, ok(ms * 2))
+        samples = {x.plan: x.latency_ms for x in collect_samples([s], {"x1": pq})}
+    assert samples == {pq.native_plan: 11.0, other: 22.0}
