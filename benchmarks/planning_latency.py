@@ -1,6 +1,6 @@
 """Planning-path latency per query, stage by stage.
 
-Usage: python benchmarks/planning_latency.py WORKLOAD [--model MODEL_DIR] [--rounds 5] [--json]
+Usage: python benchmarks/planning_latency.py WORKLOAD [--model MODEL_DIR] [--rounds 5] [--gc-freeze] [--json]
 
 Without a model: parse + join graph, EXPLAIN + native trees, render (native and a random
 plan). With ``--model``: the whole cold path of ``Optimizer.optimize`` (caches dropped
@@ -15,6 +15,7 @@ Each stage is timed over every query of the workload, ``rounds`` times, interlea
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import random
 import statistics
@@ -66,7 +67,7 @@ def time_stages(wl: Workload, con, rounds: int) -> dict[str, list[float]]:
     return stages
 
 
-def time_optimizer(wl: Workload, con, model_dir: str, rounds: int) -> dict[str, list[float]]:
+def time_optimizer(wl: Workload, con, model_dir: str, rounds: int, freeze: bool = False) -> dict[str, list[float]]:
     from lqo.optimizer import Optimizer
 
     opt = Optimizer.load(model_dir, con)
@@ -75,6 +76,9 @@ def time_optimizer(wl: Workload, con, model_dir: str, rounds: int) -> dict[str, 
                                                       "search_decide", "render", "optimize_total")}
     for q in wl:  # warm-up: first torch call, imports
         opt.optimize(q.sql, con)
+    if freeze:
+        gc.collect()
+        gc.freeze()
     for r in range(rounds):
         for i, q in enumerate(wl):
             t0 = time.perf_counter()
@@ -111,11 +115,13 @@ def main() -> None:
     ap.add_argument("workload")
     ap.add_argument("--model", help="a model directory: time the whole optimizer path")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--gc-freeze", action="store_true",
+                    help="gc.freeze() after loading, as lqo compare does (see README)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     wl = Workload.load(args.workload)
     con = wl.connect()
-    stages = time_optimizer(wl, con, args.model, args.rounds) if args.model else time_stages(wl, con, args.rounds)
+    stages = time_optimizer(wl, con, args.model, args.rounds, args.gc_freeze) if args.model else time_stages(wl, con, args.rounds)
     out = {k: {"median_ms": round(statistics.median(v), 3), "p99_ms": round(pct(v, 99), 3), "n": len(v)}
            for k, v in stages.items() if v}
     if args.json:
