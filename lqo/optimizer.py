@@ -111,7 +111,8 @@ class Optimizer:
         config = json.loads((root / CONFIG_FILE).read_text())
         model = load_model(root / MODEL_FILE)
         stats = DatabaseStats.load(root / STATS_FILE)
-        featurizer = Featurizer(stats, model.vocabulary_ or None)
+        featurizer = Featurizer(stats, model.vocabulary_ or None,
+                                forced_flag=model.n_query_ == len(Featurizer.query_feature_names()))
         opt = cls(model, featurizer, model.schema_ or config.get("schema", ""),
                   SearchConfig(**config.get("search", {})), Decision(**config.get("decision", {})))
         if con is not None:
@@ -163,7 +164,10 @@ class Optimizer:
         so the decision needs no second pass over the model.
         """
         def score(plans):
-            ms, std = self.model.predict_with_uncertainty([self.featurizer.featurize(pq.graph, p) for p in plans])
+            # The native plan is the one candidate not forced: keeping it runs the text.
+            native = pq.native_plan
+            ms, std = self.model.predict_with_uncertainty(
+                [self.featurizer.featurize(pq.graph, p, p != native) for p in plans])
             if spread is not None:
                 spread.update(zip(plans, std.tolist()))
             return ms
@@ -236,7 +240,7 @@ class Optimizer:
         pq = self.prepare(sql, con)
         if not pq.forceable:
             raise LqoError(f"cannot featurize this query: {pq.reason}")
-        return float(self.model.predict([self.featurizer.featurize(pq.graph, pq.native_plan)])[0])
+        return float(self.model.predict([self.featurizer.featurize(pq.graph, pq.native_plan, False)])[0])
 
 
 def optimize(sql: str, con: duckdb.DuckDBPyConnection, model: str | Path | Optimizer) -> Optimized:

@@ -274,7 +274,7 @@ def compare_lr_schedules(workload: str | Path | Workload, model: str | Path, tim
     qids = sorted({s.query_id for s in samples})
     if len(samples) < 4 or len(qids) < 2:
         return {"skipped": f"too little experience to refit ({len(samples)} samples of {len(qids)} queries)"}
-    plans = [opt.featurizer.featurize(usable[s.query_id].graph, s.plan) for s in samples]
+    plans = [opt.featurizer.featurize(usable[s.query_id].graph, s.plan, s.forced) for s in samples]
     y = np.array([s.latency_ms for s in samples], dtype=np.float64)
     g = np.array([qids.index(s.query_id) for s in samples])
     out: dict[str, Any] = {"samples": len(samples), "queries": len(qids), "seed": seed, "time_budget_s": time_budget_s}

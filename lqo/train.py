@@ -169,7 +169,7 @@ class Trainer:
         m = self.recipe.model
         qids = sorted({s.query_id for s in samples})
         group = {q: i for i, q in enumerate(qids)}
-        plans = [featurizer.featurize(usable[s.query_id].graph, s.plan) for s in samples]
+        plans = [featurizer.featurize(usable[s.query_id].graph, s.plan, s.forced) for s in samples]
         y = np.array([s.latency_ms for s in samples], dtype=np.float64)
         g = np.array([group[s.query_id] for s in samples])
         model = make_model(m.kind, loss=m.loss, lr_schedule=m.lr_schedule, lr=m.lr, epochs=m.epochs,

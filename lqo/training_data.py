@@ -1,8 +1,8 @@
 """Experience -> training samples: every executed plan of a query with its latency.
 
 A sample is one plan of one query with the median of its runs (a timed-out run counts
-as its timeout: a lower bound, so bad plans stay bad). Plans marked wrong are dropped, and
-the native plan is labelled by its unforced runs only (what keeping native costs).
+as its timeout: a lower bound, so bad plans stay bad). Plans marked wrong are dropped. The
+native plan run as written and the same tree forced are separate samples (``forced``).
 Samples come from lqo's own experience store and, read-only, from any other store
 (for example the workload's, filled by ``lqo explore``).
 
@@ -28,6 +28,7 @@ class Sample:
     latency_ms: float
     n_runs: int
     timed_out: bool
+    forced: bool = True  # False: the native plan run as written (DuckDB's optimizer on)
 
 
 # One row per plan of the given query texts: median censored latency over its runs.
@@ -58,15 +59,15 @@ def collect_samples(sources: list, prepared: dict[str, PreparedQuery]) -> list[S
                 continue
             qid, pq = hit
             plan = _plan_of(pq, kind, plan_json)
-            # lqo keeps native by running the text as written, so the native plan's label
-            # is what that costs. A forced run of DuckDB's own tree measures the forcing
-            # settings too (1.09x median on TPC-DS SF1, 14x on q06): not the same thing.
-            if plan is not None and not (plan_json is not None and plan == pq.native_plan):
-                merged.setdefault((qid, plan), []).append((float(ms), int(n), bool(all_to)))
+            # The native plan run as written and DuckDB's own tree forced are two samples:
+            # forcing costs 1.09x median on TPC-DS SF1 by itself (14x on q06).
+            if plan is not None:
+                key = (qid, plan, plan_json is not None)
+                merged.setdefault(key, []).append((float(ms), int(n), bool(all_to)))
     out = []
-    for (qid, plan), parts in merged.items():
+    for (qid, plan, forced), parts in merged.items():
         out.append(Sample(qid, plan, statistics.median(p[0] for p in parts), sum(p[1] for p in parts),
-                          all(p[2] for p in parts)))
+                          all(p[2] for p in parts), forced))
     return out
 
 

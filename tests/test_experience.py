@@ -275,9 +275,9 @@ def test_runs_counted_exactly_after_one_crash(tmp_path):
         assert len(set(ids)) == len(ids)
 
 
-def test_native_label_comes_from_unforced_runs(tmp_path, tpch_db):
+def test_native_plan_run_as_written_and_forced_are_separate_samples(tmp_path, tpch_db):
     """Keeping native runs the text as written: a forced run of DuckDB's own tree (which
-    pays for the forcing settings) must not become the native plan's label."""
+    pays for the forcing settings) is another sample, not mixed into the native one."""
     from lqo.db import connect_read_only
     from lqo.query import prepare
     from lqo.training_data import collect_samples
@@ -298,5 +298,5 @@ def test_native_label_comes_from_unforced_runs(tmp_path, tpch_db):
             s.record_run(pk_n, ok(ms))
             s.record_run(pk_f, ok(ms * 10))
             s.record_run(pk_o, ok(ms * 2))
-        samples = {x.plan: x.latency_ms for x in collect_samples([s], {"x1": pq})}
-    assert samples == {pq.native_plan: 11.0, other: 22.0}
+        samples = {(x.plan, x.forced): x.latency_ms for x in collect_samples([s], {"x1": pq})}
+    assert samples == {(pq.native_plan, False): 11.0, (pq.native_plan, True): 110.0, (other, True): 22.0}

@@ -70,7 +70,11 @@ def test_training_writes_a_resumable_checkpoint(trained, workload):
 
 
 def test_loss_falls_and_ranking_beats_chance(trained, workload):
-    """Fit on 70% of the executed plans; rank the latencies of the other 30%."""
+    """Fit on 70% of the executed plans; rank the latencies of the other 30%.
+
+    Latencies at sf 0.01 are a few ms, so one split's rho swings with machine noise:
+    the check is on the mean over three splits.
+    """
     from lqo.training_data import collect_samples
 
     con = workload.connect()
@@ -79,22 +83,23 @@ def test_loss_falls_and_ranking_beats_chance(trained, workload):
     prepared = {k: v for k, v in prepared.items() if v.forceable and v.free_blocks}
     samples = collect_samples([trained / "experience.duckdb"], prepared)
     con.close()
-    rng = random.Random(0)
-    rng.shuffle(samples)
-    cut = int(0.7 * len(samples))
-    train, test = samples[:cut], samples[cut:]
     ids = sorted(prepared)
     feat = Featurizer(DatabaseStats.load(trained / "stats.json"))
-    X = [feat.featurize(prepared[s.query_id].graph, s.plan) for s in train]
-    y = np.array([s.latency_ms for s in train])
-    g = np.array([ids.index(s.query_id) for s in train])
-    model = make_model("tree_conv", loss="combined", epochs=80, n_members=3, seed=0).fit(X, y, g)
-    losses = [h["train_loss"] for h in model.history_]
-    assert min(losses[-5:]) < losses[0]
-    pred = model.predict([feat.featurize(prepared[s.query_id].graph, s.plan) for s in test])
-    rho = spearman(pred, [s.latency_ms for s in test])
-    print(f"held-out plans: {len(test)} (trained on {len(train)}), Spearman rho {rho:.2f}")
-    assert len(test) >= 20 and rho > 0.4
+    rhos = []
+    for seed in range(3):
+        random.Random(seed).shuffle(samples)
+        cut = int(0.7 * len(samples))
+        train, test = samples[:cut], samples[cut:]
+        X = [feat.featurize(prepared[s.query_id].graph, s.plan, s.forced) for s in train]
+        y = np.array([s.latency_ms for s in train])
+        g = np.array([ids.index(s.query_id) for s in train])
+        model = make_model("tree_conv", loss="combined", epochs=80, n_members=3, seed=seed).fit(X, y, g)
+        losses = [h["train_loss"] for h in model.history_]
+        assert min(losses[-5:]) < losses[0]
+        pred = model.predict([feat.featurize(prepared[s.query_id].graph, s.plan, s.forced) for s in test])
+        rhos.append(spearman(pred, [s.latency_ms for s in test]))
+    print(f"held-out plans: {len(test)} (trained on {len(train)}), Spearman rho {np.round(rhos, 2)}")
+    assert len(test) >= 20 and np.mean(rhos) > 0.4
 
 
 def test_save_load_identical_predictions(trained, workload, tmp_path):
