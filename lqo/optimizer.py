@@ -163,9 +163,9 @@ class Optimizer:
         With ``spread``, the ensemble's spread of each scored plan is recorded there too,
         so the decision needs no second pass over the model.
         """
+        native = pq.native_plan  # the one candidate not forced: keeping it runs the text
+
         def score(plans):
-            # The native plan is the one candidate not forced: keeping it runs the text.
-            native = pq.native_plan
             ms, std = self.model.predict_with_uncertainty(
                 [self.featurizer.featurize(pq.graph, p, p != native) for p in plans])
             if spread is not None:

@@ -147,8 +147,8 @@ class Featurizer:
 
     @staticmethod
     def query_feature_names() -> list[str]:
-        """Names of the entries of ``FlatPlan.query`` (without ``forced`` when
-        ``forced_flag`` is off)."""
+        """Names of the entries of ``FlatPlan.query``; a featurizer with ``forced_flag``
+        off (for checkpoints older than the ``forced`` feature) emits all but the last."""
         return list(_QUERY_FEATURES)
 
     def estimator(self, graph: QueryGraph) -> Estimator:
