@@ -21,12 +21,12 @@ import random
 import statistics
 import time
 
-from lqo.catalog import Catalog
-from lqo.join_graph import build_query_graph
-from lqo.native_plan import explain_json, read_native_trees
-from lqo.query import PreparedQuery
-from lqo.render import render
-from lqo.workload import Workload
+from lqo.sql.catalog import Catalog
+from lqo.sql.join_graph import build_query_graph
+from lqo.trees.native import explain_json, read_native_trees
+from lqo.trees.query import PreparedQuery
+from lqo.trees.render import render
+from lqo.workloads.workload import Workload
 
 
 def pct(values, p):

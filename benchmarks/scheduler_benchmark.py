@@ -98,7 +98,7 @@ def median_figures(runs: list[dict]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from lqo.sched.profile import ThreadProfile
     from lqo.sched.scheduler import Scheduler
-    from lqo.workload import Workload
+    from lqo.workloads.workload import Workload
 
     args = parse_args(argv)
     workloads = [Workload.load(w) for w in args.workloads]

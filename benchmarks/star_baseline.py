@@ -18,13 +18,13 @@ import json
 import math
 import statistics
 
-from lqo.cardinality import Estimator
-from lqo.catalog import Catalog
-from lqo.harness import median_latency, run_interleaved
-from lqo.query import prepare
+from lqo.estimates.cardinality import Estimator
+from lqo.sql.catalog import Catalog
+from lqo.engine.harness import median_latency, run_interleaved
+from lqo.trees.query import prepare
 from lqo.search import star_plan
-from lqo.stats import DatabaseStats
-from lqo.workload import Workload
+from lqo.estimates.stats import DatabaseStats
+from lqo.workloads.workload import Workload
 
 
 def main() -> None:

@@ -1,9 +1,19 @@
 """lqo: a learned query optimizer and scheduler for DuckDB.
 
->>> import lqo                                                  # doctest: +SKIP
->>> res = lqo.optimize(sql, con, model="runs/tpcds")             # doctest: +SKIP
->>> rows = res.execute(con)                                     # doctest: +SKIP
->>> opt = lqo.Optimizer.load("runs/tpcds")                       # doctest: +SKIP
+The public face: everything a user needs is importable from ``lqo`` directly.
+
+>>> import lqo                                                     # doctest: +SKIP
+>>> con = lqo.connect_read_only("data/tpch-sf1/tpch.duckdb")        # doctest: +SKIP
+>>> res = lqo.optimize(sql, con, model="runs/tpch")                 # doctest: +SKIP
+>>> rows = res.execute(con)                                        # doctest: +SKIP
+>>> opt = lqo.Optimizer.load("runs/tpch", con)                      # doctest: +SKIP
+
+The package follows the data flow, one stage a folder:
+``sql`` (SQL -> QueryGraph), ``trees`` (QueryGraph -> Plan, Plan -> SQL),
+``estimates`` and ``learn`` (Plan -> features -> score), ``search`` / ``decision`` /
+``optimizer`` (choose a Plan), ``engine`` (run it on DuckDB), ``train`` (experience ->
+model), ``workloads``, ``evaluate`` (lqo vs native), ``sched`` (concurrent queries),
+``plots`` and ``cli`` (a thin layer over all of it).
 """
 
 from __future__ import annotations
@@ -15,9 +25,21 @@ _LAZY = {
     "optimize": ("lqo.optimizer", "optimize"),
     "Optimizer": ("lqo.optimizer", "Optimizer"),
     "Optimized": ("lqo.optimizer", "Optimized"),
-    "prepare": ("lqo.query", "prepare"),
-    "Workload": ("lqo.workload", "Workload"),
+    "SearchConfig": ("lqo.search", "SearchConfig"),
+    "DecisionConfig": ("lqo.decision", "DecisionConfig"),
+    "prepare": ("lqo.trees.query", "prepare"),
+    "PreparedQuery": ("lqo.trees.query", "PreparedQuery"),
+    "Plan": ("lqo.trees.plan", "Plan"),
+    "Join": ("lqo.trees.plan", "Join"),
+    "Leaf": ("lqo.trees.plan", "Leaf"),
+    "Harness": ("lqo.engine.harness", "Harness"),
+    "RunResult": ("lqo.engine.harness", "RunResult"),
+    "forced_settings": ("lqo.engine.settings", "forced_settings"),
+    "connect_read_only": ("lqo.engine.db", "connect_read_only"),
+    "Workload": ("lqo.workloads.workload", "Workload"),
     "Scheduler": ("lqo.sched.scheduler", "Scheduler"),
+    "LqoError": ("lqo.errors", "LqoError"),
+    "SchemaMismatchError": ("lqo.errors", "SchemaMismatchError"),
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
@@ -32,3 +54,7 @@ def __getattr__(name: str):
         globals()[name] = value
         return value
     raise AttributeError(f"module 'lqo' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -32,3 +32,7 @@ class SchemaMismatchError(LqoError):
 
 class PlanError(LqoError):
     """A plan does not fit the query it is meant for."""
+
+
+class RecipeError(LqoError):
+    """A recipe or configuration file is malformed."""

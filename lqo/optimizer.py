@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -25,26 +24,21 @@ from typing import Any
 
 import duckdb
 
-from .catalog import Catalog
-from .errors import LqoError, MissingFileError, SchemaMismatchError
-from .harness import forced_settings
-from .learn.features import Featurizer
-from .learn.model_kinds import load_model
-from .learn.models import PlanModel
-from .plan import Plan
-from .query import PreparedQuery, prepare
-from .search import SearchConfig, SearchResult, beam_search, star_plan
-from .stats import DatabaseStats
+from lqo.decision import DecisionConfig, gate
+from lqo.sql.catalog import Catalog
+from lqo.errors import LqoError, MissingFileError, SchemaMismatchError
+from lqo.engine.settings import forced_settings
+from lqo.learn.features import Featurizer
+from lqo.learn.model_kinds import load_model
+from lqo.learn.models import PlanModel
+from lqo.trees.plan import Plan
+from lqo.trees.query import PreparedQuery, prepare
+from lqo.search import SearchConfig, SearchResult, beam_search, star_plan
+from lqo.estimates.stats import DatabaseStats
 
 MODEL_FILE = "model.lqo"
 STATS_FILE = "stats.json"
 CONFIG_FILE = "optimizer.json"
-
-
-@dataclass
-class Decision:
-    min_gain: float = 0.10  # predicted gain needed to leave native
-    z: float = 1.0  # gain must exceed z x ensemble uncertainty (log space)
 
 
 @dataclass
@@ -83,13 +77,13 @@ class Optimizer:
     """A trained model with what it needs to plan: statistics, catalog, settings."""
 
     def __init__(self, model: PlanModel, featurizer: Featurizer, schema: str,
-                 search: SearchConfig | None = None, decision: Decision | None = None,
+                 search: SearchConfig | None = None, decision: DecisionConfig | None = None,
                  cache_size: int = 1024) -> None:
         self.model = model
         self.featurizer = featurizer
         self.schema = schema
         self.search = search or SearchConfig()
-        self.decision = decision or Decision()
+        self.decision = decision or DecisionConfig()
         self._checked: set[int] = set()
         self._catalog: Catalog | None = None
         # Recurring workloads repeat query texts: keep their parsed graph and native
@@ -114,7 +108,7 @@ class Optimizer:
         featurizer = Featurizer(stats, model.vocabulary_ or None,
                                 forced_flag=model.n_query_ == len(Featurizer.query_feature_names()))
         opt = cls(model, featurizer, model.schema_ or config.get("schema", ""),
-                  SearchConfig(**config.get("search", {})), Decision(**config.get("decision", {})))
+                  SearchConfig(**config.get("search", {})), DecisionConfig(**config.get("decision", {})))
         if con is not None:
             opt.check_schema(con)
         return opt
@@ -218,22 +212,10 @@ class Optimizer:
         spread: dict[Plan, float] = {}
         result = beam_search(pq, self.scorer(pq, spread), self.search, seeds=self.seeds(pq))
         native = pq.native_plan
-        fallback = self._fallback(result.best, native, (result.native_score, result.best_score),
-                                  (spread[native], spread[result.best]))
+        fallback = gate(self.decision, best_is_native=result.best == native,
+                        native_ms=result.native_score, best_ms=result.best_score,
+                        native_std=spread[native], best_std=spread[result.best])
         return result, fallback
-
-    def _fallback(self, best: Plan, native: Plan, ms: tuple[float, float], std: tuple[float, float]) -> str | None:
-        if best == native:
-            return "the model ranks DuckDB's native plan best"
-        native_ms, best_ms = ms
-        gain = 1.0 - best_ms / native_ms if native_ms > 0 else 0.0
-        if gain < self.decision.min_gain:
-            return f"predicted gain {gain:.0%} is below {self.decision.min_gain:.0%}"
-        margin = math.log1p(native_ms) - math.log1p(best_ms)
-        spread = self.decision.z * math.hypot(std[0], std[1])
-        if margin <= spread:
-            return f"predicted gain {gain:.0%} is within the model's uncertainty"
-        return None
 
     def predict_latency_ms(self, sql: str, con: duckdb.DuckDBPyConnection) -> float:
         """Predicted latency of the query's native plan (for scheduling)."""

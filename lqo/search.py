@@ -21,10 +21,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .enumerate import random_tree
-from .join_graph import JoinBlock
-from .plan import Join, Leaf, Plan, Tree
-from .query import PreparedQuery
+from lqo.trees.enumerate import random_tree
+from lqo.sql.join_graph import JoinBlock
+from lqo.trees.plan import Join, Leaf, Plan, Tree
+from lqo.trees.query import PreparedQuery
 
 # A scorer maps plans to predicted latencies (ms, lower is better) in one batch.
 Scorer = Callable[[Sequence[Plan]], np.ndarray]

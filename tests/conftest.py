@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lqo.db import connect_writable, load_extension
+from lqo.engine.db import connect_writable, load_extension
 
 
 def _generate(path, kind: str) -> None:

@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["lqo.plan", "lqo.enumerate", "lqo.render", "lqo.join_graph", "lqo.relations", "lqo.recipe", "lqo.catalog"]
+MODULES = ["lqo.trees.plan", "lqo.trees.enumerate", "lqo.trees.render", "lqo.sql.join_graph", "lqo.sql.relations", "lqo.train.recipe", "lqo.sql.catalog"]
 
 
 @pytest.mark.parametrize("name", MODULES)

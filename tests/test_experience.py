@@ -13,8 +13,8 @@ import duckdb
 import pytest
 
 from lqo.errors import LqoError, PlanError
-from lqo.experience import SCHEMA_VERSION, ExperienceStore
-from lqo.harness import Harness, RunResult
+from lqo.train.experience import SCHEMA_VERSION, ExperienceStore
+from lqo.engine.harness import Harness, RunResult
 
 SQL = "SELECT n_name, count(*) FROM nation JOIN customer ON c_nationkey = n_nationkey GROUP BY 1"
 OPS = [{"type": "HASH_JOIN", "rows": 1500, "est": 1442, "ms": 0.4, "depth": 0, "parent": -1}]
@@ -35,7 +35,7 @@ def store(tmp_path):
 
 
 def test_round_trip_with_real_runs(tmp_path, tpch_db):
-    from lqo.db import connect_read_only
+    from lqo.engine.db import connect_read_only
 
     con = connect_read_only(tpch_db)
     try:
@@ -138,7 +138,7 @@ def test_best_plan_native_latency_and_wrong_marking(store):
 
 
 def _plan_medians_sql() -> str:
-    from lqo.experience import _PLAN_MEDIANS
+    from lqo.train.experience import _PLAN_MEDIANS
 
     return _PLAN_MEDIANS
 
@@ -167,8 +167,8 @@ def test_open_refuses_foreign_files_and_other_versions(tmp_path):
 
 CHILD = r"""
 import sys
-from lqo.experience import ExperienceStore
-from lqo.harness import RunResult
+from lqo.train.experience import ExperienceStore
+from lqo.engine.harness import RunResult
 
 path, small_checkpoints = sys.argv[1], sys.argv[2] == "1"
 store = ExperienceStore.open(path, session="child")
@@ -278,9 +278,9 @@ def test_runs_counted_exactly_after_one_crash(tmp_path):
 def test_native_plan_run_as_written_and_forced_are_separate_samples(tmp_path, tpch_db):
     """Keeping native runs the text as written: a forced run of DuckDB's own tree (which
     pays for the forcing settings) is another sample, not mixed into the native one."""
-    from lqo.db import connect_read_only
-    from lqo.query import prepare
-    from lqo.training_data import collect_samples
+    from lqo.engine.db import connect_read_only
+    from lqo.trees.query import prepare
+    from lqo.train.samples import collect_samples
 
     sql = "SELECT count(*) FROM orders, customer, nation WHERE o_custkey = c_custkey AND c_nationkey = n_nationkey"
     con = connect_read_only(tpch_db)

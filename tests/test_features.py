@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from conftest import tpc_queries
-from lqo.catalog import Catalog
-from lqo.db import connect_read_only
-from lqo.enumerate import random_tree
-from lqo.join_graph import build_query_graph
+from lqo.sql.catalog import Catalog
+from lqo.engine.db import connect_read_only
+from lqo.trees.enumerate import random_tree
+from lqo.sql.join_graph import build_query_graph
 from lqo.learn.featurized import BLOCK, JOIN, SCAN
 from lqo.learn.features import N_NODE_FEATURES, N_QUERY_FEATURES, Featurizer
-from lqo.plan import Join, Leaf, Plan, leaves
-from lqo.stats import DatabaseStats
+from lqo.trees.plan import Join, Leaf, Plan, leaves
+from lqo.estimates.stats import DatabaseStats
 
 
 def _setup(db):

@@ -11,16 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import tpc_queries
-from lqo.db import connect_read_only
-from lqo.harness import (
-    FORCE_SETTINGS,
-    Harness,
-    RunResult,
-    fingerprint_rows,
-    forced_settings,
-    median_latency,
-    run_interleaved,
-)
+from lqo.engine.db import connect_read_only
+from lqo.engine.harness import Harness, RunResult, fingerprint_rows, median_latency, run_interleaved
+from lqo.engine.settings import FORCE_SETTINGS, forced_settings
 
 SLOW_SQL = "SELECT sum(a.range * b.range) FROM range(1000000000) a, range(1000) b"
 FORCED = FORCE_SETTINGS["disabled_optimizers"]

@@ -9,10 +9,10 @@ import pytest
 import sqlglot
 
 from conftest import tpc_queries
-from lqo.catalog import Catalog
-from lqo.db import connect_read_only
+from lqo.sql.catalog import Catalog
+from lqo.engine.db import connect_read_only
 from lqo.errors import InvalidSQLError, NotSelectError, UnknownTableError
-from lqo.join_graph import Column, build_query_graph
+from lqo.sql.join_graph import Column, build_query_graph
 
 CAT = Catalog({
     "a": {"x": "INTEGER", "y": "INTEGER", "s": "VARCHAR"},

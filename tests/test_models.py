@@ -18,7 +18,7 @@ from lqo.learn.checkpoint import load_checkpoint
 from lqo.learn.featurized import BLOCK, JOIN, N_KINDS, SCAN, FlatPlan
 from lqo.learn.graph_conv import batch_graph, plan_to_data
 from lqo.learn.losses import ranking_loss, regression_loss
-from lqo.learn.model_kinds import MODEL_KINDS, make_model
+from lqo.learn.model_kinds import MODEL_KINDS, load_model, make_model
 from lqo.learn.models import PlanModel
 from lqo.learn.tree_conv import batch_tree
 
@@ -234,7 +234,7 @@ def test_save_load_round_trip(fitted, data, tmp_path):
     vocab = {f"t{i}": i for i in range(1, N_TABLES)}
     fitted.save(path, vocabulary=vocab, schema="schema-A")
     assert [f.name for f in path.parent.iterdir()] == ["model.lqo"]  # no temp file left behind
-    loaded = PlanModel.load(path, expected_schema="schema-A")
+    loaded = load_model(path, expected_schema="schema-A")
     assert type(loaded) is type(fitted) and loaded.vocabulary_ == vocab and loaded.schema_ == "schema-A"
     assert loaded.get_params() == fitted.get_params()
     plans = data["test"][0]
@@ -262,12 +262,12 @@ def test_schema_mismatch_and_missing_file(fitted, tmp_path):
     path = tmp_path / "model.lqo"
     fitted.save(path, schema="schema-A")
     with pytest.raises(SchemaMismatchError, match="schema-A.*schema-B"):
-        PlanModel.load(path, expected_schema="schema-B")
+        load_model(path, expected_schema="schema-B")
     with pytest.raises(MissingFileError):
-        PlanModel.load(tmp_path / "nope.lqo")
+        load_model(tmp_path / "nope.lqo")
     (tmp_path / "junk.lqo").write_bytes(b"not a model")
     with pytest.raises(LqoError):
-        PlanModel.load(tmp_path / "junk.lqo")
+        load_model(tmp_path / "junk.lqo")
     other = "graph_conv" if fitted.kind == "tree_conv" else "tree_conv"
     with pytest.raises(LqoError):
         MODEL_KINDS[other].load(path)

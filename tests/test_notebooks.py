@@ -24,12 +24,12 @@ from nbclient import NotebookClient
 
 from lqo import plots
 from lqo.cli import main
-from lqo.plan import Join, Leaf
-from lqo.query import prepare
-from lqo.recipe import Recipe
-from lqo.report import parse_plan, pick_cases, tree_cases
-from lqo.train import Trainer
-from lqo.workload import Workload, write_workload
+from lqo.trees.plan import Join, Leaf
+from lqo.trees.query import prepare
+from lqo.train.recipe import Recipe
+from lqo.evaluate.report import parse_plan, pick_cases, tree_cases
+from lqo.train.trainer import Trainer
+from lqo.workloads.workload import Workload, write_workload
 
 from conftest import tpc_queries
 

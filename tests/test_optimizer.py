@@ -13,18 +13,18 @@ import shutil
 import numpy as np
 import pytest
 
-from lqo.catalog import Catalog
+from lqo.sql.catalog import Catalog
 from lqo.cli import main
 from lqo.errors import InvalidSQLError, LqoError, MissingFileError, NotSelectError, SchemaMismatchError
-from lqo.harness import Harness
+from lqo.engine.harness import Harness
 from lqo.learn.features import Featurizer
 from lqo.learn.model_kinds import make_model
 from lqo.optimizer import Optimizer, optimize
-from lqo.query import prepare
-from lqo.recipe import Recipe
-from lqo.stats import DatabaseStats
-from lqo.train import Trainer
-from lqo.workload import Workload
+from lqo.trees.query import prepare
+from lqo.train.recipe import Recipe
+from lqo.estimates.stats import DatabaseStats
+from lqo.train.trainer import Trainer
+from lqo.workloads.workload import Workload
 
 
 def spearman(a, b) -> float:
@@ -75,7 +75,7 @@ def test_loss_falls_and_ranking_beats_chance(trained, workload):
     Latencies at sf 0.01 are a few ms, so one split's rho swings with machine noise:
     the check is on the mean over three splits.
     """
-    from lqo.training_data import collect_samples
+    from lqo.train.samples import collect_samples
 
     con = workload.connect()
     cat = Catalog.from_connection(con)
@@ -150,7 +150,7 @@ def test_bad_inputs_fail_clearly(trained, workload, tmp_path, tpcds_db, capsys):
     con.close()
     with pytest.raises(MissingFileError):
         Optimizer.load(tmp_path / "nope")
-    from lqo.db import connect_read_only
+    from lqo.engine.db import connect_read_only
 
     other = connect_read_only(tpcds_db)
     with pytest.raises(SchemaMismatchError):

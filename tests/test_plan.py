@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-from lqo.catalog import Catalog
-from lqo.enumerate import components, exhaustive_trees, random_tree
-from lqo.join_graph import build_query_graph
-from lqo.plan import Join, Leaf, Plan, is_left_deep, joins, leaves, shape, tree_from_json, tree_to_json
+from lqo.sql.catalog import Catalog
+from lqo.trees.enumerate import components, exhaustive_trees, random_tree
+from lqo.sql.join_graph import build_query_graph
+from lqo.trees.plan import Join, Leaf, Plan, is_left_deep, joins, leaves, shape, tree_from_json, tree_to_json
 
 CAT = Catalog({t: {"k": "INTEGER", "j": "INTEGER"} for t in "abcdefgh"})
 

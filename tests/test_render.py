@@ -15,14 +15,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import tpc_queries
-from lqo.catalog import Catalog
-from lqo.db import connect_read_only
-from lqo.harness import Harness, forced_settings
-from lqo.join_graph import build_query_graph
-from lqo.native_plan import explain_json, read_native_trees
-from lqo.plan import Join, Leaf, Plan
-from lqo.query import prepare
-from lqo.render import render
+from lqo.sql.catalog import Catalog
+from lqo.engine.db import connect_read_only
+from lqo.engine.harness import Harness
+from lqo.engine.settings import forced_settings
+from lqo.sql.join_graph import build_query_graph
+from lqo.trees.native import explain_json, read_native_trees
+from lqo.trees.plan import Join, Leaf, Plan
+from lqo.trees.query import prepare
+from lqo.trees.render import render
 from lqo.errors import PlanError
 
 # Queries lqo must force at sf 0.01, per benchmark. The rest are left native with a

@@ -22,16 +22,17 @@ import pytest
 
 import lqo.cli as cli
 from lqo.errors import LqoError
-from lqo.harness import fingerprint_rows
+from lqo.engine.harness import fingerprint_rows
 from lqo.sched.executor import Executor
-from lqo.sched.features import Job, PlanGraph, QueryFeatures, build_jobs
+from lqo.sched.jobs import Job, PlanGraph, QueryFeatures, build_jobs
 from lqo.sched.gnn_policy import LearnedPolicy
-from lqo.sched.policies import Decision, Policy, PolicyError, get_policy
+from lqo.sched.policies import get_policy
+from lqo.sched.policy import Assignment, Policy, PolicyError
 from lqo.sched.scheduler import Scheduler
 from lqo.sched.simulator import SimConfig, simulate, speed
 from lqo.sched.stream import StreamError, StreamQuery, make_stream, parse_arrivals
-from lqo.sched.train import RecipeError, SchedRecipe, train_policy
-from lqo.workload import Workload, write_workload
+from lqo.sched.train_policy import RecipeError, SchedRecipe, train_policy
+from lqo.workloads.workload import Workload, write_workload
 
 from conftest import tpc_queries
 
@@ -213,7 +214,7 @@ class FakeModel:
     def optimize(self, sql, con):
         from types import SimpleNamespace
 
-        from lqo.query import prepare
+        from lqo.trees.query import prepare
 
         pq = prepare(sql, con)
         if not pq.forceable or not pq.free_blocks:
@@ -259,7 +260,7 @@ class AlternatingThreads(Policy):
     name = "alternating"
 
     def pick(self, waiting, load):
-        return Decision(0, 2 if waiting[0].idx % 2 == 0 else 1)
+        return Assignment(0, 2 if waiting[0].idx % 2 == 0 else 1)
 
 
 def test_real_executor_applies_each_querys_thread_budget(tmp_path, tpch_db):

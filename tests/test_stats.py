@@ -11,13 +11,13 @@ import pytest
 import sqlglot
 
 from conftest import tpc_queries
-from lqo.cardinality import DEFAULT_EQ, Estimator, selectivity
-from lqo.catalog import Catalog
-from lqo.db import connect_read_only, connect_writable
-from lqo.enumerate import random_tree
-from lqo.join_graph import Relation, build_query_graph, from_items, select_nodes
-from lqo.plan import joins
-from lqo.stats import DatabaseStats
+from lqo.estimates.cardinality import DEFAULT_EQ, Estimator, selectivity
+from lqo.sql.catalog import Catalog
+from lqo.engine.db import connect_read_only, connect_writable
+from lqo.trees.enumerate import random_tree
+from lqo.sql.join_graph import Relation, build_query_graph, from_items, select_nodes
+from lqo.trees.plan import joins
+from lqo.estimates.stats import DatabaseStats
 
 
 @pytest.fixture(scope="module")

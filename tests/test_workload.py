@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 
 import lqo.cli as cli
 from lqo.errors import LqoError, MissingFileError, WorkloadError
-from lqo.vary import Catalog, find_sites, vary
-from lqo.workload import MANIFEST, Workload, write_workload
-from lqo.workload_create import create_workload
+from lqo.workloads.vary import ColumnValues, find_sites, vary
+from lqo.workloads.workload import MANIFEST, Workload, write_workload
+from lqo.workloads.create import create_workload
 
 from conftest import tpc_queries
 
@@ -120,7 +120,7 @@ def test_failed_create_leaves_nothing(tmp_path, monkeypatch):
     def boom(con, name):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr("lqo.workload_create.load_extension", boom)
+    monkeypatch.setattr("lqo.workloads.create.load_extension", boom)
     with pytest.raises(RuntimeError):
         create_workload("tpch", 0.01, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
@@ -285,7 +285,7 @@ def test_vary_keeps_types_and_order(varied):
 def test_find_sites_resolution(tpch_wl):
     w = Workload.load(tpch_wl[0])
     with w.connect() as con:
-        cat = Catalog(con)
+        cat = ColumnValues(con)
         sql = ("SELECT CASE WHEN x.nm = 'ASIA' THEN 1 END FROM (SELECT r_name AS nm FROM region) x "
                "WHERE x.nm = 'EUROPE' AND substr(x.nm, 1, 2) = 'EU' AND 3 < (SELECT count(*) FROM nation)")
         sites = find_sites(sql, cat)

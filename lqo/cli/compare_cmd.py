@@ -7,9 +7,9 @@ import gc
 import json
 from pathlib import Path
 
-from ..errors import LqoError
-from ..workload import Workload
-from .output import add_json_flag, emit, progress
+from lqo.errors import LqoError
+from lqo.workloads.workload import Workload
+from lqo.cli.output import add_json_flag, emit, progress
 
 
 def register(sub) -> None:
@@ -33,8 +33,8 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # torch is imported only when a command needs it: the CLI starts fast.
-    from ..compare import CompareConfig, compare_workload
-    from ..optimizer import CONFIG_FILE, Optimizer
+    from lqo.evaluate.compare import CompareConfig, compare_workload
+    from lqo.optimizer import CONFIG_FILE, Optimizer
     if args.repeat < 1:
         raise LqoError("--repeat must be >= 1")
     workload = Workload.load(args.workload)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..db import connect_read_only
-from ..harness import is_user_interrupt, profiling_settings
-from ..native_plan import PNode, read_native_trees
-from ..plan import joins
-from ..query import PreparedQuery, prepare
-from .output import add_json_flag, emit
+from lqo.engine.db import connect_read_only
+from lqo.engine.harness import is_user_interrupt
+from lqo.engine.settings import profiling_settings
+from lqo.trees.native import PNode, read_native_trees
+from lqo.trees.plan import joins
+from lqo.trees.query import PreparedQuery, prepare
+from lqo.cli.output import add_json_flag, emit
 
 
 def register(sub) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..explore import ExploreConfig, QueryResult, explore_workload
-from ..workload import Workload
-from .output import add_json_flag, emit, progress
+from lqo.evaluate.explore import ExploreConfig, QueryResult, explore_workload
+from lqo.workloads.workload import Workload
+from lqo.cli.output import add_json_flag, emit, progress
 
 
 def register(sub) -> None:
@@ -31,7 +31,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.plans < 0 or args.timeout_factor <= 1.0 or args.confirm < 1:
-        from ..errors import LqoError
+        from lqo.errors import LqoError
 
         raise LqoError("--plans must be >= 0, --timeout-factor > 1 and --confirm >= 1")
     workload = Workload.load(args.workload)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..db import connect_read_only
-from .output import add_json_flag, emit
+from lqo.engine.db import connect_read_only
+from lqo.cli.output import add_json_flag, emit
 
 
 def register(sub) -> None:
@@ -25,7 +25,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # torch is imported only when a command needs it: the CLI starts fast.
-    from ..optimizer import Optimizer
+    from lqo.optimizer import Optimizer
     con = connect_read_only(args.db)
     try:
         res = Optimizer.load(args.model, con).optimize(args.sql, con)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import LqoError
-from ..harness import is_user_interrupt
-from .output import add_json_flag, emit
-from .schedule_cmd import Counter
+from lqo.errors import LqoError
+from lqo.engine.harness import is_user_interrupt
+from lqo.cli.output import add_json_flag, emit
+from lqo.cli.schedule_cmd import Counter
 
 
 def register(sub) -> None:
@@ -37,8 +37,8 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from ..sched.profile import ThreadProfile, default_profile_path, parse_threads, profile_workload, save_interference
-    from ..workload import Workload
+    from lqo.sched.profile import ThreadProfile, default_profile_path, parse_threads, profile_workload, save_interference
+    from lqo.workloads.workload import Workload
 
     threads = parse_threads(args.threads)
     if args.repeat < 1 or args.warmup < 0 or args.timeout <= 0 or args.calibrate < 0:
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         bar.close()
     payload = {"store": store, "threads": list(threads), "queries": rows, "interrupted": interrupted}
     if args.calibrate and not interrupted:
-        from ..sched.scheduler import Scheduler
+        from lqo.sched.scheduler import Scheduler
 
         cores = os.cpu_count() or 1
         sched = Scheduler("fifo", args.workers or cores, cores, ThreadProfile.load(store), timeout_s=args.timeout)

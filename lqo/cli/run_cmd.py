@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import random
 
-from ..catalog import Catalog
-from ..errors import LqoError
-from ..experience import ExperienceStore
-from ..explore import default_store_path
-from ..harness import Harness, is_user_interrupt, median_latency
-from ..query import prepare
-from ..workload import Workload
-from .output import add_json_flag, emit, progress
+from lqo.sql.catalog import Catalog
+from lqo.errors import LqoError
+from lqo.train.experience import ExperienceStore
+from lqo.evaluate.explore import default_store_path
+from lqo.engine.harness import Harness, is_user_interrupt, median_latency
+from lqo.trees.query import prepare
+from lqo.workloads.workload import Workload
+from lqo.cli.output import add_json_flag, emit, progress
 
 
 def register(sub) -> None:

@@ -6,8 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
-from ..errors import LqoError
-from .output import add_json_flag, emit
+from lqo.errors import LqoError
+from lqo.cli.output import add_json_flag, emit
 
 
 def register(sub) -> None:
@@ -83,8 +83,8 @@ class Counter:
 
 def resolve_profiles(explicit: list[str] | None, workloads) -> list[str]:
     """Explicit profile files (each must exist), else the workloads' default files that exist."""
-    from ..errors import MissingFileError
-    from ..sched.profile import default_profile_path
+    from lqo.errors import MissingFileError
+    from lqo.sched.profile import default_profile_path
 
     if explicit:
         for path in explicit:
@@ -95,9 +95,10 @@ def resolve_profiles(explicit: list[str] | None, workloads) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..sched.policies import POLICIES, PolicyError
-    from ..sched.stream import parse_arrivals
-    from ..workload import Workload
+    from lqo.sched.policies import POLICIES
+    from lqo.sched.policy import PolicyError
+    from lqo.sched.stream import parse_arrivals
+    from lqo.workloads.workload import Workload
 
     if args.policy not in POLICIES:
         raise PolicyError(f"unknown policy {args.policy!r} (choose from {', '.join(POLICIES)})")
@@ -113,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     workloads = [Workload.load(w) for w in args.workload]
     profiles = resolve_profiles(args.profile, workloads)
     cores = args.cores or os.cpu_count() or 1
-    from ..sched.scheduler import Scheduler
+    from lqo.sched.scheduler import Scheduler
 
     sched = Scheduler(args.policy, args.workers or cores, cores, profiles or None, model=args.model,
                       scheduler_model=args.scheduler_model, plan=args.plan, timeout_s=args.timeout)

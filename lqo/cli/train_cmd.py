@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import LqoError
-from .output import add_json_flag, emit, progress
+from lqo.errors import LqoError
+from lqo.cli.output import add_json_flag, emit, progress
 
 
 def register(sub) -> None:
@@ -28,8 +28,8 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # torch is imported only when a command needs it: the CLI starts fast.
-    from ..recipe import Recipe
-    from ..train import Trainer
+    from lqo.train.recipe import Recipe
+    from lqo.train.trainer import Trainer
     recipe = Recipe.load(args.recipe)
     if args.workload:
         recipe.workload = args.workload

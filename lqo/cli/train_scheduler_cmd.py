@@ -7,8 +7,8 @@ import json
 import time
 from pathlib import Path
 
-from ..errors import LqoError
-from .output import add_json_flag, emit
+from lqo.errors import LqoError
+from lqo.cli.output import add_json_flag, emit
 
 CHECKPOINT = "scheduler.lqo"
 LOG = "train_log.json"
@@ -33,14 +33,14 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..sched.features import build_jobs
-    from ..sched.policies import get_policy
-    from ..sched.profile import ThreadProfile
-    from ..sched.simulator import SimConfig, simulate
-    from ..sched.stream import make_stream
-    from ..sched.train import SchedRecipe, episode_jobs, train_policy
-    from ..workload import Workload
-    from .schedule_cmd import Counter, resolve_profiles
+    from lqo.sched.jobs import build_jobs
+    from lqo.sched.policies import get_policy
+    from lqo.sched.profile import ThreadProfile
+    from lqo.sched.simulator import SimConfig, simulate
+    from lqo.sched.stream import make_stream
+    from lqo.sched.train_policy import SchedRecipe, episode_jobs, train_policy
+    from lqo.workloads.workload import Workload
+    from lqo.cli.schedule_cmd import Counter, resolve_profiles
 
     recipe = SchedRecipe.load(args.recipe)
     if args.seed is not None:

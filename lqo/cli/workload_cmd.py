@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .output import add_json_flag, emit
+from lqo.cli.output import add_json_flag, emit, progress
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,9 +55,10 @@ def _summary(w) -> dict:
 
 
 def _create(args: argparse.Namespace) -> int:
-    from ..workload_create import create_workload
+    from lqo.workloads.create import create_workload
 
-    w = create_workload(args.kind, args.sf, args.out, force=args.force, show_progress=sys.stderr.isatty())
+    w = create_workload(args.kind, args.sf, args.out, force=args.force,
+                        log=lambda line: print(line, file=sys.stderr, flush=True))
     size_mb = w.database.stat().st_size / 1e6
     emit(args, f"created {w.name}: {len(w)} queries, database {w.database} ({size_mb:.1f} MB), workload {w.root}",
          _summary(w))
@@ -65,12 +66,12 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _vary(args: argparse.Namespace) -> int:
-    from ..vary import instance_id, vary
-    from ..workload import Workload
+    from lqo.workloads.vary import instance_id, vary
+    from lqo.workloads.workload import Workload
 
     source = Workload.load(args.workload)
     w = vary(source, per_template=args.per_template, seed=args.seed, out=args.out, force=args.force,
-             show_progress=sys.stderr.isatty())
+             progress=lambda qs: progress(qs, total=len(source), desc="vary"))
     unchanged = [q.id for q in source
                  if all(w.query(instance_id(q.id, i)).sql.strip() == q.sql.strip() for i in range(1, args.per_template + 1))]
     distinct = len({q.sql for q in w})
@@ -84,7 +85,7 @@ def _vary(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from ..workload import Workload
+    from lqo.workloads.workload import Workload
 
     w = Workload.load(args.workload)
     payload = {**_summary(w), "query_ids": [q.id for q in w]}

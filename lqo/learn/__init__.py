@@ -1,0 +1,1 @@
+"""Plan -> score: plan features, tree-conv / graph-conv models, losses, checkpoints."""

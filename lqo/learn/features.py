@@ -1,6 +1,6 @@
 """Plan featurization: a ``Plan`` over a ``QueryGraph`` -> ``FlatPlan`` arrays.
 
-Every node carries lqo's own estimates (``lqo.cardinality``), since DuckDB shows none
+Every node carries lqo's own estimates (``lqo.estimates.cardinality``), since DuckDB shows none
 for a forced tree. Rows enter as ``ln(1 + rows) / 10`` (1e9 rows -> 2.1), ratios as
 ``ln(a / b) / 10``, small counts as they are.
 
@@ -24,11 +24,11 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ..cardinality import Estimator
-from ..join_graph import JoinBlock, QueryGraph
-from ..plan import Join, Leaf, Plan, Tree, leaves
-from ..stats import DatabaseStats
-from .featurized import BLOCK, JOIN, N_KINDS, SCAN, FlatPlan
+from lqo.estimates.cardinality import Estimator
+from lqo.sql.join_graph import JoinBlock, QueryGraph
+from lqo.trees.plan import Join, Leaf, Plan, Tree, leaves
+from lqo.estimates.stats import DatabaseStats
+from lqo.learn.featurized import BLOCK, JOIN, N_KINDS, SCAN, FlatPlan
 
 _NODE_FEATURES = [
     "kind_null", "kind_scan", "kind_join", "kind_block",

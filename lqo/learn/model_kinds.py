@@ -17,6 +17,8 @@ from typing import Any
 
 from torch import nn
 
+from lqo.errors import LqoError
+from lqo.learn.checkpoint import load_checkpoint
 from lqo.learn.featurized import FlatPlan
 from lqo.learn.models import PlanModel
 from lqo.learn.tree_conv import TreeConvNet, batch_tree
@@ -84,5 +86,10 @@ def make_model(kind: str, **params: Any) -> PlanModel:
 
 
 def load_model(path: str | os.PathLike[str], expected_schema: str | None = None) -> PlanModel:
-    """Same as :meth:`PlanModel.load`."""
-    return PlanModel.load(path, expected_schema)
+    """The model saved at ``path``, of whatever registered kind it holds. Raises
+    MissingFileError, SchemaMismatchError (when ``expected_schema`` differs) or LqoError."""
+    ckpt = load_checkpoint(path, expected_schema)
+    kind_cls = MODEL_KINDS.get(ckpt.kind)
+    if kind_cls is None:
+        raise LqoError(f"{path} holds an unknown model kind {ckpt.kind!r} (known: {', '.join(MODEL_KINDS)})")
+    return kind_cls.from_checkpoint(ckpt, path)

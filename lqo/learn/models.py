@@ -16,7 +16,7 @@ Example::
     >>> model.fit(plans, latencies_ms, groups=query_ids)
     >>> mean_ms, std_log = model.predict_with_uncertainty(candidates)
     >>> model.save("model.lqo", vocabulary=table_ids, schema=fingerprint)
-    >>> model = PlanModel.load("model.lqo", expected_schema=fingerprint)
+    >>> model = load_model("model.lqo", expected_schema=fingerprint)  # from lqo.learn.model_kinds
 """
 
 from __future__ import annotations
@@ -370,20 +370,22 @@ class PlanModel:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], expected_schema: str | None = None) -> PlanModel:
-        """Rebuild a model from :meth:`save`'s file. Raises MissingFileError,
-        SchemaMismatchError (when ``expected_schema`` differs) or LqoError.
+        """Rebuild a model of this kind from :meth:`save`'s file. Raises MissingFileError,
+        SchemaMismatchError (when ``expected_schema`` differs) or LqoError (another kind:
+        :func:`lqo.learn.model_kinds.load_model` picks the kind from the file).
 
         Example::
 
-            >>> model = PlanModel.load("model.lqo", expected_schema=fingerprint)
+            >>> model = TreeConvModel.load("model.lqo", expected_schema=fingerprint)
         """
-        ckpt = load_checkpoint(path, expected_schema)
-        from lqo.learn.model_kinds import MODEL_KINDS  # the kinds subclass this module's class
+        return cls.from_checkpoint(load_checkpoint(path, expected_schema), path)
 
-        kind_cls = MODEL_KINDS.get(ckpt.kind)
-        if kind_cls is None or not issubclass(kind_cls, cls):
+    @classmethod
+    def from_checkpoint(cls, ckpt: Checkpoint, path: str | os.PathLike[str] = "checkpoint") -> PlanModel:
+        """Rebuild a model of this class from a loaded checkpoint of the same kind."""
+        if ckpt.kind != getattr(cls, "kind", None):
             raise LqoError(f"{path} holds a {ckpt.kind!r} model, not a {cls.__name__}")
-        model = kind_cls(**ckpt.params)
+        model = cls(**ckpt.params)
         model.n_features_, model.n_query_ = int(ckpt.dims["n_features"]), int(ckpt.dims["n_query"])
         model.n_tables_ = int(ckpt.dims["n_tables"])
         model.label_mean_, model.label_std_ = float(ckpt.label_stats["mean"]), float(ckpt.label_stats["std"])

@@ -1,7 +1,7 @@
 """Figures comparing lqo with DuckDB's native optimizer, and scheduling policies.
 
 Every helper takes plain data (what ``lqo compare --json``, ``lqo schedule --json``,
-``history.jsonl`` and ``lqo.report`` hold, or the objects behind them) and returns a
+``history.jsonl`` and ``lqo.evaluate.report`` hold, or the objects behind them) and returns a
 matplotlib ``Figure``; nothing is shown or saved here. Importing selects the headless Agg
 backend unless one is already chosen (a notebook keeps its inline backend).
 
@@ -13,10 +13,10 @@ backend unless one is already chosen (a notebook keeps its inline backend).
 >>> fig.savefig("/tmp/speedup.png")  # doctest: +SKIP
 """
 
-from ._base import LOSS, LQO_C, NATIVE_C, NEUTRAL, WIN
-from .optimizer import lr_schedule_curves, planning_overhead, ratio_cdf, speedup_bars, training_curve
-from .schedule import completion_cdf, gantt, markdown_table, table_figure
-from .trees import draw_tree, join_trees, tree_case
+from lqo.plots._base import LOSS, LQO_C, NATIVE_C, NEUTRAL, WIN
+from lqo.plots.optimizer import lr_schedule_curves, planning_overhead, ratio_cdf, speedup_bars, training_curve
+from lqo.plots.schedule import completion_cdf, gantt, markdown_table, table_figure
+from lqo.plots.trees import draw_tree, join_trees, tree_case
 
 __all__ = [
     "speedup_bars", "ratio_cdf", "planning_overhead", "training_curve", "lr_schedule_curves",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
-from ._base import LOSS, LQO_C, NATIVE_C, NEUTRAL, WIN, Figure, _auto_scale, _cdf, _empty, _log_axis, _q, plt
+from lqo.plots._base import LOSS, LQO_C, NATIVE_C, NEUTRAL, WIN, Figure, _auto_scale, _cdf, _empty, _log_axis, _q, plt
 
 
 def speedup_bars(queries: Iterable[Any], regression: float = 1.2, title: str = "lqo vs DuckDB native") -> Figure:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
-from ._base import LOSS, Figure, _cdf, _cell, _log_axis, _sched, plt
+from lqo.plots._base import LOSS, Figure, _cdf, _cell, _log_axis, _sched, plt
 
 
 def completion_cdf(results: Iterable[Any]) -> Figure:

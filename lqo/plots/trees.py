@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ..plan import Join, Leaf, Tree, tree_from_json
-from ._base import LOSS, Figure, plt
+from lqo.trees.plan import Join, Leaf, Tree, tree_from_json
+from lqo.plots._base import LOSS, Figure, plt
 
 
 def _fmt(n: float | None) -> str:
@@ -98,7 +98,7 @@ def join_trees(native: Any, lqo: Any, native_cards: Mapping | None = None, lqo_c
                names: Mapping[str, str] | None = None, titles: tuple[str, str] = ("DuckDB native", "lqo"),
                suptitle: str = "") -> Figure:
     """Native and lqo join trees side by side (``draw_tree`` for each); trees as
-    ``lqo.plan`` trees or their JSON (``["a", ["b", "c"]]``).
+    ``lqo.trees.plan`` trees or their JSON (``["a", ["b", "c"]]``).
 
     >>> f = join_trees(["a", "b"], ["b", "a"], {frozenset("ab"): (10, 12)})
     >>> [a.get_title() for a in f.axes]
@@ -119,7 +119,7 @@ def join_trees(native: Any, lqo: Any, native_cards: Mapping | None = None, lqo_c
 
 
 def tree_case(case: Mapping[str, Any]) -> Figure:
-    """``join_trees`` for one case of ``lqo.report.tree_cases`` (query, kind, times).
+    """``join_trees`` for one case of ``lqo.evaluate.report.tree_cases`` (query, kind, times).
 
     >>> c = {"query": "q1", "kind": "win", "ratio": 0.5, "native_ms": 10.0, "lqo_ms": 5.0, "block": 0,
     ...      "fallback": None, "names": {}, "native": {"tree": ["a", "b"], "cards": [[["a", "b"], 5, 7]]},

@@ -20,7 +20,7 @@ from typing import Any
 _EXPORTS = {
     "Scheduler": "scheduler", "ScheduleResult": "result", "QueryRecord": "result",
     "make_stream": "stream", "Stream": "stream", "StreamQuery": "stream", "parse_arrivals": "stream",
-    "get_policy": "policies", "POLICIES": "policies", "Policy": "policies", "Decision": "policies",
+    "get_policy": "policies", "POLICIES": "policies", "Policy": "policy", "Assignment": "policy",
     "SimConfig": "simulator", "ThreadProfile": "profile",
 }
 

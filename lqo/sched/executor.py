@@ -39,12 +39,13 @@ import time
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from ..errors import LqoError
-from .policies import Dispatcher, Policy
-from .result import QueryRecord, ScheduleResult
+from lqo.errors import LqoError
+from lqo.sched.dispatcher import Dispatcher
+from lqo.sched.policy import Policy
+from lqo.sched.result import QueryRecord, ScheduleResult
 
 if TYPE_CHECKING:  # features pulls in sqlglot: keep it out of worker start-up
-    from .features import Job
+    from lqo.sched.jobs import Job
 
 _READY_TIMEOUT_S = 120.0
 
@@ -69,7 +70,8 @@ def _worker_main(conn: Connection, databases: list[str], threads: int, shared: b
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the dispatcher decides how to stop
     import duckdb
 
-    from ..harness import FORCE_SETTINGS, fingerprint_rows, forced_settings
+    from lqo.engine.harness import fingerprint_rows
+    from lqo.engine.settings import FORCE_SETTINGS, forced_settings
 
     cfg = {"autoinstall_known_extensions": False, "autoload_known_extensions": False, "threads": threads}
     cons = {db: duckdb.connect(db, read_only=True, config=cfg) for db in databases}

@@ -34,10 +34,10 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.nn import GCNConv, global_max_pool, global_mean_pool
 
-from ..errors import LqoError
-from ..learn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .features import OPS, Job, PlanGraph, QueryFeatures
-from .policies import Decision, Load, Policy
+from lqo.errors import LqoError
+from lqo.learn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from lqo.sched.jobs import OPS, Job, PlanGraph, QueryFeatures
+from lqo.sched.policy import Assignment, Load, Policy
 
 KIND = "sched_gcn"
 N_QUERY = 4
@@ -157,7 +157,7 @@ class LearnedPolicy(Policy):
                            math.log1p(len(waiting)) / 5.0, math.log1p(total) / 5.0], dtype=torch.float32)
         return emb, qf, ld
 
-    def pick(self, waiting: Sequence[Job], load: Load) -> Decision | None:
+    def pick(self, waiting: Sequence[Job], load: Load) -> Assignment | None:
         if self._emb is None:
             raise LqoError("LearnedPolicy.begin() was not called")
         train = self.trace is not None
@@ -177,17 +177,17 @@ class LearnedPolicy(Policy):
                 self.trace.append((ce, torch.zeros(()), load.now))
                 if self.student_mix > 0 and float(torch.rand((), generator=self._rng)) < self.student_mix:
                     i = int(prio.argmax())
-                    return Decision(i, self.thread_options[int(thr[i].argmax())])
-                return Decision(d.index, self.thread_options[t_opt])
+                    return Assignment(i, self.thread_options[int(thr[i].argmax())])
+                return Assignment(d.index, self.thread_options[t_opt])
             if self.greedy and not train:
                 i = int(prio.argmax())
-                return Decision(i, self.thread_options[int(thr[i].argmax())])
+                return Assignment(i, self.thread_options[int(thr[i].argmax())])
             pd = torch.distributions.Categorical(logits=prio)
             i = pd.sample()
             td = torch.distributions.Categorical(logits=thr[i])
             k = td.sample()
             self.trace.append((pd.log_prob(i) + td.log_prob(k), pd.entropy() + td.entropy(), load.now))
-            return Decision(int(i), self.thread_options[int(k)])
+            return Assignment(int(i), self.thread_options[int(k)])
 
     # ----- checkpoints -----------------------------------------------------------------
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:

@@ -1,9 +1,5 @@
-"""Scheduling policies and the dispatcher state they act on.
-
-Every policy answers one question, whenever a worker and some threads are free:
-``pick(waiting, load) -> Decision | None``: which waiting job runs next (an index into
-``waiting``) and with how many threads. The real executor and the simulator share the
-:class:`Dispatcher`, so a policy behaves identically in both.
+"""Scheduling policies by name: the baselines, and the registry that also loads the
+learned one (the contract they all follow is ``policy.py``).
 
 Resources: ``workers`` processes run one query each; running queries' threads may add up
 to ``budget = max(cores, workers)``. Baselines give every query ``cores // workers``
@@ -22,64 +18,19 @@ Baselines (``POLICIES``):
 
 >>> p = get_policy("fifo")
 >>> p.pick([job_b, job_a], load)  # doctest: +SKIP
-Decision(index=1, threads=1)
+Assignment(index=1, threads=1)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from ..errors import LqoError
+from lqo.sched.policy import Assignment, Load, Policy, PolicyError
 
 if TYPE_CHECKING:
-    from .features import Job
+    from lqo.sched.jobs import Job
 
 POLICIES: tuple[str, ...] = ("learned", "fifo", "all", "sjf-est", "sjf-model", "oracle")
-
-
-class PolicyError(LqoError):
-    """Unknown policy, or a policy missing what it needs."""
-
-
-@dataclass(frozen=True)
-class Decision:
-    """Run ``waiting[index]`` with ``threads`` threads."""
-
-    index: int
-    threads: int
-
-
-@dataclass
-class Load:
-    """The machine as a policy sees it at ``now``: ``running`` holds (job, threads, start)."""
-
-    now: float
-    running: list[tuple[Job, int, float]]
-    free_threads: int
-    free_workers: int
-    workers: int
-    cores: int
-    budget: int
-
-    @property
-    def default_threads(self) -> int:
-        return max(1, self.cores // max(1, self.workers))
-
-
-class Policy:
-    """Base class: ``needs`` names the features (``features.build_jobs``) it reads;
-    ``shared`` policies start every job on arrival with no resource limit."""
-
-    name = "base"
-    needs: frozenset[str] = frozenset()
-    shared = False
-
-    def begin(self, jobs: Sequence[Job]) -> None:
-        """Called once before a stream starts, with all its jobs (e.g. to precompute)."""
-
-    def pick(self, waiting: Sequence[Job], load: Load) -> Decision | None:
-        raise NotImplementedError
 
 
 class FifoPolicy(Policy):
@@ -87,9 +38,9 @@ class FifoPolicy(Policy):
 
     name = "fifo"
 
-    def pick(self, waiting: Sequence[Job], load: Load) -> Decision | None:
+    def pick(self, waiting: Sequence[Job], load: Load) -> Assignment | None:
         i = min(range(len(waiting)), key=lambda k: (waiting[k].arrival_s, waiting[k].idx))
-        return Decision(i, load.default_threads)
+        return Assignment(i, load.default_threads)
 
 
 class AllAtOncePolicy(FifoPolicy):
@@ -98,8 +49,8 @@ class AllAtOncePolicy(FifoPolicy):
     name = "all"
     shared = True
 
-    def pick(self, waiting: Sequence[Job], load: Load) -> Decision | None:
-        return Decision(0, load.cores)
+    def pick(self, waiting: Sequence[Job], load: Load) -> Assignment | None:
+        return Assignment(0, load.cores)
 
 
 class SjfPolicy(Policy):
@@ -110,10 +61,10 @@ class SjfPolicy(Policy):
         self.key = key
         self.needs = frozenset(needs)
 
-    def pick(self, waiting: Sequence[Job], load: Load) -> Decision | None:
+    def pick(self, waiting: Sequence[Job], load: Load) -> Assignment | None:
         t = load.default_threads
         i = min(range(len(waiting)), key=lambda k: (self.key(waiting[k], t), waiting[k].arrival_s, waiting[k].idx))
-        return Decision(i, t)
+        return Assignment(i, t)
 
 
 def _est(job: Job, threads: int) -> float:
@@ -136,7 +87,7 @@ def get_policy(name: str, scheduler_model: str | None = None) -> Policy:
     >>> get_policy("lifo")
     Traceback (most recent call last):
     ...
-    lqo.sched.policies.PolicyError: unknown policy 'lifo' (choose from learned, fifo, all, sjf-est, sjf-model, oracle)
+    lqo.sched.policy.PolicyError: unknown policy 'lifo' (choose from learned, fifo, all, sjf-est, sjf-model, oracle)
     """
     if name == "fifo":
         return FifoPolicy()
@@ -151,70 +102,7 @@ def get_policy(name: str, scheduler_model: str | None = None) -> Policy:
     if name == "learned":
         if not scheduler_model:
             raise PolicyError("policy 'learned' needs a trained scheduler model (--scheduler-model PATH)")
-        from .gnn_policy import LearnedPolicy
+        from lqo.sched.gnn_policy import LearnedPolicy
 
         return LearnedPolicy.load(scheduler_model)
     raise PolicyError(f"unknown policy {name!r} (choose from {', '.join(POLICIES)})")
-
-
-@dataclass
-class Dispatcher:
-    """Waiting and running jobs, free workers and threads; asks the policy what to start.
-
-    >>> d = Dispatcher(get_policy("fifo"), workers=2, cores=2)
-    >>> d.arrive(job); d.start_ready(now=0.0)   # doctest: +SKIP
-    [(job, 1, 0)]
-    """
-
-    policy: Policy
-    workers: int
-    cores: int
-    waiting: list[Job] = field(default_factory=list)
-    running: dict[int, tuple[Job, int, float, int]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.workers < 1 or self.cores < 1:
-            raise PolicyError(f"workers and cores must be >= 1 (got {self.workers}, {self.cores})")
-        self.budget = max(self.cores, self.workers)
-        self._free_workers = list(range(self.workers))
-
-    @property
-    def used_threads(self) -> int:
-        return sum(t for _, t, _, _ in self.running.values())
-
-    def load(self, now: float) -> Load:
-        return Load(now, [(j, t, s) for j, t, s, _ in self.running.values()],
-                    self.budget - self.used_threads, len(self._free_workers),
-                    self.workers, self.cores, self.budget)
-
-    def arrive(self, job: Job) -> None:
-        self.waiting.append(job)
-
-    def start_ready(self, now: float) -> list[tuple[Job, int, int]]:
-        """Start what the policy picks while resources allow: ``(job, threads, worker)``
-        each; worker is -1 under a shared policy (the executor routes those itself)."""
-        started = []
-        while self.waiting:
-            shared = self.policy.shared
-            if not shared and (not self._free_workers or self.used_threads >= self.budget):
-                break
-            load = self.load(now)
-            d = self.policy.pick(self.waiting, load)
-            if d is None:
-                break
-            if not 0 <= d.index < len(self.waiting):
-                raise PolicyError(f"policy {self.policy.name} picked index {d.index} of {len(self.waiting)}")
-            job = self.waiting.pop(d.index)
-            threads = max(1, int(d.threads)) if shared else max(1, min(int(d.threads), load.free_threads))
-            worker = -1 if shared else self._free_workers.pop(0)
-            self.running[job.idx] = (job, threads, now, worker)
-            started.append((job, threads, worker))
-        return started
-
-    def finish(self, idx: int) -> tuple[Job, int, float, int]:
-        """Mark job ``idx`` done; frees its worker and threads."""
-        job, threads, start, worker = self.running.pop(idx)
-        if worker >= 0:
-            self._free_workers.append(worker)
-            self._free_workers.sort()
-        return job, threads, start, worker

@@ -33,11 +33,11 @@ from typing import Callable, Iterable, Sequence
 
 import duckdb
 
-from ..db import connect_writable
-from ..errors import LqoError, MissingFileError
-from ..experience import query_key
-from ..harness import Harness, _utcnow
-from ..workload import Workload
+from lqo.engine.db import connect_writable
+from lqo.errors import LqoError, MissingFileError
+from lqo.train.experience import query_key
+from lqo.engine.harness import Harness, _utcnow
+from lqo.workloads.workload import Workload
 
 PROFILE_FILE = "scheduler-profile.duckdb"
 SCHEMA_VERSION = "1"

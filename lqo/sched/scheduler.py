@@ -1,7 +1,7 @@
 """``Scheduler``: run a query stream for real under a policy, or simulate it.
 
 >>> from lqo.sched import Scheduler, make_stream
->>> from lqo.workload import Workload
+>>> from lqo.workloads.workload import Workload
 >>> wl = Workload.load("ws/tpch-sf1")                                         # doctest: +SKIP
 >>> sched = Scheduler(policy="oracle", workers=2, profile="prof.duckdb")       # doctest: +SKIP
 >>> stream = sched.make_stream([wl], n=50, arrivals="util:0.7", seed=3)        # doctest: +SKIP
@@ -17,15 +17,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..errors import LqoError, MissingFileError
-from ..workload import Workload
-from .executor import Executor
-from .features import Job, build_jobs
-from .policies import POLICIES, Policy, PolicyError, get_policy
-from .profile import ThreadProfile
-from .result import QueryRecord, ScheduleResult, compare
-from .simulator import SimConfig, calibrate, simulate
-from .stream import Stream, make_stream, parse_arrivals, rate_for_utilisation
+from lqo.errors import LqoError, MissingFileError
+from lqo.workloads.workload import Workload
+from lqo.sched.executor import Executor
+from lqo.sched.jobs import Job, build_jobs
+from lqo.sched.policies import POLICIES, get_policy
+from lqo.sched.policy import Policy, PolicyError
+from lqo.sched.profile import ThreadProfile
+from lqo.sched.result import QueryRecord, ScheduleResult, compare
+from lqo.sched.simulator import SimConfig, calibrate, simulate
+from lqo.sched.stream import Stream, make_stream, parse_arrivals, rate_for_utilisation
 
 PLANS = ("native", "optimized")
 
@@ -35,7 +36,7 @@ def load_optimizer(path: str | os.PathLike) -> Any:
     if not Path(path).exists():
         raise MissingFileError(f"optimizer model not found: {path}")
     try:
-        from ..optimizer import Optimizer
+        from lqo.optimizer import Optimizer
     except ImportError as exc:
         raise LqoError(f"cannot load optimizer model {path}: lqo.optimizer is unavailable ({exc})") from None
     return Optimizer.load(path)
@@ -127,7 +128,7 @@ class Scheduler:
         the stream starts, once per distinct query; its total ms is returned)."""
         if self.plan == "native":
             return stream, 0.0
-        from ..db import connect_read_only
+        from lqo.engine.db import connect_read_only
 
         model, cons, done, t0 = self.model, {}, {}, time.perf_counter()
         try:

@@ -28,9 +28,10 @@ import math
 from dataclasses import dataclass, replace
 from typing import Sequence
 
-from .features import Job
-from .policies import Dispatcher, Policy, PolicyError
-from .result import QueryRecord, ScheduleResult, compare
+from lqo.sched.jobs import Job
+from lqo.sched.dispatcher import Dispatcher
+from lqo.sched.policy import Policy, PolicyError
+from lqo.sched.result import QueryRecord, ScheduleResult, compare
 
 _EPS = 1e-12
 

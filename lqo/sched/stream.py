@@ -12,7 +12,7 @@ Arrival specs (``parse_arrivals``):
   each query's measured 1-thread latency (needs a thread profile, see ``profile.py``):
   rate = U x cores / mean 1-thread latency.
 
->>> from lqo.workload import Workload                                   # doctest: +SKIP
+>>> from lqo.workloads.workload import Workload                                   # doctest: +SKIP
 >>> s = make_stream([Workload.load("ws/tpch-sf1")], n=30, arrivals="poisson:2", seed=1)  # doctest: +SKIP
 >>> s.queries[0].key, round(s.queries[-1].arrival_s, 1)                 # doctest: +SKIP
 ('tpch-sf1/q07', 14.2)
@@ -25,9 +25,9 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Iterator, Sequence
 
-from ..errors import LqoError
-from ..experience import query_key as _query_key
-from ..workload import Workload
+from lqo.errors import LqoError
+from lqo.train.experience import query_key as _query_key
+from lqo.workloads.workload import Workload
 
 _ARRIVALS_RE = re.compile(r"^(batch|poisson:(?P<rate>[0-9.eE+-]+)|util:(?P<util>[0-9.eE+-]+))$")
 

@@ -1,0 +1,1 @@
+"""Running SQL on DuckDB: read-only connections, forcing/profiling settings, the harness."""

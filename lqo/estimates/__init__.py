@@ -1,0 +1,1 @@
+"""lqo's own statistics, filter selectivities and join-size estimates (model inputs)."""

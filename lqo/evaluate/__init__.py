@@ -1,0 +1,1 @@
+"""lqo against DuckDB native: headroom exploration, comparisons and reports."""

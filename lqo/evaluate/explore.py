@@ -1,0 +1,208 @@
+"""Exploration: how much faster could each query run with another join tree?
+
+For every query: DuckDB's native plan, the native tree forced, and N distinct random
+cross-product-free trees (one block changed at a time), each capped at
+``timeout_factor`` x native latency. Every run goes to the experience store. The best
+forced plan is then re-measured against native in interleaved repeats, because on these
+noisy machines half of the single-run wins do not reproduce.
+
+>>> report = explore_workload(Workload.load("plans/tpch-sf1"), ExploreConfig(plans=20))  # doctest: +SKIP
+>>> report.totals["best_ms"] / report.totals["native_ms"]                                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import duckdb
+
+from lqo.sql.catalog import Catalog
+from lqo.train.experience import ExperienceStore
+from lqo.engine.harness import Harness, RunResult, is_user_interrupt, median_latency, run_interleaved
+from lqo.trees.query import PreparedQuery, prepare
+from lqo.workloads.workload import Query, Workload
+
+
+@dataclass
+class ExploreConfig:
+    """Knobs of ``lqo explore``."""
+
+    plans: int = 20  # random trees per query besides native and forced native
+    timeout_factor: float = 3.0  # a forced plan may run this many times native latency
+    min_timeout_s: float = 0.2  # floor, so tiny queries are not cut by timer jitter
+    native_repeats: int = 3  # native runs (after one warm-up) to set the baseline
+    confirm: int = 5  # interleaved re-measurement rounds of the best plan vs native
+    seed: int = 0
+
+
+@dataclass
+class QueryResult:
+    """What exploring one query found (times in ms; medians)."""
+
+    id: str
+    template: str
+    native_ms: float
+    best_ms: float  # best known plan, native included: never above native_ms
+    ratio: float
+    best_forced_ms: float | None = None  # confirmed median of the best forced plan
+    forced_native_ms: float | None = None
+    best_plan: str | None = None
+    plans_tried: int = 0
+    timeouts: int = 0
+    wrong: int = 0
+    reason: str | None = None  # why the query was kept native, if it was
+
+
+@dataclass
+class ExploreReport:
+    queries: list[QueryResult] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def totals(self) -> dict:
+        native = sum(q.native_ms for q in self.queries)
+        best = sum(q.best_ms for q in self.queries)
+        ratios = [q.ratio for q in self.queries if q.ratio > 0]
+        return {
+            "queries": len(self.queries),
+            "native_ms": round(native, 3),
+            "best_ms": round(best, 3),
+            "ratio": round(best / native, 4) if native else None,
+            "geomean_ratio": round(statistics.geometric_mean(ratios), 4) if ratios else None,
+            "queries_le_0_8": sum(1 for q in self.queries if q.ratio <= 0.8),
+            "wrong_results": sum(q.wrong for q in self.queries),
+            "timeouts": sum(q.timeouts for q in self.queries),
+            "not_forceable": sum(1 for q in self.queries if q.reason),
+            "elapsed_s": round(self.elapsed_s, 1),
+            "interrupted": self.interrupted,
+        }
+
+    def to_json(self) -> dict:
+        return {"queries": [asdict(q) for q in self.queries], "totals": self.totals}
+
+
+def default_store_path(workload: Workload) -> Path:
+    return workload.root / "experience.duckdb"
+
+
+def explore_workload(
+    workload: Workload,
+    config: ExploreConfig | None = None,
+    store_path: str | Path | None = None,
+    on_query: Callable[[QueryResult], None] | None = None,
+    progress: Callable | None = None,
+) -> ExploreReport:
+    """Explore every query of ``workload``; Ctrl-C stops cleanly with what was done kept."""
+    config = config or ExploreConfig()
+    report = ExploreReport()
+    start = time.perf_counter()
+    con = workload.connect()
+    catalog = Catalog.from_connection(con)
+    rng = random.Random(config.seed)
+    queries = list(workload)
+    try:
+        # Bind every query first: a bad one fails the command before anything is written.
+        prepared = {q.id: prepare(q.sql, con, catalog) for q in queries}
+    except BaseException:
+        con.close()
+        raise
+    with ExperienceStore.open(store_path or default_store_path(workload)) as store:
+        iterator = progress(queries) if progress else queries
+        try:
+            for query in iterator:
+                result = explore_query(con, store, workload, query, prepared[query.id], config, rng)
+                report.queries.append(result)
+                if on_query:
+                    on_query(result)
+        except (KeyboardInterrupt, duckdb.InterruptException, RuntimeError) as err:
+            if not is_user_interrupt(err) and not isinstance(err, duckdb.InterruptException):
+                raise
+            report.interrupted = True
+        finally:
+            con.close()
+    report.elapsed_s = time.perf_counter() - start
+    return report
+
+
+def explore_query(
+    con: duckdb.DuckDBPyConnection,
+    store: ExperienceStore,
+    workload: Workload,
+    query: Query,
+    pq: PreparedQuery,
+    config: ExploreConfig,
+    rng: random.Random,
+) -> QueryResult:
+    harness = Harness(con)
+    qk = store.add_query(query.sql, str(workload.database), workload.name, query.id, query.template)
+    native_key = store.add_plan(qk, "native", None, None)
+    reason = pq.reason
+    harness.run(query.sql, profile=False)  # warm-up: caches, not recorded
+    native_runs = [harness.run(query.sql, profile=(i == 0)) for i in range(config.native_repeats)]
+    store.record_runs([(native_key, r) for r in native_runs])
+    native_ms = median_latency(native_runs) or 0.0
+    reference = native_runs[0].fingerprint
+    result = QueryResult(query.id, query.template, native_ms, native_ms, 1.0, reason=reason)
+    if reason is not None or any(not r.ok for r in native_runs):
+        result.reason = reason or "native run failed"
+        return result
+
+    timeout_s = max(config.min_timeout_s, config.timeout_factor * native_ms / 1000.0)
+    candidates = [("forced_native", pq.native_plan)] + [("random", p) for p in pq.random_plans(config.plans, rng)]
+    tried: list[tuple[float, str, str, object]] = []
+    for kind, plan in candidates:
+        sql = pq.render(plan)
+        pk = store.add_plan(qk, kind, plan.to_json(), sql)
+        if store.is_wrong(pk):
+            continue
+        run = harness.run(sql, forced=True, timeout_s=timeout_s, profile=True)
+        store.record_run(pk, run)
+        result.plans_tried += 1
+        if run.timed_out:
+            result.timeouts += 1
+            continue
+        if run.error is not None:
+            continue
+        if run.fingerprint != reference:
+            store.mark_wrong(pk, f"fingerprint {run.fingerprint} differs from native {reference}")
+            result.wrong += 1
+            continue
+        if kind == "forced_native":
+            result.forced_native_ms = run.latency_ms
+        tried.append((run.latency_ms, pk, sql, plan))
+    if not tried:
+        return result
+
+    # Re-measure the single-run winner against native, interleaved.
+    _, pk, sql, plan = min(tried, key=lambda t: t[0])
+    native_conf, best_conf = run_interleaved(
+        con, [(query.sql, False), (sql, True)], repeats=config.confirm, warmup=0, timeout_s=timeout_s
+    )
+    store.record_runs([(native_key, r) for r in native_conf] + [(pk, r) for r in best_conf])
+    wrong = _check_confirm(store, pk, best_conf, reference, result)
+    native_ms = median_latency(native_runs + native_conf) or native_ms
+    best_forced = median_latency(best_conf)
+    result.native_ms = native_ms
+    result.best_forced_ms = best_forced
+    result.best_plan = str(plan)
+    if not wrong and best_forced is not None and best_forced < native_ms and all(r.ok for r in best_conf):
+        result.best_ms = best_forced
+    else:
+        result.best_ms = native_ms
+    result.ratio = result.best_ms / native_ms if native_ms else 1.0
+    return result
+
+
+def _check_confirm(store, pk: str, runs: list[RunResult], reference, result: QueryResult) -> bool:
+    for r in runs:
+        if r.ok and r.fingerprint != reference:
+            store.mark_wrong(pk, "fingerprint differs from native on re-run")
+            result.wrong += 1
+            return True
+    return False

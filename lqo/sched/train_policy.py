@@ -1,0 +1,293 @@
+"""Training the learned scheduler in the simulator: imitation of the oracle, then REINFORCE.
+
+1. Imitation: on random streams the oracle (SJF on measured latency, baseline threads)
+   acts; the network learns its choices by cross-entropy. From halfway on, a growing
+   share of steps follows the student's own choice (DAgger-style), so it also learns
+   the oracle's answer in the states its own mistakes lead to.
+2. Policy gradient (REINFORCE with a baseline): per training stream, ``rollouts``
+   sampled schedules. Total completion time is the integral of the number of queries in
+   the system, so a decision taken at time t is credited with its reward-to-go
+   ``R(t) = -sum_i max(0, end_i - max(arrival_i, t))`` (the completion time still to
+   accrue after t); the baseline is the mean of R(t) over the rollouts of the same
+   stream at the same t (Decima's time-based baseline): only the policy's own choices,
+   not the stream's difficulty or the time left, drive the gradient. Advantages are
+   scaled by their standard deviation; an entropy bonus keeps it exploring.
+3. Every ``eval.every`` episodes the greedy policy is scored on fixed evaluation
+   streams (its mean completion time over the oracle's); the best state is returned.
+
+Recipes are TOML (``training/scheduler_tpch.toml`` documents every field); unknown
+keys and wrong types are errors naming the key. Relative paths are relative to the file.
+
+>>> recipe = SchedRecipe.load("training/scheduler_tpch.toml")        # doctest: +SKIP
+>>> policy, history = train_policy(pool_jobs, recipe)                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from lqo.errors import LqoError, MissingFileError, RecipeError
+from lqo.config import dataclass_from_toml
+from lqo.sched.jobs import Job
+from lqo.sched.gnn_policy import LearnedPolicy, SchedNet
+from lqo.sched.policies import get_policy
+from lqo.sched.simulator import SimConfig, simulate
+from lqo.sched.stream import arrival_times, parse_arrivals, rate_for_utilisation
+
+
+
+
+@dataclass
+class StreamSection:
+    queries: int = 40
+    arrivals: list = field(default_factory=lambda: ["batch", "util:0.7"])
+    workers: int = 2
+    cores: int = 2
+    threads: list = field(default_factory=lambda: [1, 2])
+
+
+@dataclass
+class ModelSection:
+    hidden: int = 32
+    layers: int = 2
+    latency_source: str = "measured"
+
+
+@dataclass
+class ImitationSection:
+    episodes: int = 100
+    lr: float = 3e-3
+
+
+@dataclass
+class ReinforceSection:
+    episodes: int = 200
+    rollouts: int = 4
+    lr: float = 3e-4
+    entropy: float = 0.01
+
+
+@dataclass
+class EvalSection:
+    streams: int = 6
+    every: int = 20
+
+
+@dataclass
+class SimulatorSection:
+    interference: float = -1.0  # < 0: take the profile's calibrated value (0 if none)
+
+
+@dataclass
+class SchedRecipe:
+    workloads: list = field(default_factory=list)
+    profiles: list = field(default_factory=list)
+    out: str = "runs/scheduler"
+    seed: int = 0
+    time_budget_min: float = 10.0
+    stream: StreamSection = field(default_factory=StreamSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    imitation: ImitationSection = field(default_factory=ImitationSection)
+    reinforce: ReinforceSection = field(default_factory=ReinforceSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    simulator: SimulatorSection = field(default_factory=SimulatorSection)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "SchedRecipe":
+        """Read and validate a recipe file (``MissingFileError`` / ``RecipeError``)."""
+        p = Path(path)
+        if not p.is_file():
+            raise MissingFileError(f"recipe not found: {p}")
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            raise RecipeError(f"{p}: invalid TOML: {err}") from None
+        try:
+            recipe = dataclass_from_toml(cls, data)
+            recipe.validate()
+        except RecipeError as err:
+            raise RecipeError(f"{p}: {err}") from None
+        base = p.resolve().parent
+        recipe.workloads = [w if Path(w).is_absolute() else os.path.normpath(base / w) for w in recipe.workloads]
+        recipe.profiles = [w if Path(w).is_absolute() else os.path.normpath(base / w) for w in recipe.profiles]
+        if recipe.out and not Path(recipe.out).is_absolute():
+            recipe.out = os.path.normpath(base / recipe.out)
+        return recipe
+
+    def validate(self) -> None:
+        s, m = self.stream, self.model
+        checks = [
+            (bool(self.workloads) and all(isinstance(w, str) for w in self.workloads), "workloads: a non-empty list of paths"),
+            (all(isinstance(w, str) for w in self.profiles), "profiles: a list of paths"),
+            (self.time_budget_min > 0, "time_budget_min must be > 0"),
+            (s.queries >= 2 and s.workers >= 1 and s.cores >= 1, "stream.queries >= 2, stream.workers and stream.cores >= 1"),
+            (bool(s.arrivals) and all(isinstance(a, str) for a in s.arrivals), "stream.arrivals: a list of specs"),
+            (bool(s.threads) and all(isinstance(t, int) and t >= 1 for t in s.threads), "stream.threads: positive integers"),
+            (m.hidden >= 4 and m.layers >= 1, "model.hidden >= 4 and model.layers >= 1"),
+            # Training needs measured latencies (the simulator runs on them); the field is
+            # there so a checkpoint records what its latency feature meant.
+            (m.latency_source == "measured", "model.latency_source must be 'measured'"),
+            (self.imitation.episodes >= 0 and self.reinforce.episodes >= 0, "episodes must be >= 0"),
+            (self.reinforce.rollouts >= 2, "reinforce.rollouts must be >= 2 (they are each other's baseline)"),
+            (self.imitation.lr > 0 and self.reinforce.lr > 0 and self.reinforce.entropy >= 0, "lr > 0, entropy >= 0"),
+            (self.eval.streams >= 1 and self.eval.every >= 1, "eval.streams and eval.every must be >= 1"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise RecipeError(msg)
+        for a in s.arrivals:
+            try:
+                parse_arrivals(a)
+            except LqoError as err:
+                raise RecipeError(f"stream.arrivals: {err}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- episodes
+
+def episode_jobs(pool: Sequence[Job], n: int, arrivals: str, cores: int, rng: random.Random) -> list[Job]:
+    """A random stream of ``n`` jobs drawn from ``pool`` (with replacement) under ``arrivals``."""
+    arr = parse_arrivals(arrivals)
+    picks = [rng.choice(pool) for _ in range(n)]
+    rate = None
+    if arr.kind == "util":
+        rate = rate_for_utilisation(arr.util, sum(j.f.latency_s(1) for j in pool) / len(pool), cores)
+    times = arrival_times(n, arr, rng, rate)
+    return [Job(dataclasses.replace(j.q, idx=i, arrival_s=t), j.f) for i, (j, t) in enumerate(zip(picks, times))]
+
+
+def _mean_completion(jobs: Sequence[Job], policy, workers: int, cfg: SimConfig) -> float:
+    return simulate(jobs, policy, workers, cfg).mean_s
+
+
+def reward_to_go(spans: Sequence[tuple[float, float]], t: float) -> float:
+    """Minus the completion time still to accrue after ``t``, for (arrival, end) spans.
+
+    >>> reward_to_go([(0.0, 2.0), (1.0, 4.0)], 1.5)
+    -3.0
+    """
+    return -sum(max(0.0, end - max(arr, t)) for arr, end in spans)
+
+
+def _pg_loss(rollouts: list[tuple[list[tuple[float, float]], list]], entropy: float) -> torch.Tensor:
+    """REINFORCE loss over rollouts of one stream with the time-based baseline."""
+    terms = []
+    for spans, trace in rollouts:
+        for logp, ent, t in trace:
+            base = sum(reward_to_go(other, t) for other, _ in rollouts) / len(rollouts)
+            terms.append((reward_to_go(spans, t) - base, logp, ent))
+    if not terms:
+        return torch.zeros(())
+    scale = math.sqrt(sum(a * a for a, _, _ in terms) / len(terms)) + 1e-8
+    adv = torch.tensor([a / scale for a, _, _ in terms])
+    logp = torch.stack([lp for _, lp, _ in terms])
+    ent = torch.stack([e for _, _, e in terms])
+    return -(adv * logp).mean() - entropy * ent.mean()
+
+
+def train_policy(
+    pool: Sequence[Job],
+    recipe: SchedRecipe,
+    sim: SimConfig,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+    net: SchedNet | None = None,
+) -> tuple[LearnedPolicy, list[dict[str, Any]]]:
+    """Train on streams drawn from ``pool`` (jobs with graphs and measured latencies).
+
+    Stops after the recipe's episodes or its time budget, whichever comes first; returns
+    the best policy seen on the evaluation streams and the history (one dict per eval).
+    """
+    if not pool:
+        raise LqoError("no training queries")
+    s, rr = recipe.stream, recipe.reinforce
+    torch.manual_seed(recipe.seed)
+    rng = random.Random(recipe.seed)
+    net = net or SchedNet(hidden=recipe.model.hidden, layers=recipe.model.layers, n_threads=len(s.threads))
+    policy = LearnedPolicy(net, s.threads, recipe.model.latency_source,
+                           meta={"workers": s.workers, "cores": s.cores, "interference": sim.interference})
+    oracle = get_policy("oracle")
+    eval_rng = random.Random(f"eval-{recipe.seed}")
+    evals = [episode_jobs(pool, s.queries, s.arrivals[k % len(s.arrivals)], s.cores, eval_rng)
+             for k in range(recipe.eval.streams)]
+    oracle_means = [_mean_completion(e, oracle, s.workers, sim) for e in evals]
+    started = time.monotonic()
+    deadline = started + recipe.time_budget_min * 60.0
+    history: list[dict[str, Any]] = []
+    best: tuple[float, dict | None] = (math.inf, None)
+    episode = 0
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny graphs: threads only add overhead on a 2-core machine
+
+    def evaluate(phase: str) -> None:
+        nonlocal best
+        policy.trace, policy.teacher, policy.greedy = None, None, True
+        net.eval()
+        ratio = sum(_mean_completion(e, policy, s.workers, sim) / o for e, o in zip(evals, oracle_means)) / len(evals)
+        net.train()
+        rec = {"episode": episode, "phase": phase, "vs_oracle": ratio, "elapsed_s": round(time.monotonic() - started, 2)}
+        history.append(rec)
+        if ratio < best[0]:
+            best = (ratio, {k: v.detach().clone() for k, v in net.state_dict().items()})
+        if on_progress is not None:
+            on_progress(rec)
+
+    try:
+        opt = torch.optim.Adam(net.parameters(), lr=recipe.imitation.lr)
+        n_imit = recipe.imitation.episodes
+        for k in range(n_imit):
+            if time.monotonic() > deadline:
+                break
+            jobs = episode_jobs(pool, s.queries, rng.choice(s.arrivals), s.cores, rng)
+            policy.trace, policy.teacher = [], oracle
+            policy.student_mix = max(0.0, (k / max(1, n_imit) - 0.5)) if n_imit >= 4 else 0.0
+            simulate(jobs, policy, s.workers, sim)
+            loss = torch.stack([ce for ce, _, _ in policy.trace]).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            episode += 1
+            if episode % recipe.eval.every == 0:
+                evaluate("imitation")
+        if not history or history[-1]["episode"] != episode:
+            evaluate("imitation")
+        opt = torch.optim.Adam(net.parameters(), lr=rr.lr)
+        for _ in range(rr.episodes):
+            if time.monotonic() > deadline:
+                break
+            jobs = episode_jobs(pool, s.queries, rng.choice(s.arrivals), s.cores, rng)
+            policy.teacher, policy.greedy, policy.student_mix = None, False, 0.0
+            rollouts = []
+            for _ in range(rr.rollouts):
+                policy.trace = []
+                res = simulate(jobs, policy, s.workers, sim)
+                rollouts.append(([(r.arrival_s, r.end_s) for r in res.records], policy.trace))
+            loss = _pg_loss(rollouts, rr.entropy)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+            episode += 1
+            if episode % recipe.eval.every == 0:
+                evaluate("reinforce")
+        if not history or history[-1]["episode"] != episode:
+            evaluate("final")
+    finally:
+        torch.set_num_threads(old_threads)
+        policy.trace, policy.teacher, policy.greedy = None, None, True
+    if best[1] is not None:
+        net.load_state_dict(best[1])
+    net.eval()
+    policy.meta["best_vs_oracle"] = best[0]
+    return policy, history

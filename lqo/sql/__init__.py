@@ -1,0 +1,1 @@
+"""SQL -> QueryGraph: the catalog, FROM-item relations and join graphs (sqlglot)."""

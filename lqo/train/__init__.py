@@ -1,0 +1,1 @@
+"""Experience -> model: the experience store, training samples, recipes and the trainer."""

@@ -1,0 +1,354 @@
+"""Experience store: every query, plan and run lqo has seen, in one DuckDB file.
+
+The file belongs to lqo (never the user's database). DuckDB lets ONE process open a file
+for writing, and while it does no other process can open it at all, not even
+read-only: run one writer per store (share the ``ExperienceStore`` inside a process,
+or give each worker process its own file and merge them with plain SQL later).
+
+Schema (version 1)::
+
+    meta(key VARCHAR PRIMARY KEY, value VARCHAR)            -- schema_version = '1'
+    queries(query_key VARCHAR PRIMARY KEY, workload VARCHAR, query_id VARCHAR,
+            template VARCHAR, sql VARCHAR NOT NULL, database VARCHAR,
+            created_at TIMESTAMP NOT NULL)
+    plans(plan_key VARCHAR PRIMARY KEY, query_key VARCHAR NOT NULL, kind VARCHAR NOT NULL,
+          plan_json VARCHAR, sql VARCHAR, created_at TIMESTAMP NOT NULL)
+    runs(run_id BIGINT PRIMARY KEY, plan_key VARCHAR NOT NULL, query_key VARCHAR NOT NULL,
+         started_at TIMESTAMP NOT NULL, latency_ms DOUBLE NOT NULL, timed_out BOOLEAN NOT NULL,
+         timeout_ms DOUBLE, error VARCHAR, rows BIGINT, fingerprint VARCHAR,
+         operators_json VARCHAR, threads INTEGER, session VARCHAR NOT NULL)
+    wrong_plans(plan_key VARCHAR NOT NULL, reason VARCHAR, marked_at TIMESTAMP NOT NULL)
+    VIEW plans_v = plans + wrong BOOLEAN + wrong_reason
+
+Keys are hex SHA-256 prefixes: ``query_key`` of (database, sql); ``plan_key`` of
+(query_key, canonical plan_json, native-or-forced). Times are UTC. ``plans.sql`` is
+NULL for a plan run natively (DuckDB's optimizer on). ``runs.rows`` is NULL unless the
+run completed. Everything is append-only: a wrong plan gets a row in ``wrong_plans``
+instead of an UPDATE, so history is never rewritten. Each write is one transaction:
+a process killed at any point loses nothing committed and leaves no partial rows.
+
+>>> with ExperienceStore.open("experience.duckdb") as store:           # doctest: +SKIP
+...     qk = store.add_query(sql, database="tpch.duckdb", workload="tpch", query_id="q05")
+...     pk = store.add_plan(qk, "native", None, None)
+...     store.record_run(pk, Harness(con).run(sql))
+...     store.best_plan(qk)["plan_key"]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import duckdb
+
+from lqo.engine.db import connect_writable
+from lqo.errors import LqoError, MissingFileError, PlanError
+from lqo.engine.harness import RunResult, _utcnow
+
+SCHEMA_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS queries(
+    query_key VARCHAR PRIMARY KEY, workload VARCHAR, query_id VARCHAR, template VARCHAR,
+    sql VARCHAR NOT NULL, database VARCHAR, created_at TIMESTAMP NOT NULL);
+CREATE TABLE IF NOT EXISTS plans(
+    plan_key VARCHAR PRIMARY KEY, query_key VARCHAR NOT NULL, kind VARCHAR NOT NULL,
+    plan_json VARCHAR, sql VARCHAR, created_at TIMESTAMP NOT NULL);
+CREATE SEQUENCE IF NOT EXISTS run_id_seq START 1;
+CREATE TABLE IF NOT EXISTS runs(
+    run_id BIGINT PRIMARY KEY DEFAULT nextval('run_id_seq'), plan_key VARCHAR NOT NULL,
+    query_key VARCHAR NOT NULL, started_at TIMESTAMP NOT NULL, latency_ms DOUBLE NOT NULL,
+    timed_out BOOLEAN NOT NULL, timeout_ms DOUBLE, error VARCHAR, rows BIGINT,
+    fingerprint VARCHAR, operators_json VARCHAR, threads INTEGER, session VARCHAR NOT NULL);
+CREATE TABLE IF NOT EXISTS wrong_plans(plan_key VARCHAR NOT NULL, reason VARCHAR, marked_at TIMESTAMP NOT NULL);
+CREATE OR REPLACE VIEW plans_v AS
+    SELECT p.*, w.plan_key IS NOT NULL AS wrong, w.reason AS wrong_reason
+    FROM plans p LEFT JOIN (SELECT plan_key, min(reason) AS reason FROM wrong_plans GROUP BY plan_key) w
+    USING (plan_key);
+"""
+
+# Median per plan over completed and timed-out runs; a timeout counts as at least its
+# timeout, so a plan that mostly times out cannot win on its one lucky run.
+_PLAN_MEDIANS = """
+SELECT p.plan_key, p.kind, p.plan_json, p.sql,
+       median(CASE WHEN r.timed_out THEN greatest(r.latency_ms, coalesce(r.timeout_ms, 0))
+                   ELSE r.latency_ms END) AS median_ms,
+       count(*) AS n_runs, count(*) FILTER (WHERE r.timed_out) AS n_timeouts
+FROM plans p JOIN runs r USING (plan_key)
+WHERE p.query_key = ? AND r.error IS NULL
+  AND p.plan_key NOT IN (SELECT plan_key FROM wrong_plans)
+GROUP BY ALL
+"""
+
+
+def _hash(*parts: str) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode())
+        h.update(b"\x00")  # separator: ("ab", "c") and ("a", "bc") must differ
+    return h.hexdigest()[:24]
+
+
+def query_key(sql: str, database: str | None = None) -> str:
+    """Stable key of a query text on a database (pass the same ``database`` string each time)."""
+    return _hash("q", database or "", sql.strip())
+
+
+def canonical_plan_json(plan_json: Any) -> str | None:
+    """Plans are opaque, but key order or spacing must not make two keys for one plan."""
+    if plan_json is None:
+        return None
+    obj = json.loads(plan_json) if isinstance(plan_json, (str, bytes)) else plan_json
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def plan_key(qkey: str, plan_json: Any, sql: str | None) -> str:
+    """Stable key of a plan: its query, its JSON, and whether it runs natively or forced."""
+    return _hash("p", qkey, canonical_plan_json(plan_json) or "", "native" if sql is None else "forced")
+
+
+class ExperienceStore:
+    """An append-only, transactional store of queries, plans and runs. See module docs."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, path: str, session: str | None = None) -> None:
+        self.con = con
+        self.path = path
+        self.session = session or uuid.uuid4().hex[:12]
+        self._lock = threading.Lock()  # one DuckDB connection: serialise threads on it
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, read_only: bool = False, session: str | None = None) -> ExperienceStore:
+        """Open (creating if missing) the store at ``path``.
+
+        Raises LqoError if the file is another database, has another schema version, or
+        is held by another process.
+
+        >>> store = ExperienceStore.open("runs.duckdb")  # doctest: +SKIP
+        """
+        path = str(path)
+        if read_only and not os.path.exists(path):
+            raise MissingFileError(f"experience store not found: {path}")
+        try:
+            con = connect_writable(path, read_only=read_only)
+        except duckdb.IOException as exc:
+            raise LqoError(f"cannot open experience store {path} (one process at a time may open it): {exc}") from exc
+        try:
+            cls._check_or_create(con, path, read_only)
+        except BaseException:
+            con.close()
+            raise
+        return cls(con, path, session)
+
+    @staticmethod
+    def _check_or_create(con: duckdb.DuckDBPyConnection, path: str, read_only: bool) -> None:
+        tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()").fetchall()}
+        if "meta" in tables:
+            row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = row[0] if row else None
+            if version != SCHEMA_VERSION:
+                raise LqoError(f"{path}: experience store schema version {version}, expected {SCHEMA_VERSION}")
+            return
+        if tables:
+            raise LqoError(f"{path} is not an lqo experience store (it has tables {sorted(tables)[:5]})")
+        if read_only:
+            raise LqoError(f"{path} is empty, not an experience store")
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(_SCHEMA)
+            con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    # ------------------------------------------------------------------ plumbing
+
+    @contextmanager
+    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self._lock:
+            self.con.execute("BEGIN TRANSACTION")
+            try:
+                yield self.con
+            except BaseException:
+                self.con.execute("ROLLBACK")
+                raise
+            try:
+                self.con.execute("COMMIT")
+            except BaseException:
+                # A failed COMMIT may leave the transaction open; never leave it dangling.
+                try:
+                    self.con.execute("ROLLBACK")
+                except duckdb.Error:
+                    pass
+                raise
+
+    def _dicts(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+        with self._lock:
+            cur = self.con.execute(sql, params)
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    def close(self) -> None:
+        """Close the file; safe to call twice."""
+        if self.con is not None:
+            self.con.close()
+            self.con = None  # type: ignore[assignment]
+
+    def __enter__(self) -> ExperienceStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ writes
+
+    def add_query(
+        self,
+        sql: str,
+        database: str | None = None,
+        workload: str | None = None,
+        query_id: str | None = None,
+        template: str | None = None,
+    ) -> str:
+        """Register a query (idempotent) and return its ``query_key``.
+
+        >>> qk = store.add_query("SELECT 1", database="/data/tpch.duckdb", workload="tpch", query_id="q01")  # doctest: +SKIP
+        """
+        qk = query_key(sql, database)
+        with self._transaction() as con:
+            con.execute(
+                "INSERT INTO queries VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [qk, workload, query_id, template, sql, database, _utcnow()],
+            )
+        return qk
+
+    def add_plan(self, query_key: str, kind: str, plan_json: Any = None, sql: str | None = None) -> str:
+        """Register a plan of a query (idempotent) and return its ``plan_key``.
+
+        ``plan_json`` is opaque (a JSON string or a JSON-able object); ``sql`` is the
+        rendered forced SQL, None for a native run. Adding the same plan again returns the
+        same key and keeps the first ``kind``.
+
+        >>> pk = store.add_plan(qk, "random", {"join": ["lineitem", "orders"]}, rendered_sql)  # doctest: +SKIP
+        """
+        canon = canonical_plan_json(plan_json)
+        pk = plan_key(query_key, canon, sql)
+        with self._transaction() as con:
+            if con.execute("SELECT 1 FROM queries WHERE query_key = ?", [query_key]).fetchone() is None:
+                raise PlanError(f"unknown query_key {query_key}: add_query first")
+            con.execute(
+                "INSERT INTO plans VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [pk, query_key, kind, canon, sql, _utcnow()],
+            )
+        return pk
+
+    def record_run(
+        self,
+        plan_key: str,
+        result: RunResult,
+        timeout_ms: float | None = None,
+        threads: int | None = None,
+        session: str | None = None,
+    ) -> int:
+        """Append one run of a plan in one transaction; return its ``run_id``.
+
+        ``timeout_ms`` / ``threads`` default to the result's, ``session`` to the store's.
+
+        >>> store.record_run(pk, harness.run(sql, timeout_s=5))  # doctest: +SKIP
+        """
+        return self.record_runs([(plan_key, result)], timeout_ms, threads, session)[0]
+
+    def record_runs(
+        self,
+        items: Iterable[tuple[str, RunResult]],
+        timeout_ms: float | None = None,
+        threads: int | None = None,
+        session: str | None = None,
+    ) -> list[int]:
+        """Append several ``(plan_key, result)`` runs in ONE transaction: all or none."""
+        ids: list[int] = []
+        with self._transaction() as con:
+            for pk, r in items:
+                row = con.execute("SELECT query_key FROM plans WHERE plan_key = ?", [pk]).fetchone()
+                if row is None:
+                    raise PlanError(f"unknown plan_key {pk}: add_plan first")
+                completed = not r.timed_out and r.error is None
+                tmo = timeout_ms if timeout_ms is not None else r.timeout_ms
+                thr = threads if threads is not None else r.threads
+                rid = con.execute(
+                    "INSERT INTO runs (plan_key, query_key, started_at, latency_ms, timed_out, timeout_ms,"
+                    " error, rows, fingerprint, operators_json, threads, session)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING run_id",
+                    [pk, row[0], r.started_at, float(r.latency_ms), bool(r.timed_out), tmo, r.error,
+                     r.rows if completed else None, r.fingerprint,
+                     json.dumps(r.operators, separators=(",", ":")) if r.operators else None,
+                     thr, session or self.session],
+                ).fetchone()[0]
+                ids.append(int(rid))
+        return ids
+
+    def mark_wrong(self, plan_key: str, reason: str = "fingerprint differs from native") -> None:
+        """Mark a plan as giving wrong results: it is never returned as a candidate again.
+
+        Append-only: adds a ``wrong_plans`` row (marking twice keeps both rows).
+        """
+        with self._transaction() as con:
+            con.execute("INSERT INTO wrong_plans VALUES (?, ?, ?)", [plan_key, reason, _utcnow()])
+
+    # ------------------------------------------------------------------ reads
+
+    def is_wrong(self, plan_key: str) -> bool:
+        """True once ``mark_wrong(plan_key)`` has been recorded."""
+        with self._lock:
+            return self.con.execute("SELECT 1 FROM wrong_plans WHERE plan_key = ? LIMIT 1", [plan_key]).fetchone() is not None
+
+    def get_query(self, query_key: str) -> dict[str, Any] | None:
+        """The ``queries`` row as a dict, or None."""
+        rows = self._dicts("SELECT * FROM queries WHERE query_key = ?", [query_key])
+        return rows[0] if rows else None
+
+    def get_plan(self, plan_key: str) -> dict[str, Any] | None:
+        """The plan (``plans_v`` row, with ``wrong``) as a dict, or None."""
+        rows = self._dicts("SELECT * FROM plans_v WHERE plan_key = ?", [plan_key])
+        return rows[0] if rows else None
+
+    def plans_for_query(self, query_key: str) -> list[dict[str, Any]]:
+        """All plans of a query (with ``wrong``), oldest first."""
+        return self._dicts("SELECT * FROM plans_v WHERE query_key = ? ORDER BY created_at, plan_key", [query_key])
+
+    def runs_for_query(self, query_key: str) -> list[dict[str, Any]]:
+        """All runs of a query, oldest first, with the plan's ``kind``; operators parsed."""
+        rows = self._dicts(
+            "SELECT r.*, p.kind FROM runs r JOIN plans p USING (plan_key) WHERE r.query_key = ? ORDER BY r.run_id",
+            [query_key],
+        )
+        for r in rows:
+            r["operators"] = json.loads(r.pop("operators_json")) if r["operators_json"] else []
+        return rows
+
+    def best_plan(self, query_key: str) -> dict[str, Any] | None:
+        """The non-wrong plan with the lowest median latency, or None.
+
+        Returns ``plan_key, kind, plan_json, sql, median_ms, n_runs, n_timeouts``. Errored
+        runs are ignored; a timed-out run counts as at least its timeout.
+        """
+        rows = self._dicts(_PLAN_MEDIANS + " ORDER BY median_ms, n_runs DESC, plan_key LIMIT 1", [query_key])
+        return rows[0] if rows else None
+
+    def native_latency(self, query_key: str) -> float | None:
+        """Median latency (ms) over all runs of the query's native plan(s), timeouts as >= timeout."""
+        with self._lock:
+            m = self.con.execute(
+                "SELECT median(CASE WHEN r.timed_out THEN greatest(r.latency_ms, coalesce(r.timeout_ms, 0))"
+                " ELSE r.latency_ms END) FROM runs r JOIN plans p USING (plan_key)"
+                " WHERE p.query_key = ? AND p.kind = 'native' AND r.error IS NULL",
+                [query_key],
+            ).fetchone()[0]
+        return None if m is None else float(m)

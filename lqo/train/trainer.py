@@ -1,0 +1,305 @@
+"""``lqo train``: latency-feedback training of the learned optimizer.
+
+1. Split the workload by template (the test templates are never run here).
+2. Bootstrap: every training query gets native runs, the forced native tree and random
+   trees, unless the experience stores already hold that many plans of it.
+3. Iterate: fit the model on all experience; plan every training query with model-guided
+   beam search plus exploration; execute the choices (timeout = factor x best known);
+   append to experience; report the workload time lqo's decisions would take vs native.
+A checkpoint is written after every iteration; rerunning the same command resumes.
+
+>>> Trainer(Recipe.load("training/tpch.toml")).run()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from lqo.sql.catalog import Catalog
+from lqo.errors import LqoError, WorkloadError
+from lqo.train.experience import ExperienceStore
+from lqo.engine.harness import Harness, median_latency
+from lqo.learn.features import Featurizer
+from lqo.learn.model_kinds import make_model
+from lqo.optimizer import Optimizer
+from lqo.trees.plan import Plan
+from lqo.trees.query import PreparedQuery, prepare
+from lqo.train.recipe import Recipe
+from lqo.search import neighbours, star_plan
+from lqo.estimates.stats import DatabaseStats
+from lqo.train.samples import Sample, collect_samples
+from lqo.workloads.workload import Query, Workload
+
+STATE_FILE = "state.json"
+HISTORY_FILE = "history.jsonl"
+
+
+def split_templates(workload: Workload, test_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Templates for (train, test): a seeded shuffle, ``test_fraction`` held out."""
+    templates = sorted(workload.templates)
+    rng = random.Random(seed)
+    rng.shuffle(templates)
+    n_test = int(round(test_fraction * len(templates)))
+    return sorted(templates[n_test:]), sorted(templates[:n_test])
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    iterations: int
+    history: list[dict] = field(default_factory=list)
+    stopped: str = ""
+
+
+class Trainer:
+    """Runs a recipe; ``log`` receives one line per step (the CLI prints them)."""
+
+    def __init__(self, recipe: Recipe, log: Callable[[str], None] = print, progress=None) -> None:
+        self.recipe = recipe
+        self.log = log
+        self.progress = progress or (lambda items, desc="": items)
+        self.out = Path(recipe.out)
+        self.start = time.perf_counter()
+
+    # ----- set-up ------------------------------------------------------------------------
+    def _setup(self):
+        r = self.recipe
+        if not r.workload:
+            raise LqoError("the recipe names no workload (set `workload` or pass --workload)")
+        workload = Workload.load(r.workload)
+        self.out.mkdir(parents=True, exist_ok=True)
+        state = self._read_state()
+        if state and state.get("workload") != str(workload.root):
+            raise LqoError(f"{self.out} holds training for workload {state.get('workload')}; use another --out")
+        con = workload.connect()
+        catalog = Catalog.from_connection(con)
+        stats = DatabaseStats.load_or_build(con, catalog, self.out / "stats.json")
+        if state:
+            train_t, test_t = state["train_templates"], state["test_templates"]
+        elif r.split.by == "template":
+            train_t, test_t = split_templates(workload, r.split.test_fraction, r.split.seed)
+        else:
+            train_t, test_t = sorted(workload.templates), []
+        queries = [q for q in workload if q.template in set(train_t)]
+        if not queries:
+            raise WorkloadError("the split leaves no training queries")
+        prepared = {q.id: prepare(q.sql, con, catalog) for q in queries}
+        usable = {qid: pq for qid, pq in prepared.items() if pq.forceable and pq.free_blocks}
+        self.log(f"workload {workload.name}: {len(queries)} training queries ({len(usable)} lqo may reorder), "
+                 f"{len(test_t)} test templates held out: {', '.join(test_t)}")
+        return workload, con, catalog, stats, state or {}, train_t, test_t, queries, usable
+
+    def _read_state(self) -> dict | None:
+        path = self.out / STATE_FILE
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def _write_state(self, state: dict) -> None:
+        tmp = self.out / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.out / STATE_FILE)
+
+    def _elapsed_min(self) -> float:
+        return (time.perf_counter() - self.start) / 60
+
+    def _out_of_time(self) -> bool:
+        return self._elapsed_min() >= self.recipe.time_budget_min
+
+    # ----- the loop ----------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        r = self.recipe
+        workload, con, catalog, stats, state, train_t, test_t, queries, usable = self._setup()
+        rng = random.Random(r.seed + int(state.get("iteration", 0)))
+        store_paths = [self.out / "experience.duckdb", workload.root / "experience.duckdb"]
+        featurizer = Featurizer(stats, None)
+        result = TrainResult(self.out, int(state.get("iteration", 0)))
+        try:
+            with ExperienceStore.open(store_paths[0]) as store:
+                runner = _Runner(con, store, workload, r)
+                for q in self.progress(queries, desc="bootstrap"):
+                    if self._out_of_time():
+                        break
+                    sources = [store, store_paths[1]]
+                    pq = usable.get(q.id)
+                    # The star-shaped plan is the structured alternative that wins most
+                    # often on star schemas: measure it for every query from the start.
+                    star = [star_plan(pq, featurizer.estimator(pq.graph))] if pq else []
+                    runner.bootstrap(q, pq, rng, collect_samples(sources, {q.id: pq}) if pq else [], star)
+                start_it = int(state.get("iteration", 0))
+                for it in range(start_it + 1, r.iterations + 1):
+                    if self._out_of_time():
+                        result.stopped = f"time budget of {r.time_budget_min} min reached"
+                        break
+                    samples = collect_samples([store, store_paths[1]], usable)
+                    optimizer = self._fit(samples, usable, featurizer, catalog, it)
+                    line = self._iterate(it, optimizer, usable, runner, rng, queries)
+                    line.update({"samples": len(samples), "elapsed_min": round(self._elapsed_min(), 2)})
+                    extra = {"recipe": r.to_dict(), "iteration": it,
+                             "train_templates": train_t, "test_templates": test_t}
+                    optimizer.save(self.out / "iterations" / f"{it:03d}", extra=extra)
+                    # The model directory holds the best model so far, judged by what its
+                    # decisions did to the training workload (Bao keeps a model only if it
+                    # is not worse): a retrain that got worse does not replace it.
+                    best = state.get("best_ratio")
+                    line["selected"] = best is None or (line["ratio"] or 9.0) <= best
+                    if line["selected"]:
+                        optimizer.save(self.out, extra=extra)
+                        state["best_ratio"], state["best_iteration"] = line["ratio"] or 9.0, it
+                    with open(self.out / HISTORY_FILE, "a") as fh:
+                        fh.write(json.dumps(line) + "\n")
+                    state.update({"workload": str(workload.root), "iteration": it,
+                                  "train_templates": train_t, "test_templates": test_t})
+                    self._write_state(state)
+                    result.iterations = it
+                    result.history.append(line)
+                    self.log(_format_line(line))
+        finally:
+            con.close()
+        if not (self.out / "model.lqo").exists():
+            raise LqoError("training stopped before the first model was fitted (raise time_budget_min)")
+        return result
+
+    def _fit(self, samples: list[Sample], usable, featurizer: Featurizer, catalog: Catalog, it: int) -> Optimizer:
+        m = self.recipe.model
+        qids = sorted({s.query_id for s in samples})
+        group = {q: i for i, q in enumerate(qids)}
+        plans = [featurizer.featurize(usable[s.query_id].graph, s.plan, s.forced) for s in samples]
+        y = np.array([s.latency_ms for s in samples], dtype=np.float64)
+        g = np.array([group[s.query_id] for s in samples])
+        model = make_model(m.kind, loss=m.loss, lr_schedule=m.lr_schedule, lr=m.lr, epochs=m.epochs,
+                           n_members=m.ensemble, channels=(m.hidden, m.hidden, m.hidden // 2),
+                           seed=self.recipe.seed + it)
+        model.fit(plans, y, g)
+        search = dataclasses.replace(self.recipe.search, seed=self.recipe.seed)
+        return Optimizer(model, featurizer, catalog.fingerprint, search, dataclasses.replace(self.recipe.decision))
+
+    def _iterate(self, it: int, opt: Optimizer, usable: dict[str, PreparedQuery], runner: "_Runner",
+                 rng: random.Random, queries: list[Query]) -> dict:
+        total_lqo = total_native = 0.0
+        runs = timeouts = chosen_forced = 0
+        for q in self.progress(queries, desc=f"iteration {it}"):
+            if self._out_of_time():
+                break
+            native_ms = runner.native_ms(q)
+            pq = usable.get(q.id)
+            if pq is None:
+                total_lqo += native_ms
+                total_native += native_ms
+                continue
+            result, fallback = opt.decide(pq)
+            to_run = [result.best]
+            ranked = sorted(result.scored, key=result.scored.get)
+            to_run += [p for p in ranked if not runner.tried(q, p)][: self.recipe.exploration.extra_candidates]
+            if rng.random() < self.recipe.exploration.epsilon:
+                to_run.append(rng.choice(neighbours(result.best, pq.free_blocks) or [result.best]))
+            measured = {}
+            for plan in dict.fromkeys(to_run):
+                if plan == pq.native_plan:
+                    continue
+                r = runner.run_plan(q, pq, plan, "model")
+                runs += 1
+                timeouts += int(r is None)
+                measured[plan] = r
+            if fallback is None and result.best != pq.native_plan:
+                chosen_forced += 1
+                got = measured.get(result.best)
+                total_lqo += got if got is not None else runner.timeout_ms(q)
+            else:
+                total_lqo += native_ms
+            total_native += native_ms
+        hist = opt.model.history_[-1] if getattr(opt.model, "history_", None) else {}
+        return {"iteration": it, "workload_ms": round(total_lqo, 1), "native_ms": round(total_native, 1),
+                "ratio": round(total_lqo / total_native, 4) if total_native else None,
+                "forced": chosen_forced, "runs": runs, "timeouts": timeouts,
+                "train_loss": hist.get("train_loss"), "val_loss": hist.get("val_loss"), "lr": hist.get("lr"),
+                "model_history": getattr(opt.model, "history_", [])}
+
+
+def _format_line(line: dict) -> str:
+    ratio = f"{line['ratio']:.3f}x" if line["ratio"] else "-"
+    loss = f"{line['val_loss']:.4f}" if isinstance(line.get("val_loss"), (int, float)) else "-"
+    return (f"iteration {line['iteration']}: training workload {line['workload_ms'] / 1000:.2f} s with lqo vs "
+            f"{line['native_ms'] / 1000:.2f} s native ({ratio}), {line['forced']} queries forced, "
+            f"{line['runs']} plans run ({line['timeouts']} timeouts), {line['samples']} samples, "
+            f"val loss {loss}, {line['elapsed_min']} min" + (" [kept]" if line.get("selected") else ""))
+
+
+class _Runner:
+    """Executes and records plans of training queries; knows their best latencies."""
+
+    def __init__(self, con, store: ExperienceStore, workload: Workload, recipe: Recipe) -> None:
+        self.con, self.store, self.workload, self.recipe = con, store, workload, recipe
+        self.harness = Harness(con)
+        self._native: dict[str, tuple[float, str | None]] = {}
+        self._best: dict[str, float] = {}
+        self._tried: set[tuple[str, Plan]] = set()
+
+    def _qk(self, q: Query) -> str:
+        return self.store.add_query(q.sql, str(self.workload.database), self.workload.name, q.id, q.template)
+
+    def native_ms(self, q: Query) -> float:
+        if q.id not in self._native:
+            qk = self._qk(q)
+            pk = self.store.add_plan(qk, "native", None, None)
+            self.harness.run(q.sql, profile=False)  # warm-up
+            runs = [self.harness.run(q.sql, profile=(i == 0)) for i in range(3)]
+            self.store.record_runs([(pk, r) for r in runs])
+            ms = median_latency(runs) or 0.0
+            self._native[q.id] = (ms, runs[0].fingerprint)
+            self._best[q.id] = min(self._best.get(q.id, ms), ms)
+        return self._native[q.id][0]
+
+    def timeout_ms(self, q: Query) -> float:
+        t = self.recipe.timeouts
+        return max(t.min_s * 1000, t.factor * self._best.get(q.id, self.native_ms(q)))
+
+    def tried(self, q: Query, plan: Plan) -> bool:
+        return (q.id, plan) in self._tried
+
+    def run_plan(self, q: Query, pq: PreparedQuery, plan: Plan, kind: str) -> float | None:
+        """Run a forced plan once; its latency, or None on timeout/wrong result/error."""
+        self.native_ms(q)
+        reference = self._native[q.id][1]
+        sql = pq.render(plan)
+        qk = self._qk(q)
+        pk = self.store.add_plan(qk, kind, plan.to_json(), sql)
+        self._tried.add((q.id, plan))
+        if self.store.is_wrong(pk):
+            return None
+        r = self.harness.run(sql, forced=True, timeout_s=self.timeout_ms(q) / 1000, profile=True)
+        self.store.record_run(pk, r)
+        if not r.ok:
+            return None
+        if r.fingerprint != reference:
+            self.store.mark_wrong(pk)
+            return None
+        self._best[q.id] = min(self._best[q.id], r.latency_ms)
+        return r.latency_ms
+
+    def bootstrap(self, q: Query, usable: PreparedQuery | None, rng: random.Random,
+                  known: list[Sample], seeds: Sequence[Plan] = ()) -> None:
+        """Native and its forced tree, ``seeds`` not yet run, then random plans up to
+        ``bootstrap_plans`` (plans already known count)."""
+        self.native_ms(q)
+        if usable is None:
+            return
+        for s in known:
+            self._tried.add((q.id, s.plan))
+            if not s.timed_out:
+                self._best[q.id] = min(self._best[q.id], s.latency_ms)
+        seeds = [p for p in seeds if p != usable.native_plan and not self.tried(q, p)]
+        missing = self.recipe.exploration.bootstrap_plans - len(known) - len(seeds)
+        if missing <= 0 and not seeds:
+            return
+        plans = [usable.native_plan, *seeds] + usable.random_plans(max(0, missing), rng)
+        for plan in plans:
+            if not self.tried(q, plan):
+                kind = "forced_native" if plan == usable.native_plan else "star" if plan in seeds else "random"
+                self.run_plan(q, usable, plan, kind)

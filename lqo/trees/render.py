@@ -1,0 +1,93 @@
+"""Plan -> SQL that DuckDB executes exactly as the plan's trees.
+
+With ``join_order`` and ``build_side_probe_side`` disabled, DuckDB runs joins as
+written: a left-deep chain ``a JOIN b ON .. JOIN c ON ..`` and parenthesized bushy
+parts, the right child of each join being the hash-table build side. Key equalities
+go into the ON clause of the lowest join that spans them; single-relation filters and
+everything lqo does not move stay in WHERE (filter pushdown places them).
+
+>>> from lqo.sql.catalog import Catalog
+>>> from lqo.sql.join_graph import build_query_graph
+>>> from lqo.trees.plan import Join, Leaf, Plan
+>>> g = build_query_graph("SELECT * FROM a, b WHERE a.x = b.y AND a.z > 1",
+...                       Catalog({"a": {"x": "INT", "z": "INT"}, "b": {"y": "INT"}}))
+>>> render(g, Plan.of({0: Join(Leaf("b"), Leaf("a"))}))
+'SELECT * FROM b JOIN a ON b.y = a.x WHERE a.z > 1'
+"""
+
+from __future__ import annotations
+
+from sqlglot import exp
+
+from lqo.errors import PlanError
+from lqo.sql.join_graph import JoinBlock, QueryGraph, block_conjuncts, from_items, select_nodes
+from lqo.trees.plan import Join, Leaf, Plan, Tree, leaves
+
+
+def render(graph: QueryGraph, plan: Plan) -> str:
+    """SQL for ``graph``'s query with each block in ``plan`` rendered as its tree.
+
+    Blocks absent from ``plan`` are left as written. Raises ``PlanError`` if a tree
+    does not fit its block or a block is unsafe to reorder.
+    """
+    ast = graph.ast.copy()
+    selects = select_nodes(ast)
+    by_index = {b.index: b for b in graph.blocks}
+    for index, tree in plan.trees:
+        block = by_index.get(index)
+        if block is None:
+            raise PlanError(f"plan names block {index}, which the query does not have")
+        if block.unsafe:
+            raise PlanError(f"block {index} cannot be reordered: {block.unsafe}")
+        if sorted(leaves(tree)) != sorted(block.aliases):
+            raise PlanError(f"tree {tree} does not cover block {index} ({', '.join(block.aliases)})")
+        _render_block(selects[index], block, tree)
+    return ast.sql(dialect="duckdb")
+
+
+def _render_block(select: exp.Select, block: JoinBlock, tree: Tree) -> None:
+    conjuncts = block_conjuncts(select)  # this copy's nodes: they may hold rendered blocks
+    nodes = dict(zip(block.aliases, from_items(select)))
+    for node in nodes.values():
+        node.pop()
+    head, chain = _chain(block, tree, nodes)
+    select.set("from_", exp.From(this=head))
+    select.set("joins", chain or None)
+    where = [conjuncts[i] for i in block.kept]
+    for rel in block.aliases:
+        where += [c.copy() for c in block.filters.get(rel, [])]
+    placed = {id(r) for j in _joins_post(tree) for r in _new_residuals(block, j)}
+    where += [exp.Paren(this=r.expr.copy()) for r in block.residuals if id(r) not in placed]
+    select.set("where", exp.Where(this=exp.and_(*where, copy=False)) if where else None)
+
+
+def _joins_post(tree: Tree):
+    if isinstance(tree, Join):
+        yield from _joins_post(tree.probe)
+        yield from _joins_post(tree.build)
+        yield tree
+
+
+def _new_residuals(block: JoinBlock, join: Join):
+    left, right = join.probe.rels, join.build.rels
+    both = left | right
+    return [r for r in block.residuals if r.rels <= both and not r.rels <= left and not r.rels <= right]
+
+
+def _chain(block: JoinBlock, tree: Tree, nodes: dict) -> tuple[exp.Expression, list[exp.Join]]:
+    """A tree as ``head JOIN x ON .. JOIN y ON ..``: its left spine is the chain."""
+    if isinstance(tree, Leaf):
+        return nodes[tree.rel], []
+    head, chain = _chain(block, tree.probe, nodes)
+    if isinstance(tree.build, Leaf):
+        right: exp.Expression = nodes[tree.build.rel]
+    else:
+        rhead, rchain = _chain(block, tree.build, nodes)
+        rhead.set("joins", rchain)
+        right = exp.Subquery(this=rhead)
+    conds = block.join_conditions(tree.probe.rels, tree.build.rels)
+    if conds:
+        chain.append(exp.Join(this=right, on=exp.and_(*conds)))
+    else:
+        chain.append(exp.Join(this=right, kind="CROSS"))
+    return head, chain

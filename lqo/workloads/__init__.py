@@ -1,0 +1,1 @@
+"""Workloads: query sets with manifests, generated TPC workloads and varied instances."""
