@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "optimize": ("lqo.optimizer", "optimize"),
     "Optimizer": ("lqo.optimizer", "Optimizer"),
-    "Optimized": ("lqo.optimizer", "Optimized"),
+    "Optimized": ("lqo.optimized", "Optimized"),
     "SearchConfig": ("lqo.search", "SearchConfig"),
     "DecisionConfig": ("lqo.decision", "DecisionConfig"),
     "prepare": ("lqo.trees.query", "prepare"),

@@ -36,3 +36,7 @@ class PlanError(LqoError):
 
 class RecipeError(LqoError):
     """A recipe or configuration file is malformed."""
+
+
+class BookError(LqoError):
+    """A plan book file is missing, corrupt or written by an incompatible version."""

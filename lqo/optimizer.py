@@ -27,7 +27,9 @@ import duckdb
 from lqo.decision import DecisionConfig, gate
 from lqo.sql.catalog import Catalog
 from lqo.errors import LqoError, MissingFileError, SchemaMismatchError
-from lqo.engine.settings import forced_settings
+from lqo.book.book import BOOK_FILE, PlanBook
+from lqo.book.serve import BookServer
+from lqo.optimized import Optimized
 from lqo.learn.features import Featurizer
 from lqo.learn.model_kinds import load_model
 from lqo.learn.models import PlanModel
@@ -41,46 +43,17 @@ STATS_FILE = "stats.json"
 CONFIG_FILE = "optimizer.json"
 
 
-@dataclass
-class Optimized:
-    """The outcome of planning one query."""
-
-    original_sql: str
-    sql: str  # what to run: the rendered plan, or the original text when native is kept
-    forced: bool  # whether ``sql`` needs the forcing settings
-    chosen: Plan | None
-    native: Plan | None
-    predicted_ms: float | None
-    predicted_native_ms: float | None
-    fallback: str | None  # why native was kept, or None
-    planning_ms: float
-    candidates: int = 0
-
-    def execute(self, con: duckdb.DuckDBPyConnection) -> list[tuple]:
-        """Run the chosen plan on ``con`` and return all rows (settings restored after)."""
-        if not self.forced:
-            return con.execute(self.sql).fetchall()
-        with forced_settings(con):
-            return con.execute(self.sql).fetchall()
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "sql": self.sql, "forced": self.forced,
-            "chosen": str(self.chosen) if self.chosen else None,
-            "native": str(self.native) if self.native else None,
-            "predicted_ms": self.predicted_ms, "predicted_native_ms": self.predicted_native_ms,
-            "fallback": self.fallback, "planning_ms": round(self.planning_ms, 3), "candidates": self.candidates,
-        }
-
-
 class Optimizer:
     """A trained model with what it needs to plan: statistics, catalog, settings."""
 
-    def __init__(self, model: PlanModel, featurizer: Featurizer, schema: str,
+    def __init__(self, model: PlanModel | None, featurizer: Featurizer | None, schema: str,
                  search: SearchConfig | None = None, decision: DecisionConfig | None = None,
-                 cache_size: int = 1024) -> None:
+                 cache_size: int = 1024, book: PlanBook | None = None) -> None:
         self.model = model
         self.featurizer = featurizer
+        self.book = book
+        # Known templates are served from the verified plan book before anything else.
+        self._server = BookServer(book, self._render_full) if book is not None else None
         self.schema = schema
         self.search = search or SearchConfig()
         self.decision = decision or DecisionConfig()
@@ -99,6 +72,14 @@ class Optimizer:
         root = Path(path)
         if not root.exists():
             raise MissingFileError(f"model not found: {root}")
+        book = PlanBook.load(root / BOOK_FILE) if (root / BOOK_FILE).is_file() else None
+        if book is not None and not (root / MODEL_FILE).is_file():
+            # A tuned plan book without a model: known templates from the book, the
+            # rest run as written.
+            opt = cls(None, None, book.schema, book=book)
+            if con is not None:
+                opt.check_schema(con)
+            return opt
         for name in (MODEL_FILE, STATS_FILE, CONFIG_FILE):
             if not (root / name).is_file():
                 raise MissingFileError(f"model directory {root} lacks {name} (not trained, or trained elsewhere)")
@@ -107,8 +88,11 @@ class Optimizer:
         stats = DatabaseStats.load(root / STATS_FILE)
         featurizer = Featurizer(stats, model.vocabulary_ or None,
                                 forced_flag=model.n_query_ == len(Featurizer.query_feature_names()))
-        opt = cls(model, featurizer, model.schema_ or config.get("schema", ""),
-                  SearchConfig(**config.get("search", {})), DecisionConfig(**config.get("decision", {})))
+        schema = model.schema_ or config.get("schema", "")
+        if book is not None and book.schema and schema and book.schema != schema:
+            raise SchemaMismatchError(f"{root}: the plan book and the model were made for different schemas")
+        opt = cls(model, featurizer, schema,
+                  SearchConfig(**config.get("search", {})), DecisionConfig(**config.get("decision", {})), book=book)
         if con is not None:
             opt.check_schema(con)
         return opt
@@ -168,12 +152,22 @@ class Optimizer:
         return score
 
     def optimize(self, sql: str, con: duckdb.DuckDBPyConnection) -> Optimized:
-        """Plan ``sql``: the model's best plan if confidently faster, else native.
+        """Plan ``sql``: the plan book's verified choice for a known template; else the
+        model's best plan if confidently faster, else native.
 
         A recurring query text is planned once: later calls return the cached decision
         (``planning_ms`` then is the cost of the look-up).
         """
         start = time.perf_counter()
+        if self._server is not None and id(con) in self._checked:
+            served = self._server.serve(sql)
+            if served is not None:
+                return served
+        if self.model is None:
+            if id(con) not in self._checked:
+                self.check_schema(con)
+            return Optimized(sql, sql, False, None, None, None, None,
+                             "template not in the plan book: run as written", _ms(start), source="native")
         cached = self._decisions.get(sql)
         if cached is not None and id(con) in self._checked:
             self._decisions.move_to_end(sql)
@@ -183,6 +177,15 @@ class Optimizer:
         if len(self._decisions) > self._cache_size:
             self._decisions.popitem(last=False)
         return result
+
+    def _render_full(self, sql: str, plan: Plan) -> str:
+        """A verified plan rendered for a text whose literals do not fit the book's slots."""
+        from lqo.sql.join_graph import build_query_graph
+        from lqo.trees.render import render
+
+        if self._catalog is None:
+            raise LqoError("the optimizer has not seen a connection yet")
+        return render(build_query_graph(sql, self._catalog), plan)
 
     def forget(self, sql: str | None = None) -> None:
         """Drop cached plans (of one query text, or all): the next call plans afresh."""

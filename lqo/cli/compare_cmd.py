@@ -23,8 +23,9 @@ def register(sub) -> None:
     )
     p.add_argument("workload", help="workload directory")
     p.add_argument("--model", required=True, help="model directory written by lqo train")
-    p.add_argument("--split", choices=["all", "train", "test"], default="all",
-                   help="which templates of the model's split to compare (default all)")
+    p.add_argument("--split", choices=["all", "train", "test", "instances"], default="all",
+                   help="which queries to compare: all; the model's train or test templates; or 'instances', "
+                   "the held-out instances of the templates `lqo tune` tuned (never run while tuning) (default all)")
     p.add_argument("--repeat", type=int, default=5, help="interleaved runs per plan (default 5)")
     p.add_argument("--csv", help="also write the per-query table to this CSV file")
     add_json_flag(p)
@@ -39,7 +40,15 @@ def run(args: argparse.Namespace) -> int:
         raise LqoError("--repeat must be >= 1")
     workload = Workload.load(args.workload)
     queries = list(workload)
-    if args.split != "all":
+    if args.split == "instances":
+        from lqo.book.book import PlanBook
+
+        held = {i for e in PlanBook.load(args.model).entries.values() for i in e.held_out}
+        queries = [q for q in queries if q.id in held]
+        if not queries:
+            raise LqoError("the plan book holds no held-out instance of this workload (tune with --tune-instances "
+                           "below the instances per template)")
+    elif args.split != "all":
         cfg_path = Path(args.model) / CONFIG_FILE
         templates = set(json.loads(cfg_path.read_text()).get(f"{args.split}_templates", [])) if cfg_path.is_file() else set()
         queries = [q for q in queries if q.template in templates]

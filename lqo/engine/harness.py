@@ -31,7 +31,7 @@ from typing import Any
 
 import duckdb
 
-from lqo.engine.settings import current_setting, forced_settings, profiling_settings
+from lqo.engine.settings import current_setting, disabled_optimizers, forced_settings, profiling_settings
 
 _UNSET = object()
 
@@ -198,7 +198,8 @@ class Harness:
         self.con = con
         self.timeout_s = timeout_s
 
-    def run(self, sql: str, forced: bool = False, timeout_s: Any = _UNSET, profile: bool = True) -> RunResult:
+    def run(self, sql: str, forced: bool = False, timeout_s: Any = _UNSET, profile: bool = True,
+            disabled: Sequence[str] = ()) -> RunResult:
         """Execute ``sql`` once and return its RunResult; never raises for query errors.
 
         ``timeout_s`` defaults to the Harness's; None means no timeout. DuckDB errors
@@ -214,7 +215,8 @@ class Harness:
             forced=forced,
             threads=int(threads) if threads is not None else None,
         )
-        with profiling_settings(con) if profile else _nothing(), forced_settings(con) if forced else _nothing():
+        rules = forced_settings(con, disabled) if forced else disabled_optimizers(con, disabled)
+        with profiling_settings(con) if profile else _nothing(), rules:
             fired = threading.Event()
             timer = None
             if timeout is not None:
@@ -273,14 +275,15 @@ def _nothing() -> Iterator[None]:
 
 def run_interleaved(
     con: duckdb.DuckDBPyConnection,
-    variants: Sequence[tuple[str, bool]],
+    variants: Sequence[tuple[str, bool] | tuple[str, bool, Sequence[str]]],
     repeats: int,
     warmup: int = 1,
     timeout_s: float | None = None,
     profile: bool = False,
     on_run: Callable[[int, int, RunResult], None] | None = None,
 ) -> list[list[RunResult]]:
-    """Run variants ``(sql, forced)`` round-robin: warm-up rounds, then ``repeats`` rounds.
+    """Run variants ``(sql, forced)`` or ``(sql, forced, disabled_rules)`` round-robin:
+    warm-up rounds, then ``repeats`` rounds.
 
     Interleaving A B C A B C ... spreads machine noise over all variants alike. A variant
     that times out or fails (in warm-up or later) is not run again; its list ends with
@@ -295,10 +298,12 @@ def run_interleaved(
     results: list[list[RunResult]] = [[] for _ in variants]
     dead = [False] * len(variants)
     for rnd in range(-warmup, repeats):
-        for i, (sql, forced) in enumerate(variants):
+        for i, variant in enumerate(variants):
             if dead[i]:
                 continue
-            r = harness.run(sql, forced=forced, timeout_s=timeout_s, profile=profile)
+            sql, forced = variant[0], variant[1]
+            disabled = variant[2] if len(variant) > 2 else ()
+            r = harness.run(sql, forced=forced, timeout_s=timeout_s, profile=profile, disabled=disabled)
             if on_run is not None:
                 on_run(i, rnd, r)
             if not r.ok:

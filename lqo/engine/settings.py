@@ -12,11 +12,14 @@ DuckDB instance, so every change is undone afterwards, also on errors and interr
 'join_order,build_side_probe_side'
 >>> con.execute("SELECT current_setting('disabled_optimizers')").fetchone()[0]
 ''
+>>> with disabled_optimizers(con, ["join_filter_pushdown"]):
+...     con.execute("SELECT current_setting('disabled_optimizers')").fetchone()[0]
+'join_filter_pushdown'
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -44,23 +47,35 @@ def _restore(con: duckdb.DuckDBPyConnection, name: str, value: Any) -> None:
 
 
 @contextmanager
-def forced_settings(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
-    """Disable join ordering and build-side swapping while the block runs; restore after.
+def disabled_optimizers(con: duckdb.DuckDBPyConnection, names: Sequence[str]) -> Iterator[None]:
+    """Disable DuckDB optimizer rules ``names`` while the block runs; restore after.
 
-    Optimizers that were already disabled (e.g. by a knob-search arm) stay disabled:
-    the forced set is added to them, not substituted.
-
-    >>> with forced_settings(con):                      # doctest: +SKIP
-    ...     con.execute(rendered_sql).fetchall()
+    Rules that were already disabled stay disabled: ``names`` are added to them. An
+    empty ``names`` changes nothing.
     """
+    if not names:
+        yield
+        return
     previous = current_setting(con, "disabled_optimizers")
     already = [o.strip() for o in str(previous or "").split(",") if o.strip()]
-    wanted = already + [o for o in FORCE_DISABLED_OPTIMIZERS if o not in already]
+    wanted = already + [o for o in names if o not in already]
     con.execute(f"SET disabled_optimizers = {_sql_str(','.join(wanted))}")
     try:
         yield
     finally:
         _restore(con, "disabled_optimizers", previous)
+
+
+@contextmanager
+def forced_settings(con: duckdb.DuckDBPyConnection, also: Sequence[str] = ()) -> Iterator[None]:
+    """Disable join ordering and build-side swapping (plus rules ``also``) while the
+    block runs: DuckDB then executes the joins exactly as written. Restored after.
+
+    >>> with forced_settings(con):                      # doctest: +SKIP
+    ...     con.execute(rendered_sql).fetchall()
+    """
+    with disabled_optimizers(con, tuple(FORCE_DISABLED_OPTIMIZERS) + tuple(o for o in also if o not in FORCE_DISABLED_OPTIMIZERS)):
+        yield
 
 
 @contextmanager

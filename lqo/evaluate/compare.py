@@ -43,6 +43,7 @@ class QueryComparison:
     chosen: str | None = None
     wrong: bool = False
     timed_out: bool = False
+    source: str = "model"  # "book", "model" or "native" (see Optimized.source)
 
 
 @dataclass
@@ -119,8 +120,9 @@ def compare_query(con, optimizer: Optimizer, q: Query, config: CompareConfig) ->
     res = optimizer.optimize(q.sql, con)
     warm_ms = optimizer.optimize(q.sql, con).planning_ms  # the recurring query: cached plan
     variants = [(q.sql, False)]
-    if res.forced:
-        variants.append((res.sql, True))
+    uses_lqo = res.forced or bool(res.disabled)
+    if uses_lqo:
+        variants.append((res.sql, res.forced, res.disabled))
     pq = optimizer.prepare(q.sql, con)
     if pq.forceable:
         variants.append((pq.render(pq.native_plan), True))
@@ -133,8 +135,9 @@ def compare_query(con, optimizer: Optimizer, q: Query, config: CompareConfig) ->
     reference = next((r.fingerprint for r in native_runs if r.ok), None)
     out = QueryComparison(q.id, q.template, native_ms, native_ms + res.planning_ms, res.planning_ms, 1.0,
                           warm_planning_ms=warm_ms, fallback=res.fallback,
-                          chosen=str(res.chosen) if res.chosen else None)
-    if res.forced:
+                          chosen=str(res.chosen) if res.chosen else (f"arm: {','.join(res.disabled)} off" if res.disabled else None),
+                          source=res.source)
+    if uses_lqo:
         lqo_runs = results[1]
         out.timed_out = any(r.timed_out for r in lqo_runs)
         out.wrong = any(r.ok and r.fingerprint != reference for r in lqo_runs)

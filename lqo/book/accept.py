@@ -1,0 +1,101 @@
+"""The acceptance rule: a candidate replaces native only when paired runs prove it faster.
+
+Input: for each tuning instance of a template, paired, interleaved rounds of
+``(native_ms, candidate_ms)`` measured on one machine. A candidate is accepted when:
+
+- every instance has at least ``min_rounds`` paired rounds, and the candidate never
+  failed, timed out or returned another result (the caller passes ``failed``);
+- the median over instances of the per-instance median ratio candidate/native is at
+  most ``max_median`` (0.95);
+- the upper end of a bootstrap 95% interval of that statistic (instances resampled,
+  then each instance's rounds) is below ``max_upper`` (1.0);
+- no instance's median ratio exceeds ``max_instance`` (1.05).
+
+>>> rule = AcceptRule()
+>>> fast = {"i1": [(100, 80)] * 5, "i2": [(50, 41), (52, 40), (49, 42), (51, 40), (50, 39)]}
+>>> v = judge(fast, rule)
+>>> v.accepted, round(v.median_ratio, 3), v.reason
+(True, 0.792, 'accepted')
+>>> judge({"i1": [(100, 80)] * 5, "i2": [(50, 60)] * 5}, rule).reason
+'instance i2 runs 1.20x native'
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from dataclasses import asdict, dataclass
+from typing import Mapping, Sequence
+
+
+@dataclass(frozen=True)
+class AcceptRule:
+    min_rounds: int = 5
+    max_median: float = 0.95
+    max_upper: float = 1.0
+    max_instance: float = 1.05
+    resamples: int = 2000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    accepted: bool
+    reason: str
+    median_ratio: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    worst_instance: float | None = None
+    instances: int = 0
+    rounds: int = 0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> "Verdict":
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def judge(pairs: Mapping[str, Sequence[tuple[float, float]]], rule: AcceptRule = AcceptRule(),
+          failed: str | None = None) -> Verdict:
+    """Apply ``rule`` to paired rounds per instance; ``failed`` rejects outright."""
+    if failed:
+        return Verdict(False, failed)
+    if not pairs:
+        return Verdict(False, "no paired runs")
+    ratios = {}
+    for inst, rounds in pairs.items():
+        r = [c / n for n, c in rounds if n > 0]
+        if len(r) < rule.min_rounds:
+            return Verdict(False, f"instance {inst} has {len(r)} paired rounds, fewer than {rule.min_rounds}")
+        ratios[inst] = r
+    per_instance = {i: statistics.median(r) for i, r in ratios.items()}
+    med = statistics.median(per_instance.values())
+    lo, hi = _bootstrap(list(ratios.values()), rule)
+    worst_inst, worst = max(per_instance.items(), key=lambda kv: kv[1])
+    figures = dict(median_ratio=med, ci_low=lo, ci_high=hi, worst_instance=worst,
+                   instances=len(ratios), rounds=sum(len(r) for r in ratios.values()))
+    if worst > rule.max_instance:
+        return Verdict(False, f"instance {worst_inst} runs {worst:.2f}x native", **figures)
+    if med > rule.max_median:
+        return Verdict(False, f"median ratio {med:.3f} is above {rule.max_median}", **figures)
+    if hi >= rule.max_upper:
+        return Verdict(False, f"95% interval reaches {hi:.3f} (must stay below {rule.max_upper})", **figures)
+    return Verdict(True, "accepted", **figures)
+
+
+def _bootstrap(ratios: list[list[float]], rule: AcceptRule) -> tuple[float, float]:
+    """2.5% and 97.5% percentiles of the median of instance medians, resampling
+    instances and, within each, its rounds."""
+    rng = random.Random(rule.seed)
+    k = len(ratios)
+    stats = []
+    for _ in range(rule.resamples):
+        meds = []
+        for _ in range(k):
+            r = ratios[rng.randrange(k)]
+            meds.append(statistics.median(rng.choices(r, k=len(r))))
+        stats.append(statistics.median(meds))
+    stats.sort()
+    return stats[int(0.025 * (len(stats) - 1))], stats[int(0.975 * (len(stats) - 1))]

@@ -1,0 +1,167 @@
+"""The plan book: per template, its candidate plans, their verdicts and the verified choice.
+
+One small JSON file (``book.json`` in the model directory), loaded without torch or
+sqlglot in milliseconds and schema-fingerprinted like a model. A template's choice is
+``native`` unless a candidate passed the acceptance rule (:mod:`lqo.book.accept`); the
+figures of that verdict are kept with the choice.
+
+Candidates are either *trees* (a whole-query ``Plan``, forced; served from a slot
+rendering) or *arms* (the native text run with some DuckDB optimizer rules disabled: no
+tree is forced, so no forcing penalty).
+
+>>> book = PlanBook(schema="sha1:abc")
+>>> e = book.entry("k1", template="q07", sample_sql="SELECT 1")
+>>> e.candidates["arm:join_filter_pushdown"] = Candidate("arm:join_filter_pushdown", "arm", ("join_filter_pushdown",))
+>>> PlanBook.from_json(book.to_json()).entries["k1"].choice
+'native'
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lqo.book.accept import Verdict
+from lqo.errors import BookError, SchemaMismatchError
+
+BOOK_FILE = "book.json"
+FORMAT = "lqo-plan-book/1"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """``id``: ``native``, ``arm:<rules>`` or ``tree:<plan key>``; ``plan``: the Plan's
+    JSON (trees); ``slots``: its slot rendering's JSON (trees, when it could be cut)."""
+
+    id: str
+    kind: str  # "native" | "arm" | "tree"
+    disabled: tuple[str, ...] = ()
+    plan: str | None = None
+    slots: list | None = None
+    origin: str = ""  # how it was proposed: "arm", "star", "random", "model", ...
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "kind": self.kind, "disabled": list(self.disabled), "plan": self.plan,
+                "slots": self.slots, "origin": self.origin}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Candidate":
+        return cls(d["id"], d["kind"], tuple(d.get("disabled") or ()), d.get("plan"), d.get("slots"), d.get("origin", ""))
+
+
+NATIVE = Candidate("native", "native")
+
+
+@dataclass
+class BookEntry:
+    key: str
+    template: str
+    sample_sql: str
+    instances: list[str] = field(default_factory=list)  # tuning instances (query ids)
+    held_out: list[str] = field(default_factory=list)  # instances never run while tuning
+    weight_ms: float = 0.0  # native time of the template's tuning instances (priority weight)
+    native_ms: dict[str, float] = field(default_factory=dict)  # per tuning instance, median
+    fingerprints: dict[str, str] = field(default_factory=dict)  # per tuning instance: native result
+    choice: str = "native"
+    candidates: dict[str, Candidate] = field(default_factory=dict)
+    verdicts: dict[str, Verdict] = field(default_factory=dict)
+    screened: dict[str, float] = field(default_factory=dict)  # candidate -> screening ratio (inf: timed out)
+    verified_at: str | None = None
+    note: str | None = None  # e.g. why the template is left native without trying anything
+
+    @property
+    def chosen(self) -> Candidate:
+        return self.candidates.get(self.choice, NATIVE)
+
+    def to_json(self) -> dict:
+        return {
+            "key": self.key, "template": self.template, "sample_sql": self.sample_sql,
+            "instances": self.instances, "held_out": self.held_out, "weight_ms": self.weight_ms,
+            "native_ms": self.native_ms, "fingerprints": self.fingerprints,
+            "choice": self.choice, "candidates": [c.to_json() for c in self.candidates.values()],
+            "verdicts": {k: v.to_json() for k, v in self.verdicts.items()},
+            "screened": {k: (None if v == float("inf") else v) for k, v in self.screened.items()},
+            "verified_at": self.verified_at, "note": self.note,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> "BookEntry":
+        e = cls(d["key"], d["template"], d["sample_sql"], instances=list(d.get("instances", [])),
+                held_out=list(d.get("held_out", [])), weight_ms=float(d.get("weight_ms", 0.0)),
+                choice=d.get("choice", "native"))
+        e.native_ms = {k: float(v) for k, v in d.get("native_ms", {}).items()}
+        e.fingerprints = dict(d.get("fingerprints", {}))
+        e.candidates = {c["id"]: Candidate.from_json(c) for c in d.get("candidates", [])}
+        e.verdicts = {k: Verdict.from_json(v) for k, v in d.get("verdicts", {}).items()}
+        e.screened = {k: (float("inf") if v is None else float(v)) for k, v in d.get("screened", {}).items()}
+        e.verified_at, e.note = d.get("verified_at"), d.get("note")
+        if e.choice != "native" and e.choice not in e.candidates:
+            raise BookError(f"template {e.template}: choice {e.choice} is not among its candidates")
+        return e
+
+    def adopt(self, candidate_id: str) -> None:
+        self.choice = candidate_id
+        self.verified_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class PlanBook:
+    schema: str = ""
+    entries: dict[str, BookEntry] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def entry(self, key: str, template: str, sample_sql: str) -> BookEntry:
+        if key not in self.entries:
+            self.entries[key] = BookEntry(key, template, sample_sql)
+        return self.entries[key]
+
+    def by_template(self) -> dict[str, BookEntry]:
+        return {e.template: e for e in self.entries.values()}
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "schema": self.schema, "meta": self.meta,
+                "templates": [e.to_json() for e in self.entries.values()]}
+
+    @classmethod
+    def from_json(cls, d: Any) -> "PlanBook":
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise BookError(f"not a plan book (expected format {FORMAT})")
+        try:
+            entries = [BookEntry.from_json(e) for e in d.get("templates", [])]
+        except (KeyError, TypeError, ValueError) as err:
+            raise BookError(f"malformed plan book entry: {err}") from None
+        return cls(str(d.get("schema", "")), {e.key: e for e in entries}, dict(d.get("meta", {})))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically: a reader sees the old book or the new one, never half."""
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=1))
+        tmp.replace(p)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, expected_schema: str | None = None) -> "PlanBook":
+        """Read a book; ``BookError`` if missing or corrupt, ``SchemaMismatchError`` if
+        it was tuned for another schema than ``expected_schema``."""
+        p = Path(path)
+        if p.is_dir():
+            p = p / BOOK_FILE
+        if not p.is_file():
+            raise BookError(f"plan book not found: {p}")
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise BookError(f"corrupt plan book {p}: {err}") from None
+        try:
+            book = cls.from_json(data)
+        except BookError as err:
+            raise BookError(f"{p}: {err}") from None
+        if expected_schema is not None and book.schema and book.schema != expected_schema:
+            raise SchemaMismatchError(f"plan book {p} was tuned for schema {book.schema}, "
+                                      f"this database has schema {expected_schema}")
+        return book

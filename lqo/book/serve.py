@@ -1,0 +1,87 @@
+"""Serving a recurring query from the plan book: template look-up, no model, no parse.
+
+Known template, choice native -> the text as written. Known, a setting arm -> the text
+with the arm's optimizer rules disabled. Known, a forced tree -> the verified plan,
+filled with this instance's literals from the template's slot rendering; where no slot
+rendering fits (the instance has another number of literals), ``render_full`` renders
+the plan for this text (a parse, still no model). Unknown template -> None.
+
+>>> server = BookServer(PlanBook.load("runs/tpcds"))     # doctest: +SKIP
+>>> res = server.serve(sql)                              # doctest: +SKIP
+>>> res.source, res.planning_ms                          # doctest: +SKIP
+('book', 0.04)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import OrderedDict
+from typing import Callable
+
+from lqo.book.book import BookEntry, PlanBook
+from lqo.book.slots import SlotRendering
+from lqo.book.template import template_key
+from lqo.optimized import Optimized
+from lqo.trees.plan import Plan
+
+# (sql, plan) -> the plan rendered for this text; raises LqoError when it does not fit.
+FullRenderer = Callable[[str, Plan], str]
+
+
+class BookServer:
+    def __init__(self, book: PlanBook, render_full: FullRenderer | None = None, cache_size: int = 4096) -> None:
+        self.book = book
+        self.render_full = render_full
+        # Exact texts recur too (a dashboard's refresh): those skip even the key.
+        self._texts: OrderedDict[str, Optimized | None] = OrderedDict()
+        self._cache_size = cache_size
+        # Everything a look-up needs is decoded once, here: plans, slot renderings.
+        self._served: dict[str, tuple[BookEntry, Plan | None, SlotRendering | None]] = {}
+        for key, e in book.entries.items():
+            c = e.chosen
+            plan = Plan.from_json(c.plan) if c.kind == "tree" and c.plan else None
+            slots = SlotRendering.from_json(c.slots) if c.kind == "tree" and c.slots else None
+            self._served[key] = (e, plan, slots)
+
+    def __contains__(self, sql: str) -> bool:
+        return template_key(sql).key in self._served
+
+    def serve(self, sql: str) -> Optimized | None:
+        """The book's verified choice for ``sql``, or None for an unknown template."""
+        start = time.perf_counter()
+        if sql in self._texts:
+            self._texts.move_to_end(sql)
+            hit = self._texts[sql]
+            return None if hit is None else dataclasses.replace(hit, planning_ms=_ms(start))
+        result = self._serve(sql, start)
+        self._texts[sql] = result
+        if len(self._texts) > self._cache_size:
+            self._texts.popitem(last=False)
+        return result
+
+    def _serve(self, sql: str, start: float) -> Optimized | None:
+        tk = template_key(sql)
+        hit = self._served.get(tk.key)
+        if hit is None:
+            return None
+        entry, plan, slots = hit
+        c = entry.chosen
+        if c.kind == "native":
+            return Optimized(sql, sql, False, None, None, None, None,
+                             f"plan book: native verified for template {entry.template}", _ms(start), source="book")
+        if c.kind == "arm":
+            return Optimized(sql, sql, False, None, None, None, None, None, _ms(start),
+                             disabled=c.disabled, source="book")
+        if slots is not None and slots.n_literals == len(tk.literals):
+            text = slots.fill(tk.literals)
+        elif self.render_full is not None and plan is not None:
+            text = self.render_full(sql, plan)
+        else:
+            return Optimized(sql, sql, False, None, None, None, None,
+                             "plan book: no rendering of the verified plan fits this text", _ms(start), source="book")
+        return Optimized(sql, text, True, plan, None, None, None, None, _ms(start), source="book")
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000

@@ -1,0 +1,384 @@
+"""``lqo tune``: explore candidate plans per template offline, adopt only verified wins.
+
+Per template (instances that share a :func:`~lqo.book.template.template_key`), the
+first ``tune_instances`` instances by id are tuned on; the others are held out and never
+run here. The budget is spent on (template, candidate) pairs in order of expected
+improvement x template weight (native time of its tuning instances):
+
+1. *baseline*: native runs of every tuning instance (median, result fingerprint);
+2. *screening*: one run of a candidate on the first tuning instance, cut at the
+   native latency (the best known), result checked against native;
+3. *acceptance*: a candidate that screened below ``screen_below`` x native gets paired,
+   interleaved rounds against native on every tuning instance, judged by
+   :mod:`lqo.book.accept`; it becomes the template's choice if accepted and better than
+   the current one.
+
+Candidates: setting arms (the native text with one DuckDB optimizer rule disabled; no
+forced tree, no forcing penalty), the star-shaped plan from lqo's own estimates,
+build-side flips and local moves of DuckDB's native tree, and random trees.
+
+``strategy="learned"`` orders candidates by what screening has shown so far, across
+templates: each candidate origin (an arm's rule, ``star``, ``flip``, ``random``) keeps
+a posterior of how often it screens as a win and by how much, and the next pair is the
+one with the highest expected saving in ms (Thompson-style optimism for origins seldom
+tried). ``strategy="random"`` draws pairs uniformly: the baseline learned exploration
+must beat. The book is saved after every step, so Ctrl-C or a kill loses at most the
+step under way, and a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from lqo.book.accept import AcceptRule, judge
+from lqo.book.book import BOOK_FILE, Candidate, PlanBook
+from lqo.book.slots import SlotRendering
+from lqo.book.template import template_key
+from lqo.engine.harness import is_user_interrupt, median_latency, run_interleaved
+from lqo.errors import LqoError
+from lqo.estimates.cardinality import Estimator
+from lqo.estimates.stats import DatabaseStats
+from lqo.search import neighbours, star_plan
+from lqo.sql.catalog import Catalog
+from lqo.sql.join_graph import build_query_graph
+from lqo.train.experience import ExperienceStore
+from lqo.trees.plan import Plan
+from lqo.trees.query import prepare
+from lqo.trees.render import render
+from lqo.workloads.workload import Query, Workload
+
+# DuckDB optimizer rules whose removal won on TPC-DS SF1 (see docs/duckdb-plan-control.md).
+ARMS: tuple[str, ...] = ("join_filter_pushdown", "build_side_probe_side", "join_order",
+                         "compressed_materialization", "cte_inlining")
+HISTORY_FILE = "tune_history.json"
+STORE_FILE = "experience.duckdb"
+
+
+@dataclass
+class TuneConfig:
+    budget_min: float = 10.0  # wall-clock minutes for this run (a rerun adds its own)
+    tune_instances: int = 3  # instances per template tuned on; the rest are held out
+    rounds: int = 5  # paired rounds per tuning instance in an acceptance test
+    screen_below: float = 0.95  # a screening ratio below this earns an acceptance test
+    random_trees: int = 3  # random trees per template among the candidates
+    moves: int = 4  # local moves of the native tree (build-side flips first)
+    strategy: str = "learned"  # "learned" | "random"
+    model: str | None = None  # a trained model directory (lqo train): scores tree candidates, adds its search's best
+    seed: int = 0
+    rule: AcceptRule = field(default_factory=AcceptRule)
+
+    def validate(self) -> None:
+        if not self.budget_min > 0:
+            raise LqoError("--budget must be > 0 minutes")
+        if self.strategy not in ("learned", "random"):
+            raise LqoError("--strategy must be 'learned' or 'random'")
+        if self.tune_instances < 1 or self.rounds < self.rule.min_rounds:
+            raise LqoError(f"need >= 1 tuning instance and >= {self.rule.min_rounds} rounds")
+
+
+@dataclass
+class TuneResult:
+    templates: int = 0
+    screened: int = 0
+    tested: int = 0
+    adopted: int = 0
+    wrong: int = 0
+    elapsed_s: float = 0.0
+    interrupted: bool = False
+    history: list = field(default_factory=list)
+
+
+@dataclass
+class _Template:
+    key: str
+    template: str
+    tune: list[Query]
+    held_out: list[Query]
+
+
+class _OriginStats:
+    """Per candidate origin: screening outcomes seen so far (the learned prior)."""
+
+    def __init__(self) -> None:
+        self.tries: dict[str, int] = defaultdict(int)
+        self.wins: dict[str, int] = defaultdict(int)
+        self.gain: dict[str, float] = defaultdict(float)
+
+    def update(self, origin: str, ratio: float, win: bool) -> None:
+        self.tries[origin] += 1
+        if win:
+            self.wins[origin] += 1
+            self.gain[origin] += max(0.0, 1.0 - ratio)
+
+    def expected_gain(self, origin: str, rng: random.Random) -> float:
+        # Beta(1 + wins, 1 + losses) draw for the chance to win, times the mean gain of
+        # wins so far (0.15 before any): optimistic for origins seldom tried.
+        n, w = self.tries[origin], self.wins[origin]
+        p = rng.betavariate(1 + w, 1 + n - w)
+        g = self.gain[origin] / w if w else 0.15
+        return p * g
+
+
+class Tuner:
+    def __init__(self, workload: Workload, out: str | Path, config: TuneConfig | None = None,
+                 log: Callable[[str], None] = print) -> None:
+        self.workload = workload
+        self.out = Path(out)
+        self.config = config or TuneConfig()
+        self.config.validate()
+        self.log = log
+
+    # ------------------------------------------------------------------ set-up
+    def _templates(self) -> list[_Template]:
+        groups: dict[str, list[Query]] = defaultdict(list)
+        for q in self.workload:
+            groups[template_key(q.sql).key].append(q)
+        out = []
+        for key, qs in groups.items():
+            qs = sorted(qs, key=lambda q: q.id)
+            k = self.config.tune_instances
+            out.append(_Template(key, qs[0].template, qs[:k], qs[k:]))
+        return sorted(out, key=lambda t: t.tune[0].id)
+
+    def run(self) -> TuneResult:
+        cfg = self.config
+        start = time.perf_counter()
+        deadline = start + cfg.budget_min * 60
+        self.out.mkdir(parents=True, exist_ok=True)
+        con = self.workload.connect()
+        catalog = Catalog.from_connection(con)
+        book_path = self.out / BOOK_FILE
+        book = PlanBook.load(book_path, catalog.fingerprint) if book_path.is_file() else PlanBook(catalog.fingerprint)
+        book.meta.update({"workload": str(self.workload.root), "tune_instances": cfg.tune_instances})
+        history_path = self.out / HISTORY_FILE
+        history = json.loads(history_path.read_text()) if history_path.is_file() else []
+        offset = history[-1]["elapsed_s"] if history else 0.0
+        result = TuneResult(history=history)
+        stats = DatabaseStats.load_or_build(con, catalog, self.out / "stats.json")
+        store = ExperienceStore.open(self.out / STORE_FILE)
+        rng = random.Random(cfg.seed)
+        origins = _OriginStats()
+        for e in book.entries.values():  # what earlier runs learned
+            for cid, ratio in e.screened.items():
+                c = e.candidates.get(cid)
+                if c is not None:
+                    origins.update(c.origin, ratio, ratio < cfg.screen_below)
+        optimizer = None
+        if cfg.model:
+            from lqo.optimizer import Optimizer  # torch only when a model guides the search
+
+            optimizer = Optimizer.load(cfg.model, con)
+        ctx = _Context(con, catalog, stats, store, book, cfg, optimizer)
+        try:
+            templates = self._templates()
+            result.templates = len(templates)
+            pending: list[tuple[_Template, Candidate]] = []
+            for t in templates:
+                entry = book.entry(t.key, t.template, t.tune[0].sql)
+                entry.instances, entry.held_out = [q.id for q in t.tune], [q.id for q in t.held_out]
+                if not entry.native_ms:
+                    ctx.baseline(t, entry)
+                    book.save(book_path)
+                if time.perf_counter() > deadline:
+                    break
+                for c in ctx.candidates(t, entry, random.Random(f"{cfg.seed}/{t.key}")):
+                    if c.id not in entry.screened:
+                        pending.append((t, c))
+            self.log(f"tune: {len(templates)} templates, {len(pending)} candidates to try "
+                     f"({cfg.strategy} order, budget {cfg.budget_min:g} min)")
+            _record(history, offset, start, book, result)
+            while pending and time.perf_counter() < deadline:
+                i = self._pick(pending, book, origins, rng, ctx.predicted)
+                t, c = pending.pop(i)
+                entry = book.entries[t.key]
+                ratio, wrong = ctx.screen(t, entry, c)
+                result.screened += 1
+                result.wrong += wrong
+                entry.screened[c.id] = ratio
+                origins.update(c.origin, ratio, ratio < cfg.screen_below)
+                if ratio < cfg.screen_below and not wrong:
+                    result.tested += 1
+                    verdict = ctx.accept(t, entry, c)
+                    entry.verdicts[c.id] = verdict
+                    current = entry.verdicts.get(entry.choice)
+                    if verdict.accepted and (current is None or entry.choice == "native"
+                                             or verdict.median_ratio < current.median_ratio):
+                        entry.adopt(c.id)
+                        result.adopted += 1
+                        self.log(f"tune: {t.template} adopts {c.id}: {verdict.median_ratio:.3f}x native "
+                                 f"(95% interval {verdict.ci_low:.3f}-{verdict.ci_high:.3f})")
+                book.save(book_path)
+                _record(history, offset, start, book, result)
+                history_path.write_text(json.dumps(history))
+        except (KeyboardInterrupt, RuntimeError) as err:
+            if not is_user_interrupt(err):
+                raise
+            result.interrupted = True
+        finally:
+            book.save(book_path)
+            _record(history, offset, start, book, result)
+            history_path.write_text(json.dumps(history))
+            store.close()
+            con.close()
+        result.elapsed_s = time.perf_counter() - start
+        return result
+
+    def _pick(self, pending, book: PlanBook, origins: _OriginStats, rng: random.Random,
+              predicted: dict[tuple[str, str], tuple[float, float]]) -> int:
+        if self.config.strategy == "random":
+            return rng.randrange(len(pending))
+        best, best_i = -1.0, 0
+        for i, (t, c) in enumerate(pending):
+            e = book.entries[t.key]
+            current = e.verdicts.get(e.choice)
+            # Saving still on offer: a template already sped up has less left to win.
+            left = current.median_ratio if current is not None and e.choice != "native" else 1.0
+            gain = origins.expected_gain(c.origin, rng)
+            model = predicted.get((t.key, c.id))
+            if model is not None:  # the ensemble's predicted gain, optimistic by its spread
+                gain = 0.5 * gain + 0.5 * max(0.0, model[0] + model[1])
+            score = e.weight_ms * left * gain
+            if score > best:
+                best, best_i = score, i
+        return best_i
+
+
+def _record(history: list, offset: float, start: float, book: PlanBook, result: TuneResult) -> None:
+    """One point of the learning curve: the tuning instances' time under the book."""
+    total = native = 0.0
+    for e in book.entries.values():
+        v = e.verdicts.get(e.choice)
+        ratio = v.median_ratio if v is not None and e.choice != "native" else 1.0
+        native += e.weight_ms
+        total += e.weight_ms * ratio
+    history.append({"elapsed_s": round(offset + time.perf_counter() - start, 2), "book_ms": round(total, 3),
+                    "native_ms": round(native, 3), "screened": result.screened, "adopted": result.adopted})
+
+
+class _Context:
+    """What the tuning steps share: connection, catalog, statistics, store, book."""
+
+    def __init__(self, con, catalog: Catalog, stats: DatabaseStats, store: ExperienceStore,
+                 book: PlanBook, config: TuneConfig, optimizer=None) -> None:
+        self.con, self.catalog, self.stats, self.store, self.book, self.config = con, catalog, stats, store, book, config
+        self.optimizer = optimizer
+        # (template key, candidate id) -> (predicted gain over native, ensemble spread)
+        self.predicted: dict[tuple[str, str], tuple[float, float]] = {}
+
+    def _record(self, q: Query, kind: str, plan_json, sql: str | None, runs) -> None:
+        qk = self.store.add_query(q.sql, str(self.book.meta.get("workload", "")), None, q.id, q.template)
+        pk = self.store.add_plan(qk, kind, plan_json, sql)
+        self.store.record_runs([(pk, r) for r in runs])
+
+    def baseline(self, t: _Template, entry) -> None:
+        for q in t.tune:
+            runs = run_interleaved(self.con, [(q.sql, False)], repeats=3, warmup=1)[0]
+            self._record(q, "native", None, None, runs)
+            ok = [r for r in runs if r.ok]
+            if not ok:
+                entry.note = f"native run of {q.id} failed: {runs[-1].error if runs else 'no run'}"
+                continue
+            entry.native_ms[q.id] = median_latency(ok)
+            entry.fingerprints[q.id] = ok[0].fingerprint
+        entry.weight_ms = sum(entry.native_ms.values())
+
+    def candidates(self, t: _Template, entry, rng: random.Random) -> list[Candidate]:
+        if entry.note or not entry.native_ms:
+            return []
+        out = [Candidate(f"arm:{rule}", "arm", (rule,), origin=f"arm:{rule}") for rule in ARMS]
+        try:
+            pq = prepare(t.tune[0].sql, self.con, self.catalog)
+        except LqoError as err:
+            entry.note = f"not planned: {err}"
+            return out
+        if not pq.forceable or not pq.free_blocks:
+            entry.note = pq.reason or "no block lqo may reorder"
+            return out  # arms need no tree: every query is eligible
+        native = pq.native_plan
+        plans: list[tuple[str, Plan]] = []
+        star = star_plan(pq, Estimator(self.stats, pq.graph))
+        plans.append(("star", star))
+        moves = neighbours(native, pq.free_blocks)
+        rng.shuffle(moves)
+        plans += [("flip", p) for p in moves[: self.config.moves]]
+        plans += [("random", p) for p in pq.random_plans(self.config.random_trees, rng)]
+        scores = None
+        if self.optimizer is not None:
+            spread: dict[Plan, float] = {}
+            result, _ = self.optimizer.decide(pq)
+            plans.insert(0, ("model", result.best))
+            scorer = self.optimizer.scorer(pq, spread)
+            everything = [native] + [p for _, p in plans]
+            scores = dict(zip(everything, scorer(everything).tolist()))
+        seen = {native}
+        for origin, plan in plans:
+            if plan in seen:
+                continue
+            seen.add(plan)
+            try:
+                slots = SlotRendering.build(t.tune[0].sql, self.catalog, plan).to_json()
+            except LqoError:
+                slots = None
+            cid = f"tree:{plan.key[:12]}"
+            out.append(Candidate(cid, "tree", (), plan.to_json(), slots, origin))
+            if scores is not None and scores[native] > 0:
+                self.predicted[(t.key, cid)] = (1.0 - scores[plan] / scores[native], spread.get(plan, 0.0))
+        for c in out:
+            entry.candidates.setdefault(c.id, c)
+        return out
+
+    def _variant(self, c: Candidate, q: Query) -> tuple[str, bool, tuple[str, ...]]:
+        if c.kind == "arm":
+            return (q.sql, False, c.disabled)
+        plan = Plan.from_json(c.plan)
+        if c.slots is not None:
+            tk = template_key(q.sql)
+            sr = SlotRendering.from_json(c.slots)
+            if sr.n_literals == len(tk.literals):
+                return (sr.fill(tk.literals), True, ())
+        return (render(build_query_graph(q.sql, self.catalog), plan), True, ())
+
+    def screen(self, t: _Template, entry, c: Candidate) -> tuple[float, int]:
+        """Ratio of one run of ``c`` on the first tuning instance to its native median
+        (inf when cut at the native latency or failed); 1 wrong result -> (inf, 1)."""
+        q = t.tune[0]
+        native_ms = entry.native_ms.get(q.id)
+        if native_ms is None:
+            return float("inf"), 0
+        variant = self._variant(c, q)
+        timeout_s = max(0.05, native_ms / 1000)
+        r = run_interleaved(self.con, [variant], repeats=1, warmup=0, timeout_s=timeout_s)[0][-1]
+        self._record(q, c.kind, c.plan or {"arm": list(c.disabled)}, variant[0] if variant[1] else None, [r])
+        if r.ok and r.fingerprint != entry.fingerprints.get(q.id):
+            return float("inf"), 1
+        if not r.ok:
+            return float("inf"), 0
+        return r.latency_ms / native_ms, 0
+
+    def accept(self, t: _Template, entry, c: Candidate):
+        pairs = {}
+        failed = None
+        for q in t.tune:
+            if q.id not in entry.native_ms:
+                continue
+            variant = self._variant(c, q)
+            timeout_s = max(0.2, 3 * entry.native_ms[q.id] / 1000)
+            native_runs, cand_runs = run_interleaved(self.con, [(q.sql, False), variant], repeats=self.config.rounds,
+                                                     warmup=1, timeout_s=timeout_s)
+            self._record(q, "native", None, None, native_runs)
+            self._record(q, c.kind, c.plan or {"arm": list(c.disabled)}, variant[0] if variant[1] else None, cand_runs)
+            if any(not r.ok for r in cand_runs) or len(cand_runs) < len(native_runs):
+                failed = f"failed or timed out on {q.id}"
+                break
+            if any(r.fingerprint != entry.fingerprints.get(q.id) for r in cand_runs):
+                failed = f"wrong result on {q.id}"
+                break
+            pairs[q.id] = [(n.latency_ms, x.latency_ms) for n, x in zip(native_runs, cand_runs)]
+        return judge(pairs, self.config.rule, failed)

@@ -1,0 +1,89 @@
+"""``lqo tune WORKLOAD --budget MINUTES --out DIR`` and ``lqo book show DIR``."""
+
+from __future__ import annotations
+
+import argparse
+
+from lqo.cli.output import add_json_flag, emit
+from lqo.errors import LqoError
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="explore plans per query template and adopt only those measured faster than native",
+        description="Spend the budget on candidate plans per template (setting arms, star, build-side flips, "
+        "random trees), screened once and then tested in paired, interleaved rounds against the native text on "
+        "the template's tuning instances. A plan is adopted only when the acceptance rule holds; the result is a "
+        "plan book (DIR/book.json) that lqo serves by template look-up. Rerun to resume; Ctrl-C keeps what was "
+        "measured.",
+    )
+    p.add_argument("workload", help="workload directory (several instances per template: lqo workload vary)")
+    p.add_argument("--budget", type=float, required=True, metavar="MINUTES", help="wall-clock minutes for this run")
+    p.add_argument("--out", required=True, metavar="DIR", help="model directory: book.json, experience, history")
+    p.add_argument("--tune-instances", type=int, default=3,
+                   help="instances per template tuned on; the others are held out (default 3)")
+    p.add_argument("--rounds", type=int, default=5, help="paired rounds per instance in an acceptance test (default 5)")
+    p.add_argument("--strategy", choices=["learned", "random"], default="learned",
+                   help="what to try next: learned from screening so far, or uniformly random (default learned)")
+    p.add_argument("--model", metavar="DIR", help="a model trained by `lqo train`: its ensemble scores tree "
+                   "candidates (spread = uncertainty) and its search proposes one more per template")
+    p.add_argument("--seed", type=int, default=0)
+    add_json_flag(p)
+    p.set_defaults(handler=run)
+
+    b = sub.add_parser("book", help="inspect a plan book")
+    bsub = b.add_subparsers(dest="book_command", metavar="COMMAND")
+    bsub.required = True
+    show = bsub.add_parser("show", help="per template: choice, measured ratio and interval, instances, when verified")
+    show.add_argument("model", metavar="MODEL", help="model directory (or a book.json)")
+    add_json_flag(show)
+    show.set_defaults(handler=run_show)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lqo.book.tune import TuneConfig, Tuner
+    from lqo.workloads.workload import Workload
+
+    if not args.budget > 0:
+        raise LqoError("--budget must be > 0 minutes")
+    workload = Workload.load(args.workload)
+    config = TuneConfig(budget_min=args.budget, tune_instances=args.tune_instances, rounds=args.rounds,
+                        strategy=args.strategy, model=args.model, seed=args.seed)
+    log = (lambda line: None) if args.json else (lambda line: print(line, flush=True))
+    result = Tuner(workload, args.out, config, log=log).run()
+    last = result.history[-1] if result.history else {}
+    ratio = last["book_ms"] / last["native_ms"] if last.get("native_ms") else None
+    text = (f"tuned {result.templates} templates in {result.elapsed_s:.0f} s: {result.screened} candidates screened, "
+            f"{result.tested} tested, {result.adopted} adopted, {result.wrong} wrong results; tuning instances under "
+            f"the book: {'-' if ratio is None else f'{ratio:.3f}x'} native" + (" (interrupted)" if result.interrupted else "")
+            + f"\nbook: {args.out}/book.json")
+    emit(args, text, {"out": args.out, "templates": result.templates, "screened": result.screened,
+                      "tested": result.tested, "adopted": result.adopted, "wrong": result.wrong,
+                      "elapsed_s": round(result.elapsed_s, 1), "interrupted": result.interrupted,
+                      "tuning_ratio": ratio})
+    return 130 if result.interrupted else 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from lqo.book.book import PlanBook
+
+    book = PlanBook.load(args.model)
+    rows = []
+    for e in sorted(book.entries.values(), key=lambda e: e.template):
+        v = e.verdicts.get(e.choice)
+        rows.append({"template": e.template, "key": e.key, "choice": e.choice,
+                     "ratio": None if v is None else round(v.median_ratio, 4),
+                     "interval": None if v is None else [round(v.ci_low, 4), round(v.ci_high, 4)],
+                     "instances": len(e.instances), "held_out": len(e.held_out),
+                     "screened": len(e.screened), "tested": len(e.verdicts), "verified_at": e.verified_at,
+                     "note": e.note})
+    lines = [f"{'template':<10} {'choice':<34} {'ratio':>7} {'95% interval':>15} {'inst':>4} {'tried':>5}  verified"]
+    for r in rows:
+        iv = "-" if r["interval"] is None else f"{r['interval'][0]:.3f}-{r['interval'][1]:.3f}"
+        lines.append(f"{r['template']:<10} {r['choice'][:34]:<34} {'-' if r['ratio'] is None else format(r['ratio'], '.3f'):>7} "
+                     f"{iv:>15} {r['instances']:>4} {r['screened']:>5}  {r['verified_at'] or '-'}")
+    adopted = sum(1 for r in rows if r["choice"] != "native")
+    lines.append(f"{len(rows)} templates, {adopted} with a verified plan other than native")
+    emit(args, "\n".join(lines), {"schema": book.schema, "templates": rows})
+    return 0

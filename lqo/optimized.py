@@ -1,0 +1,57 @@
+"""The outcome of planning one query: what to run, with which settings, and why.
+
+The boundary between choosing a plan (the optimizer, the plan book) and running it.
+Imports neither torch nor sqlglot: a plan book serves without them.
+
+>>> import duckdb
+>>> con = duckdb.connect()
+>>> o = Optimized("SELECT 42", "SELECT 42", False, None, None, None, None, "no joins", 0.01)
+>>> o.execute(con)
+[(42,)]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+
+from lqo.engine.settings import disabled_optimizers, forced_settings
+
+if TYPE_CHECKING:
+    from lqo.trees.plan import Plan
+
+
+@dataclass
+class Optimized:
+    """The outcome of planning one query."""
+
+    original_sql: str
+    sql: str  # what to run: the rendered plan, or the original text when native is kept
+    forced: bool  # whether ``sql`` needs the forcing settings
+    chosen: Plan | None
+    native: Plan | None
+    predicted_ms: float | None
+    predicted_native_ms: float | None
+    fallback: str | None  # why native was kept, or None
+    planning_ms: float
+    candidates: int = 0
+    disabled: tuple[str, ...] = ()  # optimizer rules switched off to run ``sql`` (a setting arm)
+    source: str = "model"  # "book" (verified plan book), "model" (planned now), "native" (not planned)
+
+    def execute(self, con: duckdb.DuckDBPyConnection) -> list[tuple]:
+        """Run the chosen plan on ``con`` and return all rows (settings restored after)."""
+        rules = forced_settings(con, self.disabled) if self.forced else disabled_optimizers(con, self.disabled)
+        with rules:
+            return con.execute(self.sql).fetchall()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sql": self.sql, "forced": self.forced,
+            "chosen": str(self.chosen) if self.chosen else None,
+            "native": str(self.native) if self.native else None,
+            "predicted_ms": self.predicted_ms, "predicted_native_ms": self.predicted_native_ms,
+            "fallback": self.fallback, "planning_ms": round(self.planning_ms, 3), "candidates": self.candidates,
+            "disabled": list(self.disabled), "source": self.source,
+        }

@@ -1,0 +1,243 @@
+"""The plan book: template keys, slot renderings, the acceptance rule, tune and serving."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import tpc_queries
+from lqo.book.accept import AcceptRule, judge
+from lqo.book.book import BOOK_FILE, PlanBook
+from lqo.book.slots import SlotRendering
+from lqo.book.template import template_key, tokens
+from lqo.cli import main
+from lqo.engine.harness import fingerprint_rows
+from lqo.errors import BookError, SchemaMismatchError
+from lqo.optimizer import Optimizer
+from lqo.sql.catalog import Catalog
+from lqo.sql.join_graph import build_query_graph
+from lqo.trees.query import prepare
+from lqo.trees.render import render
+from lqo.workloads.workload import Workload
+
+LQO = [sys.executable, "-c", "import sys, lqo.cli; sys.exit(lqo.cli.main())"]
+
+
+@pytest.fixture(scope="module")
+def varied(tmp_path_factory):
+    """TPC-H sf 0.01, 4 instances per template (3 tuned, 1 held out)."""
+    root = tmp_path_factory.mktemp("book")
+    assert main(["workload", "create", "tpch", "--sf", "0.01", "--out", str(root / "w")]) == 0
+    assert main(["workload", "vary", str(root / "w"), "--per-template", "4", "--seed", "3", "--out", str(root / "v")]) == 0
+    return Workload.load(root / "v")
+
+
+@pytest.fixture(scope="module")
+def tuned(varied, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tuned") / "m"
+    assert main(["tune", str(varied.root), "--budget", "3", "--out", str(out), "--json"]) == 0
+    return out
+
+
+# ----- template keys --------------------------------------------------------------------
+
+def test_key_distinct_across_all_tpc_templates():
+    keys = {}
+    for kind in ("tpch", "tpcds"):
+        for qid, sql in tpc_queries(kind).items():
+            keys.setdefault(template_key(sql).key, []).append(f"{kind}/{qid}")
+    assert [v for v in keys.values() if len(v) > 1] == []
+    assert len(keys) == 22 + 99
+
+
+def test_key_stable_across_varied_instances(varied):
+    by_template = defaultdict(set)
+    changed = 0
+    for q in varied:
+        by_template[q.template].add(template_key(q.sql).key)
+        changed += q.sql != varied.query(q.id.rsplit("_", 1)[0] + "_v1").sql
+    assert changed > 30  # the instances really differ in their constants
+    assert {t: k for t, k in by_template.items() if len(k) > 1} == {}
+    assert len({next(iter(k)) for k in by_template.values()}) == 22
+
+
+def test_key_ignores_layout_not_meaning():
+    a = template_key("SELECT a FROM t WHERE x = 1 -- c\nAND y IN ('a', 'b')")
+    b = template_key("select a\n  from t /* z */ where x=2 and y in ('q','r','s')")
+    assert a.key == b.key and b.literals == ("2", "'q'", "'r'", "'s'") and b.shape == (1, 3)
+    assert template_key("SELECT a FROM t WHERE x = 1").key != template_key("SELECT a FROM t WHERE x < 1").key
+    assert template_key("SELECT a FROM t WHERE x = 1").key != template_key("SELECT a FROM u WHERE x = 1").key
+    # The literals are the tokenizer's literal tokens, a sign included where it is one.
+    sql = "SELECT a - 1 FROM t WHERE x > -5 AND y = 'it''s'"
+    assert template_key(sql).literals == tuple(t[2] for t in tokens(sql) if t[3]) == ("1", "-5", "'it''s'")
+
+
+# ----- slot rendering -------------------------------------------------------------------
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_slot_rendering_equals_full_rendering(varied, data):
+    import random
+
+    con = varied.connect()
+    try:
+        catalog = Catalog.from_connection(con)
+        templates = sorted({q.template for q in varied})
+        t = data.draw(st.sampled_from(templates))
+        instances = [q for q in varied if q.template == t]
+        pq = prepare(instances[0].sql, con, catalog)
+        if not pq.forceable:
+            return
+        plans = [pq.native_plan] + pq.random_plans(3, random.Random(data.draw(st.integers(0, 1000))))
+        plan = data.draw(st.sampled_from(plans))
+        sr = SlotRendering.build(instances[0].sql, catalog, plan)
+        other = data.draw(st.sampled_from(instances))
+        assert sr.fill(template_key(other.sql).literals) == render(build_query_graph(other.sql, catalog), plan)
+    finally:
+        con.close()
+
+
+# ----- acceptance rule ------------------------------------------------------------------
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.floats(1, 1000), st.floats(1.0, 3.0)), min_size=5, max_size=8),
+                min_size=1, max_size=4))
+def test_acceptance_never_accepts_paired_runs_that_are_slower(instances):
+    # Every paired round has the candidate at >= the native time: never accepted.
+    pairs = {f"i{k}": [(n, n * f) for n, f in rounds] for k, rounds in enumerate(instances)}
+    assert not judge(pairs).accepted
+
+
+def test_acceptance_rule_thresholds():
+    rule = AcceptRule()
+    clear = {"a": [(100, 70)] * 5, "b": [(80, 60)] * 5, "c": [(50, 40)] * 5}
+    assert judge(clear, rule).accepted
+    assert not judge({"a": [(100, 70)] * 4}, rule).accepted  # too few rounds
+    assert not judge({**clear, "d": [(100, 110)] * 5}, rule).accepted  # one instance > 1.05x
+    assert not judge({"a": [(100, 96)] * 5}, rule).accepted  # median above 0.95
+    noisy = {"a": [(100, 50), (100, 150), (100, 60), (100, 140), (100, 90)]}
+    v = judge(noisy, rule)
+    assert not v.accepted and v.ci_high >= 1.0  # median 0.9, but the interval reaches 1
+    assert not judge(clear, rule, failed="wrong result").accepted
+
+
+# ----- tune, book, serving --------------------------------------------------------------
+
+def test_tune_ends_with_a_book(tuned, varied):
+    book = PlanBook.load(tuned)
+    assert len(book.entries) == 22
+    for e in book.entries.values():
+        assert len(e.instances) == 3 and len(e.held_out) == 1
+        assert set(e.native_ms) <= set(e.instances)
+        if e.choice != "native":
+            v = e.verdicts[e.choice]
+            assert v.accepted and v.median_ratio <= 0.95 and v.ci_high < 1.0 and v.worst_instance <= 1.05
+    assert sum(len(e.screened) for e in book.entries.values()) > 22
+    held = {i for e in book.entries.values() for i in e.held_out}
+    ran = {r[0] for r in _store_query_ids(tuned)}
+    assert held and not held & ran  # held-out instances never ran while tuning
+
+
+def _store_query_ids(model_dir: Path):
+    import duckdb
+
+    con = duckdb.connect(str(model_dir / "experience.duckdb"), read_only=True)
+    try:
+        return con.execute("SELECT DISTINCT q.query_id FROM runs r JOIN queries q USING (query_key)").fetchall()
+    finally:
+        con.close()
+
+
+def test_served_plans_return_the_native_result(tuned, varied):
+    con = varied.connect()
+    try:
+        opt = Optimizer.load(tuned, con)
+        book = PlanBook.load(tuned)
+        # Force at least one choice of every kind the book can hold, so the forced and
+        # arm branches are exercised whatever this run's timings adopted.
+        kinds: dict[str, tuple] = {}
+        for e in book.entries.values():
+            for c in e.candidates.values():
+                if c.kind not in kinds and (c.kind == "arm" or c.slots) and e.key not in {k[0].key for k in kinds.values()}:
+                    kinds[c.kind] = (e, c.id)
+        assert set(kinds) == {"arm", "tree"}
+        for e, cid in kinds.values():
+            e.adopt(cid)
+        opt = Optimizer(None, None, book.schema, book=book)
+        opt.check_schema(con)
+        sources = defaultdict(int)
+        for q in varied:
+            res = opt.optimize(q.sql, con)
+            assert res.source == "book"
+            sources["forced" if res.forced else "arm" if res.disabled else "native"] += 1
+            assert fingerprint_rows(res.execute(con)) == fingerprint_rows(con.execute(q.sql).fetchall()), q.id
+        assert sources["forced"] >= 4 and sources["arm"] >= 4
+        assert opt.optimize("SELECT count(*) FROM nation", con).source == "native"
+    finally:
+        con.close()
+
+
+def test_book_show_and_compare_held_out_instances(tuned, varied, capsys):
+    assert main(["book", "show", str(tuned), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["templates"]
+    assert len(rows) == 22 and all(r["instances"] == 3 for r in rows)
+    assert main(["compare", str(varied.root), "--model", str(tuned), "--split", "instances", "--repeat", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["totals"]["queries"] == 22 and report["totals"]["wrong_results"] == 0
+    assert {q["id"].rsplit("_", 1)[1] for q in report["queries"]} == {"v4"}
+    assert all(q["source"] == "book" for q in report["queries"])
+
+
+def test_bad_book_input(tuned, varied, tmp_path, capsys):
+    corrupt = tmp_path / "m"
+    corrupt.mkdir()
+    (corrupt / BOOK_FILE).write_text("{not json")
+    assert main(["book", "show", str(corrupt)]) == 2
+    assert main(["tune", str(varied.root), "--budget", "1", "--out", str(corrupt)]) == 2
+    assert (corrupt / BOOK_FILE).read_text() == "{not json"  # nothing overwritten
+    err = capsys.readouterr().err
+    assert err.count("\n") == 2 and "corrupt plan book" in err
+    with pytest.raises(BookError):
+        PlanBook.load(tmp_path / "nothing")
+    with pytest.raises(SchemaMismatchError):
+        PlanBook.load(tuned, expected_schema="sha1:other")
+    assert main(["tune", str(varied.root), "--budget", "0", "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
+
+
+def test_kill_during_tune_then_resume(varied, tmp_path):
+    out = tmp_path / "m"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(LQO + ["tune", str(varied.root), "--budget", "5", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until screening has recorded something
+        if (out / BOOK_FILE).is_file():
+            try:
+                if sum(len(e.screened) for e in PlanBook.load(out).entries.values()) >= 5:
+                    break
+            except BookError:
+                pass
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    before = PlanBook.load(out)  # the book on disk is whole after a kill
+    screened = {(k, c) for k, e in before.entries.items() for c in e.screened}
+    assert len(screened) >= 5
+    assert main(["tune", str(varied.root), "--budget", "0.2", "--out", str(out)]) == 0
+    after = PlanBook.load(out)
+    again = {(k, c) for k, e in after.entries.items() for c in e.screened}
+    assert screened <= again  # nothing recorded before the kill is lost
+    for k, e in before.entries.items():  # and nothing measured is redone or changed
+        for c, ratio in e.screened.items():
+            assert after.entries[k].screened[c] == ratio
