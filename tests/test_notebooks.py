@@ -2,7 +2,9 @@
 
 - every notebook in ``notebooks/`` runs headless top to bottom (nbclient, on a kernel of
   this interpreter registered in a temporary Jupyter path) with parameters injected
-  after its ``parameters`` cell, papermill style; any cell error fails the test;
+  after its ``parameters`` cell, papermill style; any cell error fails the test; a
+  probe cell appended at the end reads back what it computed, and the tables it
+  displayed are checked (query counts, 0 wrong results, one row per policy and mode);
 - notebooks are committed without outputs;
 - ``lqo.plots`` on synthetic data: the expected axes, scales and artists;
 - ``lqo report`` on a tiny trained model: non-empty PNGs, report.md with the totals,
@@ -100,14 +102,103 @@ def test_notebook_is_committed_clean(path):
         assert "plt." not in c.source and "matplotlib" not in c.source, c.source
 
 
+PROBE = "lqo-test-probe "
+
+
+def probe(nb, setup: str, names: list[str]) -> None:
+    """Append a cell that runs ``setup`` and prints the kernel's ``names`` as JSON after
+    PROBE: what the notebook computed, read back by the test."""
+    cell = nbformat.v4.new_code_cell(
+        f"import json as _json\n{setup}\n"
+        f"print({PROBE!r} + _json.dumps({{n: globals()[n] for n in {names!r}}}, default=str))")
+    cell.metadata["tags"] = ["test-probe"]
+    nb.cells.append(cell)
+
+
+def probed(nb) -> dict:
+    (text,) = [line[len(PROBE):] for o in nb.cells[-1].outputs if o.get("name") == "stdout"
+               for line in o["text"].splitlines() if line.startswith(PROBE)]
+    return json.loads(text)
+
+
+def markdown_tables(nb) -> list[list[dict[str, str]]]:
+    """The markdown tables the notebook displayed, in order, as rows of header -> cell text."""
+    tables = []
+    for c in nb.cells:
+        for o in c.get("outputs", []):
+            md = o.get("data", {}).get("text/markdown")
+            if md and md.lstrip().startswith("|"):
+                lines = [[x.strip() for x in line.strip().strip("|").split("|")] for line in md.strip().splitlines()]
+                tables.append([dict(zip(lines[0], row)) for row in lines[2:]])
+    return tables
+
+
+def check_compare_optimizer(nb) -> None:
+    got = probed(nb)
+    cmp = got["cmp"]
+    # the workload holds exactly the QUERIES asked for; the comparison runs the model's held-out split
+    assert got["probe_workload_ids"] == got["QUERIES"] == TPCH_IDS
+    assert got["SPLIT"] == "test" and 0 < len(got["probe_split_ids"]) < len(TPCH_IDS), got["probe_split_ids"]
+    assert [q["id"] for q in cmp["queries"]] == got["probe_split_ids"]
+    assert cmp["totals"]["queries"] == len(got["probe_split_ids"]) and not cmp["totals"]["interrupted"]
+    assert not [q["id"] for q in cmp["queries"] if q["wrong"]] and cmp["totals"]["wrong_results"] == 0
+    assert all(q["native_ms"] > 0 and q["lqo_ms"] > 0 and q["ratio"] > 0 for q in cmp["queries"]), cmp["queries"]
+    summary, lr = markdown_tables(nb)
+    shown = {r["figure"]: r["value"] for r in summary}
+    assert shown["queries"] == str(len(got["probe_split_ids"])) and shown["wrong_results"] == "0", shown
+    assert shown["forced"] == str(cmp["totals"]["forced"]) and shown["worst_query"] in got["probe_split_ids"], shown
+    assert [r["schedule"] for r in lr] == ["greedy", "cosine"] and all(int(r["epochs"]) > 0 for r in lr), lr
+
+
+def check_scheduler(nb) -> None:
+    got = probed(nb)
+    policies, n = got["POLICIES"], got["N_QUERIES"]
+    assert n == OVERRIDES["scheduler"]["N_QUERIES"] and got["REAL"]
+    assert {"fifo", "sjf-est", "oracle", "all"} <= set(policies), policies
+    (table,) = markdown_tables(nb)
+    # one row per policy and mode, every query counted, relative to that mode's FIFO
+    assert [(r["policy"], r["mode"]) for r in table] == [(p, m) for m in ("sim", "real") for p in policies], table
+    assert all(r["queries"] == str(n) for r in table), table
+    assert all(float(r["mean_vs_fifo"]) == 1 for r in table if r["policy"] == "fifo"), table
+    assert all(float(r[c]) > 0 for r in table for c in ("mean_s", "p95_s", "makespan_s", "mean_vs_fifo")), table
+    # every policy ran the same stream; every real query succeeded with the same result
+    results = got["probe_sim"] + got["probe_real"]
+    assert len(got["probe_sim"]) == len(got["probe_real"]) == len(policies)
+    streams = {tuple(q["query_id"] for q in r["queries"]) for r in results}
+    assert len(streams) == 1 and len(next(iter(streams))) == n, streams
+    fingerprints: dict[str, set] = {}
+    for r in got["probe_real"]:
+        assert r["mode"] == "real" and not r["errors"], r["errors"]
+        for q in r["queries"]:
+            assert q["ok"] and q["fingerprint"], q
+            fingerprints.setdefault(q["query_id"], set()).add(q["fingerprint"])
+    assert all(len(f) == 1 for f in fingerprints.values()), fingerprints
+
+
+# Per notebook: the kernel variables the test reads back, and what they and the
+# displayed tables must show.
+PROBES = {
+    "compare_optimizer": ("probe_workload_ids = [q.id for q in workload]\n"
+                          "probe_split_ids = [q.id for q in report.split_queries(workload, MODEL, SPLIT)]",
+                          ["cmp", "probe_workload_ids", "probe_split_ids", "QUERIES", "SPLIT"],
+                          check_compare_optimizer),
+    "scheduler": ("probe_sim = [r.to_json() for r in sim]\nprobe_real = [r.to_json() for r in real]",
+                  ["probe_sim", "probe_real", "POLICIES", "N_QUERIES", "REAL"], check_scheduler),
+}
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_headless(path, kernel, tmp_path):
+def test_notebook_runs_headless_and_shows_its_tables(path, kernel, tmp_path):
+    assert path.stem in PROBES, "say what this notebook's tables must show"
+    setup, names, check = PROBES[path.stem]
     nb = nbformat.read(path, as_version=4)
     inject(nb, {**OVERRIDES.get(path.stem, {}), "WORKDIR": str(tmp_path)})
+    probe(nb, setup, names)
     # execute() raises CellExecutionError, naming the cell, if any cell errors.
     NotebookClient(nb, kernel_name=kernel, timeout=240, resources={"metadata": {"path": str(tmp_path)}}).execute()
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 3, "the notebook should show its figures"
+    check(nb)
 
 
 # --------------------------------------------------------------------------- plots
