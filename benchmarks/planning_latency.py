@@ -1,9 +1,15 @@
 """Planning-path latency per query, stage by stage.
 
-Usage: python benchmarks/planning_latency.py WORKLOAD [--model MODEL_DIR] [--rounds 5] [--gc-freeze] [--json]
+Usage: python benchmarks/planning_latency.py WORKLOAD [--model MODEL_DIR] [--rounds 5] [--gc-freeze]
+       [--min-relations N] [--json]
 
 Without a model: parse + join graph, EXPLAIN + native trees, render (native and a random
-plan). With ``--model``: the whole cold path of ``Optimizer.optimize`` (caches dropped
+plan), and featurization of random plans (the first plan of a query with a fresh
+featurizer, which builds the query's estimator and static features, and each further
+plan, which reuses them). ``--min-relations`` keeps only queries whose reorderable
+blocks have at least that many relations in all (8 on TPC-DS: the largest plans).
+
+With ``--model``: the whole cold path of ``Optimizer.optimize`` (caches dropped
 before every call), split into parse + graph, EXPLAIN + reading the native trees,
 search + decision (featurization and model inference), render; plus DuckDB's own
 ``PREPARE`` of the same text as the floor any EXPLAIN-based planner pays.
@@ -21,6 +27,8 @@ import random
 import statistics
 import time
 
+from lqo.estimates.stats import DatabaseStats
+from lqo.learn.features import Featurizer
 from lqo.sql.catalog import Catalog
 from lqo.sql.join_graph import build_query_graph
 from lqo.trees.native import explain_json, read_native_trees
@@ -38,13 +46,21 @@ def _ms(t0: float, t1: float) -> float:
     return (t1 - t0) * 1e3
 
 
-def time_stages(wl: Workload, con, rounds: int) -> dict[str, list[float]]:
+def n_relations(sql: str, cat: Catalog) -> int:
+    """Relations in the query's reorderable blocks, all blocks together."""
+    return sum(len(b.relations) for b in build_query_graph(sql, cat).reorderable)
+
+
+def time_stages(wl: Workload, con, rounds: int, min_relations: int = 0) -> dict[str, list[float]]:
     cat = Catalog.from_connection(con)
+    stats = DatabaseStats.build(con, cat, sample_rows=5_000)
     stages: dict[str, list[float]] = {k: [] for k in ("parse_graph", "explain_native", "render_native",
-                                                      "render_random", "graph_plus_render")}
+                                                      "render_random", "graph_plus_render",
+                                                      "featurize_first", "featurize_next")}
     rng = random.Random(0)
+    queries = [q for q in wl if n_relations(q.sql, cat) >= min_relations]
     for _ in range(rounds):
-        for q in wl:
+        for q in queries:
             t0 = time.perf_counter()
             g = build_query_graph(q.sql, cat)
             t1 = time.perf_counter()
@@ -64,6 +80,18 @@ def time_stages(wl: Workload, con, rounds: int) -> dict[str, list[float]]:
             stages["render_native"].append(_ms(t2, t3))
             stages["render_random"].append(_ms(t4, t5))
             stages["graph_plus_render"].append(_ms(t0, t1) + _ms(t2, t3))
+            # Featurization: a fresh featurizer's first plan, then 5 more plans (mean).
+            more = pq.random_plans(5, rng)
+            fz = Featurizer(stats)
+            t6 = time.perf_counter()
+            fz.featurize(g, nat.plan)
+            t7 = time.perf_counter()
+            for plan in more:
+                fz.featurize(g, plan)
+            t8 = time.perf_counter()
+            stages["featurize_first"].append(_ms(t6, t7))
+            if more:
+                stages["featurize_next"].append(_ms(t7, t8) / len(more))
     return stages
 
 
@@ -117,11 +145,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--gc-freeze", action="store_true",
                     help="gc.freeze() after loading, as lqo compare does (see README)")
+    ap.add_argument("--min-relations", type=int, default=0,
+                    help="without --model: only queries with at least this many relations to order")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     wl = Workload.load(args.workload)
     con = wl.connect()
-    stages = time_optimizer(wl, con, args.model, args.rounds, args.gc_freeze) if args.model else time_stages(wl, con, args.rounds)
+    stages = (time_optimizer(wl, con, args.model, args.rounds, args.gc_freeze) if args.model
+              else time_stages(wl, con, args.rounds, args.min_relations))
     out = {k: {"median_ms": round(statistics.median(v), 3), "p99_ms": round(pct(v, 99), 3), "n": len(v)}
            for k, v in stages.items() if v}
     if args.json:

@@ -10,8 +10,8 @@ times the combined spread; otherwise native is kept and the reason says why.
 True
 >>> gate(cfg, best_is_native=False, native_ms=100.0, best_ms=95.0, native_std=0.0, best_std=0.0)
 'predicted gain 5% is below 10%'
->>> gate(cfg, best_is_native=False, native_ms=100.0, best_ms=50.0, native_std=0.6, best_std=0.6)
-'predicted gain 50% is within the model's uncertainty'
+>>> print(gate(cfg, best_is_native=False, native_ms=100.0, best_ms=50.0, native_std=0.6, best_std=0.6))
+predicted gain 50% is within the model's uncertainty
 """
 
 from __future__ import annotations

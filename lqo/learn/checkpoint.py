@@ -12,8 +12,15 @@ stats, the lqo version and small extras (training history).
 
 Example::
 
-    >>> save_checkpoint("m.lqo", Checkpoint(kind="tree_conv", params={}, dims={}, tensors=sd, schema="abc"))
-    >>> ckpt = load_checkpoint("m.lqo", expected_schema="abc")
+    >>> import tempfile, torch
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> path = f"{tmp.name}/m.lqo"
+    >>> sd = {"w": torch.ones(2, 3), "b": torch.zeros(3)}  # e.g. a network's state_dict()
+    >>> _ = save_checkpoint(path, Checkpoint(kind="tree_conv", params={}, dims={}, tensors=sd, schema="abc"))
+    >>> ckpt = load_checkpoint(path, expected_schema="abc")
+    >>> ckpt.kind, sorted(ckpt.tensors), ckpt.tensors["w"].shape
+    ('tree_conv', ['b', 'w'], torch.Size([2, 3]))
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations
@@ -91,7 +98,15 @@ def save_checkpoint(path: str | os.PathLike[str], ckpt: Checkpoint) -> Path:
 
     Example::
 
-        >>> save_checkpoint(tmp_path / "model.lqo", ckpt)
+        >>> import tempfile, torch
+        >>> from pathlib import Path
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> ckpt = Checkpoint(kind="tree_conv", params={"epochs": 5}, dims={"n_features": 2},
+        ...                   tensors={"w": torch.ones(2)}, vocabulary={"orders": 1})
+        >>> path = save_checkpoint(Path(tmp.name) / "model.lqo", ckpt)
+        >>> path.name, sorted(p.name for p in path.parent.iterdir())  # no temp file left behind
+        ('model.lqo', ['model.lqo'])
+        >>> tmp.cleanup()
     """
     path = Path(path)
     meta = json.dumps(ckpt.metadata(), sort_keys=True)
@@ -141,7 +156,21 @@ def load_checkpoint(path: str | os.PathLike[str], expected_schema: str | None = 
 
     Example::
 
-        >>> ckpt = load_checkpoint("model.lqo", expected_schema=fingerprint(con))
+        >>> import tempfile, torch
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = save_checkpoint(f"{tmp.name}/model.lqo", Checkpoint(
+        ...     kind="tree_conv", params={}, dims={}, tensors={"w": torch.ones(1)}, schema="abc"))
+        >>> load_checkpoint(path, expected_schema="abc").schema  # e.g. Catalog.fingerprint
+        'abc'
+        >>> load_checkpoint(path, expected_schema="xyz")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        lqo.errors.SchemaMismatchError: model ... was trained for schema 'abc', but the database has schema 'xyz'
+        >>> load_checkpoint(f"{tmp.name}/other.lqo")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        lqo.errors.MissingFileError: model file .../other.lqo does not exist
+        >>> tmp.cleanup()
     """
     path = Path(path)
     if not path.is_file():

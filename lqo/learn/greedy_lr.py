@@ -52,15 +52,25 @@ class GreedyLR(LRScheduler):
         max_lr: upper bound, one float or one per param group; ``None`` means ten
             times each group's starting rate.
 
-    Example::
+    Example (in training, ``step`` gets each epoch's validation loss)::
 
+        >>> import torch
         >>> model = torch.nn.Linear(4, 1)
         >>> opt = torch.optim.SGD(model.parameters(), lr=0.01)
-        >>> sched = GreedyLR(opt, factor=0.9, patience=2, max_lr=0.5)
-        >>> for epoch in range(epochs):
-        ...     train_one_epoch(model, opt)
-        ...     sched.step(validate(model))
-        >>> torch.save({"opt": opt.state_dict(), "sched": sched.state_dict()}, path)
+        >>> sched = GreedyLR(opt, factor=0.5, patience=2, max_lr=0.5)
+        >>> for val_loss in [1.0, 0.9, 0.8, 0.7, 0.6]:  # improving: x2 after every 2 improvements
+        ...     sched.step(val_loss)
+        >>> sched.get_last_lr()
+        [0.04]
+        >>> for val_loss in [0.7, 0.8]:  # worsening twice: halved
+        ...     sched.step(val_loss)
+        >>> sched.get_last_lr()
+        [0.02]
+        >>> state = {"opt": opt.state_dict(), "sched": sched.state_dict()}  # for torch.save(state, path)
+        >>> again = GreedyLR(torch.optim.SGD(model.parameters(), lr=0.01), factor=0.5, patience=2, max_lr=0.5)
+        >>> again.optimizer.load_state_dict(state["opt"]); again.load_state_dict(state["sched"])
+        >>> again.get_last_lr(), again.optimizer.param_groups[0]["lr"]
+        ([0.02], 0.02)
     """
 
     def __init__(

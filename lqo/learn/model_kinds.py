@@ -6,7 +6,9 @@ load) is the shared estimator. Adding a kind is a subclass and a registry entry.
 Example::
 
     >>> model = make_model("tree_conv", loss="combined", epochs=50)
-    >>> model = load_model("model.lqo", expected_schema=fingerprint)
+    >>> type(model).__name__, model.epochs
+    ('TreeConvModel', 50)
+    >>> model = load_model("model.lqo", expected_schema=catalog.fingerprint)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ from lqo.learn.tree_conv import TreeConvNet, batch_tree
 class TreeConvModel(PlanModel):
     """Tree convolution (Neo/Bao style), see :class:`~lqo.learn.tree_conv.TreeConvNet`.
 
-    Example::
+    Example (``fit`` / ``predict`` as in :mod:`lqo.learn.models`)::
 
-        >>> TreeConvModel(channels=(64, 64, 32), loss="ranking").fit(plans, ms, groups)
+        >>> model = TreeConvModel(channels=(64, 64, 32), loss="ranking")
+        >>> model.kind, model.get_params()["channels"], model.get_params()["loss"]
+        ('tree_conv', [64, 64, 32], 'ranking')
     """
 
     kind = "tree_conv"
@@ -45,9 +49,11 @@ class TreeConvModel(PlanModel):
 class GraphConvModel(PlanModel):
     """Graph convolution over plan tree + join graph; ``conv`` is ``"gine"`` or ``"gatv2"``.
 
-    Example::
+    Example (``fit`` / ``predict`` as in :mod:`lqo.learn.models`)::
 
-        >>> GraphConvModel(conv="gatv2").fit(plans, ms, groups)
+        >>> model = GraphConvModel(conv="gatv2")
+        >>> model.kind, model.get_params()["conv"]
+        ('graph_conv', 'gatv2')
     """
 
     kind = "graph_conv"
@@ -79,6 +85,10 @@ def make_model(kind: str, **params: Any) -> PlanModel:
     Example::
 
         >>> model = make_model("graph_conv", channels=(64, 64, 32), lr_schedule="cosine")
+        >>> make_model("mlp")
+        Traceback (most recent call last):
+        ...
+        ValueError: model kind must be one of ('tree_conv', 'graph_conv'), got 'mlp'
     """
     if kind not in MODEL_KINDS:
         raise ValueError(f"model kind must be one of {tuple(MODEL_KINDS)}, got {kind!r}")

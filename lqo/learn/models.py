@@ -10,13 +10,31 @@ plans always get the same std, which a fallback-to-native rule needs), and it co
 stacked forward pass (tree conv) or ``n_members`` passes (graph conv) instead of the
 20-odd a dropout estimate needs.
 
-Example::
+Example (toy plans; real ones come from :class:`lqo.learn.features.Featurizer`)::
 
-    >>> model = make_model("tree_conv", loss="combined", epochs=50)  # from lqo.learn.model_kinds
-    >>> model.fit(plans, latencies_ms, groups=query_ids)
-    >>> mean_ms, std_log = model.predict_with_uncertainty(candidates)
-    >>> model.save("model.lqo", vocabulary=table_ids, schema=fingerprint)
-    >>> model = load_model("model.lqo", expected_schema=fingerprint)  # from lqo.learn.model_kinds
+    >>> import numpy as np
+    >>> from lqo.learn.featurized import FlatPlan
+    >>> def toy(a, b):  # the null node, scans of a and b rows, their hash join; 2 features (kind, rows)
+    ...     return FlatPlan(np.array([[0, 0], [1, a], [1, b], [2, a + b]], np.float32),
+    ...                     left=np.array([0, 0, 0, 1]), right=np.array([0, 0, 0, 2]),
+    ...                     table=np.array([0, 1, 2, 0]), query=np.ones(3, np.float32),
+    ...                     rel_nodes=np.array([1, 2]), edges=np.array([[0, 1], [1, 0]]))
+    >>> plans = [toy(float(a), float(b)) for a in range(1, 5) for b in range(1, 5)]
+    >>> latencies_ms = np.array([10.0 * p.x[1, 1] + p.x[2, 1] for p in plans])
+    >>> query_ids = np.repeat(np.arange(4), 4)  # 4 queries, 4 plans each
+    >>> from lqo.learn.model_kinds import make_model, load_model
+    >>> model = make_model("tree_conv", loss="combined", epochs=3)
+    >>> model = model.fit(plans, latencies_ms, groups=query_ids)
+    >>> mean_ms, std_log = model.predict_with_uncertainty(plans[:2])
+    >>> mean_ms.shape, bool((mean_ms > 0).all() and (std_log > 0).all())  # 3 members disagree a little
+    ((2,), True)
+    >>> import tempfile
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> model.save(f"{tmp.name}/model.lqo", vocabulary={"a": 1, "b": 2}, schema="abc")
+    >>> again = load_model(f"{tmp.name}/model.lqo", expected_schema="abc")
+    >>> np.array_equal(again.predict(plans), model.predict(plans)), again.vocabulary_
+    (True, {'a': 1, 'b': 2})
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations
@@ -194,9 +212,21 @@ class PlanModel:
 
         Example::
 
-            >>> model = TreeConvModel(epochs=40).fit(plans, ms, groups=query_ids)
-            >>> model.history_[-1]
-            {'epoch': 39, 'train_loss': 0.08, 'val_loss': 0.11, 'lr': 0.0012, 'time_s': 3.1}
+            >>> import numpy as np
+            >>> from lqo.learn.featurized import FlatPlan
+            >>> def toy(a, b):  # the null node, scans of a and b rows, their hash join; 2 features (kind, rows)
+            ...     return FlatPlan(np.array([[0, 0], [1, a], [1, b], [2, a + b]], np.float32),
+            ...                     left=np.array([0, 0, 0, 1]), right=np.array([0, 0, 0, 2]),
+            ...                     table=np.array([0, 1, 2, 0]), query=np.ones(3, np.float32),
+            ...                     rel_nodes=np.array([1, 2]), edges=np.array([[0, 1], [1, 0]]))
+            >>> plans = [toy(float(a), float(b)) for a in range(1, 5) for b in range(1, 5)]
+            >>> ms, query_ids = np.array([10.0 * p.x[1, 1] + p.x[2, 1] for p in plans]), np.repeat(np.arange(4), 4)
+            >>> from lqo.learn.model_kinds import TreeConvModel
+            >>> model = TreeConvModel(epochs=4).fit(plans, ms, groups=query_ids)
+            >>> model.history_[-1]  # doctest: +ELLIPSIS
+            {'epoch': 3, 'train_loss': ..., 'val_loss': ..., 'lr': ..., 'time_s': ...}
+            >>> model.stop_reason_
+            'epochs'
         """
         self._check_params()
         y, gid = _labels(plans, latencies_ms, groups)
@@ -328,9 +358,9 @@ class PlanModel:
     def predict(self, plans: Sequence[FlatPlan]) -> np.ndarray:
         """Predicted latency in ms, one per plan (ensemble mean in log space).
 
-        Example::
+        Example (needs a fitted model or its file; the module example runs them)::
 
-            >>> best = plans[int(np.argmin(model.predict(plans)))]
+            >>> best = plans[int(np.argmin(model.predict(plans)))]  # doctest: +SKIP
         """
         return _to_ms(self._predict_log(plans).mean(axis=0))
 
@@ -338,10 +368,10 @@ class PlanModel:
         """``(mean_ms, std_log)``: the prediction and the ensemble's spread in log1p(ms) units
         (0.1 is about +-10%). Zero when ``n_members == 1``.
 
-        Example::
+        Example (needs a fitted model or its file; the module example runs them)::
 
-            >>> ms, std = model.predict_with_uncertainty(plans)
-            >>> use_native = std[best] > 0.5
+            >>> ms, std = model.predict_with_uncertainty(plans)  # doctest: +SKIP
+            >>> use_native = std[best] > 0.5  # doctest: +SKIP
         """
         log = self._predict_log(plans)
         return _to_ms(log.mean(axis=0)), log.std(axis=0)
@@ -352,9 +382,9 @@ class PlanModel:
         """Write a checkpoint (see :mod:`lqo.learn.checkpoint`) with the caller's table
         vocabulary and schema fingerprint (defaults: those the model was loaded with).
 
-        Example::
+        Example (needs a fitted model or its file; the module example runs them)::
 
-            >>> model.save("model.lqo", vocabulary={"title": 1, "cast_info": 2}, schema="sha1:...")
+            >>> model.save("model.lqo", vocabulary={"title": 1, "cast_info": 2}, schema="sha1:...")  # doctest: +SKIP
         """
         if not hasattr(self, "net_"):
             raise LqoError(f"{type(self).__name__} is not fitted; nothing to save")
@@ -374,9 +404,9 @@ class PlanModel:
         SchemaMismatchError (when ``expected_schema`` differs) or LqoError (another kind:
         :func:`lqo.learn.model_kinds.load_model` picks the kind from the file).
 
-        Example::
+        Example (needs a fitted model or its file; the module example runs them)::
 
-            >>> model = TreeConvModel.load("model.lqo", expected_schema=fingerprint)
+            >>> model = TreeConvModel.load("model.lqo", expected_schema=catalog.fingerprint)  # doctest: +SKIP
         """
         return cls.from_checkpoint(load_checkpoint(path, expected_schema), path)
 

@@ -8,10 +8,18 @@ ensemble's members run stacked in the same ops (:class:`StackedLinear`).
 
 Example::
 
-    >>> batch = batch_tree(plans)                      # plans: list[FlatPlan]
+    >>> import numpy as np
+    >>> from lqo.learn.featurized import FlatPlan
+    >>> def toy(a, b):  # the null node, scans of a and b rows, their hash join; 2 features (kind, rows)
+    ...     return FlatPlan(np.array([[0, 0], [1, a], [1, b], [2, a + b]], np.float32),
+    ...                     left=np.array([0, 0, 0, 1]), right=np.array([0, 0, 0, 2]),
+    ...                     table=np.array([0, 1, 2, 0]), query=np.ones(3, np.float32),
+    ...                     rel_nodes=np.array([1, 2]), edges=np.array([[0, 1], [1, 0]]))
+    >>> plans = [toy(1.0, 2.0), toy(2.0, 1.0)]
+    >>> batch = batch_tree(plans)
     >>> net = TreeConvNet(n_features=batch.x.shape[1], n_query=batch.query.shape[1], n_tables=32, members=3)
     >>> net(batch).shape                               # one score per member and plan
-    torch.Size([3, len(plans)])
+    torch.Size([3, 2])
 """
 
 from __future__ import annotations
@@ -53,9 +61,19 @@ def batch_tree(plans: Sequence[FlatPlan]) -> TreeBatch:
 
     Example::
 
+        >>> import numpy as np
+        >>> from lqo.learn.featurized import FlatPlan
+        >>> def toy(a, b):  # the null node, scans of a and b rows, their hash join; 2 features (kind, rows)
+        ...     return FlatPlan(np.array([[0, 0], [1, a], [1, b], [2, a + b]], np.float32),
+        ...                     left=np.array([0, 0, 0, 1]), right=np.array([0, 0, 0, 2]),
+        ...                     table=np.array([0, 1, 2, 0]), query=np.ones(3, np.float32),
+        ...                     rel_nodes=np.array([1, 2]), edges=np.array([[0, 1], [1, 0]]))
+        >>> p1, p2 = toy(1.0, 2.0), toy(2.0, 1.0)
         >>> b = batch_tree([p1, p2])
         >>> b.null.tolist() == [0, p1.n_nodes]   # each plan's null row
         True
+        >>> b.nbr[p1.n_nodes + 3].tolist()       # p2's join: itself, probe and build, shifted past p1
+        [7, 5, 6]
     """
     if not plans:
         raise ValueError("batch_tree needs at least one plan")
@@ -155,8 +173,11 @@ class TreeConv(nn.Module):
 
     Example::
 
+        >>> nbr = torch.tensor([[0, 0, 0], [1, 0, 0], [2, 0, 0], [3, 1, 2]])  # null, 2 scans, their join
         >>> conv = TreeConv(16, 64)
-        >>> h = conv(x, batch.nbr, batch.null)   # x: [N, 16] -> [N, 64]
+        >>> h = conv(torch.randn(4, 16), nbr, null=torch.tensor([0]))   # [N, 16] -> [N, 64]
+        >>> h.shape, h[0].abs().sum().item()     # the null row stays zero
+        (torch.Size([4, 64]), 0.0)
     """
 
     def __init__(
