@@ -1,5 +1,7 @@
 # lqo: the two quick-start commands (see README.md) and their set-up.
-#   make demo   set up .venv, generate a small TPC-H workload, run `lqo explore` on it
+#   make demo   set up .venv; generate a small TPC-H workload with varied instances, tune a
+#               plan book on some instances of each template, then compare lqo with DuckDB
+#               native on the held-out instances (table + speedup plot)
 #   make test   set up .venv (with test tools) and run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -9,7 +11,8 @@ PY     := $(VENV)/bin/python
 PIP_ARGS ?=
 DEMO_DIR ?= data/demo-tpch
 DEMO_SF  ?= 0.1
-DEMO_PLANS ?= 10
+DEMO_INSTANCES ?= 5
+DEMO_BUDGET ?= 4
 
 .PHONY: setup demo test clean-demo
 
@@ -22,10 +25,16 @@ setup: $(VENV)/.installed
 
 demo: setup
 	@test -f $(DEMO_DIR)/workload.toml || $(VENV)/bin/lqo workload create tpch --sf $(DEMO_SF) --out $(DEMO_DIR)
-	$(VENV)/bin/lqo explore $(DEMO_DIR) --plans $(DEMO_PLANS)
+	@test -f $(DEMO_DIR)-x$(DEMO_INSTANCES)/workload.toml || $(VENV)/bin/lqo workload vary $(DEMO_DIR) \
+		--per-template $(DEMO_INSTANCES) --seed 1 --out $(DEMO_DIR)-x$(DEMO_INSTANCES)
+	$(VENV)/bin/lqo tune $(DEMO_DIR)-x$(DEMO_INSTANCES) --budget $(DEMO_BUDGET) --out $(DEMO_DIR)-book
+	$(VENV)/bin/lqo book show $(DEMO_DIR)-book
+	$(VENV)/bin/lqo compare $(DEMO_DIR)-x$(DEMO_INSTANCES) --model $(DEMO_DIR)-book --split instances \
+		--repeat 5 --plot $(DEMO_DIR)-speedup.png
+	@echo "speedup plot: $(DEMO_DIR)-speedup.png"
 
 test: setup
 	$(PY) -m pytest -q
 
 clean-demo:
-	rm -rf $(DEMO_DIR)
+	rm -rf $(DEMO_DIR) $(DEMO_DIR)-x$(DEMO_INSTANCES) $(DEMO_DIR)-book $(DEMO_DIR)-speedup.png

@@ -12,8 +12,9 @@ Imports neither torch nor sqlglot: a plan book serves without them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
 
 import duckdb
 
@@ -39,12 +40,19 @@ class Optimized:
     candidates: int = 0
     disabled: tuple[str, ...] = ()  # optimizer rules switched off to run ``sql`` (a setting arm)
     source: str = "model"  # "book" (verified plan book), "model" (planned now), "native" (not planned)
+    # Opt-in feedback: called with (self, latency ms) after every execute().
+    on_latency: Callable[["Optimized", float], None] | None = field(default=None, repr=False, compare=False)
 
     def execute(self, con: duckdb.DuckDBPyConnection) -> list[tuple]:
         """Run the chosen plan on ``con`` and return all rows (settings restored after)."""
         rules = forced_settings(con, self.disabled) if self.forced else disabled_optimizers(con, self.disabled)
         with rules:
-            return con.execute(self.sql).fetchall()
+            start = time.perf_counter()
+            rows = con.execute(self.sql).fetchall()
+            ms = (time.perf_counter() - start) * 1000
+        if self.on_latency is not None:
+            self.on_latency(self, ms)
+        return rows
 
     def to_json(self) -> dict[str, Any]:
         return {

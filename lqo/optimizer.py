@@ -27,7 +27,7 @@ import duckdb
 from lqo.decision import DecisionConfig, gate
 from lqo.sql.catalog import Catalog
 from lqo.errors import LqoError, MissingFileError, SchemaMismatchError
-from lqo.book.book import BOOK_FILE, PlanBook
+from lqo.book.book import BOOK_FILE, FEEDBACK_FILE, PlanBook
 from lqo.book.serve import BookServer
 from lqo.optimized import Optimized
 from lqo.learn.features import Featurizer
@@ -43,17 +43,18 @@ STATS_FILE = "stats.json"
 CONFIG_FILE = "optimizer.json"
 
 
+
 class Optimizer:
     """A trained model with what it needs to plan: statistics, catalog, settings."""
 
     def __init__(self, model: PlanModel | None, featurizer: Featurizer | None, schema: str,
                  search: SearchConfig | None = None, decision: DecisionConfig | None = None,
-                 cache_size: int = 1024, book: PlanBook | None = None) -> None:
+                 cache_size: int = 1024, book: PlanBook | None = None, feedback: Path | None = None) -> None:
         self.model = model
         self.featurizer = featurizer
         self.book = book
         # Known templates are served from the verified plan book before anything else.
-        self._server = BookServer(book, self._render_full) if book is not None else None
+        self._server = BookServer(book, self._render_full, feedback=feedback) if book is not None else None
         self.schema = schema
         self.search = search or SearchConfig()
         self.decision = decision or DecisionConfig()
@@ -67,8 +68,11 @@ class Optimizer:
 
     # ----- persistence -----------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path, con: duckdb.DuckDBPyConnection | None = None) -> "Optimizer":
-        """Load a model directory; with ``con``, check it was trained for that schema."""
+    def load(cls, path: str | Path, con: duckdb.DuckDBPyConnection | None = None,
+             record: bool = False) -> "Optimizer":
+        """Load a model directory; with ``con``, check it was trained for that schema.
+        With ``record``, executions of plans served from its plan book append their
+        latency to ``feedback.jsonl`` there (``lqo tune`` re-checks drifting choices)."""
         root = Path(path)
         if not root.exists():
             raise MissingFileError(f"model not found: {root}")
@@ -76,7 +80,7 @@ class Optimizer:
         if book is not None and not (root / MODEL_FILE).is_file():
             # A tuned plan book without a model: known templates from the book, the
             # rest run as written.
-            opt = cls(None, None, book.schema, book=book)
+            opt = cls(None, None, book.schema, book=book, feedback=root / FEEDBACK_FILE if record else None)
             if con is not None:
                 opt.check_schema(con)
             return opt
@@ -92,7 +96,8 @@ class Optimizer:
         if book is not None and book.schema and schema and book.schema != schema:
             raise SchemaMismatchError(f"{root}: the plan book and the model were made for different schemas")
         opt = cls(model, featurizer, schema,
-                  SearchConfig(**config.get("search", {})), DecisionConfig(**config.get("decision", {})), book=book)
+                  SearchConfig(**config.get("search", {})), DecisionConfig(**config.get("decision", {})), book=book,
+                  feedback=root / FEEDBACK_FILE if record else None)
         if con is not None:
             opt.check_schema(con)
         return opt

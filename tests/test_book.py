@@ -241,3 +241,48 @@ def test_kill_during_tune_then_resume(varied, tmp_path):
     for k, e in before.entries.items():  # and nothing measured is redone or changed
         for c, ratio in e.screened.items():
             assert after.entries[k].screened[c] == ratio
+
+
+def test_feedback_records_and_drift_triggers_a_recheck(varied, tmp_path):
+    import shutil
+
+    from lqo.book.book import FEEDBACK_FILE
+    from lqo.book.tune import TuneConfig, Tuner
+
+    out = tmp_path / "m"
+    assert main(["tune", str(varied.root), "--budget", "0.3", "--out", str(out)]) == 0
+    book = PlanBook.load(out)
+    e = next(e for e in book.entries.values() if any(c.kind == "arm" for c in e.candidates.values()))
+    arm = next(c.id for c in e.candidates.values() if c.kind == "arm")
+    inst = [varied.query(i) for i in e.instances]
+    # Pretend the arm was verified as 0.5x native (so served latencies will look drifted).
+    from lqo.book.accept import Verdict
+
+    fake = Verdict(True, "accepted", 0.5, 0.4, 0.6, 0.55, 3, 15)
+    e.verdicts[arm] = fake
+    e.adopt(arm)
+    book.save(out / BOOK_FILE)
+    con = varied.connect()
+    try:
+        opt = Optimizer.load(out, con, record=True)
+        for q in inst * 2:
+            opt.optimize(q.sql, con).execute(con)
+        recorded = (out / FEEDBACK_FILE).read_text().splitlines()
+        assert len(recorded) == 6 and all(json.loads(r)["choice"] == arm for r in recorded)
+        quiet = Optimizer.load(out, con)  # record is opt-in
+        quiet.optimize(inst[0].sql, con).execute(con)
+        assert len((out / FEEDBACK_FILE).read_text().splitlines()) == 6
+    finally:
+        con.close()
+    fresh = tmp_path / "copy"
+    shutil.copytree(out, fresh)
+    (fresh / FEEDBACK_FILE).unlink()
+    assert Tuner(varied, fresh, TuneConfig(budget_min=0.01), log=lambda _: None).run().rechecked == 0
+    # Served latencies 1.5x above the verified figure: the choice is tested again.
+    lines = [json.dumps({"key": e.key, "choice": arm, "ms": 10 * max(e.native_ms.values()), "at": 0})] * 5
+    (out / FEEDBACK_FILE).write_text("\n".join(lines) + "\n")
+    result = Tuner(varied, out, TuneConfig(budget_min=0.01), log=lambda _: None).run()
+    assert result.rechecked == 1
+    after = PlanBook.load(out).entries[e.key]
+    assert after.verdicts[arm] != fake  # measured again
+    assert after.choice == (arm if after.verdicts[arm].accepted else "native")

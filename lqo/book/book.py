@@ -29,6 +29,7 @@ from lqo.book.accept import Verdict
 from lqo.errors import BookError, SchemaMismatchError
 
 BOOK_FILE = "book.json"
+FEEDBACK_FILE = "feedback.jsonl"  # served latencies, written by Optimizer.load(..., record=True)
 FORMAT = "lqo-plan-book/1"
 
 

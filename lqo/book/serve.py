@@ -15,8 +15,11 @@ the plan for this text (a parse, still no model). Unknown template -> None.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import Callable
 
 from lqo.book.book import BookEntry, PlanBook
@@ -30,9 +33,13 @@ FullRenderer = Callable[[str, Plan], str]
 
 
 class BookServer:
-    def __init__(self, book: PlanBook, render_full: FullRenderer | None = None, cache_size: int = 4096) -> None:
+    def __init__(self, book: PlanBook, render_full: FullRenderer | None = None, cache_size: int = 4096,
+                 feedback: str | os.PathLike | None = None) -> None:
         self.book = book
         self.render_full = render_full
+        # Opt-in: executions of served plans append their latency here (``lqo tune``
+        # re-checks a verified choice whose latencies drift above its verified figures).
+        self.feedback = Path(feedback) if feedback is not None else None
         # Exact texts recur too (a dashboard's refresh): those skip even the key.
         self._texts: OrderedDict[str, Optimized | None] = OrderedDict()
         self._cache_size = cache_size
@@ -55,6 +62,8 @@ class BookServer:
             hit = self._texts[sql]
             return None if hit is None else dataclasses.replace(hit, planning_ms=_ms(start))
         result = self._serve(sql, start)
+        if result is not None and self.feedback is not None:
+            result.on_latency = self._record
         self._texts[sql] = result
         if len(self._texts) > self._cache_size:
             self._texts.popitem(last=False)
@@ -81,6 +90,30 @@ class BookServer:
             return Optimized(sql, sql, False, None, None, None, None,
                              "plan book: no rendering of the verified plan fits this text", _ms(start), source="book")
         return Optimized(sql, text, True, plan, None, None, None, None, _ms(start), source="book")
+
+
+    def _record(self, res: Optimized, ms: float) -> None:
+        entry = self._served.get(template_key(res.original_sql).key)
+        if entry is None or self.feedback is None:
+            return
+        line = json.dumps({"key": entry[0].key, "choice": entry[0].choice, "ms": round(ms, 3), "at": round(time.time(), 1)})
+        with open(self.feedback, "a") as fh:  # one short line per write: appends do not interleave
+            fh.write(line + "\n")
+
+
+def read_feedback(path: str | os.PathLike) -> dict[tuple[str, str], list[float]]:
+    """Recorded latencies per (template key, choice); a torn last line is skipped."""
+    out: dict[tuple[str, str], list[float]] = {}
+    p = Path(path)
+    if not p.is_file():
+        return out
+    for line in p.read_text().splitlines():
+        try:
+            d = json.loads(line)
+            out.setdefault((d["key"], d["choice"]), []).append(float(d["ms"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out
 
 
 def _ms(start: float) -> float:

@@ -38,8 +38,9 @@ from pathlib import Path
 from typing import Callable
 
 from lqo.book.accept import AcceptRule, judge
-from lqo.book.book import BOOK_FILE, Candidate, PlanBook
+from lqo.book.book import BOOK_FILE, FEEDBACK_FILE, Candidate, PlanBook
 from lqo.book.slots import SlotRendering
+from lqo.book.serve import read_feedback
 from lqo.book.template import template_key
 from lqo.engine.harness import is_user_interrupt, median_latency, run_interleaved
 from lqo.errors import LqoError
@@ -58,6 +59,7 @@ from lqo.workloads.workload import Query, Workload
 ARMS: tuple[str, ...] = ("join_filter_pushdown", "build_side_probe_side", "join_order",
                          "compressed_materialization", "cte_inlining")
 HISTORY_FILE = "tune_history.json"
+DRIFT = 1.5  # served latency above this x the verified figure triggers a re-check
 STORE_FILE = "experience.duckdb"
 
 
@@ -90,6 +92,7 @@ class TuneResult:
     tested: int = 0
     adopted: int = 0
     wrong: int = 0
+    rechecked: int = 0
     elapsed_s: float = 0.0
     interrupted: bool = False
     history: list = field(default_factory=list)
@@ -179,6 +182,8 @@ class Tuner:
         try:
             templates = self._templates()
             result.templates = len(templates)
+            self._recheck(ctx, templates, book, result)
+            book.save(book_path)
             pending: list[tuple[_Template, Candidate]] = []
             for t in templates:
                 entry = book.entry(t.key, t.template, t.tune[0].sql)
@@ -229,6 +234,28 @@ class Tuner:
             con.close()
         result.elapsed_s = time.perf_counter() - start
         return result
+
+    def _recheck(self, ctx: "_Context", templates: list[_Template], book: PlanBook, result: TuneResult) -> None:
+        """Test again a verified choice whose recorded latencies (``Optimizer.load(...,
+        record=True)``) drift above its verified figures; back to native if it fails."""
+        feedback = read_feedback(self.out / FEEDBACK_FILE)
+        by_key = {t.key: t for t in templates}
+        for e in book.entries.values():
+            v = e.verdicts.get(e.choice)
+            recs = feedback.get((e.key, e.choice), [])
+            if e.choice == "native" or v is None or len(recs) < 5 or e.key not in by_key or not e.native_ms:
+                continue
+            expected = statistics.mean(e.native_ms.values()) * v.median_ratio
+            if statistics.median(recs) <= DRIFT * expected:
+                continue
+            result.rechecked += 1
+            verdict = ctx.accept(by_key[e.key], e, e.candidates[e.choice])
+            self.log(f"tune: {e.template}: served latency {statistics.median(recs):.1f} ms drifted above "
+                     f"{DRIFT:g} x {expected:.1f} ms; re-check {'passes' if verdict.accepted else 'fails: ' + verdict.reason}")
+            e.verdicts[e.choice] = verdict
+            if not verdict.accepted:
+                e.note = f"{e.choice} dropped after re-check: {verdict.reason}"
+                e.adopt("native")
 
     def _pick(self, pending, book: PlanBook, origins: _OriginStats, rng: random.Random,
               predicted: dict[tuple[str, str], tuple[float, float]]) -> int:

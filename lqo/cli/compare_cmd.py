@@ -28,6 +28,7 @@ def register(sub) -> None:
                    "the held-out instances of the templates `lqo tune` tuned (never run while tuning) (default all)")
     p.add_argument("--repeat", type=int, default=5, help="interleaved runs per plan (default 5)")
     p.add_argument("--csv", help="also write the per-query table to this CSV file")
+    p.add_argument("--plot", metavar="PNG", help="also write the per-query speedup plot (native / lqo) to this file")
     add_json_flag(p)
     p.set_defaults(handler=run)
 
@@ -68,6 +69,12 @@ def run(args: argparse.Namespace) -> int:
                               progress=lambda items: progress(items, total=len(items), desc="compare"))
     if args.csv:
         report.write_csv(args.csv)
+    if args.plot:
+        from lqo import plots
+
+        fig = plots.speedup_bars(report.to_json()["queries"], report.regression,
+                                 title=f"lqo vs DuckDB native: {workload.name}, {args.split}")
+        fig.savefig(args.plot, dpi=120)
     emit(args, format_report(report), report.to_json())
     return 130 if report.interrupted else 0
 

@@ -1,0 +1,147 @@
+"""The recurring path end to end: tune a plan book, then held-out instances vs native.
+
+    python benchmarks/plan_book.py WORKLOAD --out DIR --budget 12 --seeds 0 1 --random-seed 0 --rounds 5
+
+WORKLOAD holds several instances per template (``lqo workload vary``). For every seed,
+``lqo tune`` runs with the learned order (and, for ``--random-seed``, with the uniformly
+random order on the same budget), each into its own model directory under DIR. Then,
+for each learned book, the held-out instances (never run while tuning) are measured in
+``--rounds`` interleaved rounds: the native text, lqo's served choice (the look-up time
+added), and every candidate of the template that screened faster than native (for the
+oracle: per instance the best of native and those candidates, in the same rounds).
+
+Writes DIR/plan_book.json (raw figures) and DIR/tune_curve.png (workload time under the
+book vs tuning minutes, learned vs random); prints a summary. Serving latency is the
+``optimize()`` time of every held-out instance (cold: each text seen once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from lqo.book.book import PlanBook
+from lqo.book.tune import HISTORY_FILE, TuneConfig, Tuner
+from lqo.engine.harness import fingerprint_rows, median_latency, run_interleaved
+from lqo.optimizer import Optimizer
+from lqo.workloads.workload import Workload
+
+
+def tune(workload: Workload, out: Path, seed: int, strategy: str, budget: float) -> dict:
+    t0 = time.perf_counter()
+    r = Tuner(workload, out, TuneConfig(budget_min=budget, strategy=strategy, seed=seed),
+              log=lambda line: print(f"[{strategy} {seed}] {line}", flush=True)).run()
+    return {"dir": str(out), "strategy": strategy, "seed": seed, "elapsed_s": round(time.perf_counter() - t0, 1),
+            "screened": r.screened, "tested": r.tested, "adopted": r.adopted, "wrong": r.wrong,
+            "history": json.loads((out / HISTORY_FILE).read_text())}
+
+
+def held_out(workload: Workload, model: Path, rounds: int) -> dict:
+    book = PlanBook.load(model)
+    con = workload.connect()
+    rows = []
+    try:
+        opt = Optimizer.load(model, con)
+        for e in sorted(book.entries.values(), key=lambda e: e.template):
+            promising = [e.candidates[c] for c, r in e.screened.items() if r < 1.0 and c in e.candidates]
+            for qid in e.held_out:
+                q = workload.query(qid)
+                res = opt.optimize(q.sql, con)
+                served = opt.optimize(q.sql, con)  # the same text again: the text cache
+                variants = [(q.sql, False), (res.sql, res.forced, res.disabled)]
+                for c in promising:
+                    variants.append(_variant(c, q, opt))
+                runs = run_interleaved(con, variants, repeats=rounds, warmup=1, timeout_s=60)
+                ref = next((r.fingerprint for r in runs[0] if r.ok), None)
+                med = [median_latency([r for r in rs if r.ok]) if all(r.ok for r in rs) else None for rs in runs]
+                wrong = [any(r.ok and r.fingerprint != ref for r in rs) for rs in runs]
+                native_ms = med[0]
+                lqo_ms = (med[1] if med[1] is not None else 60_000.0) + res.planning_ms
+                best = min([m for m, w in zip(med[2:], wrong[2:]) if m is not None and not w] + [native_ms])
+                rows.append({"id": qid, "template": e.template, "choice": e.choice, "native_ms": native_ms,
+                             "lqo_ms": lqo_ms, "lqo_exec_ms": med[1], "planning_ms": res.planning_ms,
+                             "repeat_planning_ms": served.planning_ms, "oracle_ms": best,
+                             "candidates": len(promising), "wrong": wrong[1], "candidate_wrong": sum(wrong[2:])})
+                print(f"{qid:<10} native {native_ms:8.1f}  lqo {lqo_ms:8.1f}  oracle {best:8.1f}  {e.choice}", flush=True)
+    finally:
+        con.close()
+    native = sum(r["native_ms"] for r in rows)
+    lqo = sum(r["lqo_ms"] for r in rows)
+    oracle = sum(r["oracle_ms"] for r in rows)
+    plan = sorted(r["planning_ms"] for r in rows)
+    ratios = [r["lqo_ms"] / r["native_ms"] for r in rows]
+    return {"model": str(model), "queries": rows, "totals": {
+        "instances": len(rows), "native_ms": native, "lqo_ms": lqo, "ratio": lqo / native,
+        "geomean": statistics.geometric_mean(ratios), "worst": max(ratios),
+        "worst_id": rows[ratios.index(max(ratios))]["id"], "above_1_10": sum(r > 1.10 for r in ratios),
+        "oracle_ratio": oracle / native,
+        "headroom_taken": (native - (lqo - sum(plan))) / (native - oracle) if native > oracle else None,
+        "serving_ms_median": statistics.median(plan), "serving_ms_p99": plan[int(0.99 * (len(plan) - 1))],
+        "wrong": sum(r["wrong"] for r in rows), "candidate_wrong": sum(r["candidate_wrong"] for r in rows),
+        "templates_adopted": sum(1 for e in book.entries.values() if e.choice != "native"),
+    }}
+
+
+def _variant(c, q, opt):
+    from lqo.book.slots import SlotRendering
+    from lqo.book.template import template_key
+    from lqo.trees.plan import Plan
+
+    if c.kind == "arm":
+        return (q.sql, False, c.disabled)
+    lits = template_key(q.sql).literals
+    if c.slots is not None and SlotRendering.from_json(c.slots).n_literals == len(lits):
+        return (SlotRendering.from_json(c.slots).fill(lits), True, ())
+    return (opt._render_full(q.sql, Plan.from_json(c.plan)), True, ())
+
+
+def curve_plot(tunes: list[dict], path: Path) -> None:
+    from lqo import plots  # noqa: F401  (headless backend)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for t in tunes:
+        h = t["history"]
+        ax.plot([p["elapsed_s"] / 60 for p in h], [p["book_ms"] / p["native_ms"] for p in h],
+                label=f"{t['strategy']}, seed {t['seed']}", drawstyle="steps-post")
+    ax.set_xlabel("tuning minutes")
+    ax.set_ylabel("tuning instances under the book / native")
+    ax.set_title("What tuning buys, by exploration order")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("workload")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--budget", type=float, default=12.0, help="tuning minutes per run")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--random-seed", type=int, nargs="*", default=[0], help="seeds of random-order runs")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--skip-tune", action="store_true", help="reuse the model directories under --out")
+    args = ap.parse_args(argv)
+    wl = Workload.load(args.workload)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = [("learned", s) for s in args.seeds] + [("random", s) for s in args.random_seed]
+    tunes = []
+    for strategy, seed in runs:
+        d = out / f"{strategy}-seed{seed}"
+        tunes.append(tune(wl, d, seed, strategy, 0.001 if args.skip_tune else args.budget))
+    results = {"workload": str(wl.root), "budget_min": args.budget, "rounds": args.rounds, "tunes": tunes,
+               "held_out": [held_out(wl, out / f"learned-seed{s}", args.rounds) for s in args.seeds]}
+    (out / "plan_book.json").write_text(json.dumps(results, indent=1, default=str))
+    curve_plot(tunes, out / "tune_curve.png")
+    for h in results["held_out"]:
+        print(json.dumps(h["totals"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
