@@ -143,7 +143,14 @@ def check_compare_optimizer(nb) -> None:
     assert cmp["totals"]["queries"] == len(got["probe_split_ids"]) and not cmp["totals"]["interrupted"]
     assert not [q["id"] for q in cmp["queries"] if q["wrong"]] and cmp["totals"]["wrong_results"] == 0
     assert all(q["native_ms"] > 0 and q["lqo_ms"] > 0 and q["ratio"] > 0 for q in cmp["queries"]), cmp["queries"]
-    summary, lr = markdown_tables(nb)
+    book_summary, summary, lr = markdown_tables(nb)
+    # the recurring path: every held-out instance (one per template) compared, none wrong
+    book_cmp = got["book_cmp"]
+    assert sorted(got["probe_held_out"]) == sorted(f"{q}_v{got['VARY_INSTANCES']}" for q in TPCH_IDS), got["probe_held_out"]
+    assert sorted(q["id"] for q in book_cmp["queries"]) == sorted(got["probe_held_out"])
+    assert all(q["source"] == "book" for q in book_cmp["queries"]) and book_cmp["totals"]["wrong_results"] == 0
+    shown_book = {r["figure"]: r["value"] for r in book_summary}
+    assert shown_book["queries"] == str(len(TPCH_IDS)) and shown_book["wrong_results"] == "0", shown_book
     shown = {r["figure"]: r["value"] for r in summary}
     assert shown["queries"] == str(len(got["probe_split_ids"])) and shown["wrong_results"] == "0", shown
     assert shown["forced"] == str(cmp["totals"]["forced"]) and shown["worst_query"] in got["probe_split_ids"], shown
@@ -179,8 +186,10 @@ def check_scheduler(nb) -> None:
 # displayed tables must show.
 PROBES = {
     "compare_optimizer": ("probe_workload_ids = [q.id for q in workload]\n"
-                          "probe_split_ids = [q.id for q in report.split_queries(workload, MODEL, SPLIT)]",
-                          ["cmp", "probe_workload_ids", "probe_split_ids", "QUERIES", "SPLIT"],
+                          "probe_split_ids = [q.id for q in report.split_queries(workload, MODEL, SPLIT)]\n"
+                          "probe_held_out = [q.id for q in held_out]",
+                          ["cmp", "probe_workload_ids", "probe_split_ids", "QUERIES", "SPLIT", "book_cmp",
+                           "probe_held_out", "VARY_INSTANCES"],
                           check_compare_optimizer),
     "scheduler": ("probe_sim = [r.to_json() for r in sim]\nprobe_real = [r.to_json() for r in real]",
                   ["probe_sim", "probe_real", "POLICIES", "N_QUERIES", "REAL"], check_scheduler),
