@@ -88,24 +88,51 @@ def make_workload(seed: int, n_queries: int, plans_per_query: int = 4, n_rels=(3
     return plans, np.array(ms), np.array(groups)
 
 
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def within_group_accuracy(pred: np.ndarray, true: np.ndarray, groups: np.ndarray) -> float:
-    """Share of same-group plan pairs the prediction orders like the truth."""
-    right = total = 0
+def clear_pairs(true, groups, ratio: float = 1.5) -> list[tuple[int, int]]:
+    """Pairs of plans of the same query whose true latencies differ by ``ratio`` or more."""
+    true, groups = np.asarray(true), np.asarray(groups)
+    pairs = []
     for g in np.unique(groups):
         idx = np.flatnonzero(groups == g)
-        for k, i in enumerate(idx):
-            for j in idx[k + 1 :]:
-                total += 1
-                right += (pred[i] < pred[j]) == (true[i] < true[j])
-    return right / total
+        pairs += [(i, j) for k, i in enumerate(idx) for j in idx[k + 1 :]
+                  if max(true[i], true[j]) >= ratio * min(true[i], true[j])]
+    return pairs
+
+
+def within_query_accuracy(pred, true, groups, ratio: float = 1.5) -> float:
+    """Share of the clear pairs (``clear_pairs``) that ``pred`` orders like the truth; a
+    tie in ``pred`` counts half (a plan-blind predictor, constant within a query, scores
+    exactly 0.5)."""
+    pairs = clear_pairs(true, groups, ratio)
+    assert len(pairs) >= 50, f"only {len(pairs)} clearly ordered pairs"
+    right = sum(0.5 if pred[i] == pred[j] else float((pred[i] < pred[j]) == (true[i] < true[j])) for i, j in pairs)
+    return right / len(pairs)
+
+
+def heuristic_predictions(plans, ms, groups) -> dict[str, np.ndarray]:
+    """Latency guesses that need no training: what a model must beat to earn its keep."""
+    def log_cards(p, kinds):
+        return p.x[np.isin(p.x[:, :N_KINDS].argmax(1), kinds) & (p.x[:, :N_KINDS].sum(1) > 0), N_KINDS]
+
+    return {
+        # the query's mean measured latency: never looks at the plan
+        "query_mean": np.array([ms[groups == g].mean() for g in groups]),
+        # the number of relations x the largest relation's log-cardinality: plan-blind too
+        "relations_x_max_log_card": np.array([len(p.rel_nodes) * log_cards(p, [SCAN]).max() for p in plans]),
+        # these two read the tree: lqo's (here: the true) cardinalities of its joins
+        "sum_log_card": np.array([log_cards(p, [SCAN, JOIN]).sum() for p in plans]),
+        # C_out: the sum of the joins' output cardinalities, the textbook cost function
+        "c_out": np.array([(10.0 ** log_cards(p, [JOIN])).sum() for p in plans]),
+    }
 
 
 FAST = {"epochs": 15, "patience": 8, "batch_size": 32, "lr": 3e-3}
+# Enough epochs that both kinds beat the heuristics on held-out queries for every data and
+# model seed tried (graph_conv stopped at 15 epochs falls below them on some seeds).
+FIT = {**FAST, "epochs": 40, "patience": 40}
+# How far a model must beat the best heuristic, in within-query pairwise accuracy. Over
+# 10 data x 2 model seeds the margin was >= 0.035 (graph_conv) and >= 0.118 (tree_conv).
+MARGIN = 0.03
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +143,17 @@ def data():
 @pytest.fixture(scope="module", params=sorted(MODEL_KINDS))
 def fitted(request, data):
     plans, ms, groups = data["train"]
-    return make_model(request.param, **FAST).fit(plans, ms, groups)
+    return make_model(request.param, **FIT).fit(plans, ms, groups)
+
+
+@pytest.fixture(scope="module")
+def best_heuristic(data):
+    """The best within-query accuracy of the heuristics on the held-out queries."""
+    plans, ms, groups = data["test"]
+    acc = {name: within_query_accuracy(p, ms, groups) for name, p in heuristic_predictions(plans, ms, groups).items()}
+    print("heuristics:", {k: round(v, 3) for k, v in acc.items()})
+    assert acc["query_mean"] == acc["relations_x_max_log_card"] == 0.5  # plan-blind: ties within every query
+    return max(acc.values())
 
 
 # ----- batching ------------------------------------------------------------------------
@@ -164,19 +201,29 @@ def test_training_loss_falls(fitted):
     assert min(h["val_loss"] for h in hist) < hist[0]["val_loss"]
 
 
-def test_predictions_rank_held_out_plans(fitted, data):
-    plans, ms, _ = data["test"]
+def test_predictions_rank_held_out_plans(fitted, data, best_heuristic):
+    """The test queries are other queries than the training ones (another seed): the model
+    must order plans of an unseen query better than cardinality heuristics do."""
+    plans, ms, groups = data["test"]
     pred = fitted.predict(plans)
-    assert pred.shape == ms.shape and (pred >= 0).all()
-    assert spearman(pred, ms) > 0.6
+    assert pred.shape == ms.shape and np.isfinite(pred).all()
+    assert all(pred[i] != pred[j] for i, j in clear_pairs(ms, groups))  # it looks at the plan
+    acc = within_query_accuracy(pred, ms, groups)
+    print(f"{fitted.kind}: within-query accuracy {acc:.3f} vs best heuristic {best_heuristic:.3f}")
+    assert acc > best_heuristic + MARGIN
 
 
 @pytest.mark.parametrize("kind", sorted(MODEL_KINDS))
-def test_ranking_loss_alone_ranks_within_queries(kind, data):
+def test_ranking_loss_alone_ranks_within_queries(kind, data, best_heuristic):
     plans, ms, groups = data["train"]
-    model = make_model(kind, loss="ranking", n_members=1, **FAST).fit(plans, ms, groups)
+    # An ensemble: single graph_conv members trained on ranking alone fell below the
+    # heuristics on 4 of 20 seeds; three members stayed >= 0.038 above them.
+    kw = {**FAST, "epochs": 25, "patience": 25, "n_members": 3}
+    model = make_model(kind, loss="ranking", **kw).fit(plans, ms, groups)
     tplans, tms, tgroups = data["test"]
-    assert within_group_accuracy(model.predict(tplans), tms, tgroups) > 0.6
+    acc = within_query_accuracy(model.predict(tplans), tms, tgroups)
+    print(f"{kind} ranking loss: within-query accuracy {acc:.3f} vs best heuristic {best_heuristic:.3f}")
+    assert acc > best_heuristic + MARGIN
 
 
 def test_batching_does_not_change_predictions(fitted, data):
@@ -190,7 +237,7 @@ def test_uncertainty_grows_out_of_distribution(fitted, data):
     _, std_in = fitted.predict_with_uncertainty(data["train"][0][:100])
     ood, _, _ = make_workload(2, 25, n_rels=(8, 12), card_range=(6.0, 9.0))
     _, std_out = fitted.predict_with_uncertainty(ood)
-    assert (std_in >= 0).all() and (std_out >= 0).all()
+    assert np.isfinite(std_in).all() and (std_in > 0).all()  # the members disagree somewhat
     assert std_out.mean() > std_in.mean()
 
 

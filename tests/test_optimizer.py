@@ -1,14 +1,15 @@
 """The learned optimizer end to end: a short real training run on TPC-H sf 0.01.
 
-Checks: training loss falls; held-out plans are ranked better than chance; save/load
-gives identical predictions; optimize() returns the native result on every TPC-H query;
-bad inputs fail clearly.
+Checks: training loss falls; plans of held-out queries are ranked better than plan-blind
+guesses; save/load gives identical predictions; optimize() returns the native result on
+every TPC-H query, also when the gate is opened so that plans are actually forced; bad
+inputs fail clearly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
-import shutil
 
 import numpy as np
 import pytest
@@ -16,7 +17,10 @@ import pytest
 from lqo.sql.catalog import Catalog
 from lqo.cli import main
 from lqo.errors import InvalidSQLError, LqoError, MissingFileError, NotSelectError, SchemaMismatchError
-from lqo.engine.harness import Harness
+from lqo.decision import DecisionConfig
+from lqo.engine.harness import fingerprint_rows
+from lqo.evaluate.compare import CompareConfig, compare_workload
+from lqo.learn.featurized import JOIN, N_KINDS, SCAN
 from lqo.learn.features import Featurizer
 from lqo.learn.model_kinds import make_model
 from lqo.optimizer import Optimizer, optimize
@@ -27,9 +31,20 @@ from lqo.train.trainer import Trainer
 from lqo.workloads.workload import Workload
 
 
-def spearman(a, b) -> float:
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
+def within_query_accuracy(pred, ms, qids, ratio: float = 1.5) -> tuple[float, int]:
+    """Share of pairs of plans of the same query, measured ``ratio`` or more apart, that
+    ``pred`` orders like the measurements (a tie counts half: a predictor that never looks
+    at the plan scores 0.5); and the number of such pairs."""
+    right = total = 0.0
+    for q in set(qids):
+        idx = [i for i, x in enumerate(qids) if x == q]
+        for k, i in enumerate(idx):
+            for j in idx[k + 1 :]:
+                if max(ms[i], ms[j]) < ratio * min(ms[i], ms[j]):
+                    continue  # within the noise of few-ms runs
+                total += 1
+                right += 0.5 if pred[i] == pred[j] else float((pred[i] < pred[j]) == (ms[i] < ms[j]))
+    return right / max(total, 1), int(total)
 
 
 @pytest.fixture(scope="module")
@@ -69,12 +84,22 @@ def test_training_writes_a_resumable_checkpoint(trained, workload):
     assert result.history[0]["samples"] > 0
 
 
-def test_loss_falls_and_ranking_beats_chance(trained, workload):
-    """Fit on 70% of the executed plans; rank the latencies of the other 30%.
+def test_loss_falls_and_held_out_queries_are_ranked(trained, workload):
+    """Fit on the executed plans of two thirds of the queries; order the plans of the
+    other third (whole queries held out, three folds, pooled, three seeds).
 
-    Latencies at sf 0.01 are a few ms, so one split's rho swings with machine noise:
-    the check is on the mean over three splits.
+    Training uses the recorded experience, as ``lqo train`` does. The plans are measured
+    again here, median of three interleaved runs: single few-ms runs recorded on a busy
+    machine are too noisy to grade against. The score is within-query pairwise accuracy
+    over plans measured >= 1.5x apart, the choice the optimizer makes. Guesses that never
+    look at the join tree score about 0.5: the query's mean latency and relations x max
+    scan log-cardinality (constant within a query, 0.5 exactly) and the forced flag. The
+    model must beat them clearly. It is *not* required to beat the sum of lqo's estimated
+    log-cardinalities over the plan's nodes, which reads the tree: with 11 training
+    queries, over 14 training runs the model scored 0.10 below to 0.05 above it. Against
+    the plan-blind guesses its margin was 0.16 to 0.36.
     """
+    from lqo.engine.harness import median_latency, run_interleaved
     from lqo.train.samples import collect_samples
 
     con = workload.connect()
@@ -82,24 +107,51 @@ def test_loss_falls_and_ranking_beats_chance(trained, workload):
     prepared = {q.id: prepare(q.sql, con, cat) for q in workload}
     prepared = {k: v for k, v in prepared.items() if v.forceable and v.free_blocks}
     samples = collect_samples([trained / "experience.duckdb"], prepared)
+    samples.sort(key=lambda s: (s.query_id, str(s.plan), s.forced))
+    qids = [s.query_id for s in samples]
+    ids = sorted(set(qids))
+    assert len(ids) >= 8
+    ms = np.zeros(len(samples))
+    for q in ids:
+        idx = [i for i, x in enumerate(qids) if x == q]
+        pq = prepared[q]
+        variants = [(pq.render(samples[i].plan) if samples[i].forced else pq.sql, samples[i].forced) for i in idx]
+        for i, runs in zip(idx, run_interleaved(con, variants, repeats=3, warmup=1, timeout_s=10)):
+            ms[i] = median_latency(runs)
     con.close()
-    ids = sorted(prepared)
+    recorded = np.array([s.latency_ms for s in samples])
     feat = Featurizer(DatabaseStats.load(trained / "stats.json"))
-    rhos = []
+    X = [feat.featurize(prepared[s.query_id].graph, s.plan, s.forced) for s in samples]
+    g = np.array([ids.index(q) for q in qids])
+
+    rows = Featurizer.feature_names().index("log_rows")
+    kinds = lambda p: np.where(p.x[:, :N_KINDS].sum(1) > 0, p.x[:, :N_KINDS].argmax(1), -1)  # noqa: E731
+    guesses = {
+        "query_mean": np.array([ms[g == k].mean() for k in g]),
+        "relations_x_max_log_card": np.array([len(p.rel_nodes) * p.x[kinds(p) == SCAN, rows].max() for p in X]),
+        "forced_flag": np.array([p.query[-1] for p in X]),
+        "sum_log_card": np.array([p.x[np.isin(kinds(p), [SCAN, JOIN]), rows].sum() for p in X]),
+    }
+    base = {k: within_query_accuracy(v, ms, qids)[0] for k, v in guesses.items()}
+    accs = []
     for seed in range(3):
-        random.Random(seed).shuffle(samples)
-        cut = int(0.7 * len(samples))
-        train, test = samples[:cut], samples[cut:]
-        X = [feat.featurize(prepared[s.query_id].graph, s.plan, s.forced) for s in train]
-        y = np.array([s.latency_ms for s in train])
-        g = np.array([ids.index(s.query_id) for s in train])
-        model = make_model("tree_conv", loss="combined", epochs=80, n_members=3, seed=seed).fit(X, y, g)
-        losses = [h["train_loss"] for h in model.history_]
-        assert min(losses[-5:]) < losses[0]
-        pred = model.predict([feat.featurize(prepared[s.query_id].graph, s.plan, s.forced) for s in test])
-        rhos.append(spearman(pred, [s.latency_ms for s in test]))
-    print(f"held-out plans: {len(test)} (trained on {len(train)}), Spearman rho {np.round(rhos, 2)}")
-    assert len(test) >= 20 and np.mean(rhos) > 0.4
+        order = np.random.default_rng(seed).permutation(len(ids))
+        pred = np.zeros(len(samples))
+        for fold in range(3):
+            test = np.isin(g, order[fold::3])
+            train = np.flatnonzero(~test)
+            model = make_model("tree_conv", loss="combined", epochs=80, n_members=3, seed=seed)
+            model.fit([X[i] for i in train], recorded[train], g[train])
+            losses = [h["train_loss"] for h in model.history_]
+            assert min(losses[-5:]) < losses[0]
+            pred[test] = model.predict([X[i] for i in np.flatnonzero(test)])
+        acc, pairs = within_query_accuracy(pred, ms, qids)
+        accs.append(acc)
+    print(f"{len(ids)} queries, {pairs} clear pairs; within-query accuracy of the model {np.round(accs, 3)}, "
+          + ", ".join(f"{k} {v:.3f}" for k, v in base.items()))
+    assert pairs >= 50 and base["query_mean"] == base["relations_x_max_log_card"] == 0.5
+    plan_blind = max(base["query_mean"], base["relations_x_max_log_card"], base["forced_flag"])
+    assert np.mean(accs) > plan_blind + 0.1
 
 
 def test_save_load_identical_predictions(trained, workload, tmp_path):
@@ -115,21 +167,60 @@ def test_save_load_identical_predictions(trained, workload, tmp_path):
     con.close()
 
 
+def native_rows(con, sql: str) -> str:
+    return fingerprint_rows(con.execute(sql).fetchall())
+
+
 def test_optimize_returns_native_result_on_every_tpch_query(trained, workload):
+    """The trained model with its own gate: whatever it decides, the rows are native's."""
     con = workload.connect()
     opt = Optimizer.load(trained, con)
-    h = Harness(con)
     forced = 0
     for q in workload:
         res = optimize(q.sql, con, model=opt)
-        assert (res.fallback is None) == res.forced
+        assert (res.fallback is None) == res.forced, q.id
+        if not res.forced:
+            assert res.sql == q.sql and res.fallback, q.id
         forced += res.forced
-        assert h.run(q.sql, profile=False).fingerprint == Harness(con).run(res.sql, forced=res.forced, profile=False).fingerprint, q.id
-        rows = res.execute(con)
+        assert fingerprint_rows(res.execute(con)) == native_rows(con, q.sql), q.id
         assert con.execute("SELECT current_setting('disabled_optimizers')").fetchone()[0] == ""
-        assert len(rows) == len(con.execute(q.sql).fetchall())
     print(f"{forced} of {len(workload)} queries planned by lqo")
     con.close()
+
+
+def test_forced_plans_return_native_rows(trained, workload):
+    """Open the gate so plans are forced, and check every forced plan's rows.
+
+    The trained model learns that forcing costs time by itself (the ``forced`` feature)
+    and at sf 0.01 ranks the native text best on (nearly) every query, so the default
+    gate forces 0 or 1 of 22. Here every candidate is scored as forced, so the search
+    compares join trees alone, and any predicted gain is enough (min_gain 0, z 0): 5 to
+    13 of 22 queries were forced over twelve training runs.
+    """
+    con = workload.connect()
+    opt = Optimizer.load(trained, con)
+    opt.decision = DecisionConfig(min_gain=0.0, z=0.0)
+    opt.search = dataclasses.replace(opt.search, time_budget_ms=60_000)  # no cut-off by machine load
+    featurize = opt.featurizer.featurize
+    opt.featurizer.featurize = lambda graph, plan, forced=True: featurize(graph, plan, True)
+    forced, nonempty = [], 0
+    for q in workload:
+        res = opt.optimize(q.sql, con)
+        assert (res.fallback is None) == res.forced, q.id
+        if not res.forced:
+            continue
+        forced.append(q)
+        assert res.chosen != res.native and res.sql != q.sql and res.predicted_ms < res.predicted_native_ms
+        rows = res.execute(con)
+        assert con.execute("SELECT current_setting('disabled_optimizers')").fetchone()[0] == ""
+        assert fingerprint_rows(rows) == native_rows(con, q.sql), q.id
+        nonempty += len(rows) > 0
+    con.close()
+    print(f"{len(forced)} of {len(workload)} queries forced: {[q.id for q in forced]}")
+    assert len(forced) >= 3 and nonempty >= 3
+    # the comparison report runs the forced plans too and counts wrong results
+    totals = compare_workload(workload, opt, CompareConfig(repeats=1, warmup=0), queries=forced).totals
+    assert totals["forced"] == len(forced) and totals["wrong_results"] == 0
 
 
 def test_bad_inputs_fail_clearly(trained, workload, tmp_path, tpcds_db, capsys):
