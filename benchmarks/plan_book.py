@@ -7,8 +7,9 @@ WORKLOAD holds several instances per template (``lqo workload vary``). For every
 random order on the same budget), each into its own model directory under DIR. Then,
 for each learned book, the held-out instances (never run while tuning) are measured in
 ``--rounds`` interleaved rounds: the native text, lqo's served choice (the look-up time
-added), and every candidate of the template that screened faster than native (for the
-oracle: per instance the best of native and those candidates, in the same rounds).
+added), and every candidate of the template that earned an acceptance test (screened below
+0.95x native) for the oracle: per instance the best of native and those candidates, in
+the same rounds.
 
 Writes DIR/plan_book.json (raw figures) and DIR/tune_curve.png (workload time under the
 book vs tuning minutes, learned vs random); prints a summary. Serving latency is the
@@ -47,7 +48,8 @@ def held_out(workload: Workload, model: Path, rounds: int) -> dict:
     try:
         opt = Optimizer.load(model, con)
         for e in sorted(book.entries.values(), key=lambda e: e.template):
-            promising = [e.candidates[c] for c, r in e.screened.items() if r < 1.0 and c in e.candidates]
+            # The oracle's candidates: those that earned an acceptance test (screened < 0.95x).
+            promising = [e.candidates[c] for c in e.verdicts if c in e.candidates]
             for qid in e.held_out:
                 q = workload.query(qid)
                 res = opt.optimize(q.sql, con)
