@@ -18,7 +18,7 @@ import dataclasses
 import json
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+
 from pathlib import Path
 from typing import Any
 

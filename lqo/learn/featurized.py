@@ -56,3 +56,16 @@ class FlatPlan:
         assert self.left.max(initial=0) < n and self.right.max(initial=0) < n
         assert self.edges.ndim == 2 and self.edges.shape[0] == 2
         assert self.rel_nodes.max(initial=0) < n
+
+
+def example_join(a: float, b: float) -> FlatPlan:
+    """A tiny plan for examples and tests: the null node, scans of ``a`` and ``b`` rows
+    and their hash join, with two features per node (kind, rows).
+
+    >>> example_join(1.0, 2.0).x.shape
+    (4, 2)
+    """
+    return FlatPlan(np.array([[0, 0], [1, a], [1, b], [2, a + b]], np.float32),
+                    left=np.array([0, 0, 0, 1]), right=np.array([0, 0, 0, 2]),
+                    table=np.array([0, 1, 2, 0]), query=np.ones(3, np.float32),
+                    rel_nodes=np.array([1, 2]), edges=np.array([[0, 1], [1, 0]]))

@@ -15,13 +15,7 @@ concatenations (no per-plan ``Data`` objects), which is several times faster tha
 
 Example::
 
-    >>> import numpy as np
-    >>> from lqo.learn.featurized import FlatPlan
-    >>> def toy(a, b):  # the null node, scans of a and b rows, their hash join; 2 features (kind, rows)
-    ...     return FlatPlan(np.array([[0, 0], [1, a], [1, b], [2, a + b]], np.float32),
-    ...                     left=np.array([0, 0, 0, 1]), right=np.array([0, 0, 0, 2]),
-    ...                     table=np.array([0, 1, 2, 0]), query=np.ones(3, np.float32),
-    ...                     rel_nodes=np.array([1, 2]), edges=np.array([[0, 1], [1, 0]]))
+    >>> from lqo.learn.featurized import example_join as toy
     >>> plans = [toy(1.0, 2.0), toy(2.0, 1.0)]
     >>> batch = batch_graph(plans)
     >>> net = GraphConvNet(n_features=batch.x.shape[1], n_query=batch.query.shape[1], n_tables=32)
@@ -90,13 +84,7 @@ def plan_to_data(plan: FlatPlan) -> Data:
 
     Example::
 
-        >>> import numpy as np
-        >>> from lqo.learn.featurized import FlatPlan
-        >>> def toy(a, b):  # the null node, scans of a and b rows, their hash join; 2 features (kind, rows)
-        ...     return FlatPlan(np.array([[0, 0], [1, a], [1, b], [2, a + b]], np.float32),
-        ...                     left=np.array([0, 0, 0, 1]), right=np.array([0, 0, 0, 2]),
-        ...                     table=np.array([0, 1, 2, 0]), query=np.ones(3, np.float32),
-        ...                     rel_nodes=np.array([1, 2]), edges=np.array([[0, 1], [1, 0]]))
+        >>> from lqo.learn.featurized import example_join as toy
         >>> data = plan_to_data(toy(1.0, 2.0))
         >>> data.num_nodes, data.edge_attr.argmax(1).tolist()  # null dropped; probe, build, 2 join-graph edges
         (3, [0, 1, 2, 2])
@@ -116,13 +104,7 @@ def batch_graph(plans: Sequence[FlatPlan]) -> Batch:
 
     Example::
 
-        >>> import numpy as np
-        >>> from lqo.learn.featurized import FlatPlan
-        >>> def toy(a, b):  # the null node, scans of a and b rows, their hash join; 2 features (kind, rows)
-        ...     return FlatPlan(np.array([[0, 0], [1, a], [1, b], [2, a + b]], np.float32),
-        ...                     left=np.array([0, 0, 0, 1]), right=np.array([0, 0, 0, 2]),
-        ...                     table=np.array([0, 1, 2, 0]), query=np.ones(3, np.float32),
-        ...                     rel_nodes=np.array([1, 2]), edges=np.array([[0, 1], [1, 0]]))
+        >>> from lqo.learn.featurized import example_join as toy
         >>> plans = [toy(1.0, 2.0), toy(2.0, 1.0), toy(3.0, 1.0)]
         >>> b = batch_graph(plans)
         >>> b.num_graphs == len(plans), b.ptr.tolist(), b.query.shape

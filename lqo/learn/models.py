@@ -12,13 +12,7 @@ stacked forward pass (tree conv) or ``n_members`` passes (graph conv) instead of
 
 Example (toy plans; real ones come from :class:`lqo.learn.features.Featurizer`)::
 
-    >>> import numpy as np
-    >>> from lqo.learn.featurized import FlatPlan
-    >>> def toy(a, b):  # the null node, scans of a and b rows, their hash join; 2 features (kind, rows)
-    ...     return FlatPlan(np.array([[0, 0], [1, a], [1, b], [2, a + b]], np.float32),
-    ...                     left=np.array([0, 0, 0, 1]), right=np.array([0, 0, 0, 2]),
-    ...                     table=np.array([0, 1, 2, 0]), query=np.ones(3, np.float32),
-    ...                     rel_nodes=np.array([1, 2]), edges=np.array([[0, 1], [1, 0]]))
+    >>> from lqo.learn.featurized import example_join as toy
     >>> plans = [toy(float(a), float(b)) for a in range(1, 5) for b in range(1, 5)]
     >>> latencies_ms = np.array([10.0 * p.x[1, 1] + p.x[2, 1] for p in plans])
     >>> query_ids = np.repeat(np.arange(4), 4)  # 4 queries, 4 plans each
@@ -43,8 +37,7 @@ import copy
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -55,34 +48,11 @@ from lqo.errors import LqoError, SchemaMismatchError
 from lqo.learn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from lqo.learn.featurized import FlatPlan
 from lqo.learn.greedy_lr import GreedyLR
+from lqo.learn.torch_env import torch_env
 from lqo.learn.losses import LOSS_KINDS, group_batches, plan_loss, ranking_pairs, split_groups
 
 LR_SCHEDULES = ("greedy", "cosine")
 _PREDICT_CHUNK = 2048  # plans per forward pass when predicting, to bound memory
-
-
-@contextmanager
-def _torch_env(n_threads: int | None, seed: int | None = None) -> Iterator[None]:
-    """Threads, deterministic kernels and seeded RNG for the duration of a call, then
-    everything back as it was: a library must not change the caller's torch state."""
-    old_threads = torch.get_num_threads()
-    old_det = torch.are_deterministic_algorithms_enabled()
-    old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    if n_threads is not None and n_threads != old_threads:
-        torch.set_num_threads(n_threads)
-    try:
-        if seed is None:
-            yield
-        else:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                yield
-    finally:
-        if seed is not None:
-            torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
-        if torch.get_num_threads() != old_threads:
-            torch.set_num_threads(old_threads)
 
 
 def _labels(plans: Sequence[FlatPlan], ms: np.ndarray, groups: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -212,13 +182,7 @@ class PlanModel:
 
         Example::
 
-            >>> import numpy as np
-            >>> from lqo.learn.featurized import FlatPlan
-            >>> def toy(a, b):  # the null node, scans of a and b rows, their hash join; 2 features (kind, rows)
-            ...     return FlatPlan(np.array([[0, 0], [1, a], [1, b], [2, a + b]], np.float32),
-            ...                     left=np.array([0, 0, 0, 1]), right=np.array([0, 0, 0, 2]),
-            ...                     table=np.array([0, 1, 2, 0]), query=np.ones(3, np.float32),
-            ...                     rel_nodes=np.array([1, 2]), edges=np.array([[0, 1], [1, 0]]))
+            >>> from lqo.learn.featurized import example_join as toy
             >>> plans = [toy(float(a), float(b)) for a in range(1, 5) for b in range(1, 5)]
             >>> ms, query_ids = np.array([10.0 * p.x[1, 1] + p.x[2, 1] for p in plans]), np.repeat(np.arange(4), 4)
             >>> from lqo.learn.model_kinds import TreeConvModel
@@ -232,7 +196,7 @@ class PlanModel:
         y, gid = _labels(plans, latencies_ms, groups)
         rng = np.random.default_rng(self.seed)
         start = time.perf_counter()
-        with _torch_env(self.n_threads, self.seed):
+        with torch_env(self.n_threads, self.seed):
             if val is None:
                 tr, va = split_groups(gid, self.val_fraction, rng)
                 val_plans, val_y, val_g = [plans[i] for i in va], y[va], gid[va]
@@ -348,7 +312,7 @@ class PlanModel:
             return np.zeros((self.n_members, 0))
         self._check_dims(plans)
         outs = []
-        with _torch_env(self.n_threads), torch.inference_mode():
+        with torch_env(self.n_threads), torch.inference_mode():
             for lo in range(0, len(plans), _PREDICT_CHUNK):
                 batch = self._batch(plans[lo : lo + _PREDICT_CHUNK])
                 outs.append(self.net_(batch))

@@ -8,13 +8,7 @@ ensemble's members run stacked in the same ops (:class:`StackedLinear`).
 
 Example::
 
-    >>> import numpy as np
-    >>> from lqo.learn.featurized import FlatPlan
-    >>> def toy(a, b):  # the null node, scans of a and b rows, their hash join; 2 features (kind, rows)
-    ...     return FlatPlan(np.array([[0, 0], [1, a], [1, b], [2, a + b]], np.float32),
-    ...                     left=np.array([0, 0, 0, 1]), right=np.array([0, 0, 0, 2]),
-    ...                     table=np.array([0, 1, 2, 0]), query=np.ones(3, np.float32),
-    ...                     rel_nodes=np.array([1, 2]), edges=np.array([[0, 1], [1, 0]]))
+    >>> from lqo.learn.featurized import example_join as toy
     >>> plans = [toy(1.0, 2.0), toy(2.0, 1.0)]
     >>> batch = batch_tree(plans)
     >>> net = TreeConvNet(n_features=batch.x.shape[1], n_query=batch.query.shape[1], n_tables=32, members=3)
@@ -61,13 +55,7 @@ def batch_tree(plans: Sequence[FlatPlan]) -> TreeBatch:
 
     Example::
 
-        >>> import numpy as np
-        >>> from lqo.learn.featurized import FlatPlan
-        >>> def toy(a, b):  # the null node, scans of a and b rows, their hash join; 2 features (kind, rows)
-        ...     return FlatPlan(np.array([[0, 0], [1, a], [1, b], [2, a + b]], np.float32),
-        ...                     left=np.array([0, 0, 0, 1]), right=np.array([0, 0, 0, 2]),
-        ...                     table=np.array([0, 1, 2, 0]), query=np.ones(3, np.float32),
-        ...                     rel_nodes=np.array([1, 2]), edges=np.array([[0, 1], [1, 0]]))
+        >>> from lqo.learn.featurized import example_join as toy
         >>> p1, p2 = toy(1.0, 2.0), toy(2.0, 1.0)
         >>> b = batch_tree([p1, p2])
         >>> b.null.tolist() == [0, p1.n_nodes]   # each plan's null row

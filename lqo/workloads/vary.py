@@ -44,425 +44,25 @@ Rules that keep instances meaningful:
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import datetime as dt
-import itertools
-import math
 import os
 import random
-from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable
 
 import duckdb
-import sqlglot
-from sqlglot import exp
-from sqlglot.optimizer.qualify import qualify
-from sqlglot.optimizer.scope import Scope, traverse_scope
 
 from lqo.errors import WorkloadError
 from lqo.workloads.workload import Workload, check_out_dir, staging_dir, write_workload
 
-Column = tuple[str, str, str]  # (schema, table, column) as named in the catalog
-Hop = tuple[Column, Column]  # equi-join ``a = b``: a of the table before, b of the next
-_CMP = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
+from lqo.workloads.sites import Site, find_sites, render_string
+from lqo.workloads.values import Column, ColumnValues, Hop, usable_value
+
 _MAX_ATTEMPTS = 20
-_MAX_HOPS = 3  # joins between a predicate's table and the fact table it is weighted by
-
-#: Tables whose rows are the events that queries count (lowercase names): a predicate on
-#: a table joined to one of these draws its constants from the fact rows (TPC-DS).
-FACT_TABLES = frozenset({
-    "store_sales", "catalog_sales", "web_sales",
-    "store_returns", "catalog_returns", "web_returns", "inventory",
-})
-
-
-@dataclass(frozen=True)
-class Site:
-    """One literal token tied to a base-table column: ``sql[start:end + 1]`` is the token.
-
-    ``group`` names the fact table (occurrence in the query) that the column's table joins
-    to, None if none; ``path`` is the chain of equi-joins from that fact table to the
-    column's table (empty for a column of the fact table itself). ``offset`` is ``k`` in
-    ``literal + k`` (a number, or an interval as a ``timedelta``), None for a bare literal.
-    """
-
-    column: Column
-    start: int
-    end: int
-    is_string: bool
-    value: str
-    group: str | None = None
-    path: tuple[Hop, ...] = ()
-    offset: Decimal | dt.timedelta | None = None
-
-    @property
-    def fact(self) -> tuple[str, str]:
-        """(schema, table) of the fact table the site is weighted by (if ``group``)."""
-        return self.path[0][0][:2] if self.path else self.column[:2]
-
 
 def instance_id(query_id: str, i: int) -> str:
     """Id of the ``i``-th (1-based) varied instance of a query: ``q07`` -> ``q07_v3``."""
     return f"{query_id}_v{i}"
-
-
-class ColumnValues:
-    """Schema of a DuckDB database (for qualify) plus a cache of sampled column values.
-
-    >>> cat = ColumnValues(connect_read_only("tpch.duckdb"))  # doctest: +SKIP
-    >>> cat.values(("main", "region", "r_name"))[1]      # doctest: +SKIP
-    ['AFRICA', 'AMERICA', 'ASIA', 'EUROPE', 'MIDDLE EAST']
-    """
-
-    def __init__(self, con: duckdb.DuckDBPyConnection, limit: int = 1000, sample_rows: int = 10000,
-                 facts: frozenset[str] | set[str] = FACT_TABLES) -> None:
-        self.con, self.limit, self.sample_rows = con, limit, sample_rows
-        self.default_db = con.execute("SELECT current_schema()").fetchone()[0]
-        rows = con.execute(
-            "SELECT table_schema, table_name, column_name FROM information_schema.columns "
-            "WHERE table_catalog = current_database() ORDER BY ALL"
-        ).fetchall()
-        self.schema: dict[str, dict[str, dict[str, str]]] = {}
-        self._names: dict[tuple[str, str, str], Column] = {}
-        for db, table, col in rows:
-            self.schema.setdefault(db, {}).setdefault(table, {})[col] = "TEXT"
-            self._names[(db.lower(), table.lower(), col.lower())] = (db, table, col)
-        self.facts = {(db, table) for db in self.schema for table in self.schema[db]
-                      if table.lower() in {f.lower() for f in facts}}
-        self._cache: dict[Column, tuple[str, list] | None] = {}
-        self._joint: dict[tuple, tuple[list[tuple], list[int], list]] = {}
-
-    def column(self, db: str, table: str, col: str) -> Column | None:
-        """The catalog's spelling of a column, or None if there is no such column."""
-        return self._names.get((db.lower(), table.lower(), col.lower()))
-
-    def values(self, column: Column) -> tuple[str, list] | None:
-        """(category, sorted distinct sample) of a column; None for unusable types.
-
-        The sample is up to ``limit`` distinct non-null values chosen by hash, so it is
-        the same on every run. Categories: date, timestamp, number, string.
-        """
-        if column not in self._cache:
-            self._cache[column] = self._sample(column)
-        return self._cache[column]
-
-    def is_fact(self, db: str, table: str) -> bool:
-        """Whether ``db.table`` is a fact table (see ``FACT_TABLES``)."""
-        return (db, table) in self.facts
-
-    def joint(self, fact: tuple[str, str], members: tuple[tuple[tuple[Hop, ...], Column], ...]
-              ) -> tuple[list[tuple], list[int], list[tuple[Any, Any] | None]]:
-        """Value tuples of ``members`` (join path from ``fact``, column) that co-occur in
-        sampled fact rows, their cumulative row counts, and each member's (min, max) there:
-        ``(rows, cumulative, bounds)``.
-
-        The sample is about ``sample_rows`` fact rows chosen by hash of the row id (the same
-        on every run: a plain filter, where ``ORDER BY hash(rowid) LIMIT n`` under joins
-        was seen to vary between runs), joined along the members' paths; tuples with a NULL
-        are left out, the ``sample_rows`` most frequent tuples are kept. Empty if the query
-        fails.
-        """
-        key = (fact, members)
-        if key not in self._joint:
-            try:
-                size = self.con.execute(f"SELECT count(*) FROM {_quote(fact[0])}.{_quote(fact[1])}").fetchone()[0]
-                rows = self.con.execute(_joint_sql(fact, members, self.sample_rows, size)).fetchall()
-            except duckdb.Error:  # e.g. a join between incompatible types: draw uniformly
-                rows = []
-            values = [r[:-1] for r in rows]
-            bounds = []
-            for j, (_, column) in enumerate(members):
-                info = self.values(column)
-                seen = [r[j] for r in values if info is not None and _usable(r[j], info[0])]
-                bounds.append((min(seen), max(seen)) if seen else None)
-            self._joint[key] = (values, list(itertools.accumulate(r[-1] for r in rows)), bounds)
-        return self._joint[key]
-
-    def _sample(self, column: Column) -> tuple[str, list] | None:
-        db, table, col = (_quote(p) for p in column)
-        rows = self.con.execute(
-            f"SELECT v FROM (SELECT DISTINCT {col} AS v FROM {db}.{table} WHERE {col} IS NOT NULL) "
-            f"ORDER BY hash(v), v LIMIT {int(self.limit)}"
-        ).fetchall()
-        values = [r[0] for r in rows]
-        if not values:
-            return None
-        category = _category(values[0])
-        if category is None or any(_category(v) != category for v in values):
-            return None
-        if category == "number":
-            values = [v for v in values if not (isinstance(v, float) and not math.isfinite(v))]
-        return category, sorted(set(values))
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _joint_sql(fact: tuple[str, str], members: tuple[tuple[tuple[Hop, ...], Column], ...], rows: int,
-               size: int) -> str:
-    """SQL for ``ColumnValues.joint``: one join per distinct path prefix (alias ``t<i>``)."""
-    aliases: dict[tuple[Hop, ...], str] = {(): "t0"}
-    joins: list[str] = []
-    fact_cols: list[str] = []
-    for path, column in members:
-        for i, (src, dst) in enumerate(path):
-            if i == 0 and src[2] not in fact_cols:
-                fact_cols.append(src[2])
-            if path[: i + 1] not in aliases:
-                alias = aliases[path[: i + 1]] = f"t{len(aliases)}"
-                joins.append(f"JOIN {_quote(dst[0])}.{_quote(dst[1])} AS {alias} "
-                             f"ON {aliases[path[:i]]}.{_quote(src[2])} = {alias}.{_quote(dst[2])}")
-        if not path and column[2] not in fact_cols:
-            fact_cols.append(column[2])
-    values = [f"{aliases[path]}.{_quote(column[2])}" for path, column in members]
-    where = f" WHERE hash(rowid) < {int(rows) * 2**64 // int(size)}" if size > rows else ""
-    sample = (f"(SELECT {', '.join(_quote(c) for c in fact_cols)} FROM {_quote(fact[0])}.{_quote(fact[1])}"
-              f"{where}) AS t0")
-    select = ", ".join(f"{v} AS v{i}" for i, v in enumerate(values))
-    not_null = " AND ".join(f"{v} IS NOT NULL" for v in values)
-    order = ", ".join(str(i + 1) for i in range(len(values)))
-    return (f"SELECT {select}, count(*) AS n FROM {sample} {' '.join(joins)} WHERE {not_null} "
-            f"GROUP BY ALL ORDER BY n DESC, {order} LIMIT {int(rows)}")
-
-
-def _category(value: Any) -> str | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, dt.datetime):
-        return "timestamp"
-    if isinstance(value, dt.date):
-        return "date"
-    if isinstance(value, (int, float, Decimal)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return None
-
-
-# --- finding literals ----------------------------------------------------------------
-
-
-def find_sites(sql: str, catalog: ColumnValues) -> list[Site]:
-    """The literal tokens of ``sql`` that compare against a base-table column.
-
-    >>> [s.value for s in find_sites("SELECT 1 FROM region WHERE r_name = 'ASIA'", cat)]  # doctest: +SKIP
-    ['ASIA']
-    """
-    try:
-        tree = sqlglot.parse_one(sql, read="duckdb")
-        tree = qualify(tree, schema=catalog.schema, db=catalog.default_db, dialect="duckdb",
-                       validate_qualify_columns=False, identify=False)
-        scopes = list(traverse_scope(tree))
-    except Exception:  # noqa: BLE001 - anything sqlglot cannot handle is left unchanged
-        return []
-    scope_of = {id(c): s for s in scopes for c in s.columns}
-    try:
-        edges = _join_graph(tree, scope_of, catalog)
-    except Exception:  # noqa: BLE001 - no join graph: every column is drawn uniformly
-        edges = {}
-    occurrence_nodes = list(tree.find_all(exp.Table))
-    occurrence = {id(t): i for i, t in enumerate(occurrence_nodes)}
-    elsewhere: dict[tuple[str, str], tuple[str, tuple[Hop, ...]] | None] = {}
-    raw: list[tuple[Site, tuple[str, tuple[Hop, ...]] | None]] = []
-    for node in tree.find_all(*_CMP, exp.Between, exp.In):
-        if not _in_predicate(node):
-            continue
-        col, values = _column_and_values(node)
-        if col is None or id(col) not in scope_of:
-            continue
-        source = _resolve(col, scope_of[id(col)], catalog, 0)
-        if source is None:
-            continue
-        table, column = source
-        found = _fact_path(table, column[:2], edges, catalog) if table is not None else None
-        weight = (f"{occurrence[id(found[0])]}:{found[0].name}", found[1]) if found else None
-        for v in values:
-            lit = _anchor(v)
-            span = lit.meta if lit is not None else {}
-            if lit is None or "start" not in span or "end" not in span:
-                continue
-            site = Site(column, span["start"], span["end"], lit.is_string, str(lit.this), offset=_offset(v))
-            if _token_matches(sql, site):
-                raw.append((site, weight))
-    # a table occurrence with no fact join of its own (date_dim in a scalar or IN subquery)
-    # takes the first fact join of another occurrence of the same table in the query
-    sites = []
-    for site, weight in raw:
-        table = site.column[:2]
-        if weight is None and table not in elsewhere:
-            elsewhere[table] = None
-            for node in occurrence_nodes:
-                if catalog.column(node.db or catalog.default_db, node.name, site.column[2]) == site.column:
-                    found = _fact_path(node, table, edges, catalog)
-                    if found is not None:
-                        elsewhere[table] = (f"{occurrence[id(found[0])]}:{found[0].name}", found[1])
-                        break
-        weight = weight or elsewhere.get(table)
-        sites.append(dataclasses.replace(site, group=weight[0], path=weight[1]) if weight else site)
-    return sites
-
-
-def _in_predicate(node: exp.Expression) -> bool:
-    parent = node.parent
-    while parent is not None:
-        if isinstance(parent, (exp.Case, exp.If, exp.Select)):
-            return False
-        if isinstance(parent, (exp.Where, exp.Having, exp.Qualify, exp.Join)):
-            return True
-        parent = parent.parent
-    return False
-
-
-def _column_and_values(node: exp.Expression) -> tuple[exp.Column | None, list[exp.Expression]]:
-    if isinstance(node, exp.Between):
-        col, values = node.this, [node.args.get("low"), node.args.get("high")]
-    elif isinstance(node, exp.In):
-        if node.args.get("query") or node.args.get("unnest") or node.args.get("field"):
-            return None, []
-        col, values = node.this, list(node.expressions)
-    else:
-        left, right = node.this.unnest(), node.expression.unnest()
-        col, values = (left, [right]) if isinstance(left, exp.Column) else (right, [left])
-    col = col.unnest() if col is not None else None
-    if not isinstance(col, exp.Column):
-        return None, []
-    return col, [v for v in values if v is not None]
-
-
-def _anchor(value: exp.Expression) -> exp.Literal | None:
-    """The literal to resample in ``lit``, ``CAST(lit AS t)`` or ``anchor +/- constant``."""
-    value = value.unnest()
-    if isinstance(value, exp.Literal):
-        return value
-    if isinstance(value, exp.Cast) and isinstance(value.this, exp.Literal):
-        return value.this
-    if isinstance(value, (exp.Add, exp.Sub)) and not value.expression.find(exp.Column, exp.Query):
-        return _anchor(value.this)
-    return None
-
-
-Source = tuple[exp.Table | None, Column]  # the table occurrence (if one) and the column
-
-
-def _offset(value: exp.Expression) -> Decimal | dt.timedelta | None:
-    """``k`` in ``anchor + k`` / ``anchor - k`` (nested sums added up): a number, or an
-    ``INTERVAL n DAY|WEEK|MONTH|YEAR`` as a ``timedelta`` (months 30 days, years 365);
-    None for a bare anchor or an offset that cannot be read."""
-    value = value.unnest()
-    if not isinstance(value, (exp.Add, exp.Sub)):
-        return None
-    step = _step(value.expression.unnest())
-    inner = value.this.unnest()
-    base = _offset(inner) if isinstance(inner, (exp.Add, exp.Sub)) else (type(step)() if step is not None else None)
-    if step is None or base is None or type(base) is not type(step):
-        return None
-    return base + step if isinstance(value, exp.Add) else base - step
-
-
-_DAYS = {"DAY": 1, "DAYS": 1, "WEEK": 7, "WEEKS": 7, "MONTH": 30, "MONTHS": 30, "YEAR": 365, "YEARS": 365}
-
-
-def _step(node: exp.Expression) -> Decimal | dt.timedelta | None:
-    try:
-        if isinstance(node, exp.Literal) and not node.is_string:
-            return Decimal(str(node.this))
-        if isinstance(node, exp.Interval) and isinstance(node.this, exp.Literal):
-            days = _DAYS.get(node.text("unit").upper())
-            return dt.timedelta(days=days * float(Decimal(str(node.this.this)))) if days else None
-    except (InvalidOperation, ValueError, OverflowError):
-        return None
-    return None
-
-
-def _resolve(col: exp.Column, scope: Scope, catalog: ColumnValues, depth: int, loose: bool = False
-             ) -> Source | None:
-    """The base-table column behind a qualified column, through plain projections, with
-    the table occurrence (``exp.Table`` node) it is read from. ``loose``: a UNION's output
-    stands for its first branch even where the branches read different columns."""
-    source, s = None, scope
-    while s is not None and source is None:
-        source = s.sources.get(col.table)
-        s = s.parent
-    if isinstance(source, exp.Table):
-        column = catalog.column(source.db or catalog.default_db, source.name, col.name)
-        return (source, column) if column is not None else None
-    if isinstance(source, Scope) and depth < 16:
-        names = source.expression.named_selects
-        if col.name in names:
-            return _output(source, names.index(col.name), catalog, depth + 1, loose)
-    return None
-
-
-def _output(scope: Scope, index: int, catalog: ColumnValues, depth: int, loose: bool = False
-            ) -> Source | None:
-    """The base column behind output ``index`` of a derived table, CTE or set operation
-    (all branches of a UNION must agree on the column; the first one's table is returned)."""
-    expr = scope.expression
-    if isinstance(expr, exp.Select):
-        selects = expr.selects
-        inner = selects[index].unalias() if index < len(selects) else None
-        return _resolve(inner, scope, catalog, depth, loose) if isinstance(inner, exp.Column) else None
-    branches = scope.set_operation_scopes if isinstance(expr, exp.SetOperation) else []
-    found = [_output(b, index, catalog, depth + 1, loose) for b in branches] if depth < 16 else [None]
-    columns = {f[1] if f is not None else None for f in found}
-    if (len(columns) != 1 and not loose) or None in columns:
-        return None
-    return found[0]  # the first branch's table occurrence stands for all of them
-
-
-def _join_graph(tree: exp.Expression, scope_of: dict[int, Scope], catalog: ColumnValues
-                ) -> dict[int, list[tuple[exp.Table, Column, Column]]]:
-    """Equi-join edges ``a = b`` between table occurrences, in every scope (correlated
-    predicates included): ``id(table) -> [(other table, own column, other's column)]``."""
-    edges: dict[int, list[tuple[exp.Table, Column, Column]]] = {}
-    for node in tree.find_all(exp.EQ):
-        left, right = node.this.unnest(), node.expression.unnest()
-        if not (isinstance(left, exp.Column) and isinstance(right, exp.Column) and _in_predicate(node)):
-            continue
-        if id(left) not in scope_of or id(right) not in scope_of:
-            continue
-        a = _resolve(left, scope_of[id(left)], catalog, 0, loose=True)
-        b = _resolve(right, scope_of[id(right)], catalog, 0, loose=True)
-        if a is None or b is None or a[0] is None or b[0] is None or a[0] is b[0]:
-            continue
-        edges.setdefault(id(a[0]), []).append((b[0], a[1], b[1]))
-        edges.setdefault(id(b[0]), []).append((a[0], b[1], a[1]))
-    return edges
-
-
-def _fact_path(table: exp.Table, name: tuple[str, str], edges: dict[int, list[tuple[exp.Table, Column, Column]]],
-               catalog: ColumnValues) -> tuple[exp.Table, tuple[Hop, ...]] | None:
-    """The nearest fact table occurrence joined to ``table`` (base table ``name``; breadth
-    first, at most ``_MAX_HOPS`` joins) and the join path from it to ``table``."""
-    if catalog.is_fact(*name):
-        return table, ()
-    frontier: list[tuple[exp.Table, tuple[Hop, ...]]] = [(table, ())]
-    seen = {id(table)}
-    for _ in range(_MAX_HOPS):
-        following = []
-        for node, path in frontier:
-            for other, own, theirs in edges.get(id(node), []):
-                if id(other) in seen:
-                    continue
-                seen.add(id(other))
-                longer = ((theirs, own),) + path
-                if catalog.is_fact(*theirs[:2]):
-                    return other, longer
-                following.append((other, longer))
-        frontier = following
-    return None
-
-
-def _token_matches(sql: str, site: Site) -> bool:
-    token = sql[site.start : site.end + 1]
-    if site.is_string:
-        return token == _render_string(site.value)
-    return token == site.value
-
-
-# --- drawing new values --------------------------------------------------------------
 
 
 def _parse_value(site: Site, category: str) -> Any:
@@ -483,23 +83,19 @@ def _parse_value(site: Site, category: str) -> Any:
     return None
 
 
-def _render_string(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def _render(value: Any, category: str, site: Site) -> str | None:
     if category == "number":
         number = Decimal(str(value)) if isinstance(value, float) else Decimal(value)
         plain = not any(ch in site.value for ch in ".eE")
         text = str(int(number)) if plain and number == number.to_integral_value() else format(number, "f")
-        return _render_string(text) if site.is_string else text
+        return render_string(text) if site.is_string else text
     if not site.is_string:
         return None
     if category == "timestamp":
-        return _render_string(value.isoformat(sep=" "))
+        return render_string(value.isoformat(sep=" "))
     if category == "date":
-        return _render_string(value.isoformat())
-    return _render_string(str(value))
+        return render_string(value.isoformat())
+    return render_string(str(value))
 
 
 def instantiate(sql: str, sites: list[Site], catalog: ColumnValues, rng: random.Random) -> str:
@@ -578,7 +174,7 @@ def _draw_groups(by_column: dict[Column, list[Site]], usable: dict[Column, tuple
             if all(len(p) >= k for p, k in zip(picked, need)):
                 break
             row = rows[bisect.bisect_right(cumulative, rng.randrange(cumulative[-1]))]
-            if not all(_usable(v, c) and _fits(v, o, b) for v, c, o, b in zip(row, categories, offsets, bounds)):
+            if not all(usable_value(v, c) and _fits(v, o, b) for v, c, o, b in zip(row, categories, offsets, bounds)):
                 continue
             for p, k, value in zip(picked, need, row):
                 if len(p) < k and value not in p:
@@ -603,12 +199,6 @@ def _fits(value: Any, offsets: set, bounds: tuple[Any, Any] | None) -> bool:
         except (TypeError, InvalidOperation, OverflowError):
             continue
     return True
-
-
-def _usable(value: Any, category: str) -> bool:
-    if _category(value) != category:
-        return False
-    return not (isinstance(value, float) and not math.isfinite(value))
 
 
 def _parses(checker: duckdb.DuckDBPyConnection, sql: str) -> bool:

@@ -1,0 +1,157 @@
+"""The measuring steps of ``lqo tune``: baseline, candidates, screening, acceptance.
+
+Every run goes through the harness (timeouts, result fingerprints) and is recorded in
+the tuning directory's experience store; the steps decide nothing about order, which is
+:mod:`lqo.book.tune`'s job.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING
+
+from lqo.book.accept import Verdict, judge
+from lqo.book.book import BookEntry, Candidate, PlanBook
+from lqo.book.slots import SlotRendering
+from lqo.book.template import template_key
+from lqo.engine.harness import median_latency, run_interleaved
+from lqo.errors import LqoError
+from lqo.estimates.cardinality import Estimator
+from lqo.estimates.stats import DatabaseStats
+from lqo.search import neighbours, star_plan
+from lqo.sql.catalog import Catalog
+from lqo.sql.join_graph import build_query_graph
+from lqo.train.experience import ExperienceStore
+from lqo.trees.plan import Plan
+from lqo.trees.query import prepare
+from lqo.trees.render import render
+from lqo.workloads.workload import Query
+
+if TYPE_CHECKING:
+    from lqo.book.tune import TuneConfig, _Template
+
+# DuckDB optimizer rules whose removal won on TPC-DS SF1 (see docs/duckdb-plan-control.md).
+ARMS: tuple[str, ...] = ("join_filter_pushdown", "build_side_probe_side", "join_order",
+                         "compressed_materialization", "cte_inlining")
+
+
+class Trials:
+    """What the tuning steps share: connection, catalog, statistics, store, book."""
+
+    def __init__(self, con, catalog: Catalog, stats: DatabaseStats, store: ExperienceStore,
+                 book: PlanBook, config: TuneConfig, optimizer=None) -> None:
+        self.con, self.catalog, self.stats, self.store, self.book, self.config = con, catalog, stats, store, book, config
+        self.optimizer = optimizer
+        # (template key, candidate id) -> (predicted gain over native, ensemble spread)
+        self.predicted: dict[tuple[str, str], tuple[float, float]] = {}
+
+    def _record(self, q: Query, kind: str, plan_json, sql: str | None, runs) -> None:
+        qk = self.store.add_query(q.sql, str(self.book.meta.get("workload", "")), None, q.id, q.template)
+        pk = self.store.add_plan(qk, kind, plan_json, sql)
+        self.store.record_runs([(pk, r) for r in runs])
+
+    def baseline(self, t: _Template, entry: BookEntry) -> None:
+        for q in t.tune:
+            runs = run_interleaved(self.con, [(q.sql, False)], repeats=3, warmup=1)[0]
+            self._record(q, "native", None, None, runs)
+            ok = [r for r in runs if r.ok]
+            if not ok:
+                entry.note = f"native run of {q.id} failed: {runs[-1].error if runs else 'no run'}"
+                continue
+            entry.native_ms[q.id] = median_latency(ok)
+            entry.fingerprints[q.id] = ok[0].fingerprint
+        entry.weight_ms = sum(entry.native_ms.values())
+
+    def candidates(self, t: _Template, entry: BookEntry, rng: random.Random) -> list[Candidate]:
+        if entry.note or not entry.native_ms:
+            return []
+        out = [Candidate(f"arm:{rule}", "arm", (rule,), origin=f"arm:{rule}") for rule in ARMS]
+        try:
+            pq = prepare(t.tune[0].sql, self.con, self.catalog)
+        except LqoError as err:
+            entry.note = f"not planned: {err}"
+            return out
+        if not pq.forceable or not pq.free_blocks:
+            entry.note = pq.reason or "no block lqo may reorder"
+            return out  # arms need no tree: every query is eligible
+        native = pq.native_plan
+        plans: list[tuple[str, Plan]] = []
+        star = star_plan(pq, Estimator(self.stats, pq.graph))
+        plans.append(("star", star))
+        moves = neighbours(native, pq.free_blocks)
+        rng.shuffle(moves)
+        plans += [("flip", p) for p in moves[: self.config.moves]]
+        plans += [("random", p) for p in pq.random_plans(self.config.random_trees, rng)]
+        scores = None
+        if self.optimizer is not None:
+            spread: dict[Plan, float] = {}
+            result, _ = self.optimizer.decide(pq)
+            plans.insert(0, ("model", result.best))
+            scorer = self.optimizer.scorer(pq, spread)
+            everything = [native] + [p for _, p in plans]
+            scores = dict(zip(everything, scorer(everything).tolist()))
+        seen = {native}
+        for origin, plan in plans:
+            if plan in seen:
+                continue
+            seen.add(plan)
+            try:
+                slots = SlotRendering.build(t.tune[0].sql, self.catalog, plan).to_json()
+            except LqoError:
+                slots = None
+            cid = f"tree:{plan.key[:12]}"
+            out.append(Candidate(cid, "tree", (), plan.to_json(), slots, origin))
+            if scores is not None and scores[native] > 0:
+                self.predicted[(t.key, cid)] = (1.0 - scores[plan] / scores[native], spread.get(plan, 0.0))
+        for c in out:
+            entry.candidates.setdefault(c.id, c)
+        return out
+
+    def _variant(self, c: Candidate, q: Query) -> tuple[str, bool, tuple[str, ...]]:
+        if c.kind == "arm":
+            return (q.sql, False, c.disabled)
+        plan = Plan.from_json(c.plan)
+        if c.slots is not None:
+            tk = template_key(q.sql)
+            sr = SlotRendering.from_json(c.slots)
+            if sr.n_literals == len(tk.literals):
+                return (sr.fill(tk.literals), True, ())
+        return (render(build_query_graph(q.sql, self.catalog), plan), True, ())
+
+    def screen(self, t: _Template, entry: BookEntry, c: Candidate) -> tuple[float, int]:
+        """Ratio of one run of ``c`` on the first tuning instance to its native median
+        (inf when cut at the native latency or failed); 1 wrong result -> (inf, 1)."""
+        q = t.tune[0]
+        native_ms = entry.native_ms.get(q.id)
+        if native_ms is None:
+            return float("inf"), 0
+        variant = self._variant(c, q)
+        timeout_s = max(0.05, native_ms / 1000)
+        r = run_interleaved(self.con, [variant], repeats=1, warmup=0, timeout_s=timeout_s)[0][-1]
+        self._record(q, c.kind, c.plan or {"arm": list(c.disabled)}, variant[0] if variant[1] else None, [r])
+        if r.ok and r.fingerprint != entry.fingerprints.get(q.id):
+            return float("inf"), 1
+        if not r.ok:
+            return float("inf"), 0
+        return r.latency_ms / native_ms, 0
+
+    def accept(self, t: _Template, entry: BookEntry, c: Candidate) -> Verdict:
+        pairs = {}
+        failed = None
+        for q in t.tune:
+            if q.id not in entry.native_ms:
+                continue
+            variant = self._variant(c, q)
+            timeout_s = max(0.2, 3 * entry.native_ms[q.id] / 1000)
+            native_runs, cand_runs = run_interleaved(self.con, [(q.sql, False), variant], repeats=self.config.rounds,
+                                                     warmup=1, timeout_s=timeout_s)
+            self._record(q, "native", None, None, native_runs)
+            self._record(q, c.kind, c.plan or {"arm": list(c.disabled)}, variant[0] if variant[1] else None, cand_runs)
+            if any(not r.ok for r in cand_runs) or len(cand_runs) < len(native_runs):
+                failed = f"failed or timed out on {q.id}"
+                break
+            if any(r.fingerprint != entry.fingerprints.get(q.id) for r in cand_runs):
+                failed = f"wrong result on {q.id}"
+                break
+            pairs[q.id] = [(n.latency_ms, x.latency_ms) for n, x in zip(native_runs, cand_runs)]
+        return judge(pairs, self.config.rule, failed)
