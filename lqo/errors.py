@@ -40,3 +40,23 @@ class RecipeError(LqoError):
 
 class BookError(LqoError):
     """A plan book file is missing, corrupt or written by an incompatible version."""
+
+
+class QueryRuntimeError(LqoError):
+    """A query that parsed and bound failed while it ran: a conversion error, an
+    overflow, out of memory under DuckDB's ``memory_limit``, an interrupt, or a result
+    Python cannot hold. ``query`` names the query (its id or a prefix of its text),
+    ``detail`` is DuckDB's (or Python's) one-line message; the original exception is
+    the ``__cause__``."""
+
+    def __init__(self, message: str, query: str | None = None, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.query = query
+        self.detail = detail
+
+    def __reduce__(self):  # picklable with its extra fields (worker processes)
+        return (type(self), (str(self), self.query, self.detail))
+
+
+class BusyError(LqoError):
+    """Another lqo process is writing the same model directory or experience store."""

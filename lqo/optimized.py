@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import duckdb
 
+from lqo.engine.harness import RESULT_CONVERSION_ERRORS, is_user_interrupt, runtime_error
 from lqo.engine.settings import disabled_optimizers, forced_settings
 
 if TYPE_CHECKING:
@@ -44,12 +45,32 @@ class Optimized:
     on_latency: Callable[["Optimized", float], None] | None = field(default=None, repr=False, compare=False)
 
     def execute(self, con: duckdb.DuckDBPyConnection) -> list[tuple]:
-        """Run the chosen plan on ``con`` and return all rows (settings restored after)."""
+        """Run the chosen plan on ``con`` and return all rows (settings restored after).
+
+        Only the optimizer rules the plan needs are changed; every other setting of
+        ``con`` (``memory_limit``, ``threads``, ...) stays in force. A query that fails
+        while running (conversion error, overflow, out of memory, ``con.interrupt()``)
+        raises ``QueryRuntimeError`` naming the query, DuckDB's error as its cause.
+        """
         rules = forced_settings(con, self.disabled) if self.forced else disabled_optimizers(con, self.disabled)
+        stale = None
         with rules:
             start = time.perf_counter()
-            rows = con.execute(self.sql).fetchall()
+            try:
+                rows = con.execute(self.sql).fetchall()
+            except (duckdb.BinderException, duckdb.CatalogException) as err:
+                if self.source != "book" or self.sql == self.original_sql and not self.disabled:
+                    raise runtime_error(err, self.original_sql) from err
+                stale = err  # a verified plan that no longer binds: run the text as written
+            except (duckdb.Error, *RESULT_CONVERSION_ERRORS) as err:
+                if is_user_interrupt(err):  # Ctrl-C in the lqo CLI stays Ctrl-C
+                    raise KeyboardInterrupt from err
+                raise runtime_error(err, self.original_sql) from err
             ms = (time.perf_counter() - start) * 1000
+        if stale is not None:
+            self.fallback = f"the verified plan no longer binds ({str(stale).splitlines()[0][:120]}): ran as written"
+            self.sql, self.forced, self.disabled = self.original_sql, False, ()
+            return self.execute(con)
         if self.on_latency is not None:
             self.on_latency(self, ms)
         return rows

@@ -22,7 +22,7 @@ from lqo.book.slots import SlotRendering
 from lqo.book.template import template_key, tokens
 from lqo.cli import main
 from lqo.engine.harness import fingerprint_rows
-from lqo.errors import BookError, SchemaMismatchError
+from lqo.errors import BookError, QueryRuntimeError, SchemaMismatchError
 from lqo.optimizer import Optimizer
 from lqo.sql.catalog import Catalog
 from lqo.sql.join_graph import build_query_graph
@@ -286,3 +286,21 @@ def test_feedback_records_and_drift_triggers_a_recheck(varied, tmp_path):
     after = PlanBook.load(out).entries[e.key]
     assert after.verdicts[arm] != fake  # measured again
     assert after.choice == (arm if after.verdicts[arm].accepted else "native")
+
+
+def test_a_verified_plan_that_no_longer_binds_runs_native(varied):
+    from lqo.optimized import Optimized
+
+    con = varied.connect()
+    try:
+        q = next(iter(varied))
+        broken = q.sql.replace("lineitem", "lineitem_gone", 1) if "lineitem" in q.sql else q.sql + " gone"
+        res = Optimized(q.sql, broken, True, None, None, None, None, None, 0.1, source="book")
+        rows = res.execute(con)
+        assert fingerprint_rows(rows) == fingerprint_rows(con.execute(q.sql).fetchall())
+        assert "no longer binds" in res.fallback and res.sql == q.sql and not res.forced
+        model_made = Optimized(q.sql, broken, True, None, None, None, None, None, 0.1, source="model")
+        with pytest.raises(QueryRuntimeError):
+            model_made.execute(con)  # only a book's verified plan falls back; a fresh plan is a bug
+    finally:
+        con.close()

@@ -80,8 +80,9 @@ def test_render_places_keys_in_on_and_filters_in_where():
     cat = Catalog({"a": {"x": "INT", "y": "INT"}, "b": {"x": "INT", "z": "INT"}, "c": {"z": "INT"}})
     g = build_query_graph("SELECT * FROM a, b, c WHERE a.x = b.x AND b.z = c.z AND a.y = 1 AND (a.y > c.z OR b.z = 2)", cat)
     sql = render(g, Plan.of({0: Join(Leaf("c"), Join(Leaf("a"), Leaf("b")))}))
+    # `*` keeps the written column order (a, b, c) whatever the tree
     assert sql == (
-        "SELECT * FROM c JOIN (a JOIN b ON a.x = b.x) ON c.z = b.z AND (a.y > c.z OR b.z = 2) WHERE a.y = 1"
+        "SELECT a.*, b.*, c.* FROM c JOIN (a JOIN b ON a.x = b.x) ON c.z = b.z AND (a.y > c.z OR b.z = 2) WHERE a.y = 1"
     )
     with pytest.raises(PlanError):
         render(g, Plan.of({0: Join(Leaf("a"), Leaf("b"))}))

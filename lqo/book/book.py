@@ -142,8 +142,11 @@ class PlanBook:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_name(p.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1))
-        tmp.replace(p)
+        try:
+            tmp.write_text(json.dumps(self.to_json(), separators=(",", ":")))
+            tmp.replace(p)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: str | os.PathLike, expected_schema: str | None = None) -> "PlanBook":

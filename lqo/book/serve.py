@@ -77,8 +77,9 @@ class BookServer:
         entry, plan, slots = hit
         c = entry.chosen
         if c.kind == "native":
-            return Optimized(sql, sql, False, None, None, None, None,
-                             f"plan book: native verified for template {entry.template}", _ms(start), source="book")
+            why = (f"plan book: native verified for template {entry.template}" if entry.native_ms
+                   else f"plan book: template {entry.template} left native ({entry.note or 'not measured'})")
+            return Optimized(sql, sql, False, None, None, None, None, why, _ms(start), source="book")
         if c.kind == "arm":
             return Optimized(sql, sql, False, None, None, None, None, None, _ms(start),
                              disabled=c.disabled, source="book")

@@ -14,7 +14,7 @@ the full rendering, and refuses otherwise (the caller then renders in full).
 >>> plan = Plan.of({0: Join(Leaf("b"), Leaf("a"))})
 >>> sr = SlotRendering.build("SELECT * FROM a, b WHERE a.x = b.y AND a.z > 1 AND b.s = 'k'", cat, plan)
 >>> sr.fill(("7", "'q'"))
-"SELECT * FROM b JOIN a ON b.y = a.x WHERE a.z > 7 AND b.s = 'q'"
+"SELECT a.*, b.* FROM b JOIN a ON b.y = a.x WHERE a.z > 7 AND b.s = 'q'"
 """
 
 from __future__ import annotations

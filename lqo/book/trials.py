@@ -14,7 +14,7 @@ from lqo.book.accept import Verdict, judge
 from lqo.book.book import BookEntry, Candidate, PlanBook
 from lqo.book.slots import SlotRendering
 from lqo.book.template import template_key
-from lqo.engine.harness import median_latency, run_interleaved
+from lqo.engine.harness import error_line, median_latency, run_interleaved
 from lqo.errors import LqoError
 from lqo.estimates.cardinality import Estimator
 from lqo.estimates.stats import DatabaseStats
@@ -56,7 +56,7 @@ class Trials:
             self._record(q, "native", None, None, runs)
             ok = [r for r in runs if r.ok]
             if not ok:
-                entry.note = f"native run of {q.id} failed: {runs[-1].error if runs else 'no run'}"
+                entry.note = f"native run of {q.id} failed: {error_line(runs[-1].error) if runs else 'no run'}"
                 continue
             entry.native_ms[q.id] = median_latency(ok)
             entry.fingerprints[q.id] = ok[0].fingerprint

@@ -29,6 +29,7 @@ step under way, and a rerun resumes.
 from __future__ import annotations
 
 import json
+import os
 import random
 import statistics
 import time
@@ -45,6 +46,7 @@ from lqo.book.template import template_key
 from lqo.engine.harness import is_user_interrupt
 from lqo.errors import LqoError
 from lqo.estimates.stats import DatabaseStats
+from lqo.lock import writer_lock
 from lqo.sql.catalog import Catalog
 from lqo.train.experience import ExperienceStore
 from lqo.workloads.workload import Query, Workload
@@ -142,6 +144,14 @@ class Tuner:
         return sorted(out, key=lambda t: t.tune[0].id)
 
     def run(self) -> TuneResult:
+        """Tune within the budget. The model directory is locked for the whole run: a
+        second writer (another ``lqo tune`` or ``lqo train`` on it) stops with
+        ``BusyError`` before reading or writing anything there."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        with writer_lock(self.out, f"model directory {self.out}"):
+            return self._run()
+
+    def _run(self) -> TuneResult:
         cfg = self.config
         start = time.perf_counter()
         deadline = start + cfg.budget_min * 60
@@ -182,6 +192,8 @@ class Tuner:
                 if not entry.native_ms:
                     ctx.baseline(t, entry)
                     book.save(book_path)
+                    if not entry.native_ms:  # failed as written: recorded, left native, the others go on
+                        self.log(f"tune: {t.template}: {entry.note}; left native")
                 if time.perf_counter() > deadline:
                     break
                 for c in ctx.candidates(t, entry, random.Random(f"{cfg.seed}/{t.key}")):
@@ -212,7 +224,7 @@ class Tuner:
                                  f"(95% interval {verdict.ci_low:.3f}-{verdict.ci_high:.3f})")
                 book.save(book_path)
                 _record(history, offset, start, book, result)
-                history_path.write_text(json.dumps(history))
+                _write_atomic(history_path, json.dumps(history))
         except (KeyboardInterrupt, RuntimeError) as err:
             if not is_user_interrupt(err):
                 raise
@@ -220,7 +232,7 @@ class Tuner:
         finally:
             book.save(book_path)
             _record(history, offset, start, book, result)
-            history_path.write_text(json.dumps(history))
+            _write_atomic(history_path, json.dumps(history))
             store.close()
             con.close()
         result.elapsed_s = time.perf_counter() - start
@@ -266,6 +278,16 @@ class Tuner:
             if score > best:
                 best, best_i = score, i
         return best_i
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and rename: a kill mid-write leaves the old file whole."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _record(history: list, offset: float, start: float, book: PlanBook, result: TuneResult) -> None:

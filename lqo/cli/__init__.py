@@ -33,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if argv is None:  # the `lqo` process itself, not a call from Python code or tests
         install_sigint_latch()
+        # sqlglot warns on stderr when it falls back to a bare command (EXPLAIN ...); the
+        # error lqo raises for such a text is the one line the user needs.
+        import logging
+
+        logging.getLogger("sqlglot").setLevel(logging.ERROR)
     try:
         return int(args.handler(args) or 0)
     except LqoError as err:

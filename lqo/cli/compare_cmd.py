@@ -72,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         from lqo import plots
 
-        fig = plots.speedup_bars(report.to_json()["queries"], report.regression,
+        compared = [q for q in report.to_json()["queries"] if q["error"] is None]  # failed ones have no latency
+        fig = plots.speedup_bars(compared, report.regression,
                                  title=f"lqo vs DuckDB native: {workload.name}, {args.split}")
         fig.savefig(args.plot, dpi=120)
     emit(args, format_report(report), report.to_json())
@@ -82,15 +83,21 @@ def run(args: argparse.Namespace) -> int:
 def format_report(report) -> str:
     lines = [f"{'query':<10} {'native ms':>10} {'lqo ms':>10} {'plan ms':>8} {'ratio':>7}  decision"]
     for q in report.queries:
+        if q.error is not None:
+            lines.append(f"{q.id:<10} {'-':>10} {'-':>10} {q.planning_ms:>8.2f} {'-':>7}  FAILED: {q.error}"[:200])
+            continue
         mark = " REGRESSION" if q.ratio > report.regression else ""
+        mark += f" FAILED: {q.lqo_error}" if q.lqo_error else ""
         lines.append(f"{q.id:<10} {q.native_ms:>10.1f} {q.lqo_ms:>10.1f} {q.planning_ms:>8.2f} {q.ratio:>7.3f}  "
                      + (f"native: {q.fallback}" if q.fallback else f"lqo {q.chosen}")[:90] + mark)
     t = report.totals
+    failed = f" ({len(t['failed'])} more failed, left out: {', '.join(t['failed'])})" if t["failed"] else ""
     lines.append(
-        f"TOTAL {t['queries']} queries: native {t['native_ms']:.0f} ms, lqo {t['lqo_ms']:.0f} ms "
+        f"TOTAL {t['queries']} queries{failed}: native {t['native_ms']:.0f} ms, lqo {t['lqo_ms']:.0f} ms "
         f"(ratio {t['ratio']}, geomean {t['geomean_ratio']}, worst {t['worst_ratio']}), "
         f"{t['forced']} forced, regressions >{report.regression}x: {len(t['regressions'])}, "
-        f"wrong results: {t['wrong_results']}, planning median {t['planning_ms_median']} ms, p99 {t['planning_ms_p99']} ms\n"
+        f"wrong results: {t['wrong_results']}, " + (f"lqo plans failed: {len(t['lqo_failed'])}, " if t["lqo_failed"] else "")
+        + f"planning median {t['planning_ms_median']} ms, p99 {t['planning_ms_p99']} ms\n"
         f"RECURRING (plan cached per query text): lqo {t['lqo_warm_ms']:.0f} ms, ratio {t['warm_ratio']}, "
         f"geomean {t['warm_geomean_ratio']}, worst {t['warm_worst_ratio']}"
     )

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
+import duckdb
+
 from lqo.engine.db import connect_read_only
-from lqo.engine.harness import is_user_interrupt
+from lqo.engine.harness import RESULT_CONVERSION_ERRORS, is_user_interrupt, runtime_error
 from lqo.engine.settings import profiling_settings
 from lqo.trees.native import PNode, read_native_trees
 from lqo.trees.plan import joins
@@ -43,6 +45,12 @@ def run(args: argparse.Namespace) -> int:
                         con.interrupt()  # DuckDB may still be running the query
                         raise KeyboardInterrupt from err
                     raise
+                except (duckdb.Error, *RESULT_CONVERSION_ERRORS) as err:
+                    if is_user_interrupt(err):
+                        raise KeyboardInterrupt from err
+                    # Bound and planned, failed while running (conversion, overflow,
+                    # out of memory, ...): one line naming the query, exit 2.
+                    raise runtime_error(err, pq.sql) from err
                 profile = json.loads(con.get_profiling_information(format="json"))
             actuals = read_native_trees(pq.graph, [PNode.from_json(c) for c in profile.get("children", [])])
     finally:

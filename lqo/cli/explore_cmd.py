@@ -53,13 +53,14 @@ def format_report(report) -> str:
     for q in report.queries:
         lines.append(
             f"{q.id:<10} {q.native_ms:>10.1f} {q.best_ms:>10.1f} {q.ratio:>9.3f} {q.plans_tried:>6} {q.timeouts:>4}  "
-            + (q.reason or (f"best {q.best_plan}" if q.ratio < 1 else ""))[:100]
+            + ("FAILED: " + q.error if q.error else q.reason or (f"best {q.best_plan}" if q.ratio < 1 else ""))[:120]
         )
     t = report.totals
     lines.append(
         f"TOTAL {t['queries']} queries: native {t['native_ms']:.0f} ms, best {t['best_ms']:.0f} ms, "
         f"ratio {t['ratio']}, geomean {t['geomean_ratio']}, <=0.8x: {t['queries_le_0_8']}, "
         f"wrong results: {t['wrong_results']}, timeouts: {t['timeouts']}, kept native: {t['not_forceable']}, "
-        f"{t['elapsed_s']} s" + (" (interrupted)" if t["interrupted"] else "")
+        + (f"failed: {t['failed']}, " if t["failed"] else "")
+        + f"{t['elapsed_s']} s" + (" (interrupted)" if t["interrupted"] else "")
     )
     return "\n".join(lines)

@@ -9,8 +9,8 @@ from lqo.sql.catalog import Catalog
 from lqo.errors import LqoError
 from lqo.train.experience import ExperienceStore
 from lqo.evaluate.explore import default_store_path
-from lqo.engine.harness import Harness, is_user_interrupt, median_latency
-from lqo.trees.query import prepare
+from lqo.engine.harness import Harness, error_line, is_user_interrupt, median_latency
+from lqo.trees.query import prepare_named
 from lqo.workloads.workload import Workload
 from lqo.cli.output import add_json_flag, emit, progress
 
@@ -43,11 +43,12 @@ def run(args: argparse.Namespace) -> int:
     rows, interrupted = [], False
     try:
         # Bind every query first: a bad one fails the command before anything is written.
-        prepared = {q.id: prepare(q.sql, con, catalog) for q in workload}
+        prepared = {q.id: prepare_named(f"{q.id} ({q.path})", q.sql, con, catalog) for q in workload}
+        store = ExperienceStore.open(args.store or default_store_path(workload))  # BusyError if another writer has it
     except BaseException:
         con.close()
         raise
-    with ExperienceStore.open(args.store or default_store_path(workload)) as store:
+    with store:
         try:
             for q in progress(list(workload), total=len(workload), desc=f"run {args.plan}"):
                 qk = store.add_query(q.sql, str(workload.database), workload.name, q.id, q.template)
@@ -63,10 +64,15 @@ def run(args: argparse.Namespace) -> int:
                 pk = store.add_plan(qk, kind, plan_json, sql if forced else None)
                 runs = [harness.run(sql, forced=forced) for _ in range(args.repeat)]
                 store.record_runs([(pk, r) for r in runs])
+                # A run that failed (conversion error, out of memory, ...) is recorded
+                # with its error; the query shows as failed, the others go on.
+                error = next((error_line(r.error) for r in runs if r.error is not None), None)
+                errors = sum(r.error is not None for r in runs)
+                if error:
+                    note = f"FAILED: {error}" if errors == len(runs) else f"{errors} of {len(runs)} runs failed: {error}"
                 rows.append({
                     "id": q.id, "plan": kind, "median_ms": median_latency(runs),
-                    "timeouts": sum(r.timed_out for r in runs), "errors": sum(r.error is not None for r in runs),
-                    "note": note,
+                    "timeouts": sum(r.timed_out for r in runs), "errors": errors, "error": error, "note": note,
                 })
         except (KeyboardInterrupt, RuntimeError) as err:
             if not is_user_interrupt(err):
@@ -75,10 +81,17 @@ def run(args: argparse.Namespace) -> int:
         finally:
             con.close()
     total = sum(r["median_ms"] or 0 for r in rows)
+    failed = sum(1 for r in rows if r["error"] and r["median_ms"] is None)
     text = "\n".join(
         [f"{'query':<10} {'plan':<7} {'median ms':>10}  note"]
-        + [f"{r['id']:<10} {r['plan']:<7} {(r['median_ms'] or 0):>10.1f}  {(r['note'] or '')[:90]}" for r in rows]
-        + [f"TOTAL {len(rows)} queries: {total:.0f} ms" + (" (interrupted)" if interrupted else "")]
+        + [f"{r['id']:<10} {r['plan']:<7} {_ms(r['median_ms']):>10}  {(r['note'] or '')[:120]}" for r in rows]
+        + [f"TOTAL {len(rows)} queries: {total:.0f} ms" + (f", {failed} failed (not in the total)" if failed else "")
+           + (" (interrupted)" if interrupted else "")]
     )
-    emit(args, text, {"queries": rows, "totals": {"queries": len(rows), "median_ms": total, "interrupted": interrupted}})
+    emit(args, text, {"queries": rows, "totals": {"queries": len(rows), "median_ms": total, "failed": failed,
+                                                  "interrupted": interrupted}})
     return 130 if interrupted else 0
+
+
+def _ms(value) -> str:
+    return "-" if value is None else f"{value:.1f}"

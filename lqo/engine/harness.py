@@ -32,8 +32,14 @@ from typing import Any
 import duckdb
 
 from lqo.engine.settings import current_setting, disabled_optimizers, forced_settings, profiling_settings
+from lqo.errors import QueryRuntimeError
 
 _UNSET = object()
+
+# Python errors of turning a finished query's values into Python objects (an INTERVAL
+# beyond ``timedelta``'s range raises OverflowError in ``fetchall``): the query ran, its
+# result cannot be held, so the run failed like any other run-time error.
+RESULT_CONVERSION_ERRORS: tuple[type[Exception], ...] = (OverflowError, ValueError)
 
 # extra_info keys worth keeping per operator: they let a caller match an operator to the
 # join / scan of its own plan. Projections, filters etc. are long and not needed for that.
@@ -91,9 +97,12 @@ def install_sigint_latch() -> None:
 
 
 def is_user_interrupt(exc: BaseException) -> bool:
-    """Whether ``exc`` is Ctrl-C, as Python raises it or as DuckDB wraps it."""
+    """Whether ``exc`` is Ctrl-C, as Python raises it or as DuckDB wraps it (an
+    ``InterruptException`` counts once the CLI's latch has seen a Ctrl-C)."""
     if isinstance(exc, KeyboardInterrupt):
         return True
+    if isinstance(exc, duckdb.InterruptException):
+        return _SIGINT_SEEN.is_set()
     return isinstance(exc, RuntimeError) and (
         isinstance(exc.__cause__, KeyboardInterrupt) or "Query interrupted" in str(exc)
     )
@@ -101,6 +110,52 @@ def is_user_interrupt(exc: BaseException) -> bool:
 
 def _utcnow() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None)
+
+
+# --------------------------------------------------------------------------- run-time errors
+
+def error_line(text: str | None) -> str:
+    """The first non-empty line of an error message: DuckDB appends the query text
+    with a caret, and hints, on later lines.
+
+    >>> error_line('Conversion Error: bad date\\n\\nLINE 1: SELECT ...')
+    'Conversion Error: bad date'
+    """
+    for line in str(text or "").splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def query_label(sql: str, limit: int = 60) -> str:
+    """A query's text on one line, cut to ``limit`` characters, quoted: how an error
+    names a query that has no id.
+
+    >>> query_label("SELECT *\\n  FROM nation")
+    '"SELECT * FROM nation"'
+    """
+    one = " ".join(str(sql).split())
+    return '"' + (one if len(one) <= limit else one[: limit - 3] + "...") + '"'
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line saying why a run failed (DuckDB's message, or the conversion error)."""
+    if isinstance(exc, duckdb.InterruptException):
+        return "interrupted (DuckDB: " + (error_line(str(exc)) or type(exc).__name__) + ")"
+    if isinstance(exc, duckdb.Error):
+        line = error_line(str(exc)) or type(exc).__name__
+        if isinstance(exc, duckdb.OutOfMemoryException):
+            line += " (DuckDB's memory_limit is reached: raise it, or lower threads)"
+        return line
+    return f"its result cannot be converted to Python: {type(exc).__name__}: {error_line(str(exc))}"
+
+
+def runtime_error(exc: BaseException, sql: str, name: str | None = None) -> QueryRuntimeError:
+    """The typed error for a query that failed while running; ``name`` (e.g. a query
+    id) defaults to the start of ``sql``. Raise it ``from exc``."""
+    label = name or query_label(sql)
+    detail = describe_failure(exc)
+    return QueryRuntimeError(f"query {label} failed while running: {detail}", query=label, detail=detail)
 
 
 # --------------------------------------------------------------------------- fingerprint
@@ -203,8 +258,9 @@ class Harness:
         """Execute ``sql`` once and return its RunResult; never raises for query errors.
 
         ``timeout_s`` defaults to the Harness's; None means no timeout. DuckDB errors
-        become ``RunResult.error``. An interrupt that did not come from this run's
-        timer (e.g. Ctrl-C) is re-raised.
+        (conversion, overflow, out of memory under ``memory_limit``, ...) and results
+        Python cannot hold become ``RunResult.error``. An interrupt that did not come
+        from this run's timer (e.g. Ctrl-C) is re-raised.
         """
         timeout = self.timeout_s if timeout_s is _UNSET else timeout_s
         con = self.con
@@ -254,6 +310,8 @@ class Harness:
                 raise KeyboardInterrupt from exc
             except duckdb.Error as exc:
                 result.error = f"{type(exc).__name__}: {exc}"
+            except RESULT_CONVERSION_ERRORS as exc:
+                result.error = describe_failure(exc)
             if _SIGINT_SEEN.is_set():
                 raise KeyboardInterrupt
             if rows is not None:

@@ -15,7 +15,8 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lqo.engine.harness import is_user_interrupt, median_latency, run_interleaved
+from lqo.engine.harness import error_line, is_user_interrupt, median_latency, run_interleaved
+from lqo.errors import LqoError
 from lqo.optimizer import Optimizer
 from lqo.workloads.workload import Query, Workload
 
@@ -44,6 +45,11 @@ class QueryComparison:
     wrong: bool = False
     timed_out: bool = False
     source: str = "model"  # "book", "model" or "native" (see Optimized.source)
+    # Why the query could not be compared (not planned, or its native run failed): it
+    # is left out of every total and listed under "failed".
+    error: str | None = None
+    # Why lqo's plan failed while native ran (one line): counted at the timeout, listed.
+    lqo_error: str | None = None
 
 
 @dataclass
@@ -54,21 +60,24 @@ class CompareReport:
 
     @property
     def totals(self) -> dict:
-        qs = self.queries
+        qs = [q for q in self.queries if q.error is None]  # a failed query has no latencies
         native = sum(q.native_ms for q in qs)
         lqo = sum(q.lqo_ms for q in qs)
         planning = sorted(q.planning_ms for q in qs)
         warm = sorted(q.warm_planning_ms for q in qs)
         ratios = [q.ratio for q in qs if q.ratio > 0]
+        warm_ratios = [q.lqo_warm_ms / q.native_ms for q in qs if q.native_ms > 0]
         return {
             "queries": len(qs),
+            "failed": [q.id for q in self.queries if q.error is not None],
+            "lqo_failed": [q.id for q in qs if q.lqo_error is not None],
             "native_ms": round(native, 3),
             "lqo_ms": round(lqo, 3),
             "ratio": round(lqo / native, 4) if native else None,
             "lqo_warm_ms": round(sum(q.lqo_warm_ms for q in qs), 3),
             "warm_ratio": round(sum(q.lqo_warm_ms for q in qs) / native, 4) if native else None,
-            "warm_geomean_ratio": round(statistics.geometric_mean([q.lqo_warm_ms / q.native_ms for q in qs if q.native_ms > 0]), 4) if qs else None,
-            "warm_worst_ratio": round(max(q.lqo_warm_ms / q.native_ms for q in qs if q.native_ms > 0), 4) if qs else None,
+            "warm_geomean_ratio": round(statistics.geometric_mean(warm_ratios), 4) if warm_ratios else None,
+            "warm_worst_ratio": round(max(warm_ratios), 4) if warm_ratios else None,
             "geomean_ratio": round(statistics.geometric_mean(ratios), 4) if ratios else None,
             "worst_ratio": round(max(ratios), 4) if ratios else None,
             "regressions": [q.id for q in qs if q.ratio > self.regression],
@@ -117,30 +126,44 @@ def compare_workload(workload: Workload, optimizer: Optimizer, config: CompareCo
 
 def compare_query(con, optimizer: Optimizer, q: Query, config: CompareConfig) -> QueryComparison:
     optimizer.forget(q.sql)  # cold planning: what a first sight of the query costs
-    res = optimizer.optimize(q.sql, con)
-    warm_ms = optimizer.optimize(q.sql, con).planning_ms  # the recurring query: cached plan
+    try:
+        res = optimizer.optimize(q.sql, con)
+        warm_ms = optimizer.optimize(q.sql, con).planning_ms  # the recurring query: cached plan
+        pq = optimizer.prepare(q.sql, con)
+    except LqoError as err:  # e.g. a column the database lacks: this query fails, the others go on
+        return QueryComparison(q.id, q.template, 0.0, 0.0, 0.0, 1.0, error=f"not planned: {err}")
     variants = [(q.sql, False)]
     uses_lqo = res.forced or bool(res.disabled)
     if uses_lqo:
         variants.append((res.sql, res.forced, res.disabled))
-    pq = optimizer.prepare(q.sql, con)
     if pq.forceable:
         variants.append((pq.render(pq.native_plan), True))
+    chosen = str(res.chosen) if res.chosen else (f"arm: {','.join(res.disabled)} off" if res.disabled else None)
     first = run_interleaved(con, variants[:1], repeats=1, warmup=config.warmup)
-    native_probe = median_latency(first[0]) or 1.0
-    timeout = max(1.0, config.timeout_factor * native_probe / 1000)
-    results = run_interleaved(con, variants, repeats=config.repeats, warmup=0, timeout_s=timeout)
-    native_runs = results[0]
+    failed = next((r for r in first[0] if r.error is not None), None)
+    if failed is None:
+        native_probe = median_latency(first[0]) or 1.0
+        timeout = max(1.0, config.timeout_factor * native_probe / 1000)
+        results = run_interleaved(con, variants, repeats=config.repeats, warmup=0, timeout_s=timeout)
+        native_runs = results[0]
+        failed = next((r for r in native_runs if r.error is not None), None)
+    if failed is not None:
+        # The query fails as written (conversion error, out of memory, ...): nothing to
+        # compare lqo's plan with. Not a latency of 1 ms, not a regression: failed.
+        return QueryComparison(q.id, q.template, 0.0, 0.0, res.planning_ms, 1.0, warm_planning_ms=warm_ms,
+                               fallback=res.fallback, chosen=chosen, source=res.source,
+                               error=f"native run failed: {error_line(failed.error)}")
     native_ms = median_latency(native_runs) or native_probe
     reference = next((r.fingerprint for r in native_runs if r.ok), None)
     out = QueryComparison(q.id, q.template, native_ms, native_ms + res.planning_ms, res.planning_ms, 1.0,
-                          warm_planning_ms=warm_ms, fallback=res.fallback,
-                          chosen=str(res.chosen) if res.chosen else (f"arm: {','.join(res.disabled)} off" if res.disabled else None),
-                          source=res.source)
+                          warm_planning_ms=warm_ms, fallback=res.fallback, chosen=chosen, source=res.source)
     if uses_lqo:
         lqo_runs = results[1]
         out.timed_out = any(r.timed_out for r in lqo_runs)
         out.wrong = any(r.ok and r.fingerprint != reference for r in lqo_runs)
+        lqo_failed = next((r for r in lqo_runs if r.error is not None), None)
+        if lqo_failed is not None:  # native ran, lqo's plan did not: as bad as a timeout, and said so
+            out.lqo_error = error_line(lqo_failed.error)
         out.lqo_ms = (median_latency(lqo_runs) or timeout * 1000) + res.planning_ms
     if pq.forceable:
         out.forced_native_ms = median_latency(results[-1])

@@ -23,8 +23,8 @@ import duckdb
 
 from lqo.sql.catalog import Catalog
 from lqo.train.experience import ExperienceStore
-from lqo.engine.harness import Harness, RunResult, is_user_interrupt, median_latency, run_interleaved
-from lqo.trees.query import PreparedQuery, prepare
+from lqo.engine.harness import Harness, RunResult, error_line, is_user_interrupt, median_latency, run_interleaved
+from lqo.trees.query import PreparedQuery, prepare_named
 from lqo.workloads.workload import Query, Workload
 
 
@@ -56,6 +56,7 @@ class QueryResult:
     timeouts: int = 0
     wrong: int = 0
     reason: str | None = None  # why the query was kept native, if it was
+    error: str | None = None  # why its native run failed (one line), if it did: nothing else was tried
 
 
 @dataclass
@@ -68,9 +69,11 @@ class ExploreReport:
     def totals(self) -> dict:
         native = sum(q.native_ms for q in self.queries)
         best = sum(q.best_ms for q in self.queries)
-        ratios = [q.ratio for q in self.queries if q.ratio > 0]
+        # A query whose native run failed has no latency: it counts as failed, not as 1.0x.
+        ratios = [q.ratio for q in self.queries if q.ratio > 0 and q.error is None]
         return {
             "queries": len(self.queries),
+            "failed": sum(1 for q in self.queries if q.error is not None),
             "native_ms": round(native, 3),
             "best_ms": round(best, 3),
             "ratio": round(best / native, 4) if native else None,
@@ -78,7 +81,7 @@ class ExploreReport:
             "queries_le_0_8": sum(1 for q in self.queries if q.ratio <= 0.8),
             "wrong_results": sum(q.wrong for q in self.queries),
             "timeouts": sum(q.timeouts for q in self.queries),
-            "not_forceable": sum(1 for q in self.queries if q.reason),
+            "not_forceable": sum(1 for q in self.queries if q.reason and q.error is None),
             "elapsed_s": round(self.elapsed_s, 1),
             "interrupted": self.interrupted,
         }
@@ -108,11 +111,12 @@ def explore_workload(
     queries = list(workload)
     try:
         # Bind every query first: a bad one fails the command before anything is written.
-        prepared = {q.id: prepare(q.sql, con, catalog) for q in queries}
+        prepared = {q.id: prepare_named(f"{q.id} ({q.path})", q.sql, con, catalog) for q in queries}
+        store = ExperienceStore.open(store_path or default_store_path(workload))  # BusyError if another writer has it
     except BaseException:
         con.close()
         raise
-    with ExperienceStore.open(store_path or default_store_path(workload)) as store:
+    with store:
         iterator = progress(queries) if progress else queries
         try:
             for query in iterator:
@@ -149,6 +153,13 @@ def explore_query(
     native_ms = median_latency(native_runs) or 0.0
     reference = native_runs[0].fingerprint
     result = QueryResult(query.id, query.template, native_ms, native_ms, 1.0, reason=reason)
+    failed = next((r for r in native_runs if r.error is not None), None)
+    if failed is not None:
+        # Recorded with its error above; the query is reported failed, the others go on.
+        result.error = error_line(failed.error)
+        result.reason = f"native run failed: {result.error}"
+        result.native_ms = result.best_ms = 0.0
+        return result
     if reason is not None or any(not r.ok for r in native_runs):
         result.reason = reason or "native run failed"
         return result

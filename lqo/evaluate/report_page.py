@@ -71,7 +71,8 @@ def figures(report: Report) -> Iterator[tuple[str, Any]]:
     a time so each can be saved and closed before the next is drawn."""
     from lqo import plots
 
-    qs, reg = report.compare["queries"], 1.2
+    # A query lqo compare could not run has no latencies to draw.
+    qs, reg = [q for q in report.compare["queries"] if not q.get("error")], 1.2
     if qs:
         yield "speedup.png", plots.speedup_bars(qs, reg)
         yield "ratio_cdf.png", plots.ratio_cdf(qs, reg)

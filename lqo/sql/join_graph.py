@@ -25,7 +25,8 @@ from sqlglot.errors import ParseError, TokenError
 
 from lqo.sql.catalog import Catalog
 from lqo.errors import InvalidSQLError, NotSelectError
-from lqo.sql.relations import Relation, check_tables, from_items, relation, unsafe_join
+from lqo.sql.relations import Relation, check_tables, from_items, lateral_reference, relation, unsafe_join
+from lqo.sql.syntax import syntax_error
 
 __all__ = ["Column", "JoinBlock", "QueryGraph", "Relation", "Residual", "block_conjuncts",
            "build_query_graph", "from_items", "parse_select", "select_nodes"]
@@ -135,17 +136,30 @@ def _column_expr(col: Column) -> exp.Column:
 
 
 def parse_select(sql: str) -> exp.Expression:
-    """Parse one read-only query; typed errors for anything else."""
+    """Parse one read-only query; typed errors for anything else.
+
+    A syntax error says so, with DuckDB's message and position: sqlglot reads some
+    broken texts as a bare expression (``SELEC x`` is an aliased column to it), which is
+    no statement at all, so where sqlglot fails or finds no statement DuckDB's parser
+    judges the text (only on this error path).
+    """
     try:
         stmts = [s for s in sqlglot.parse(sql, read="duckdb") if s is not None]
     except (ParseError, TokenError) as err:
+        syntax = syntax_error(sql)
+        if syntax is not None:
+            raise InvalidSQLError(f"invalid SQL: {syntax}") from None
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise InvalidSQLError(f"invalid SQL: {first}") from None
+        raise InvalidSQLError(f"invalid SQL: DuckDB parses it, lqo's SQL parser (sqlglot) cannot: {first}") from None
     if len(stmts) != 1:
         raise InvalidSQLError(f"expected one SQL statement, got {len(stmts)}")
     stmt = stmts[0]
     if not isinstance(stmt, exp.Query):
-        raise NotSelectError(f"not a SELECT query: {stmt.key.upper()} statement")
+        syntax = syntax_error(sql)
+        if syntax is not None:
+            raise InvalidSQLError(f"invalid SQL: {syntax}")
+        kind = stmt.this if isinstance(stmt, exp.Command) and isinstance(stmt.this, str) else stmt.key
+        raise NotSelectError(f"not a SELECT query: {kind.upper()} statement")
     return stmt
 
 
@@ -188,11 +202,33 @@ def _build_block(index: int, select: exp.Select, items, ctes, catalog: Catalog) 
             block.unsafe = f"duplicate alias {rel.alias}"
             return block
         block.relations.append(rel)
+    reason = _star_expansion(select) or lateral_reference(items, block.relations, ctes, catalog)
+    if reason:
+        block.unsafe = reason
+        return block
     _classify(block, block_conjuncts(select))
     outer = _outer_reference(block, select)
     if outer:
         block.fixed = f"correlated subquery (references {outer})"
     return block
+
+
+def _star_expansion(select: exp.Select) -> str | None:
+    """Why the SELECT list's columns would follow a reordered FROM, or None.
+
+    A plain ``*`` lists the relations' columns in FROM order; render keeps the written
+    order by naming each relation's star. ``* EXCLUDE/REPLACE/RENAME``, ``COLUMNS(..)``
+    and a ``*`` inside an expression (other than ``count(*)``) cannot be kept so.
+    """
+    for e in select.expressions:
+        for node in e.walk(prune=lambda n: n is not e and isinstance(n, (exp.Query, exp.Subquery))):
+            if isinstance(node, exp.Columns):
+                return "COLUMNS(...) in the SELECT list expands columns in FROM order"
+            if not isinstance(node, exp.Star) or isinstance(node.parent, (exp.Column, exp.Count)):
+                continue
+            if node is not e or any(node.args.get(k) for k in ("except_", "replace", "rename", "ilike")):
+                return "a * in the SELECT list with modifiers or inside an expression expands columns in FROM order"
+    return None
 
 
 def block_conjuncts(select: exp.Select) -> list[exp.Expression]:
@@ -294,10 +330,10 @@ def _classify(block: JoinBlock, conjuncts: list[exp.Expression]) -> None:
         if isinstance(conj, exp.EQ) and isinstance(conj.this, exp.Column) and isinstance(conj.expression, exp.Column):
             a, b = _resolve(block, conj.this), _resolve(block, conj.expression)
             # Transitivity across differing types could change casts: keep those pairwise.
-            # Derived-table columns have no known type ("") and are taken as compatible;
-            # result fingerprints catch the rare case where that is wrong.
+            # So are columns of unknown type (""): a derived table's expression may carry a
+            # collation (x COLLATE NOCASE = y and x = z do not make y = z).
             ta, tb = _col_type(block, a), _col_type(block, b)
-            if ta == tb or not ta or not tb:
+            if ta and ta == tb:
                 parent[find(a)] = find(b)
                 continue
         block.residuals.append(Residual(conj, refs))

@@ -59,6 +59,66 @@ def unsafe_join(join: exp.Join) -> str | None:
     return None
 
 
+def lateral_reference(items, relations: list[Relation], ctes, catalog: Catalog) -> str | None:
+    """Why a derived table of the block refers to a sibling FROM item, or None.
+
+    DuckDB binds a derived table's column that its own FROM items lack to an earlier
+    FROM item of the same SELECT (an implicit ``LATERAL``): such a table must stay after
+    that item, so the block is left as written. Qualified references are matched by
+    alias; an unqualified name may be one when a sibling has that column (or columns
+    lqo does not know) and nothing inside the derived table is known to provide it.
+
+    >>> import sqlglot
+    >>> cat = Catalog({"a": {"x": "INT"}, "b": {"y": "INT"}})
+    >>> sel = sqlglot.parse_one("SELECT 1 FROM a, (SELECT y FROM b WHERE y = x) d", read="duckdb")
+    >>> items = from_items(sel)
+    >>> lateral_reference(items, [relation(i, {}, cat) for i in items], {}, cat)
+    'derived table d may refer to its sibling a (implicit LATERAL)'
+    """
+    siblings = {r.alias: r for r in relations}
+    for item, rel in zip(items, relations):
+        if rel.kind != "derived":
+            continue
+        query = item.this
+        inner = {t.alias_or_name.lower() for t in query.find_all(exp.Table, exp.Subquery, exp.CTE)}
+        names = _inner_columns(query, ctes, catalog)
+        for col in query.find_all(exp.Column):
+            if col.table:
+                ref = col.table.lower()
+                if ref in siblings and ref != rel.alias and ref not in inner:
+                    return f"derived table {rel.alias} refers to its sibling {ref} (implicit LATERAL)"
+            elif not isinstance(col.this, exp.Star) and col.name.lower() not in names:
+                name = col.name.lower()
+                for other in relations:
+                    if other.alias != rel.alias and (other.columns is None or name in other.columns):
+                        return f"derived table {rel.alias} may refer to its sibling {other.alias} (implicit LATERAL)"
+    return None
+
+
+def _inner_columns(query: exp.Expression, ctes, catalog: Catalog) -> set[str]:
+    """Column names the relations and SELECT aliases inside ``query`` are known to
+    provide (a relation with unknown columns adds none)."""
+    names: set[str] = set()
+    local = {c.alias_or_name.lower(): c for c in query.find_all(exp.CTE)}
+    for t in query.find_all(exp.Table):
+        name = t.name.lower()
+        cte = local.get(name) or (ctes.get(name) if not t.args.get("db") else None)
+        if cte is not None:
+            cols = _alias_columns(cte.args.get("alias")) or _output_columns(cte.this)
+        elif isinstance(t.this, exp.Identifier) and catalog.has_table(name):
+            cols = catalog.columns(name)
+        else:
+            cols = None  # a table function, or a table lqo does not know
+        names |= set(cols or ())
+    for sub in query.find_all(exp.Subquery):
+        if sub.alias:
+            cols = _alias_columns(sub.args.get("alias")) or _output_columns(sub.this)
+            names |= set(cols or ())
+    for sel in query.find_all(exp.Select):
+        names |= {e.alias.lower() for e in sel.expressions if e.alias}
+    return names
+
+
 def relation(item: exp.Expression, ctes, catalog: Catalog) -> Relation | str:
     """A Relation for a FROM item, or the reason it cannot be reordered."""
     alias = item.alias_or_name.lower()
@@ -68,13 +128,13 @@ def relation(item: exp.Expression, ctes, catalog: Catalog) -> Relation | str:
         name = item.name.lower()
         if name in ctes and not item.args.get("db"):
             query = ctes[name].this
-            cols = _alias_columns(ctes[name].args.get("alias")) or _output_columns(query)
+            cols = _columns_of(ctes[name].args.get("alias"), query, ctes, catalog, {name})
             return Relation(alias, "cte", name, cols, _base_tables(query, ctes, catalog, {name}))
         return Relation(alias, "table", name, dict(catalog.columns(name)), (name,))
     if isinstance(item, exp.Subquery) and isinstance(item.this, exp.Query) and not item.args.get("joins"):
         if not item.alias:
             return "derived table without alias"
-        cols = _alias_columns(item.args.get("alias")) or _output_columns(item.this)
+        cols = _columns_of(item.args.get("alias"), item.this, ctes, catalog, set())
         return Relation(alias, "derived", None, cols, _base_tables(item.this, ctes, catalog, set()))
     if isinstance(item, exp.Subquery) and not isinstance(item.this, exp.Query):
         return "parenthesized join in FROM"
@@ -87,9 +147,17 @@ def _alias_columns(alias: exp.TableAlias | None) -> dict[str, str] | None:
     return {c.name.lower(): "" for c in alias.columns}
 
 
-def _output_columns(query: exp.Expression) -> dict[str, str] | None:
-    while isinstance(query, exp.SetOperation):
-        query = query.this
+def _output_columns(query: exp.Expression, ctes=None, catalog: Catalog | None = None,
+                    seen: frozenset[str] = frozenset()) -> dict[str, str] | None:
+    """Output column -> type of a query; the type is "" unless certain (a plain column of
+    a relation whose type is known, the same in every branch of a set operation): an
+    expression can change it or its comparison (``x COLLATE NOCASE``)."""
+    if isinstance(query, exp.SetOperation):
+        left = _output_columns(query.this, ctes, catalog, seen)
+        right = _output_columns(query.expression, ctes, catalog, seen)
+        if left is None or right is None or len(left) != len(right):
+            return None if left is None else {k: "" for k in left}
+        return {k: t if t and t == rt else "" for (k, t), rt in zip(left.items(), right.values())}
     while isinstance(query, exp.Subquery):
         query = query.this
     if not isinstance(query, exp.Select):
@@ -100,8 +168,53 @@ def _output_columns(query: exp.Expression) -> dict[str, str] | None:
             return None
         if not e.alias_or_name:
             return None
-        cols[e.alias_or_name.lower()] = ""
+        inner = e.this if isinstance(e, exp.Alias) else e
+        typ = ""
+        if catalog is not None and isinstance(inner, exp.Column):
+            typ = _column_type(inner, query, ctes or {}, catalog, seen)
+        cols[e.alias_or_name.lower()] = typ
     return cols
+
+
+def _columns_of(alias: exp.TableAlias | None, query: exp.Expression, ctes, catalog: Catalog,
+                seen: set[str] | frozenset[str]) -> dict[str, str] | None:
+    """A CTE's or derived table's columns with their types (see ``_output_columns``);
+    a column alias list renames them by position."""
+    out = _output_columns(query, ctes, catalog, frozenset(seen))
+    names = _alias_columns(alias)
+    if names is None:
+        return out
+    if out is None or len(out) != len(names):
+        return names
+    return dict(zip(names, out.values()))
+
+
+def _column_type(col: exp.Column, select: exp.Select, ctes, catalog: Catalog, seen: frozenset[str]) -> str:
+    """The type of a plain column of ``select``'s FROM items, or "" if not certain."""
+    if col.args.get("db"):
+        return ""
+    name, table = col.name.lower(), col.table.lower()
+    found = []
+    for item in from_items(select):
+        alias = item.alias_or_name.lower()
+        if table and alias != table:
+            continue
+        cols: dict[str, str] | None = None
+        if isinstance(item, exp.Table) and isinstance(item.this, exp.Identifier):
+            tname = item.name.lower()
+            if tname in ctes and not item.args.get("db"):
+                if tname not in seen:  # a recursive CTE's own columns stay unknown
+                    cte = ctes[tname]
+                    cols = _columns_of(cte.args.get("alias"), cte.this, ctes, catalog, seen | {tname})
+            elif catalog.has_table(tname):
+                cols = catalog.columns(tname)
+        elif isinstance(item, exp.Subquery):
+            cols = _columns_of(item.args.get("alias"), item.this, ctes, catalog, seen)
+        if cols is None:
+            return ""  # a relation whose columns are unknown may hold the name
+        if name in cols:
+            found.append(cols[name])
+    return found[0] if len(found) == 1 else ""
 
 
 def _base_tables(query: exp.Expression, ctes, catalog: Catalog, seen: set[str]) -> tuple[str, ...]:

@@ -49,7 +49,8 @@ import duckdb
 
 from lqo.engine.db import connect_writable
 from lqo.errors import LqoError, MissingFileError, PlanError
-from lqo.engine.harness import RunResult, _utcnow
+from lqo.engine.harness import RunResult, _utcnow, error_line
+from lqo.lock import WriterLock, acquire
 
 SCHEMA_VERSION = "1"
 
@@ -122,29 +123,41 @@ class ExperienceStore:
         self.path = path
         self.session = session or uuid.uuid4().hex[:12]
         self._lock = threading.Lock()  # one DuckDB connection: serialise threads on it
+        self._held: WriterLock | None = None  # the writer lock of a store opened for writing
 
     @classmethod
     def open(cls, path: str | os.PathLike, read_only: bool = False, session: str | None = None) -> ExperienceStore:
         """Open (creating if missing) the store at ``path``.
 
         Raises LqoError if the file is another database, has another schema version, or
-        is held by another process.
+        is held by another process (``BusyError`` when another lqo process writes it).
 
         >>> store = ExperienceStore.open("runs.duckdb")  # doctest: +SKIP
         """
         path = str(path)
         if read_only and not os.path.exists(path):
             raise MissingFileError(f"experience store not found: {path}")
+        # A writer first takes the store's advisory lock (STORE.lock): a second lqo
+        # process stops here with BusyError naming the store and the holder.
+        held = None if read_only else acquire(path, f"experience store {path}", "another store file")
         try:
-            con = connect_writable(path, read_only=read_only)
-        except duckdb.IOException as exc:
-            raise LqoError(f"cannot open experience store {path} (one process at a time may open it): {exc}") from exc
-        try:
-            cls._check_or_create(con, path, read_only)
+            try:
+                con = connect_writable(path, read_only=read_only)
+            except duckdb.IOException as exc:
+                raise LqoError(f"cannot open experience store {path} (one process at a time may open it): "
+                               f"{error_line(str(exc))}") from exc
+            try:
+                cls._check_or_create(con, path, read_only)
+            except BaseException:
+                con.close()
+                raise
         except BaseException:
-            con.close()
+            if held is not None:
+                held.release()
             raise
-        return cls(con, path, session)
+        store = cls(con, path, session)
+        store._held = held
+        return store
 
     @staticmethod
     def _check_or_create(con: duckdb.DuckDBPyConnection, path: str, read_only: bool) -> None:
@@ -196,10 +209,13 @@ class ExperienceStore:
             return [dict(zip(names, row)) for row in cur.fetchall()]
 
     def close(self) -> None:
-        """Close the file; safe to call twice."""
+        """Close the file (and release the writer lock); safe to call twice."""
         if self.con is not None:
             self.con.close()
             self.con = None  # type: ignore[assignment]
+        if self._held is not None:
+            self._held.release()
+            self._held = None
 
     def __enter__(self) -> ExperienceStore:
         return self

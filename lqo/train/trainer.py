@@ -26,12 +26,13 @@ import numpy as np
 from lqo.sql.catalog import Catalog
 from lqo.errors import LqoError, WorkloadError
 from lqo.train.experience import ExperienceStore
-from lqo.engine.harness import Harness, median_latency
+from lqo.engine.harness import Harness, error_line, median_latency
 from lqo.learn.features import Featurizer
+from lqo.lock import WriterLock, acquire
 from lqo.learn.model_kinds import make_model
 from lqo.optimizer import Optimizer
 from lqo.trees.plan import Plan
-from lqo.trees.query import PreparedQuery, prepare
+from lqo.trees.query import PreparedQuery, prepare_named
 from lqo.train.recipe import Recipe
 from lqo.search import neighbours, star_plan
 from lqo.estimates.stats import DatabaseStats
@@ -68,6 +69,7 @@ class Trainer:
         self.progress = progress or (lambda items, desc="": items)
         self.out = Path(recipe.out)
         self.start = time.perf_counter()
+        self._held: WriterLock | None = None
 
     # ----- set-up ------------------------------------------------------------------------
     def _setup(self):
@@ -76,6 +78,22 @@ class Trainer:
             raise LqoError("the recipe names no workload (set `workload` or pass --workload)")
         workload = Workload.load(r.workload)
         self.out.mkdir(parents=True, exist_ok=True)
+        # One writer per model directory: a second `lqo train` or `lqo tune` on it stops
+        # here with BusyError, before it reads or writes anything there. Held until run() ends.
+        self._held = acquire(self.out, f"model directory {self.out}")
+        try:
+            return self._setup_locked(workload)
+        except BaseException:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            held.release()
+
+    def _setup_locked(self, workload: Workload):
+        r = self.recipe
         state = self._read_state()
         if state and state.get("workload") != str(workload.root):
             raise LqoError(f"{self.out} holds training for workload {state.get('workload')}; use another --out")
@@ -91,7 +109,7 @@ class Trainer:
         queries = [q for q in workload if q.template in set(train_t)]
         if not queries:
             raise WorkloadError("the split leaves no training queries")
-        prepared = {q.id: prepare(q.sql, con, catalog) for q in queries}
+        prepared = {q.id: prepare_named(f"{q.id} ({q.path})", q.sql, con, catalog) for q in queries}
         usable = {qid: pq for qid, pq in prepared.items() if pq.forceable and pq.free_blocks}
         self.log(f"workload {workload.name}: {len(queries)} training queries ({len(usable)} lqo may reorder), "
                  f"{len(test_t)} test templates held out: {', '.join(test_t)}")
@@ -122,7 +140,7 @@ class Trainer:
         result = TrainResult(self.out, int(state.get("iteration", 0)))
         try:
             with ExperienceStore.open(store_paths[0]) as store:
-                runner = _Runner(con, store, workload, r)
+                runner = _Runner(con, store, workload, r, log=self.log)
                 for q in self.progress(queries, desc="bootstrap"):
                     if self._out_of_time():
                         break
@@ -138,6 +156,10 @@ class Trainer:
                         result.stopped = f"time budget of {r.time_budget_min} min reached"
                         break
                     samples = collect_samples([store, store_paths[1]], usable)
+                    if not samples:
+                        failed = ", ".join(sorted(runner.failed))
+                        raise LqoError("nothing to learn from: no training query lqo may reorder has a successful run"
+                                       + (f" (native runs failed: {failed})" if failed else ""))
                     optimizer = self._fit(samples, usable, featurizer, catalog, it)
                     line = self._iterate(it, optimizer, usable, runner, rng, queries)
                     line.update({"samples": len(samples), "elapsed_min": round(self._elapsed_min(), 2)})
@@ -162,6 +184,7 @@ class Trainer:
                     self.log(_format_line(line))
         finally:
             con.close()
+            self._release()
         if not (self.out / "model.lqo").exists():
             raise LqoError("training stopped before the first model was fitted (raise time_budget_min)")
         return result
@@ -183,11 +206,13 @@ class Trainer:
     def _iterate(self, it: int, opt: Optimizer, usable: dict[str, PreparedQuery], runner: "_Runner",
                  rng: random.Random, queries: list[Query]) -> dict:
         total_lqo = total_native = 0.0
-        runs = timeouts = chosen_forced = 0
+        runs = timeouts = errors = chosen_forced = 0
         for q in self.progress(queries, desc=f"iteration {it}"):
             if self._out_of_time():
                 break
             native_ms = runner.native_ms(q)
+            if q.id in runner.failed:  # fails as written: no latency to count or to beat
+                continue
             pq = usable.get(q.id)
             if pq is None:
                 total_lqo += native_ms
@@ -205,7 +230,8 @@ class Trainer:
                     continue
                 r = runner.run_plan(q, pq, plan, "model")
                 runs += 1
-                timeouts += int(r is None)
+                timeouts += int(runner.outcome == "timeout")
+                errors += int(runner.outcome == "error")
                 measured[plan] = r
             if fallback is None and result.best != pq.native_plan:
                 chosen_forced += 1
@@ -217,7 +243,8 @@ class Trainer:
         hist = opt.model.history_[-1] if getattr(opt.model, "history_", None) else {}
         return {"iteration": it, "workload_ms": round(total_lqo, 1), "native_ms": round(total_native, 1),
                 "ratio": round(total_lqo / total_native, 4) if total_native else None,
-                "forced": chosen_forced, "runs": runs, "timeouts": timeouts,
+                "forced": chosen_forced, "runs": runs, "timeouts": timeouts, "errors": errors,
+                "failed_queries": sorted(runner.failed),
                 "train_loss": hist.get("train_loss"), "val_loss": hist.get("val_loss"), "lr": hist.get("lr"),
                 "model_history": getattr(opt.model, "history_", [])}
 
@@ -227,16 +254,23 @@ def _format_line(line: dict) -> str:
     loss = f"{line['val_loss']:.4f}" if isinstance(line.get("val_loss"), (int, float)) else "-"
     return (f"iteration {line['iteration']}: training workload {line['workload_ms'] / 1000:.2f} s with lqo vs "
             f"{line['native_ms'] / 1000:.2f} s native ({ratio}), {line['forced']} queries forced, "
-            f"{line['runs']} plans run ({line['timeouts']} timeouts), {line['samples']} samples, "
+            f"{line['runs']} plans run ({line['timeouts']} timeouts"
+            + (f", {line['errors']} failed" if line.get("errors") else "") + f"), {line['samples']} samples, "
             f"val loss {loss}, {line['elapsed_min']} min" + (" [kept]" if line.get("selected") else ""))
 
 
 class _Runner:
     """Executes and records plans of training queries; knows their best latencies."""
 
-    def __init__(self, con, store: ExperienceStore, workload: Workload, recipe: Recipe) -> None:
+    def __init__(self, con, store: ExperienceStore, workload: Workload, recipe: Recipe,
+                 log: Callable[[str], None] = lambda line: None) -> None:
         self.con, self.store, self.workload, self.recipe = con, store, workload, recipe
+        self.log = log
         self.harness = Harness(con)
+        # Queries whose native run failed (conversion error, out of memory, ...): their
+        # runs are recorded with the error, and they are left out of training.
+        self.failed: dict[str, str] = {}
+        self.outcome = ""  # of the last run_plan: "ok", "timeout", "error", "wrong"
         self._native: dict[str, tuple[float, str | None]] = {}
         self._best: dict[str, float] = {}
         self._tried: set[tuple[str, Plan]] = set()
@@ -251,6 +285,10 @@ class _Runner:
             self.harness.run(q.sql, profile=False)  # warm-up
             runs = [self.harness.run(q.sql, profile=(i == 0)) for i in range(3)]
             self.store.record_runs([(pk, r) for r in runs])
+            bad = next((r for r in runs if r.error is not None), None)
+            if bad is not None:
+                self.failed[q.id] = error_line(bad.error)
+                self.log(f"query {q.id}: native run failed, left out of training: {self.failed[q.id]}")
             ms = median_latency(runs) or 0.0
             self._native[q.id] = (ms, runs[0].fingerprint)
             self._best[q.id] = min(self._best.get(q.id, ms), ms)
@@ -272,14 +310,18 @@ class _Runner:
         pk = self.store.add_plan(qk, kind, plan.to_json(), sql)
         self._tried.add((q.id, plan))
         if self.store.is_wrong(pk):
+            self.outcome = "wrong"
             return None
         r = self.harness.run(sql, forced=True, timeout_s=self.timeout_ms(q) / 1000, profile=True)
         self.store.record_run(pk, r)
         if not r.ok:
+            self.outcome = "timeout" if r.timed_out else "error"
             return None
         if r.fingerprint != reference:
             self.store.mark_wrong(pk)
+            self.outcome = "wrong"
             return None
+        self.outcome = "ok"
         self._best[q.id] = min(self._best[q.id], r.latency_ms)
         return r.latency_ms
 
@@ -288,7 +330,7 @@ class _Runner:
         """Native and its forced tree, ``seeds`` not yet run, then random plans up to
         ``bootstrap_plans`` (plans already known count)."""
         self.native_ms(q)
-        if usable is None:
+        if usable is None or q.id in self.failed:
             return
         for s in known:
             self._tried.add((q.id, s.plan))

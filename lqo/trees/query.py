@@ -17,8 +17,9 @@ import duckdb
 
 from lqo.sql.catalog import Catalog
 from lqo.trees.enumerate import random_tree
-from lqo.errors import InvalidSQLError, UnknownTableError
+from lqo.errors import InvalidSQLError, LqoError, UnknownTableError
 from lqo.sql.join_graph import QueryGraph, build_query_graph
+from lqo.sql.syntax import describe_parser_error
 from lqo.trees.native import NativeTrees, explain_json, read_native_trees
 from lqo.trees.plan import Plan
 from lqo.trees.render import render
@@ -103,12 +104,21 @@ def prepare(sql: str, con: duckdb.DuckDBPyConnection, catalog: Catalog | None = 
             return PreparedQuery(sql=sql, graph=graph, native=NativeTrees())
         roots = explain_json(con, sql)
     except duckdb.ParserException as err:
-        raise InvalidSQLError(f"invalid SQL: {_first_line(err)}") from None
+        raise InvalidSQLError(f"invalid SQL: {describe_parser_error(str(err), sql)}") from None
     except (duckdb.CatalogException, duckdb.BinderException) as err:
         raise UnknownTableError(_first_line(err)) from None
     except duckdb.Error as err:
         raise InvalidSQLError(f"DuckDB cannot plan this query: {_first_line(err)}") from None
     return PreparedQuery(sql=sql, graph=graph, native=read_native_trees(graph, roots))
+
+
+def prepare_named(name: str, sql: str, con: duckdb.DuckDBPyConnection, catalog: Catalog | None = None) -> PreparedQuery:
+    """``prepare``, with ``name`` (a workload query's id and file) leading the message
+    of any error it raises: a workload command says which of its queries is bad."""
+    try:
+        return prepare(sql, con, catalog)
+    except LqoError as err:
+        raise type(err)(f"query {name}: {err}") from None
 
 
 def _first_line(err: Exception) -> str:

@@ -4,7 +4,8 @@ With ``join_order`` and ``build_side_probe_side`` disabled, DuckDB runs joins as
 written: a left-deep chain ``a JOIN b ON .. JOIN c ON ..`` and parenthesized bushy
 parts, the right child of each join being the hash-table build side. Key equalities
 go into the ON clause of the lowest join that spans them; single-relation filters and
-everything lqo does not move stay in WHERE (filter pushdown places them).
+everything lqo does not move stay in WHERE (filter pushdown places them). A ``SELECT *``
+becomes each relation's star in written order, so its columns keep their order.
 
 >>> from lqo.sql.catalog import Catalog
 >>> from lqo.sql.join_graph import build_query_graph
@@ -12,7 +13,7 @@ everything lqo does not move stay in WHERE (filter pushdown places them).
 >>> g = build_query_graph("SELECT * FROM a, b WHERE a.x = b.y AND a.z > 1",
 ...                       Catalog({"a": {"x": "INT", "z": "INT"}, "b": {"y": "INT"}}))
 >>> render(g, Plan.of({0: Join(Leaf("b"), Leaf("a"))}))
-'SELECT * FROM b JOIN a ON b.y = a.x WHERE a.z > 1'
+'SELECT a.*, b.* FROM b JOIN a ON b.y = a.x WHERE a.z > 1'
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def render(graph: QueryGraph, plan: Plan) -> str:
 
 def _render_block(select: exp.Select, block: JoinBlock, tree: Tree) -> None:
     conjuncts = block_conjuncts(select)  # this copy's nodes: they may hold rendered blocks
+    _name_stars(select, from_items(select))
     nodes = dict(zip(block.aliases, from_items(select)))
     for node in nodes.values():
         node.pop()
@@ -59,6 +61,24 @@ def _render_block(select: exp.Select, block: JoinBlock, tree: Tree) -> None:
     placed = {id(r) for j in _joins_post(tree) for r in _new_residuals(block, j)}
     where += [exp.Paren(this=r.expr.copy()) for r in block.residuals if id(r) not in placed]
     select.set("where", exp.Where(this=exp.and_(*where, copy=False)) if where else None)
+
+
+def _name_stars(select: exp.Select, items: list[exp.Expression]) -> None:
+    """``SELECT *`` lists the relations' columns in FROM order: keep the written order
+    whatever the tree by writing it as each relation's star, ``a.*, b.*``."""
+    if not any(type(e) is exp.Star for e in select.expressions):
+        return
+    names = []
+    for item in items:
+        alias = item.args.get("alias")
+        names.append(alias.this if alias is not None and alias.this else item.this)
+    out: list[exp.Expression] = []
+    for e in select.expressions:
+        if type(e) is exp.Star:
+            out += [exp.Column(this=exp.Star(), table=name.copy()) for name in names]
+        else:
+            out.append(e)
+    select.set("expressions", out)
 
 
 def _joins_post(tree: Tree):

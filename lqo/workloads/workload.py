@@ -36,6 +36,7 @@ from typing import Iterable, Iterator
 import duckdb
 
 from lqo.errors import MissingFileError, WorkloadError
+from lqo.sql.syntax import describe_parser_error
 
 MANIFEST = "workload.toml"
 KINDS = ("tpch", "tpcds", "custom")
@@ -210,6 +211,8 @@ def _read_select(path: Path, checker: duckdb.DuckDBPyConnection) -> str:
         raise WorkloadError(f"query file {path} is not UTF-8 text") from None
     try:
         statements = checker.extract_statements(sql)
+    except duckdb.ParserException as err:  # a syntax error, with its line and column
+        raise WorkloadError(f"query file {path} is not valid SQL: {describe_parser_error(str(err), sql)}") from None
     except duckdb.Error as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise WorkloadError(f"query file {path} is not valid SQL: {first}") from None
