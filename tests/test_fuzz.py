@@ -123,6 +123,12 @@ REGRESSIONS = [
              "WHERE n.n_regionkey = d.r_regionkey", "refused: implicit LATERAL"),
     ("tpch", "SELECT n.n_name, d.r_name FROM nation n, (SELECT * FROM region WHERE r_regionkey = n_regionkey) d "
              "WHERE n.n_regionkey = d.r_regionkey", "refused: implicit LATERAL"),
+    # DuckDB pushes a join's runtime filter below a LIMIT on the probe side (campaign seed 1,
+    # query 2245: 50 rows vs native 0). Refused now: build sides must stay DuckDB's there.
+    ("tpch", "SELECT count(*) FROM (SELECT c_custkey FROM customer ORDER BY 1 LIMIT 58) AS t6, customer AS t3 "
+             "WHERE t6.c_custkey = t3.c_custkey AND t3.c_name >= 'Customer#000001125'", "refused: with LIMIT"),
+    ("tpch", "WITH t6 AS (SELECT c_custkey FROM customer ORDER BY 1 LIMIT 58) SELECT count(*) FROM t6, customer AS t3 "
+             "WHERE t6.c_custkey = t3.c_custkey AND t3.c_name >= 'Customer#000001125'", "refused: with LIMIT"),
     # Equalities through a derived column of unknown type were made transitive: with a
     # collation, a.r_name = d.k (NOCASE) and d.k = e.lk do not make a.r_name = e.lk, and
     # even DuckDB's native tree rendered gave another count. Now pairwise (residuals).
@@ -156,3 +162,19 @@ def test_typed_derived_keys_stay_transitive(envs):
     assert len(block.classes) == 1 and {c.rel for c in block.classes[0]} == {"l", "o", "d"}
     g = build_query_graph(REGRESSIONS[-3][1], catalog)
     assert g.blocks[0].classes == [] and len(g.blocks[0].residuals) == 2
+
+
+def test_duckdb_pushes_join_filters_below_a_probed_limit(envs):
+    """Why LIMIT relations are refused: DuckDB 1.5.5 itself answers wrong when a LIMIT
+    subquery is the probe side. If this starts failing, DuckDB fixed it; the refusal in
+    lqo.sql.relations (LIMIT_REASON) and the arm filter in lqo.book.trials can go."""
+    con = envs["tpch"][0]
+    from lqo.engine.settings import forced_settings
+
+    sql = ("SELECT count(*) FROM orders AS t1 JOIN (customer AS t2 JOIN ((SELECT t4.c_custkey AS c_custkey "
+           "FROM orders AS t5 JOIN customer AS t4 ON t5.o_custkey = t4.c_custkey ORDER BY 1 LIMIT 58) AS t6 "
+           "JOIN customer AS t3 ON t6.c_custkey = t3.c_custkey) ON t2.c_custkey = t3.c_custkey) "
+           "ON t1.o_custkey = t2.c_custkey WHERE t3.c_name >= 'Customer#000001125'")
+    assert con.execute(sql).fetchall() == [(0,)]  # the LIMIT keeps customers 1..32, the filter wants >= 1125
+    with forced_settings(con):
+        assert con.execute(sql).fetchall() != [(0,)]

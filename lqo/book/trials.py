@@ -21,6 +21,7 @@ from lqo.estimates.stats import DatabaseStats
 from lqo.search import neighbours, star_plan
 from lqo.sql.catalog import Catalog
 from lqo.sql.join_graph import build_query_graph
+from lqo.sql.relations import limit_in_from
 from lqo.train.experience import ExperienceStore
 from lqo.trees.plan import Plan
 from lqo.trees.query import prepare
@@ -65,7 +66,10 @@ class Trials:
     def candidates(self, t: _Template, entry: BookEntry, rng: random.Random) -> list[Candidate]:
         if entry.note or not entry.native_ms:
             return []
-        out = [Candidate(f"arm:{rule}", "arm", (rule,), origin=f"arm:{rule}") for rule in ARMS]
+        arms = ARMS
+        if _limit_in_from(t.tune[0].sql):  # see relations.LIMIT_REASON: build sides must stay DuckDB's
+            arms = tuple(a for a in ARMS if a not in ("build_side_probe_side", "join_order"))
+        out = [Candidate(f"arm:{rule}", "arm", (rule,), origin=f"arm:{rule}") for rule in arms]
         try:
             pq = prepare(t.tune[0].sql, self.con, self.catalog)
         except LqoError as err:
@@ -155,3 +159,12 @@ class Trials:
                 break
             pairs[q.id] = [(n.latency_ms, x.latency_ms) for n, x in zip(native_runs, cand_runs)]
         return judge(pairs, self.config.rule, failed)
+
+
+def _limit_in_from(sql: str) -> bool:
+    import sqlglot
+
+    try:
+        return limit_in_from(sqlglot.parse_one(sql, read="duckdb"))
+    except sqlglot.errors.ParseError:
+        return True  # unknown shape: keep only the arms that leave build sides alone

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lqo.evaluate.explore import ExploreConfig, QueryResult, explore_workload
+from lqo.evaluate.explore import ExploreConfig, explore_workload
 from lqo.workloads.workload import Workload
 from lqo.cli.output import add_json_flag, emit, progress
 

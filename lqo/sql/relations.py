@@ -119,6 +119,29 @@ def _inner_columns(query: exp.Expression, ctes, catalog: Catalog) -> set[str]:
     return names
 
 
+# DuckDB 1.5.5 pushes a hash join's runtime filter (min/max, key set) from the build side
+# into the probe side's scan even through a LIMIT / TOP_N above that scan: the LIMIT then
+# keeps other rows and the join returns a wrong result. Native plans mostly build on the
+# small LIMIT side and escape it; a forced tree (or a build-side arm) can probe it.
+LIMIT_REASON = "derived table or CTE with LIMIT (DuckDB pushes join filters below it when it is probed)"
+
+
+def has_limit(query: exp.Expression) -> bool:
+    """Whether ``query`` (a derived table's or CTE's body) limits its rows anywhere.
+
+    >>> import sqlglot
+    >>> has_limit(sqlglot.parse_one("SELECT a FROM t ORDER BY a LIMIT 5")), has_limit(sqlglot.parse_one("SELECT a FROM t"))
+    (True, False)
+    """
+    return query.find(exp.Limit, exp.Fetch, exp.Offset) is not None
+
+
+def limit_in_from(ast: exp.Expression) -> bool:
+    """Whether any FROM item of ``ast`` (a derived table or a CTE) holds a LIMIT."""
+    return any(has_limit(s.this) for s in ast.find_all(exp.Subquery) if isinstance(s.this, exp.Query)) or any(
+        has_limit(c.this) for c in ast.find_all(exp.CTE))
+
+
 def relation(item: exp.Expression, ctes, catalog: Catalog) -> Relation | str:
     """A Relation for a FROM item, or the reason it cannot be reordered."""
     alias = item.alias_or_name.lower()
@@ -128,12 +151,16 @@ def relation(item: exp.Expression, ctes, catalog: Catalog) -> Relation | str:
         name = item.name.lower()
         if name in ctes and not item.args.get("db"):
             query = ctes[name].this
+            if has_limit(query):
+                return LIMIT_REASON
             cols = _columns_of(ctes[name].args.get("alias"), query, ctes, catalog, {name})
             return Relation(alias, "cte", name, cols, _base_tables(query, ctes, catalog, {name}))
         return Relation(alias, "table", name, dict(catalog.columns(name)), (name,))
     if isinstance(item, exp.Subquery) and isinstance(item.this, exp.Query) and not item.args.get("joins"):
         if not item.alias:
             return "derived table without alias"
+        if has_limit(item.this):
+            return LIMIT_REASON
         cols = _columns_of(item.args.get("alias"), item.this, ctes, catalog, set())
         return Relation(alias, "derived", None, cols, _base_tables(item.this, ctes, catalog, set()))
     if isinstance(item, exp.Subquery) and not isinstance(item.this, exp.Query):

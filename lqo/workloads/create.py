@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import Callable
 
 from lqo.engine.db import connect_writable, load_extension
