@@ -129,6 +129,16 @@ REGRESSIONS = [
              "WHERE t6.c_custkey = t3.c_custkey AND t3.c_name >= 'Customer#000001125'", "refused: with LIMIT"),
     ("tpch", "WITH t6 AS (SELECT c_custkey FROM customer ORDER BY 1 LIMIT 58) SELECT count(*) FROM t6, customer AS t3 "
              "WHERE t6.c_custkey = t3.c_custkey AND t3.c_name >= 'Customer#000001125'", "refused: with LIMIT"),
+    # A join whose inputs were both decorrelation scans crashed the native-tree reader
+    # (StopIteration; campaign seed 1, query 8125). Read now.
+    ("tpch", "WITH cte1 AS (SELECT t8.o_orderkey AS o_orderkey, t8.o_orderkey AS val FROM orders AS t8 "
+             "WHERE t8.o_orderstatus LIKE 'F%' AND t8.o_orderstatus = 'F') SELECT count(*) AS cnt FROM customer AS t1, "
+             "orders t2, (SELECT t3.c_custkey AS c_custkey, t3.c_custkey AS val FROM customer t3 JOIN orders AS t4 "
+             "ON t3.c_custkey = t4.o_custkey JOIN customer AS t5 ON t4.o_custkey = t5.c_custkey WHERE t5.c_custkey = 1) "
+             "AS t6, (SELECT DISTINCT t7.l_orderkey AS l_orderkey FROM lineitem AS t7 JOIN cte1 AS t9 "
+             "ON t7.l_orderkey = t9.o_orderkey JOIN cte1 AS t10 ON t9.o_orderkey = t10.o_orderkey AND t10.val > 0 "
+             "WHERE t7.l_orderkey = t2.o_orderkey) AS t11 WHERE t1.c_custkey = t2.o_custkey "
+             "AND t2.o_custkey = t6.c_custkey AND t2.o_orderkey = t11.l_orderkey", "ok or refused"),
     # Equalities through a derived column of unknown type were made transitive: with a
     # collation, a.r_name = d.k (NOCASE) and d.k = e.lk do not make a.r_name = e.lk, and
     # even DuckDB's native tree rendered gave another count. Now pairwise (residuals).
@@ -146,7 +156,9 @@ REGRESSIONS = [
 @pytest.mark.parametrize("kind, sql, expected", REGRESSIONS, ids=[f"r{i}" for i in range(len(REGRESSIONS))])
 def test_fuzz_regressions(kind, sql, expected, envs):
     status, reason, plans = _all_trees(sql, envs[kind])
-    if expected == "ok":
+    if expected == "ok or refused":
+        assert status in ("ok", "refused"), reason
+    elif expected == "ok":
         assert status == "ok", reason
         assert plans >= 2  # a reordered tree ran, not only the native one
     else:

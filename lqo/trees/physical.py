@@ -116,7 +116,10 @@ def _skip(node: PNode, aside: list[PNode], filters: list[str] | None = None) -> 
         elif node.is_inner_join and any(_is_delim_scan(c) for c in node.children):
             # Decorrelation joins a subquery block with the outer values (DELIM_SCAN):
             # not one of the block's relations.
-            node = next(c for c in node.children if not _is_delim_scan(c))
+            rest = next((c for c in node.children if not _is_delim_scan(c)), None)
+            if rest is None:  # both inputs are decorrelation scans: nothing of a block below
+                return node
+            node = rest
         else:
             return node
 
