@@ -9,15 +9,12 @@ cast that fails on its values, a result Python cannot hold, out of memory under 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import duckdb
@@ -30,6 +27,7 @@ from lqo.engine.settings import current_setting
 from lqo.errors import BusyError, InvalidSQLError, LqoError, NotSelectError, QueryRuntimeError
 from lqo.optimized import Optimized
 from lqo.train.experience import ExperienceStore
+from test_cli import assert_error, lqo, lqo_json, tree  # the CLI test helpers
 
 JOIN = "FROM nation n JOIN region r ON n.n_regionkey = r.r_regionkey"
 # Bind and plan fine; fail while running.
@@ -46,41 +44,6 @@ SMALL_MEMORY = "4MB"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def lqo(capsys, *argv) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def lqo_json(capsys, *argv):
-    code, out, err = lqo(capsys, *argv, "--json")
-    assert code == 0, err
-    return json.loads(out)
-
-
-def assert_error(result: tuple[int, str, str], *words: str) -> str:
-    """Exit 2, nothing on stdout, one line ``lqo: error: ...`` naming every word."""
-    code, out, err = result
-    assert code == 2, (code, out, err)
-    assert out == "", out
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("lqo: error: "), err
-    for word in words:
-        assert word.lower() in lines[0].lower(), (word, lines[0])
-    return lines[0]
-
-
-def file_state(path: Path) -> tuple:
-    st = path.stat()
-    return st.st_size, st.st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def tree(root: Path) -> dict[str, tuple]:
-    return {str(p.relative_to(root)): file_state(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def custom_workload(root: Path, database: Path, queries: dict[str, str]) -> Path:
@@ -384,6 +347,7 @@ HOLD = """
 import sys, time
 from lqo.lock import acquire
 from lqo.train.experience import ExperienceStore
+from test_cli import assert_error, lqo, lqo_json, tree  # the CLI test helpers
 kind, path = sys.argv[1], sys.argv[2]
 if kind == "dir":
     acquire(path, "model directory " + path)

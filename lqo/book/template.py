@@ -63,10 +63,7 @@ def tokens(sql: str) -> list[Token]:
         start, kind = raw[i]
         if kind == _COMMENT:
             continue
-        end = raw[i + 1][0] if i + 1 < n else len(sql)
-        text = sql[start:end].rstrip()
-        if "--" in text or "/*" in text:
-            text = _strip_comment(text, kind)
+        text = _token_text(sql, raw, i)
         end = start + len(text)
         if kind == _KEYWORD:
             text = text.lower()
@@ -93,11 +90,7 @@ def template_key(sql: str) -> TemplateKey:
         start, kind = raw[i]
         if kind not in _LITERAL:
             continue
-        end = raw[i + 1][0] if i + 1 < n else len(sql)
-        text = sql[start:end].rstrip()
-        if "--" in text or "/*" in text:
-            text = _strip_comment(text, kind)
-        end = start + len(text)
+        end = start + len(_token_text(sql, raw, i))
         if kind == _NUMERIC and i >= 1 and sql[raw[i - 1][0]:start].rstrip() == "-" and _unary(sql, raw, i - 1):
             start = raw[i - 1][0]  # the sign belongs to the literal
         pieces.append(sql[pos:start])
@@ -135,6 +128,14 @@ def _unary(sql: str, raw, minus: int) -> bool:
     if kind in _OPERAND:
         return False
     return sql[start:raw[minus][0]].rstrip() != ")"
+
+
+def _token_text(sql: str, raw: list, i: int) -> str:
+    """The text of token ``raw[i]``: up to the next token, without trailing space or a
+    comment that follows it."""
+    start, kind = raw[i]
+    text = sql[start:raw[i + 1][0] if i + 1 < len(raw) else len(sql)].rstrip()
+    return _strip_comment(text, kind) if "--" in text or "/*" in text else text
 
 
 def _strip_comment(text: str, kind) -> str:
