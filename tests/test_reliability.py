@@ -347,7 +347,6 @@ HOLD = """
 import sys, time
 from lqo.lock import acquire
 from lqo.train.experience import ExperienceStore
-from test_cli import assert_error, lqo, lqo_json, tree  # the CLI test helpers
 kind, path = sys.argv[1], sys.argv[2]
 if kind == "dir":
     acquire(path, "model directory " + path)
