@@ -124,6 +124,10 @@ def test_acceptance_rule_thresholds():
     assert judge(clear, rule).accepted
     assert not judge({"a": [(100, 70)] * 4}, rule).accepted  # too few rounds
     assert not judge({**clear, "d": [(100, 110)] * 5}, rule).accepted  # one instance > 1.05x
+    many = {f"i{k}": [(100, 70)] * 5 for k in range(8)}
+    assert judge(many, rule).accepted
+    v = judge({**many, "slow": [(100, 110)] * 5}, rule)  # median and interval fine, one instance is not
+    assert not v.accepted and v.ci_high < 1.0 and v.worst_instance > 1.05
     assert not judge({"a": [(100, 96)] * 5}, rule).accepted  # median above 0.95
     noisy = {"a": [(100, 50), (100, 150), (100, 60), (100, 140), (100, 90)]}
     v = judge(noisy, rule)
