@@ -26,8 +26,9 @@ import time
 from pathlib import Path
 
 from lqo.book.book import PlanBook
+from lqo.book.trials import variant
 from lqo.book.tune import HISTORY_FILE, TuneConfig, Tuner
-from lqo.engine.harness import fingerprint_rows, median_latency, run_interleaved
+from lqo.engine.harness import median_latency, run_interleaved
 from lqo.optimizer import Optimizer
 from lqo.workloads.workload import Workload
 
@@ -47,6 +48,7 @@ def held_out(workload: Workload, model: Path, rounds: int) -> dict:
     rows = []
     try:
         opt = Optimizer.load(model, con)
+        catalog = opt.check_schema(con)
         for e in sorted(book.entries.values(), key=lambda e: e.template):
             # The oracle's candidates: those that earned an acceptance test (screened < 0.95x).
             promising = [e.candidates[c] for c in e.verdicts if c in e.candidates]
@@ -56,7 +58,7 @@ def held_out(workload: Workload, model: Path, rounds: int) -> dict:
                 served = opt.optimize(q.sql, con)  # the same text again: the text cache
                 variants = [(q.sql, False), (res.sql, res.forced, res.disabled)]
                 for c in promising:
-                    variants.append(_variant(c, q, opt))
+                    variants.append(variant(c, q.sql, catalog))
                 runs = run_interleaved(con, variants, repeats=rounds, warmup=1, timeout_s=60)
                 ref = next((r.fingerprint for r in runs[0] if r.ok), None)
                 med = [median_latency([r for r in rs if r.ok]) if all(r.ok for r in rs) else None for rs in runs]
@@ -86,19 +88,6 @@ def held_out(workload: Workload, model: Path, rounds: int) -> dict:
         "wrong": sum(r["wrong"] for r in rows), "candidate_wrong": sum(r["candidate_wrong"] for r in rows),
         "templates_adopted": sum(1 for e in book.entries.values() if e.choice != "native"),
     }}
-
-
-def _variant(c, q, opt):
-    from lqo.book.slots import SlotRendering
-    from lqo.book.template import template_key
-    from lqo.trees.plan import Plan
-
-    if c.kind == "arm":
-        return (q.sql, False, c.disabled)
-    lits = template_key(q.sql).literals
-    if c.slots is not None and SlotRendering.from_json(c.slots).n_literals == len(lits):
-        return (SlotRendering.from_json(c.slots).fill(lits), True, ())
-    return (opt._render_full(q.sql, Plan.from_json(c.plan)), True, ())
 
 
 def curve_plot(tunes: list[dict], path: Path) -> None:

@@ -112,15 +112,7 @@ class Trials:
         return out
 
     def _variant(self, c: Candidate, q: Query) -> tuple[str, bool, tuple[str, ...]]:
-        if c.kind == "arm":
-            return (q.sql, False, c.disabled)
-        plan = Plan.from_json(c.plan)
-        if c.slots is not None:
-            tk = template_key(q.sql)
-            sr = SlotRendering.from_json(c.slots)
-            if sr.n_literals == len(tk.literals):
-                return (sr.fill(tk.literals), True, ())
-        return (render(build_query_graph(q.sql, self.catalog), plan), True, ())
+        return variant(c, q.sql, self.catalog)
 
     def screen(self, t: _Template, entry: BookEntry, c: Candidate) -> tuple[float, int]:
         """Ratio of one run of ``c`` on the first tuning instance to its native median
@@ -168,3 +160,17 @@ def _limit_in_from(sql: str) -> bool:
         return limit_in_from(sqlglot.parse_one(sql, read="duckdb"))
     except sqlglot.errors.ParseError:
         return True  # unknown shape: keep only the arms that leave build sides alone
+
+
+def variant(c: Candidate, sql: str, catalog: Catalog) -> tuple[str, bool, tuple[str, ...]]:
+    """How to run candidate ``c`` for the instance ``sql``: ``(text, forced, disabled
+    rules)``, the form ``run_interleaved`` takes. A tree is filled from its slot
+    rendering when the literal count fits, else rendered for this text."""
+    if c.kind == "arm":
+        return (sql, False, c.disabled)
+    if c.slots is not None:
+        literals = template_key(sql).literals
+        sr = SlotRendering.from_json(c.slots)
+        if sr.n_literals == len(literals):
+            return (sr.fill(literals), True, ())
+    return (render(build_query_graph(sql, catalog), Plan.from_json(c.plan)), True, ())
