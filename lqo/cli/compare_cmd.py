@@ -16,13 +16,13 @@ def register(sub) -> None:
     p = sub.add_parser(
         "compare",
         help="run native and lqo plans interleaved and compare them per query",
-        description="For every query (or the model's test split): plan with the model, then run native, "
+        description="For every query (or a split): plan with the directory's plan book (known templates) or model, then run native, "
         "lqo's plan and the forced native tree interleaved with repeats. Prints per query native ms, "
         "lqo ms (planning included), ratio, and totals: ratio of sums, geometric mean, worst ratio, "
         "regressions, planning median and p99.",
     )
     p.add_argument("workload", help="workload directory")
-    p.add_argument("--model", required=True, help="model directory written by lqo train")
+    p.add_argument("--model", required=True, help="model directory written by lqo train and/or lqo tune (a plan book)")
     p.add_argument("--split", choices=["all", "train", "test", "instances"], default="all",
                    help="which queries to compare: all; the model's train or test templates; or 'instances', "
                    "the held-out instances of the templates `lqo tune` tuned (never run while tuning) (default all)")
