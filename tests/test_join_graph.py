@@ -69,7 +69,9 @@ def test_ambiguous_or_subquery_predicates_stay_in_where():
         "SELECT 1 FROM a, b WHERE a.x = b.x AND x > 1 AND a.y IN (SELECT w FROM d WHERE d.w = a.y)", CAT
     )
     b = g.blocks[0]
-    assert len(b.kept) == 2  # ambiguous `x`, and the correlated subquery
+    assert len(b.kept) == 1  # ambiguous `x`
+    # the subquery predicate restricts `a` alone: rendered inside `a` by a forced tree
+    assert b.placed == {"a": [2]}
 
 
 @pytest.mark.parametrize(

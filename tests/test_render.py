@@ -130,3 +130,79 @@ def _by_tables(block, tree):
     if isinstance(tree, Leaf):
         return Leaf(",".join(block.relation(tree.rel).tables))
     return Join(_by_tables(block, tree.probe), _by_tables(block, tree.build))
+
+
+# ----- predicates DuckDB places itself (lqo.sql.placement) -------------------------------
+
+_PCAT = Catalog({"d": {"k": "INT", "m": "INT", "y": "INT"}, "s": {"k": "INT", "v": "INT"},
+                 "i": {"k": "INT", "p": "INT", "c": "INT"}})
+
+
+def _rendered(sql: str, tree) -> str:
+    return render(build_query_graph(sql, _PCAT), Plan.of({0: tree}))
+
+
+def test_scalar_and_in_subquery_filters_are_rendered_inside_their_relation():
+    sql = ("SELECT count(*) FROM s, d, i WHERE s.k = d.k AND s.v = i.k AND d.y = 2000 "
+           "AND d.m = (SELECT max(m) FROM d WHERE y = 1) "
+           "AND i.p > (SELECT avg(j.p) FROM i AS j WHERE j.c = i.c) AND i.c IN (SELECT k FROM s)")
+    out = _rendered(sql, Join(Join(Leaf("s"), Leaf("d")), Leaf("i")))
+    assert "JOIN (SELECT * FROM d WHERE d.y = 2000 AND d.m = (SELECT MAX(m) FROM d WHERE y = 1)) AS d" in out
+    assert "(SELECT * FROM i WHERE i.p > (SELECT AVG(j.p) FROM i AS j WHERE j.c = i.c) AND i.c IN (SELECT k FROM s)) AS i" in out
+    assert " WHERE d.y" not in out.split(") AS i")[-1]
+
+
+@pytest.mark.parametrize("pred, why", [
+    ("EXISTS (SELECT 1 FROM i WHERE i.k = d.k)", "EXISTS: a semi join DuckDB runs after the selective joins"),
+    ("d.m > (SELECT max(v) FROM s AS t WHERE t.k = s.k) + d.y", "two relations of the block"),
+    ("d.m > (SELECT max(v) FROM s AS t WHERE t.k = zz)", "a name no relation has"),
+    ("d.m IN (SELECT k FROM s LIMIT 3)", "a LIMIT"),
+])
+def test_unplaceable_subquery_filters_stay_in_where(pred, why):
+    out = _rendered(f"SELECT count(*) FROM s, d WHERE s.k = d.k AND {pred}", Join(Leaf("s"), Leaf("d")))
+    assert "(SELECT * FROM d" not in out, why
+
+
+def test_correlated_filter_of_a_subquery_block_is_rendered_inside_its_relation():
+    sql = ("SELECT sum(s.v) FROM s, i WHERE s.v = i.k AND i.p = 7 AND s.v > "
+           "(SELECT avg(t.v) FROM s AS t, d WHERE t.k = d.k AND t.v = i.k AND d.y = 2000)")
+    g = build_query_graph(sql, _PCAT)
+    inner = next(b for b in g.blocks if b.index == 1)
+    assert inner.correlated == {"t"}
+    out = render(g, Plan.of({0: Join(Leaf("s"), Leaf("i")), 1: Join(Leaf("d"), Leaf("t"))}))
+    assert "FROM d JOIN (SELECT * FROM s AS t WHERE t.v = i.k) AS t ON d.k = t.k" in out
+
+
+def test_placed_subquery_filter_runs_below_the_fact_join(dbs, prepared):
+    """TPC-DS q06: the ``d_month_seq = (SELECT ..)`` join must sit under the join with
+    store_sales in the forced native plan (left above every join it cost 25x at SF1)."""
+    con = dbs[0]["tpcds"]
+    pq = prepared["tpcds"]["q06"]
+    assert pq.forceable and pq.graph.blocks[0].placed
+    with forced_settings(con):
+        roots = explain_json(con, pq.render(pq.native_plan))
+    subquery_joins = [n for r in roots for n in _walk(r) if any("SUBQUERY" in c for c in n.conditions)]
+    assert subquery_joins
+    for node in subquery_joins:
+        scanned = {n.info.get("Table", "").split(".")[-1] for n in _walk(node)}
+        assert "store_sales" not in scanned, "the subquery filter runs after the fact table's joins"
+    h = Harness(con, timeout_s=30)
+    assert h.run(pq.render(pq.native_plan), forced=True).fingerprint == h.run(pq.sql).fingerprint
+
+
+def test_forced_native_with_placed_predicates_returns_native_result(dbs, prepared):
+    con = dbs[0]["tpcds"]
+    h = Harness(con, timeout_s=30)
+    checked = 0
+    for qid, pq in prepared["tpcds"].items():
+        if pq.forceable and any(b.placed or b.correlated for b in pq.graph.blocks):
+            forced = h.run(pq.render(pq.native_plan), forced=True, profile=False)
+            assert forced.error is None and forced.fingerprint == h.run(pq.sql, profile=False).fingerprint, qid
+            checked += 1
+    assert checked >= 15
+
+
+def _walk(node):
+    yield node
+    for c in node.children:
+        yield from _walk(c)

@@ -26,6 +26,7 @@ from sqlglot.errors import ParseError, TokenError
 from lqo.sql.catalog import Catalog
 from lqo.errors import InvalidSQLError, NotSelectError
 from lqo.sql.relations import Relation, check_tables, from_items, lateral_reference, relation, unsafe_join
+from lqo.sql.placement import has_subquery, subquery_relations
 from lqo.sql.syntax import syntax_error
 
 __all__ = ["Column", "JoinBlock", "QueryGraph", "Relation", "Residual", "block_conjuncts",
@@ -63,6 +64,12 @@ class JoinBlock:
     # Positions (in ``block_conjuncts`` order) of predicates that stay in WHERE as
     # written: positions, because they may hold subqueries that are blocks themselves.
     kept: list[int] = field(default_factory=list)
+    # Predicates DuckDB plans as joins and places itself, which a forced tree would leave
+    # above every join (``lqo.sql.placement``): kept predicates with subqueries over one
+    # relation (alias -> positions), and relations with a filter that references an
+    # enclosing query (decorrelated into a join). Render puts them inside the relation.
+    placed: dict[str, list[int]] = field(default_factory=dict)
+    correlated: set[str] = field(default_factory=set)
     unsafe: str | None = None
     # Why lqo keeps DuckDB's native tree for this block (it is still rendered with it):
     # a correlated subquery is rewritten by DuckDB's decorrelation, whatever its tree.
@@ -206,7 +213,9 @@ def _build_block(index: int, select: exp.Select, items, ctes, catalog: Catalog) 
     if reason:
         block.unsafe = reason
         return block
-    _classify(block, block_conjuncts(select))
+    conjuncts = block_conjuncts(select)
+    _classify(block, conjuncts)
+    _place(block, select, conjuncts, ctes, catalog)
     outer = _outer_reference(block, select)
     if outer:
         block.fixed = f"correlated subquery (references {outer})"
@@ -304,6 +313,47 @@ def _resolve(block: JoinBlock, col: exp.Column):
     if len(owners) == 1 and all(r.columns is not None for r in block.relations):
         return Column(owners[0].alias, name)
     return _UNKNOWN  # ambiguous, a SELECT-list alias, or a relation with unknown columns
+
+
+def _place(block: JoinBlock, select: exp.Select, conjuncts: list[exp.Expression], ctes, catalog: Catalog) -> None:
+    """Record the predicates a forced tree must render inside their relation."""
+    aliases = set(block.aliases)
+    outputs = {e.alias.lower() for e in select.expressions if e.alias}
+
+    def owner_of(col: exp.Column) -> str | None:
+        resolved = _resolve(block, col)
+        return resolved.rel if isinstance(resolved, Column) else None
+
+    for pos in list(block.kept):
+        conj = conjuncts[pos]
+        if has_subquery(conj):
+            rels = subquery_relations(conj, aliases, owner_of, ctes, catalog)
+        else:
+            rels = _correlated_relations(block, conj, outputs)
+        if rels is not None and len(rels) == 1:
+            block.kept.remove(pos)
+            block.placed.setdefault(next(iter(rels)), []).append(pos)
+    for rel, filters in block.filters.items():
+        if any(_resolve(block, c) is None for f in filters for c in f.find_all(exp.Column)):
+            block.correlated.add(rel)
+
+
+def _correlated_relations(block: JoinBlock, conj: exp.Expression, outputs: set[str]) -> frozenset[str] | None:
+    """The block relations of a predicate that also references an enclosing query by an
+    unqualified name no relation of the block has; None if it does not or if unsure."""
+    if not all(r.columns is not None for r in block.relations):
+        return None
+    rels, outer = set(), False
+    for col in conj.find_all(exp.Column):
+        resolved = _resolve(block, col)
+        if isinstance(resolved, Column):
+            rels.add(resolved.rel)
+        elif resolved is None or (not col.table and col.name.lower() not in outputs
+                                  and not any(col.name.lower() in r.columns for r in block.relations)):
+            outer = True
+        else:
+            return None
+    return frozenset(rels) if outer else None
 
 
 def _col_type(block: JoinBlock, col: Column) -> str:

@@ -109,6 +109,12 @@ def _skip(node: PNode, aside: list[PNode], filters: list[str] | None = None) -> 
             keep = _FILTERING_JOIN_INPUT[node.join_type]
             aside.append(node.children[1 - keep])
             node = node.children[keep]
+        elif node.name in JOIN_OPERATORS and node.join_type == "LEFT" and len(node.children) == 2 and \
+                any("IS NOT DISTINCT FROM" in c for c in node.conditions):
+            # A decorrelated scalar subquery (``x > (SELECT avg(..) .. WHERE outer.k = k)``)
+            # joined to its outer input, which lqo may have placed inside one relation.
+            aside.append(node.children[1])
+            node = node.children[0]
         elif _scalar_subquery_side(node) is not None:
             side = _scalar_subquery_side(node)
             aside.append(node.children[side])

@@ -4,7 +4,10 @@ With ``join_order`` and ``build_side_probe_side`` disabled, DuckDB runs joins as
 written: a left-deep chain ``a JOIN b ON .. JOIN c ON ..`` and parenthesized bushy
 parts, the right child of each join being the hash-table build side. Key equalities
 go into the ON clause of the lowest join that spans them; single-relation filters and
-everything lqo does not move stay in WHERE (filter pushdown places them). A ``SELECT *``
+everything lqo does not move stay in WHERE (filter pushdown places them), except that a
+relation restricted by a subquery predicate, or by a filter that references an enclosing
+query, is rendered with its filters inside it (``lqo.sql.placement``: DuckDB plans those
+as joins it would not push down). A ``SELECT *``
 becomes each relation's star in written order, so its columns keep their order.
 
 >>> from lqo.sql.catalog import Catalog
@@ -14,6 +17,10 @@ becomes each relation's star in written order, so its columns keep their order.
 ...                       Catalog({"a": {"x": "INT", "z": "INT"}, "b": {"y": "INT"}}))
 >>> render(g, Plan.of({0: Join(Leaf("b"), Leaf("a"))}))
 'SELECT a.*, b.* FROM b JOIN a ON b.y = a.x WHERE a.z > 1'
+>>> g = build_query_graph("SELECT 1 FROM a, b WHERE a.x = b.y AND a.z = (SELECT max(y) FROM b)",
+...                       Catalog({"a": {"x": "INT", "z": "INT"}, "b": {"y": "INT"}}))
+>>> render(g, Plan.of({0: Join(Leaf("b"), Leaf("a"))}))
+'SELECT 1 FROM b JOIN (SELECT * FROM a WHERE a.z = (SELECT MAX(y) FROM b)) AS a ON b.y = a.x'
 """
 
 from __future__ import annotations
@@ -52,15 +59,28 @@ def _render_block(select: exp.Select, block: JoinBlock, tree: Tree) -> None:
     nodes = dict(zip(block.aliases, from_items(select)))
     for node in nodes.values():
         node.pop()
+    wrapped = set(block.placed) | block.correlated
+    for rel in wrapped:
+        own = [c.copy() for c in block.filters.get(rel, [])] + [conjuncts[i] for i in block.placed.get(rel, [])]
+        nodes[rel] = _restricted(nodes[rel], own)
     head, chain = _chain(block, tree, nodes)
     select.set("from_", exp.From(this=head))
     select.set("joins", chain or None)
     where = [conjuncts[i] for i in block.kept]
     for rel in block.aliases:
-        where += [c.copy() for c in block.filters.get(rel, [])]
+        if rel not in wrapped:
+            where += [c.copy() for c in block.filters.get(rel, [])]
     placed = {id(r) for j in _joins_post(tree) for r in _new_residuals(block, j)}
     where += [exp.Paren(this=r.expr.copy()) for r in block.residuals if id(r) not in placed]
     select.set("where", exp.Where(this=exp.and_(*where, copy=False)) if where else None)
+
+
+def _restricted(item: exp.Expression, conds: list[exp.Expression]) -> exp.Subquery:
+    """``item`` as ``(SELECT * FROM item WHERE conds) AS alias``: its subquery predicates
+    then filter before any join, where DuckDB's own join order would place them."""
+    inner = exp.Select(expressions=[exp.Star()], from_=exp.From(this=item))
+    inner.set("where", exp.Where(this=exp.and_(*conds, copy=False)))
+    return exp.Subquery(this=inner, alias=exp.TableAlias(this=exp.to_identifier(item.alias_or_name)))
 
 
 def _name_stars(select: exp.Select, items: list[exp.Expression]) -> None:
@@ -107,7 +127,7 @@ def _chain(block: JoinBlock, tree: Tree, nodes: dict) -> tuple[exp.Expression, l
         right = exp.Subquery(this=rhead)
     conds = block.join_conditions(tree.probe.rels, tree.build.rels)
     if conds:
-        chain.append(exp.Join(this=right, on=exp.and_(*conds)))
+        chain.append(exp.Join(this=right, on=exp.and_(*conds, copy=False)))
     else:
         chain.append(exp.Join(this=right, kind="CROSS"))
     return head, chain
