@@ -26,21 +26,27 @@ import duckdb
 
 from lqo.decision import DecisionConfig, gate
 from lqo.sql.catalog import Catalog
-from lqo.errors import LqoError, MissingFileError, SchemaMismatchError
+from lqo.errors import InvalidSQLError, LqoError, MissingFileError, NotSelectError, SchemaMismatchError
 from lqo.book.book import BOOK_FILE, FEEDBACK_FILE, PlanBook
 from lqo.book.serve import BookServer
 from lqo.optimized import Optimized
 from lqo.learn.features import Featurizer
 from lqo.learn.model_kinds import load_model
 from lqo.learn.models import PlanModel
+from lqo.engine.settings import forced_settings
+from lqo.trees.native import explain_json, read_native_trees
 from lqo.trees.plan import Plan
 from lqo.trees.query import PreparedQuery, prepare
 from lqo.search import SearchConfig, SearchResult, beam_search, star_plan
+from lqo.sql.syntax import describe_parser_error
+from lqo.triage import Triage, Verdict
 from lqo.estimates.stats import DatabaseStats
 
 MODEL_FILE = "model.lqo"
 STATS_FILE = "stats.json"
 CONFIG_FILE = "optimizer.json"
+SHARED_SUBPLAN_REASON = ("DuckDB computes a join shared by several blocks once (a common-subplan CTE); "
+                         "the chosen tree would compute it per block")
 
 
 
@@ -49,8 +55,11 @@ class Optimizer:
 
     def __init__(self, model: PlanModel | None, featurizer: Featurizer | None, schema: str,
                  search: SearchConfig | None = None, decision: DecisionConfig | None = None,
-                 cache_size: int = 1024, book: PlanBook | None = None, feedback: Path | None = None) -> None:
+                 cache_size: int = 1024, book: PlanBook | None = None, feedback: Path | None = None,
+                 triage: Triage | None = None) -> None:
         self.model = model
+        # First-seen texts are planned only where the predicted gain pays for planning.
+        self.triage = triage
         self.featurizer = featurizer
         self.book = book
         # Known templates are served from the verified plan book before anything else.
@@ -95,9 +104,10 @@ class Optimizer:
         schema = model.schema_ or config.get("schema", "")
         if book is not None and book.schema and schema and book.schema != schema:
             raise SchemaMismatchError(f"{root}: the plan book and the model were made for different schemas")
+        triage = Triage.from_json(config["triage"]) if config.get("triage") else None
         opt = cls(model, featurizer, schema,
                   SearchConfig(**config.get("search", {})), DecisionConfig(**config.get("decision", {})), book=book,
-                  feedback=root / FEEDBACK_FILE if record else None)
+                  feedback=root / FEEDBACK_FILE if record else None, triage=triage)
         if con is not None:
             opt.check_schema(con)
         return opt
@@ -107,7 +117,8 @@ class Optimizer:
         root.mkdir(parents=True, exist_ok=True)
         self.model.save(root / MODEL_FILE, vocabulary=self.featurizer.vocabulary, schema=self.schema)
         self.featurizer.stats.save(root / STATS_FILE)
-        config = {"schema": self.schema, "search": vars(self.search), "decision": vars(self.decision), **(extra or {})}
+        config = {"schema": self.schema, "search": vars(self.search), "decision": vars(self.decision),
+                  "triage": self.triage.to_json() if self.triage is not None else None, **(extra or {})}
         tmp = root / (CONFIG_FILE + ".tmp")
         tmp.write_text(json.dumps(config, indent=2, default=str))
         tmp.replace(root / CONFIG_FILE)
@@ -177,11 +188,39 @@ class Optimizer:
         if cached is not None and id(con) in self._checked:
             self._decisions.move_to_end(sql)
             return dataclasses.replace(cached, planning_ms=_ms(start))
-        result = self._plan(sql, con, start)
+        search = self.search
+        if self.triage is not None:
+            verdict = self.triage.judge(sql)
+            if not verdict.plan:
+                result = self._as_written(sql, con, verdict, start)
+                self._remember(sql, result)
+                return result
+            search = dataclasses.replace(search, time_budget_ms=self.triage.search_budget_ms(
+                verdict.native_ms, search.time_budget_ms))
+        result = self._plan(sql, con, start, search)
+        self._remember(sql, result)
+        return result
+
+    def _remember(self, sql: str, result: Optimized) -> None:
         self._decisions[sql] = result
         if len(self._decisions) > self._cache_size:
             self._decisions.popitem(last=False)
-        return result
+
+    def _as_written(self, sql: str, con: duckdb.DuckDBPyConnection, verdict: Verdict, start: float) -> Optimized:
+        """A first-seen text the triage judged not worth planning: checked by DuckDB's
+        parser only (a bad table or column is reported when it runs)."""
+        if id(con) not in self._checked:
+            self.check_schema(con)
+        try:
+            statements = con.extract_statements(sql)
+        except duckdb.ParserException as err:
+            raise InvalidSQLError(f"invalid SQL: {describe_parser_error(str(err), sql)}") from None
+        if len(statements) != 1:
+            raise InvalidSQLError(f"expected one SQL statement, got {len(statements)}")
+        if statements[0].type != duckdb.StatementType.SELECT:
+            raise NotSelectError(f"not a SELECT query: {statements[0].type.name} statement")
+        return Optimized(sql, sql, False, None, None, None, verdict.native_ms, verdict.reason, _ms(start),
+                         source="native")
 
     def _render_full(self, sql: str, plan: Plan) -> str:
         """A verified plan rendered for a text whose literals do not fit the book's slots."""
@@ -201,24 +240,28 @@ class Optimizer:
             self._cache.pop(sql, None)
             self._decisions.pop(sql, None)
 
-    def _plan(self, sql: str, con: duckdb.DuckDBPyConnection, start: float) -> Optimized:
+    def _plan(self, sql: str, con: duckdb.DuckDBPyConnection, start: float,
+              search: SearchConfig | None = None) -> Optimized:
         pq = self.prepare(sql, con)
         if not pq.forceable:
             return Optimized(sql, sql, False, None, None, None, None, pq.reason, _ms(start))
         native = pq.native_plan
         if not pq.free_blocks:
             return Optimized(sql, sql, False, native, native, None, None, "no block lqo may reorder", _ms(start))
-        result, fallback = self.decide(pq)
+        result, fallback = self.decide(pq, search)
         best, native_ms, best_ms = result.best, result.native_score, result.best_score
+        forced_sql = None if fallback else pq.render(best)
+        if forced_sql is not None and pq.native.shared_subplan and not _keeps_shared_subplan(con, pq, forced_sql):
+            fallback = SHARED_SUBPLAN_REASON
         if fallback:
             return Optimized(sql, sql, False, best, native, best_ms, native_ms, fallback, _ms(start), len(result.scored))
-        return Optimized(sql, pq.render(best), True, best, native, best_ms, native_ms, None, _ms(start), len(result.scored))
+        return Optimized(sql, forced_sql, True, best, native, best_ms, native_ms, None, _ms(start), len(result.scored))
 
-    def decide(self, pq: PreparedQuery) -> tuple[SearchResult, str | None]:
+    def decide(self, pq: PreparedQuery, search: SearchConfig | None = None) -> tuple[SearchResult, str | None]:
         """Search plans of a forceable ``pq``; the fallback reason is None when the best
         plan should be forced, else why native is kept."""
         spread: dict[Plan, float] = {}
-        result = beam_search(pq, self.scorer(pq, spread), self.search, seeds=self.seeds(pq))
+        result = beam_search(pq, self.scorer(pq, spread), search or self.search, seeds=self.seeds(pq))
         native = pq.native_plan
         fallback = gate(self.decision, best_is_native=result.best == native,
                         native_ms=result.native_score, best_ms=result.best_score,
@@ -241,6 +284,14 @@ def optimize(sql: str, con: duckdb.DuckDBPyConnection, model: str | Path | Optim
     """
     opt = model if isinstance(model, Optimizer) else Optimizer.load(model, con)
     return opt.optimize(sql, con)
+
+
+def _keeps_shared_subplan(con: duckdb.DuckDBPyConnection, pq: PreparedQuery, forced_sql: str) -> bool:
+    """Whether DuckDB still shares a subplan between blocks in the forced plan: one
+    EXPLAIN, paid only when forcing a query whose native plan shares one (losing it
+    cost 1.1-1.8x on TPC-DS q61, q70, q83, q90)."""
+    with forced_settings(con):
+        return read_native_trees(pq.graph, explain_json(con, forced_sql)).shared_subplan
 
 
 def _ms(start: float) -> float:

@@ -16,7 +16,7 @@ import pytest
 
 from lqo.sql.catalog import Catalog
 from lqo.cli import main
-from lqo.errors import InvalidSQLError, LqoError, MissingFileError, NotSelectError, SchemaMismatchError
+from lqo.errors import InvalidSQLError, LqoError, MissingFileError, NotSelectError, QueryRuntimeError, SchemaMismatchError
 from lqo.decision import DecisionConfig
 from lqo.engine.harness import fingerprint_rows
 from lqo.evaluate.compare import CompareConfig, compare_workload
@@ -175,6 +175,7 @@ def test_optimize_returns_native_result_on_every_tpch_query(trained, workload):
     """The trained model with its own gate: whatever it decides, the rows are native's."""
     con = workload.connect()
     opt = Optimizer.load(trained, con)
+    opt.triage = None  # plan every query (sf 0.01 queries are not worth planning otherwise)
     forced = 0
     for q in workload:
         res = optimize(q.sql, con, model=opt)
@@ -199,6 +200,7 @@ def test_forced_plans_return_native_rows(trained, workload):
     """
     con = workload.connect()
     opt = Optimizer.load(trained, con)
+    opt.triage = None
     opt.decision = DecisionConfig(min_gain=0.0, z=0.0)
     opt.search = dataclasses.replace(opt.search, time_budget_ms=60_000)  # no cut-off by machine load
     featurize = opt.featurizer.featurize
@@ -226,6 +228,7 @@ def test_forced_plans_return_native_rows(trained, workload):
 def test_bad_inputs_fail_clearly(trained, workload, tmp_path, tpcds_db, capsys):
     con = workload.connect()
     opt = Optimizer.load(trained, con)
+    opt.triage = None  # the planning path (the triage's own path: test_triage_*)
     with pytest.raises(InvalidSQLError):
         opt.optimize("SELEC 1", con)
     with pytest.raises(NotSelectError):
@@ -262,7 +265,11 @@ def test_bad_inputs_fail_clearly(trained, workload, tmp_path, tpcds_db, capsys):
 def test_cli_optimize_and_compare(trained, workload, capsys):
     import json
 
-    assert main(["optimize", workload.query("q05").sql, "--db", str(workload.database), "--model", str(trained), "--json"]) == 0
+    args = ["optimize", workload.query("q05").sql, "--db", str(workload.database), "--model", str(trained), "--json"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["fallback"].startswith("not worth planning") and not out["native"]
+    assert main(args + ["--no-triage"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["native"] and out["planning_ms"] > 0
     assert main(["compare", str(workload.root), "--model", str(trained), "--split", "test", "--repeat", "2", "--json"]) == 0
@@ -272,3 +279,35 @@ def test_cli_optimize_and_compare(trained, workload, capsys):
         assert key in report["totals"]
     for q in report["queries"]:
         assert {"id", "native_ms", "lqo_ms", "planning_ms", "ratio", "fallback"} <= set(q)
+
+
+def test_triage_runs_cheap_queries_as_written_without_planning(trained, workload):
+    """The trained model's first stage: sf 0.01 queries (a few ms) are not worth 10+ ms
+    of planning, so they run as written, with no parse or EXPLAIN (nothing prepared)."""
+    con = workload.connect()
+    opt = Optimizer.load(trained, con)
+    assert opt.triage is not None and opt.triage.fitted_on >= 10
+    for q in workload:
+        res = opt.optimize(q.sql, con)
+        assert not res.forced and res.sql == q.sql and res.fallback.startswith("not worth planning"), q.id
+        assert fingerprint_rows(res.execute(con)) == native_rows(con, q.sql), q.id
+    assert not opt._cache  # no query was parsed or explained
+    # a query predicted slow enough is planned: the same text with the triage told that
+    # planning is free
+    opt.forget()
+    opt.triage.config = dataclasses.replace(opt.triage.config, safety=0.0)
+    res = opt.optimize(workload.query("q05").sql, con)
+    assert res.fallback is None or not res.fallback.startswith("not worth planning")
+    assert opt._cache
+    # bad input on the cheap path: DuckDB's parser judges it; a bad column fails when run
+    opt.triage.config = dataclasses.replace(opt.triage.config, safety=1e9)
+    with pytest.raises(InvalidSQLError):
+        opt.optimize("SELEC 1", con)
+    with pytest.raises(NotSelectError):
+        opt.optimize("DELETE FROM nation", con)
+    with pytest.raises(InvalidSQLError):
+        opt.optimize("SELECT 1; SELECT 2", con)
+    bad = opt.optimize("SELECT max(nosuch) FROM nation", con)
+    with pytest.raises(QueryRuntimeError, match="nosuch"):
+        bad.execute(con)
+    con.close()

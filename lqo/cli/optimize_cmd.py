@@ -19,6 +19,9 @@ def register(sub) -> None:
     p.add_argument("sql", help="a SELECT query (quote it)")
     p.add_argument("--db", required=True, help="DuckDB database file (opened read-only)")
     p.add_argument("--model", required=True, help="model directory written by lqo train")
+    p.add_argument("--no-triage", action="store_true",
+                   help="plan the query even where the model's first stage predicts that planning costs "
+                        "more than it is likely to save (by default such a query runs as written)")
     add_json_flag(p)
     p.set_defaults(handler=run)
 
@@ -28,7 +31,10 @@ def run(args: argparse.Namespace) -> int:
     from lqo.optimizer import Optimizer
     con = connect_read_only(args.db)
     try:
-        res = Optimizer.load(args.model, con).optimize(args.sql, con)
+        opt = Optimizer.load(args.model, con)
+        if args.no_triage:
+            opt.triage = None
+        res = opt.optimize(args.sql, con)
     finally:
         con.close()
     lines = [

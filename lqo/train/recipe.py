@@ -1,7 +1,8 @@
 """Training recipes: plain dataclasses loaded from TOML (see ``training/*.toml``).
 
 Every field has a default; a recipe names only what it changes. It composes the configs
-its components own (``search.SearchConfig``, ``decision.DecisionConfig``); unknown keys
+its components own (``search.SearchConfig``, ``decision.DecisionConfig``,
+``triage.TriageConfig``); unknown keys
 and wrong types are errors naming the key (``lqo.config``).
 
 >>> r = Recipe.from_toml_text('[model]\\nkind = "graph_conv"\\n[split]\\ntest_fraction = 0.3')
@@ -22,6 +23,7 @@ from lqo.config import dataclass_from_toml
 from lqo.decision import DecisionConfig
 from lqo.errors import MissingFileError, RecipeError
 from lqo.search import SearchConfig
+from lqo.triage import TriageConfig
 
 
 @dataclass
@@ -66,6 +68,7 @@ class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     decision: DecisionConfig = field(default_factory=DecisionConfig)
+    triage: TriageConfig = field(default_factory=TriageConfig)
     exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
     timeouts: TimeoutConfig = field(default_factory=TimeoutConfig)
 

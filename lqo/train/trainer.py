@@ -31,6 +31,7 @@ from lqo.learn.features import Featurizer
 from lqo.lock import WriterLock, acquire
 from lqo.learn.model_kinds import make_model
 from lqo.optimizer import Optimizer
+from lqo.triage import Triage, TriageConfig
 from lqo.trees.plan import Plan
 from lqo.trees.query import PreparedQuery, prepare_named
 from lqo.train.recipe import Recipe
@@ -161,6 +162,9 @@ class Trainer:
                         raise LqoError("nothing to learn from: no training query lqo may reorder has a successful run"
                                        + (f" (native runs failed: {failed})" if failed else ""))
                     optimizer = self._fit(samples, usable, featurizer, catalog, it)
+                    optimizer.triage = fit_triage(optimizer, con, [(q.sql, runner.native_ms(q)) for q in queries
+                                                                   if q.id not in runner.failed],
+                                                  stats, self.recipe.triage)
                     line = self._iterate(it, optimizer, usable, runner, rng, queries)
                     line.update({"samples": len(samples), "elapsed_min": round(self._elapsed_min(), 2)})
                     extra = {"recipe": r.to_dict(), "iteration": it,
@@ -247,6 +251,21 @@ class Trainer:
                 "failed_queries": sorted(runner.failed),
                 "train_loss": hist.get("train_loss"), "val_loss": hist.get("val_loss"), "lr": hist.get("lr"),
                 "model_history": getattr(opt.model, "history_", [])}
+
+
+def fit_triage(optimizer: Optimizer, con, measured: list[tuple[str, float]], stats,
+               config: TriageConfig) -> Triage:
+    """The first-stage predictors, fitted on the training queries' measured native
+    latencies and on this optimizer's planning time for each (timed here, cold)."""
+    planning = []
+    for sql, _ in measured:
+        optimizer.forget(sql)
+        start = time.perf_counter()
+        optimizer.optimize(sql, con)
+        planning.append((time.perf_counter() - start) * 1000)
+        optimizer.forget(sql)
+    rows = {t: stats.rows(t) or 0 for t in stats.tables}
+    return Triage.fit([m[0] for m in measured], [m[1] for m in measured], planning, rows, config)
 
 
 def _format_line(line: dict) -> str:

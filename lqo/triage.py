@@ -1,0 +1,120 @@
+"""Planning must be earned: a first stage, well under a millisecond, that decides whether
+a first-seen query is worth planning at all.
+
+Planning a query lqo has never seen (parse, ``EXPLAIN``, featurize, search) costs 10-30 ms
+on TPC-DS; a forced plan saves a share of the query's time, and only sometimes. So before
+any of that, ``Triage`` reads a few facts from the text alone (which catalog tables it
+names and how big they are, how many SELECTs, its length: no parse, no ``EXPLAIN``) and
+predicts two things with linear models fitted at training time on measured runs: the
+query's native latency and what planning it would cost. Only where the expected gain,
+``expected_gain`` x predicted native time, is at least ``safety`` x the predicted planning
+cost does lqo plan further; everything else runs as written. The search then gets a time
+budget in proportion to the predicted native latency.
+
+>>> rows = {"orders": 1_500_000, "customer": 150_000, "nation": 25}
+>>> facts = query_facts("SELECT count(*) FROM orders o, customer c WHERE o.o_custkey = c.c_custkey", rows)
+>>> [round(float(x), 2) for x in facts]
+[1.0, 2.0, 2.0, 14.32, 14.22, 1.0, 4.3]
+>>> texts = ["SELECT * FROM nation", "SELECT * FROM orders, customer WHERE o_custkey = c_custkey"]
+>>> t = Triage.fit(texts, native_ms=[1.0, 300.0], planning_ms=[5.0, 8.0], table_rows=rows)
+>>> t.judge("SELECT n_name FROM nation").plan, t.judge(texts[1]).plan
+(False, True)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["FACT_NAMES", "Triage", "TriageConfig", "Verdict", "query_facts"]
+
+FACT_NAMES = ("bias", "tables", "table_refs", "log_rows_sum", "log_rows_max", "selects", "log_length")
+_WORD = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+def query_facts(sql: str, table_rows: Mapping[str, int]) -> np.ndarray:
+    """The text's facts, in ``FACT_NAMES`` order: distinct catalog tables it names, their
+    mentions, log1p of their summed and largest row counts, SELECT count, log length."""
+    words = _WORD.findall(sql.lower())
+    refs = [w for w in words if w in table_rows]
+    named = set(refs)
+    rows = [table_rows[t] for t in named]
+    return np.array([1.0, len(named), len(refs), math.log1p(sum(rows)), math.log1p(max(rows, default=0)),
+                     words.count("select"), math.log(len(sql) + 1)], dtype=np.float64)
+
+
+@dataclass
+class TriageConfig:
+    enabled: bool = True  # False: plan every first-seen query (the search still runs)
+    expected_gain: float = 0.10  # share of native time planning is expected to save where it is worth it
+    safety: float = 2.0  # plan only where expected gain >= safety x predicted planning cost
+    search_share: float = 0.02  # search time budget, as a share of predicted native latency
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether to plan a query further, with the predictions behind it."""
+
+    plan: bool
+    native_ms: float
+    planning_ms: float
+    reason: str | None  # why the query runs as written; None when it is planned
+
+
+@dataclass
+class Triage:
+    """Linear predictors of log native latency and log planning time from ``query_facts``."""
+
+    table_rows: dict[str, int]
+    latency_weights: list[float]
+    planning_weights: list[float]
+    config: TriageConfig = field(default_factory=TriageConfig)
+    fitted_on: int = 0  # training queries the predictors were fitted on
+
+    @classmethod
+    def fit(cls, texts: Sequence[str], native_ms: Sequence[float], planning_ms: Sequence[float],
+            table_rows: Mapping[str, int], config: TriageConfig | None = None, ridge: float = 1.0) -> "Triage":
+        """Ridge regressions in log space on measured native and planning times."""
+        rows = {k.lower(): int(v) for k, v in table_rows.items()}
+        x = np.stack([query_facts(t, rows) for t in texts])
+        return cls(rows, _ridge(x, np.log(np.maximum(native_ms, 0.01)), ridge),
+                   _ridge(x, np.log(np.maximum(planning_ms, 0.01)), ridge), config or TriageConfig(), len(texts))
+
+    def predict(self, sql: str) -> tuple[float, float]:
+        """Predicted native latency and planning cost of ``sql``, in ms."""
+        x = query_facts(sql, self.table_rows)
+        return (math.exp(float(x @ np.asarray(self.latency_weights))),
+                math.exp(float(x @ np.asarray(self.planning_weights))))
+
+    def judge(self, sql: str) -> Verdict:
+        native, planning = self.predict(sql)
+        if not self.config.enabled:
+            return Verdict(True, native, planning, None)
+        gain = self.config.expected_gain * native
+        if gain >= self.config.safety * planning:
+            return Verdict(True, native, planning, None)
+        return Verdict(False, native, planning,
+                       f"not worth planning: predicted {native:.1f} ms native, a likely gain of "
+                       f"{gain:.1f} ms is below {self.config.safety:g}x the {planning:.1f} ms planning would cost")
+
+    def search_budget_ms(self, native_ms: float, cap_ms: float) -> float:
+        return max(1.0, min(cap_ms, self.config.search_share * native_ms))
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Triage":
+        return cls(dict(d["table_rows"]), list(d["latency_weights"]), list(d["planning_weights"]),
+                   TriageConfig(**d.get("config", {})), int(d.get("fitted_on", 0)))
+
+
+def _ridge(x: np.ndarray, y: np.ndarray, lam: float) -> list[float]:
+    """Least squares with an L2 penalty on every weight but the bias."""
+    penalty = lam * np.eye(x.shape[1])
+    penalty[0, 0] = 0.0
+    return np.linalg.solve(x.T @ x + penalty, x.T @ y).tolist()
