@@ -30,9 +30,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["FACT_NAMES", "Triage", "TriageConfig", "Verdict", "query_facts"]
+__all__ = ["FACT_NAMES", "NOT_WORTH_PLANNING", "Triage", "TriageConfig", "Verdict", "query_facts"]
 
 FACT_NAMES = ("bias", "tables", "table_refs", "log_rows_sum", "log_rows_max", "selects", "log_length")
+NOT_WORTH_PLANNING = "not worth planning"  # how every triage reason starts
 _WORD = re.compile(r"[a-z_][a-z0-9_]*")
 
 
@@ -98,7 +99,7 @@ class Triage:
         if gain >= self.config.safety * planning:
             return Verdict(True, native, planning, None)
         return Verdict(False, native, planning,
-                       f"not worth planning: predicted {native:.1f} ms native, a likely gain of "
+                       f"{NOT_WORTH_PLANNING}: predicted {native:.1f} ms native, a likely gain of "
                        f"{gain:.1f} ms is below {self.config.safety:g}x the {planning:.1f} ms planning would cost")
 
     def search_budget_ms(self, native_ms: float, cap_ms: float) -> float:

@@ -206,3 +206,25 @@ def _walk(node):
     yield node
     for c in node.children:
         yield from _walk(c)
+
+
+def test_optimizer_keeps_native_where_a_forced_plan_loses_a_shared_subplan(dbs, prepared):
+    """TPC-DS q61's two blocks share joins that DuckDB computes once (a common-subplan
+    CTE); forced, the trees differ and the sharing is lost (1.7x at SF1). q58's forced
+    trees keep it. The decision sees this with one EXPLAIN of the chosen plan."""
+    from lqo.optimizer import SHARED_SUBPLAN_REASON, Optimizer
+    from lqo.search import SearchResult
+
+    con = dbs[0]["tpcds"]
+    opt = Optimizer(model=object(), featurizer=None, schema="")
+    opt.check_schema(con)
+    # the search's verdict is replaced: force DuckDB's own tree, which shares or not
+    opt.decide = lambda pq, search=None: (SearchResult(pq.native_plan, 1.0, 2.0), None)
+    for qid, shares_when_forced in (("q61", False), ("q58", True)):
+        pq = prepared["tpcds"][qid]
+        assert pq.native.shared_subplan, qid
+        res = opt.optimize(pq.sql, con)
+        if shares_when_forced:
+            assert res.forced and res.fallback is None, qid
+        else:
+            assert not res.forced and res.fallback == SHARED_SUBPLAN_REASON and res.sql == pq.sql, qid

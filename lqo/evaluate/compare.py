@@ -18,6 +18,7 @@ from pathlib import Path
 from lqo.engine.harness import error_line, is_user_interrupt, median_latency, run_interleaved
 from lqo.errors import LqoError
 from lqo.optimizer import Optimizer
+from lqo.triage import NOT_WORTH_PLANNING
 from lqo.workloads.workload import Query, Workload
 
 
@@ -82,6 +83,9 @@ class CompareReport:
             "worst_ratio": round(max(ratios), 4) if ratios else None,
             "regressions": [q.id for q in qs if q.ratio > self.regression],
             "forced": sum(1 for q in qs if q.fallback is None),
+            # first-seen queries the optimizer's triage ran as written, without planning
+            "not_planned": sum(1 for q in qs if (q.fallback or "").startswith(NOT_WORTH_PLANNING)),
+            "planning_share": round(sum(planning) / native, 4) if native else None,
             "wrong_results": sum(q.wrong for q in qs),
             "planning_ms_median": round(statistics.median(planning), 3) if planning else None,
             "planning_ms_p99": round(_p99(planning), 3) if planning else None,

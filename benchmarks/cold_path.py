@@ -1,0 +1,91 @@
+"""First-seen queries: lqo with its triage vs lqo planning everything vs DuckDB native.
+
+Usage: python benchmarks/cold_path.py WORKLOAD --model DIR [--split test|all] [--rounds 5] [--json OUT]
+
+For each query (by default the model's held-out test templates: never seen in training)
+the optimizer plans the text cold twice, with its triage (the first stage decides
+whether planning is worth it) and with every query planned, and the chosen SQL of each
+runs interleaved with the native text ``rounds`` times. Latencies are medians plus that
+variant's cold planning time. Reports per variant: total ratio to native, geomean,
+worst query, planning as a share of native time, queries planned vs run as written,
+queries forced, wrong results (order-insensitive fingerprints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+
+from lqo.engine.harness import median_latency, run_interleaved
+from lqo.optimizer import Optimizer
+from lqo.triage import NOT_WORTH_PLANNING
+from lqo.workloads.workload import Workload
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("workload")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--split", choices=["test", "all"], default="test")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--json", help="write the raw results here")
+    args = ap.parse_args()
+    wl = Workload.load(args.workload)
+    con = wl.connect()
+    triaged = Optimizer.load(args.model, con)
+    full = Optimizer.load(args.model, con)
+    full.triage = None
+    config = json.load(open(f"{args.model}/optimizer.json"))
+    test = set(config.get("test_templates") or [])
+    queries = [q for q in wl if args.split == "all" or q.template in test]
+    rows = []
+    started = time.time()
+    for q in queries:
+        plans = {}
+        for name, opt in (("triage", triaged), ("full", full)):
+            opt.forget(q.sql)
+            plans[name] = opt.optimize(q.sql, con)
+        variants = [(q.sql, False, ())] + [(r.sql, r.forced, r.disabled) for r in plans.values()]
+        probe = median_latency(run_interleaved(con, variants[:1], repeats=1)[0]) or 1.0
+        res = run_interleaved(con, variants, repeats=args.rounds, warmup=0, timeout_s=max(2.0, 10 * probe / 1000))
+        ref = next((r.fingerprint for r in res[0] if r.ok), None)
+        native = median_latency(res[0])
+        if native is None:
+            continue
+        row = {"id": q.id, "template": q.template, "native_ms": round(native, 2)}
+        for (name, r), runs in zip(plans.items(), res[1:]):
+            ms = (median_latency(runs) or 10 * probe) + r.planning_ms
+            row[name] = {"ms": round(ms, 2), "ratio": round(ms / native, 3), "planning_ms": round(r.planning_ms, 3),
+                         "planned": not (r.fallback or "").startswith(NOT_WORTH_PLANNING), "forced": r.forced,
+                         "fallback": r.fallback, "wrong": any(x.ok and x.fingerprint != ref for x in runs)}
+        rows.append(row)
+        print(f"{q.id:>8} native {native:8.1f}  triage {row['triage']['ratio']:6.3f} "
+              f"({'planned' if row['triage']['planned'] else 'as written'}, {row['triage']['planning_ms']:.2f} ms)"
+              f"  full {row['full']['ratio']:6.3f} ({row['full']['planning_ms']:.1f} ms"
+              f"{', forced' if row['full']['forced'] else ''})", file=sys.stderr, flush=True)
+    native_total = sum(r["native_ms"] for r in rows)
+    totals = {"queries": len(rows), "native_ms": round(native_total, 1), "seconds": round(time.time() - started)}
+    for name in ("triage", "full"):
+        ratios = [r[name]["ratio"] for r in rows]
+        totals[name] = {
+            "ratio": round(sum(r[name]["ms"] for r in rows) / native_total, 4),
+            "geomean": round(math.exp(statistics.mean(math.log(x) for x in ratios)), 4),
+            "worst": max(rows, key=lambda r: r[name]["ratio"])["id"], "worst_ratio": max(ratios),
+            "above_1.15": sum(x > 1.15 for x in ratios),
+            "planning_share": round(sum(r[name]["planning_ms"] for r in rows) / native_total, 4),
+            "planning_ms_median": round(statistics.median(r[name]["planning_ms"] for r in rows), 3),
+            "planned": sum(r[name]["planned"] for r in rows), "forced": sum(r[name]["forced"] for r in rows),
+            "wrong": sum(r[name]["wrong"] for r in rows),
+        }
+    print(json.dumps(totals, indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"command": " ".join(sys.argv), "totals": totals, "queries": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
