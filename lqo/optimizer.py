@@ -33,6 +33,7 @@ from lqo.optimized import Optimized
 from lqo.learn.features import Featurizer
 from lqo.learn.model_kinds import load_model
 from lqo.learn.models import PlanModel
+from lqo.learn.ranges import FeatureRanges
 from lqo.engine.settings import forced_settings
 from lqo.trees.native import explain_json, read_native_trees
 from lqo.trees.plan import Plan
@@ -56,8 +57,10 @@ class Optimizer:
     def __init__(self, model: PlanModel | None, featurizer: Featurizer | None, schema: str,
                  search: SearchConfig | None = None, decision: DecisionConfig | None = None,
                  cache_size: int = 1024, book: PlanBook | None = None, feedback: Path | None = None,
-                 triage: Triage | None = None) -> None:
+                 triage: Triage | None = None, ranges: FeatureRanges | None = None) -> None:
         self.model = model
+        # A plan whose features lie outside what the model was trained on is not forced.
+        self.ranges = ranges
         # First-seen texts are planned only where the predicted gain pays for planning.
         self.triage = triage
         self.featurizer = featurizer
@@ -105,9 +108,10 @@ class Optimizer:
         if book is not None and book.schema and schema and book.schema != schema:
             raise SchemaMismatchError(f"{root}: the plan book and the model were made for different schemas")
         triage = Triage.from_json(config["triage"]) if config.get("triage") else None
+        ranges = FeatureRanges.from_json(config["feature_ranges"]) if config.get("feature_ranges") else None
         opt = cls(model, featurizer, schema,
                   SearchConfig(**config.get("search", {})), DecisionConfig(**config.get("decision", {})), book=book,
-                  feedback=root / FEEDBACK_FILE if record else None, triage=triage)
+                  feedback=root / FEEDBACK_FILE if record else None, triage=triage, ranges=ranges)
         if con is not None:
             opt.check_schema(con)
         return opt
@@ -118,7 +122,8 @@ class Optimizer:
         self.model.save(root / MODEL_FILE, vocabulary=self.featurizer.vocabulary, schema=self.schema)
         self.featurizer.stats.save(root / STATS_FILE)
         config = {"schema": self.schema, "search": vars(self.search), "decision": vars(self.decision),
-                  "triage": self.triage.to_json() if self.triage is not None else None, **(extra or {})}
+                  "triage": self.triage.to_json() if self.triage is not None else None,
+                  "feature_ranges": self.ranges.to_json() if self.ranges is not None else None, **(extra or {})}
         tmp = root / (CONFIG_FILE + ".tmp")
         tmp.write_text(json.dumps(config, indent=2, default=str))
         tmp.replace(root / CONFIG_FILE)
@@ -266,6 +271,10 @@ class Optimizer:
         fallback = gate(self.decision, best_is_native=result.best == native,
                         native_ms=result.native_score, best_ms=result.best_score,
                         native_std=spread[native], best_std=spread[result.best])
+        if fallback is None and self.ranges is not None:
+            outside = self.ranges.outside(self.featurizer.featurize(pq.graph, result.best, True))
+            if outside:
+                fallback = f"unlike what the model was trained on: {outside}"
         return result, fallback
 
     def predict_latency_ms(self, sql: str, con: duckdb.DuckDBPyConnection) -> float:

@@ -311,3 +311,25 @@ def test_triage_runs_cheap_queries_as_written_without_planning(trained, workload
     with pytest.raises(QueryRuntimeError, match="nosuch"):
         bad.execute(con)
     con.close()
+
+
+def test_plans_unlike_the_training_data_are_not_forced(trained, workload):
+    """The model directory records the training plans' feature ranges; a plan outside
+    them is not forced (here: ranges collapsed to their low ends, as if the model had seen
+    only the smallest plans)."""
+    con = workload.connect()
+    opt = Optimizer.load(trained, con)
+    assert opt.ranges is not None and len(opt.ranges.node_low) == len(Featurizer.feature_names())
+    opt.triage = None
+    opt.decision = DecisionConfig(min_gain=0.0, z=0.0)
+    opt.search = dataclasses.replace(opt.search, time_budget_ms=60_000)
+    featurize = opt.featurizer.featurize
+    opt.featurizer.featurize = lambda graph, plan, forced=True: featurize(graph, plan, True)
+    forced = [q for q in workload if opt.optimize(q.sql, con).forced]
+    assert forced  # within the trained ranges, plans are forced as before
+    opt.forget()
+    opt.ranges = dataclasses.replace(opt.ranges, node_high=list(opt.ranges.node_low), tolerance=0.0)
+    for q in forced:
+        res = opt.optimize(q.sql, con)
+        assert not res.forced and res.fallback.startswith("unlike what the model was trained on"), q.id
+    con.close()

@@ -28,6 +28,7 @@ from lqo.errors import LqoError, WorkloadError
 from lqo.train.experience import ExperienceStore
 from lqo.engine.harness import Harness, error_line, median_latency
 from lqo.learn.features import Featurizer
+from lqo.learn.ranges import FeatureRanges
 from lqo.lock import WriterLock, acquire
 from lqo.learn.model_kinds import make_model
 from lqo.optimizer import Optimizer
@@ -205,7 +206,10 @@ class Trainer:
                            seed=self.recipe.seed + it)
         model.fit(plans, y, g)
         search = dataclasses.replace(self.recipe.search, seed=self.recipe.seed)
-        return Optimizer(model, featurizer, catalog.fingerprint, search, dataclasses.replace(self.recipe.decision))
+        ranges = FeatureRanges.fit(plans, Featurizer.feature_names(),
+                                   Featurizer.query_feature_names()[: plans[0].query.shape[0]])
+        return Optimizer(model, featurizer, catalog.fingerprint, search, dataclasses.replace(self.recipe.decision),
+                         ranges=ranges)
 
     def _iterate(self, it: int, opt: Optimizer, usable: dict[str, PreparedQuery], runner: "_Runner",
                  rng: random.Random, queries: list[Query]) -> dict:
