@@ -147,6 +147,11 @@ def test_tune_ends_with_a_book(tuned, varied):
             v = e.verdicts[e.choice]
             assert v.accepted and v.median_ratio <= 0.95 and v.ci_high < 1.0 and v.worst_instance <= 1.05
     assert sum(len(e.screened) for e in book.entries.values()) > 22
+    for e in book.entries.values():  # whatever was tried can be adopted and loaded again
+        assert set(e.screened) <= set(e.candidates) and set(e.verdicts) <= set(e.candidates), e.template
+    # q13 (an outer join: no trees) is still tried with setting arms, and they are recorded
+    q13 = book.by_template()["q13"]
+    assert q13.candidates and all(c.kind == "arm" for c in q13.candidates.values()) and "arms only" in q13.note
     held = {i for e in book.entries.values() for i in e.held_out}
     ran = {r[0] for r in _store_query_ids(tuned)}
     assert held and not held & ran  # held-out instances never ran while tuning
@@ -308,3 +313,19 @@ def test_a_verified_plan_that_no_longer_binds_runs_native(varied):
             model_made.execute(con)  # only a book's verified plan falls back; a fresh plan is a bug
     finally:
         con.close()
+
+
+def test_a_book_whose_arm_choice_was_not_recorded_loads(tuned, tmp_path):
+    """Books written before arms of templates without trees were recorded (the choice an
+    arm id, the candidate list empty) load, with the arm rebuilt from its id."""
+    data = json.loads((tuned / BOOK_FILE).read_text())
+    entry = next(iter(data["templates"].values())) if isinstance(data["templates"], dict) else data["templates"][0]
+    entry["candidates"], entry["choice"] = [], "arm:join_filter_pushdown"
+    path = tmp_path / BOOK_FILE
+    path.write_text(json.dumps(data))
+    loaded = next(e for e in PlanBook.load(path).entries.values() if e.key == entry["key"])
+    assert loaded.chosen.kind == "arm" and loaded.chosen.disabled == ("join_filter_pushdown",)
+    entry["choice"] = "tree:0123456789ab"  # a tree cannot be rebuilt from its id: still an error
+    path.write_text(json.dumps(data))
+    with pytest.raises(BookError, match="not among its candidates"):
+        PlanBook.load(path)

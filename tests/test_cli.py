@@ -165,7 +165,12 @@ def test_explain_json(capsys, tpch_wl, q05):
         assert j["q_error"] is not None and j["q_error"] >= 1, j
     # the root join produces the rows the aggregate groups: Q5 at sf 0.01 is not empty
     assert any(j["actual"] > 0 for j in block["joins"])
+    assert block["placed_inside"] == [] and payload["shared_subplan"] is False
     assert tree(tpch_wl) == before  # explain never writes to the database
+    # q18: `o_orderkey IN (SELECT .. HAVING ..)` restricts orders alone: placed inside it
+    q18 = (tpch_wl / "q18.sql").read_text()
+    (block,) = lqo_json(capsys, "explain", q18, "--db", db, "--no-run")["blocks"]
+    assert block["placed_inside"] == ["orders"]
 
 
 def test_explain_text_and_no_run(capsys, tpch_wl, q05):

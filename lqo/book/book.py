@@ -100,6 +100,11 @@ class BookEntry:
         e.verdicts = {k: Verdict.from_json(v) for k, v in d.get("verdicts", {}).items()}
         e.screened = {k: (float("inf") if v is None else float(v)) for k, v in d.get("screened", {}).items()}
         e.verified_at, e.note = d.get("verified_at"), d.get("note")
+        for cid in [e.choice, *e.verdicts]:
+            # Books written before arms of untreeable templates were recorded: an arm is
+            # fully named by its id.
+            if cid.startswith("arm:") and cid not in e.candidates:
+                e.candidates[cid] = Candidate(cid, "arm", tuple(cid[4:].split(",")), origin=cid)
         if e.choice != "native" and e.choice not in e.candidates:
             raise BookError(f"template {e.template}: choice {e.choice} is not among its candidates")
         return e

@@ -64,8 +64,16 @@ class Trials:
         entry.weight_ms = sum(entry.native_ms.values())
 
     def candidates(self, t: _Template, entry: BookEntry, rng: random.Random) -> list[Candidate]:
-        if entry.note or not entry.native_ms:
+        """Every candidate of ``t``, each recorded in ``entry.candidates`` (an adopted
+        choice must be loadable from the book); none when the native text failed."""
+        if not entry.native_ms:
             return []
+        out = self._candidates(t, entry, rng)
+        for c in out:
+            entry.candidates.setdefault(c.id, c)
+        return out
+
+    def _candidates(self, t: _Template, entry: BookEntry, rng: random.Random) -> list[Candidate]:
         arms = ARMS
         if _limit_in_from(t.tune[0].sql):  # see relations.LIMIT_REASON: build sides must stay DuckDB's
             arms = tuple(a for a in ARMS if a not in ("build_side_probe_side", "join_order"))
@@ -73,10 +81,10 @@ class Trials:
         try:
             pq = prepare(t.tune[0].sql, self.con, self.catalog)
         except LqoError as err:
-            entry.note = f"not planned: {err}"
+            entry.note = f"no trees (not planned: {err}); setting arms only"
             return out
         if not pq.forceable or not pq.free_blocks:
-            entry.note = pq.reason or "no block lqo may reorder"
+            entry.note = f"no trees ({pq.reason or 'no block lqo may reorder'}); setting arms only"
             return out  # arms need no tree: every query is eligible
         native = pq.native_plan
         plans: list[tuple[str, Plan]] = []
@@ -107,8 +115,6 @@ class Trials:
             out.append(Candidate(cid, "tree", (), plan.to_json(), slots, origin))
             if scores is not None and scores[native] > 0:
                 self.predicted[(t.key, cid)] = (1.0 - scores[plan] / scores[native], spread.get(plan, 0.0))
-        for c in out:
-            entry.candidates.setdefault(c.id, c)
         return out
 
     def _variant(self, c: Candidate, q: Query) -> tuple[str, bool, tuple[str, ...]]:

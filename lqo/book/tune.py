@@ -113,13 +113,11 @@ class _OriginStats:
             self.wins[origin] += 1
             self.gain[origin] += max(0.0, 1.0 - ratio)
 
-    def expected_gain(self, origin: str, rng: random.Random) -> float:
-        # Beta(1 + wins, 1 + losses) draw for the chance to win, times the mean gain of
-        # wins so far (0.15 before any): optimistic for origins seldom tried.
+    def draw(self, origin: str, rng: random.Random) -> tuple[float, float]:
+        """A Beta(1 + wins, 1 + losses) draw for the chance to pass screening, and the mean
+        gain of wins so far (0.15 before any): optimistic for origins seldom tried."""
         n, w = self.tries[origin], self.wins[origin]
-        p = rng.betavariate(1 + w, 1 + n - w)
-        g = self.gain[origin] / w if w else 0.15
-        return p * g
+        return rng.betavariate(1 + w, 1 + n - w), (self.gain[origin] / w if w else 0.15)
 
 
 class Tuner:
@@ -264,17 +262,26 @@ class Tuner:
               predicted: dict[tuple[str, str], tuple[float, float]]) -> int:
         if self.config.strategy == "random":
             return rng.randrange(len(pending))
+        # Expected workload saving per second of tuning. Saving: the template's weight x
+        # what is left to win x the expected gain. Cost: one screening run plus, with the
+        # chance to pass it, an acceptance test of 2 x rounds runs on every tuning
+        # instance, all about the template's native time. The template's time cancels:
+        # what is cheap to test is tried first, whatever its size (ordering by saving
+        # alone, big templates first, reached each workload time later than random order
+        # on TPC-DS SF1).
+        accept_runs = 2 * self.config.rounds * self.config.tune_instances
         best, best_i = -1.0, 0
         for i, (t, c) in enumerate(pending):
             e = book.entries[t.key]
             current = e.verdicts.get(e.choice)
             # Saving still on offer: a template already sped up has less left to win.
             left = current.median_ratio if current is not None and e.choice != "native" else 1.0
-            gain = origins.expected_gain(c.origin, rng)
+            p, g = origins.draw(c.origin, rng)
+            gain = p * g
             model = predicted.get((t.key, c.id))
             if model is not None:  # the ensemble's predicted gain, optimistic by its spread
                 gain = 0.5 * gain + 0.5 * max(0.0, model[0] + model[1])
-            score = e.weight_ms * left * gain
+            score = left * gain * self.config.tune_instances / (1.0 + accept_runs * p)
             if score > best:
                 best, best_i = score, i
         return best_i

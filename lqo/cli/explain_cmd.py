@@ -70,6 +70,8 @@ def explain_payload(pq: PreparedQuery, actuals) -> dict:
             "key_classes": [[str(c) for c in cls] for cls in b.classes],
             "filters": {a: [f.sql(dialect="duckdb") for f in fs] for a, fs in b.filters.items()},
             "residuals": [r.expr.sql(dialect="duckdb") for r in b.residuals],
+            # relations a forced plan renders with their subquery / correlated predicates inside
+            "placed_inside": sorted(set(b.placed) | b.correlated),
             "native_tree": None,
             "joins": [],
         }
@@ -87,11 +89,14 @@ def explain_payload(pq: PreparedQuery, actuals) -> dict:
         elif b.index in pq.native.missing:
             entry["native_tree_missing"] = pq.native.missing[b.index]
         blocks.append(entry)
-    return {"sql": pq.sql, "forceable": pq.forceable, "reason": pq.reason, "blocks": blocks}
+    return {"sql": pq.sql, "forceable": pq.forceable, "reason": pq.reason,
+            "shared_subplan": pq.native.shared_subplan, "blocks": blocks}
 
 
 def format_explain(p: dict) -> str:
     out = [f"forceable: {'yes' if p['forceable'] else 'no (' + str(p['reason']) + ')'}"]
+    if p.get("shared_subplan"):
+        out.append("shared subplan: DuckDB computes a join shared by several blocks once (a forced plan may lose it)")
     for b in p["blocks"]:
         out.append(f"\nblock {b['block']}" + (f"  [left as written: {b['unsafe']}]" if b["unsafe"] else ""))
         out.append("  relations: " + ", ".join(f"{r['alias']} ({r['kind']}{' ' + r['name'] if r['name'] and r['name'] != r['alias'] else ''})" for r in b["relations"]))
@@ -101,6 +106,8 @@ def format_explain(p: dict) -> str:
             out.append(f"  filter {alias}: " + " AND ".join(fs))
         for r in b["residuals"]:
             out.append(f"  residual: {r}")
+        if b["placed_inside"]:
+            out.append("  placed inside (subquery or correlated predicates): " + ", ".join(b["placed_inside"]))
         if b["native_tree"]:
             out.append(f"  native tree (probe build): {b['native_tree']}")
             out.append(f"  {'join':<60} {'estimated':>12} {'actual':>12} {'q-error':>8}")

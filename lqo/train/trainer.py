@@ -258,18 +258,27 @@ class Trainer:
 
 
 def fit_triage(optimizer: Optimizer, con, measured: list[tuple[str, float]], stats,
-               config: TriageConfig) -> Triage:
+               config: TriageConfig) -> Triage | None:
     """The first-stage predictors, fitted on the training queries' measured native
-    latencies and on this optimizer's planning time for each (timed here, cold)."""
-    planning = []
-    for sql, _ in measured:
+    latencies and on this optimizer's planning time for each (timed here, cold); None
+    with fewer than 3 queries to fit on (every first-seen query is then planned)."""
+    texts, native, planning = [], [], []
+    for sql, ms in measured:
         optimizer.forget(sql)
         start = time.perf_counter()
-        optimizer.optimize(sql, con)
+        try:
+            optimizer.optimize(sql, con)
+        except LqoError:
+            continue  # a query lqo cannot plan tells nothing about planning cost
+        finally:
+            optimizer.forget(sql)
+        texts.append(sql)
+        native.append(ms)
         planning.append((time.perf_counter() - start) * 1000)
-        optimizer.forget(sql)
+    if len(texts) < 3:
+        return None
     rows = {t: stats.rows(t) or 0 for t in stats.tables}
-    return Triage.fit([m[0] for m in measured], [m[1] for m in measured], planning, rows, config)
+    return Triage.fit(texts, native, planning, rows, config)
 
 
 def _format_line(line: dict) -> str:
