@@ -25,7 +25,8 @@ from sqlglot.errors import ParseError, TokenError
 
 from lqo.sql.catalog import Catalog
 from lqo.errors import InvalidSQLError, NotSelectError
-from lqo.sql.relations import Relation, check_tables, from_items, lateral_reference, relation, unsafe_join
+from lqo.sql.relations import (Relation, check_tables, from_items, lateral_reference, relation, star_expansion,
+                                unsafe_join)
 from lqo.sql.placement import has_subquery, subquery_relations
 from lqo.sql.syntax import syntax_error
 
@@ -209,7 +210,7 @@ def _build_block(index: int, select: exp.Select, items, ctes, catalog: Catalog) 
             block.unsafe = f"duplicate alias {rel.alias}"
             return block
         block.relations.append(rel)
-    reason = _star_expansion(select) or lateral_reference(items, block.relations, ctes, catalog)
+    reason = star_expansion(select) or lateral_reference(items, block.relations, ctes, catalog)
     if reason:
         block.unsafe = reason
         return block
@@ -220,24 +221,6 @@ def _build_block(index: int, select: exp.Select, items, ctes, catalog: Catalog) 
     if outer:
         block.fixed = f"correlated subquery (references {outer})"
     return block
-
-
-def _star_expansion(select: exp.Select) -> str | None:
-    """Why the SELECT list's columns would follow a reordered FROM, or None.
-
-    A plain ``*`` lists the relations' columns in FROM order; render keeps the written
-    order by naming each relation's star. ``* EXCLUDE/REPLACE/RENAME``, ``COLUMNS(..)``
-    and a ``*`` inside an expression (other than ``count(*)``) cannot be kept so.
-    """
-    for e in select.expressions:
-        for node in e.walk(prune=lambda n: n is not e and isinstance(n, (exp.Query, exp.Subquery))):
-            if isinstance(node, exp.Columns):
-                return "COLUMNS(...) in the SELECT list expands columns in FROM order"
-            if not isinstance(node, exp.Star) or isinstance(node.parent, (exp.Column, exp.Count)):
-                continue
-            if node is not e or any(node.args.get(k) for k in ("except_", "replace", "rename", "ilike")):
-                return "a * in the SELECT list with modifiers or inside an expression expands columns in FROM order"
-    return None
 
 
 def block_conjuncts(select: exp.Select) -> list[exp.Expression]:

@@ -1,8 +1,9 @@
 """The FROM items of a SELECT as ``Relation``s: tables, CTE references, derived tables.
 
-Also what makes a FROM clause unsafe to reorder (outer/semi/anti/lateral joins, USING,
-table functions) and which base tables each relation reads on its data path (used to
-recognise the relation in DuckDB's physical plan).
+Also what makes a block unsafe to reorder (outer/semi/anti/lateral joins, USING, table
+functions, a SELECT list whose ``*`` would follow a reordered FROM) and which base tables
+each relation reads on its data path (used to recognise the relation in DuckDB's
+physical plan).
 
 >>> import sqlglot
 >>> from lqo.sql.catalog import Catalog
@@ -56,6 +57,24 @@ def unsafe_join(join: exp.Join) -> str | None:
         return f"{join.args['method']} join"
     if join.args.get("using"):
         return "JOIN ... USING"
+    return None
+
+
+def star_expansion(select: exp.Select) -> str | None:
+    """Why the SELECT list's columns would follow a reordered FROM, or None.
+
+    A plain ``*`` lists the relations' columns in FROM order; render keeps the written
+    order by naming each relation's star. ``* EXCLUDE/REPLACE/RENAME``, ``COLUMNS(..)``
+    and a ``*`` inside an expression (other than ``count(*)``) cannot be kept so.
+    """
+    for e in select.expressions:
+        for node in e.walk(prune=lambda n: n is not e and isinstance(n, (exp.Query, exp.Subquery))):
+            if isinstance(node, exp.Columns):
+                return "COLUMNS(...) in the SELECT list expands columns in FROM order"
+            if not isinstance(node, exp.Star) or isinstance(node.parent, (exp.Column, exp.Count)):
+                continue
+            if node is not e or any(node.args.get(k) for k in ("except_", "replace", "rename", "ilike")):
+                return "a * in the SELECT list with modifiers or inside an expression expands columns in FROM order"
     return None
 
 
