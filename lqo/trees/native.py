@@ -47,7 +47,7 @@ def read_native_trees(graph: QueryGraph, roots: list[PNode]) -> NativeTrees:
     """Match every reorderable block of ``graph`` to a join tree in the physical plan."""
     ctes = cte_tables(roots)
     candidates = [t for r in roots for t in join_trees(r)]
-    out = NativeTrees(shared_subplan=any(_is_common_subplan(n) for r in roots for n in _nodes(r)))
+    out = NativeTrees(shared_subplan=ctes.shared_subplan)
     used: set[int] = set()
     for block in graph.reorderable:
         best = None
@@ -68,16 +68,6 @@ def read_native_trees(graph: QueryGraph, roots: list[PNode]) -> NativeTrees:
         out.trees[block.index], out.estimates[block.index], out.actuals[block.index] = tree, est, act
     return out
 
-
-
-def _nodes(node: PNode):
-    yield node
-    for c in node.children:
-        yield from _nodes(c)
-
-
-def _is_common_subplan(node: PNode) -> bool:
-    return node.name == "CTE" and str(node.info.get("CTE Name", "")).startswith("__common_subplan")
 
 
 def _match_block(block: JoinBlock, jt: JTree, ctes) -> tuple[int, Tree, dict, dict, set[int]] | None:

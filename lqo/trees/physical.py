@@ -214,6 +214,13 @@ class Ctes:
 
     bodies: dict[str, PNode] = field(default_factory=dict)
     tables: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)  # "__common_subplan_N": made by DuckDB
+
+    @property
+    def shared_subplan(self) -> bool:
+        """Whether DuckDB computes a join shared by several blocks once (its
+        common-subplan optimizer materializes it as a CTE of its own)."""
+        return any(n.startswith("__common_subplan") for n in self.names.values())
 
 
 def cte_tables(roots: list[PNode]) -> Ctes:
@@ -223,6 +230,7 @@ def cte_tables(roots: list[PNode]) -> Ctes:
         if node.name == "CTE" and node.children:
             index = str(node.info.get("Table Index"))
             ctes.bodies[index] = node.children[0]
+            ctes.names[index] = str(node.info.get("CTE Name", ""))
             ctes.tables[index] = tuple(_scanned_tables(node.children[0], ctes))
         for c in node.children:
             visit(c)
