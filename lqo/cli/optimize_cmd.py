@@ -12,9 +12,12 @@ def register(sub) -> None:
     p = sub.add_parser(
         "optimize",
         help="plan one query with a trained model and print the chosen plan and its SQL",
-        description="Plan SQL with a trained model (lqo train): model-guided beam search over join "
-        "trees, then the decision: lqo's plan if the model predicts a confident gain, else DuckDB's "
-        "native plan with the reason. Prints the plan and the SQL to run (with the settings it needs).",
+        description="Plan SQL with a trained model (lqo train): a known template is served from the "
+        "model directory's plan book; otherwise the model's triage first judges from the text whether "
+        "planning is likely to pay (if not, the query runs as written, with the reason), then "
+        "model-guided beam search over join trees and the decision: lqo's plan if the model predicts a "
+        "confident gain within what it was trained on, else DuckDB's native plan with the reason. Prints "
+        "the plan and the SQL to run (with the settings it needs).",
     )
     p.add_argument("sql", help="a SELECT query (quote it)")
     p.add_argument("--db", required=True, help="DuckDB database file (opened read-only)")
