@@ -48,7 +48,8 @@ def job(idx: int, arrival: float, lat: dict[int, float], key: str | None = None)
     """A synthetic job: latencies in seconds per thread count, a tiny plan graph."""
     q = StreamQuery(idx, "syn", key or f"j{idx}", key or f"j{idx}", f"SELECT {idx}", "/nonexistent.duckdb", arrival)
     g = PlanGraph([1, 3, 2, 2], [1.0, 5.0, 4.0, 3.0], [(1, 0), (2, 1), (3, 1)])
-    return Job(q, QueryFeatures(q.key, est_cost=1.0, graph=g, lat_ms={t: s * 1000 for t, s in lat.items()}))
+    ms = {t: s * 1000 for t, s in lat.items()}
+    return Job(q, QueryFeatures(q.key, est_cost=1.0, graph=g, lat_ms=ms, known_ms=ms[min(ms)], known_source="measured"))
 
 
 def ends(result) -> dict[int, float]:

@@ -23,7 +23,7 @@ def register(sub) -> None:
     )
     p.add_argument("workload", nargs="+", help="workload directory (with workload.toml); several mix their queries")
     p.add_argument("--policy", default="fifo",
-                   help="learned | fifo | all | sjf-est | sjf-model | oracle (default fifo)")
+                   help="learned | fifo | all | sjf-est | sjf-known | sjf-model | oracle (default fifo)")
     p.add_argument("--arrivals", default="batch",
                    help="batch | poisson:RATE (queries/s) | util:U (Poisson at utilisation U; needs a profile)")
     p.add_argument("--queries", type=int, help="stream length (default: every query once)")

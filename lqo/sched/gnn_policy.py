@@ -5,16 +5,22 @@ Per waiting query:
 - its physical plan (``features.PlanGraph``) is encoded by ``layers`` GCN layers
   (torch-geometric ``GCNConv``) over vertex features [operator one-hot, log estimated
   cardinality / 20], mean+max pooled into an embedding (computed once per query);
-- query features: log1p(latency at 1 thread, ms) / 10 (measured, or the optimizer's
-  prediction when the checkpoint says so), its speed-up at the largest thread option
-  minus 1 (0 if unmeasured), log1p(seconds waited), and whether the latency is measured;
+- query features: log1p(latency at 1 thread, ms) / 10 (``latency_source``: ``known``,
+  the best figure lqo has before running the query, see ``knowledge.py``; older
+  checkpoints: ``measured``, the profile's), its speed-up at the largest thread option
+  minus 1 (0 if unmeasured), log1p(seconds waited), and whether that latency was
+  measured (on the query or its template) rather than predicted or estimated;
 - load features: running / workers, free threads / budget, log1p(waiting) / 5,
   log1p(total 1-thread seconds waiting) / 5, plus the mean embedding of all waiting queries.
 
 A priority head turns [embedding, query, load, waiting summary] into one score per
 waiting query (softmax over them: which runs next); a thread head turns [embedding,
 query, load] into logits over ``thread_options`` (options above the free threads are
-masked). Deployed, both are argmax; in training they are sampled (``train.py``).
+masked). A thread option of 0 means *hold*: start nothing now, though a worker is free
+(admission control: fewer queries at once); it is only allowed while another query
+runs, so the machine never idles with work waiting. Deployed, both heads are argmax; in
+training they are sampled (``train_policy.py``). With ``use_graph=False`` the plan
+encoder is off (the embedding is zero): the policy then reads latencies and load only.
 
 Checkpoints use ``lqo.learn.checkpoint`` (kind ``sched_gcn``): tensors plus JSON
 metadata (hyper-parameters, the operator vocabulary, thread options, latency source,
@@ -48,9 +54,11 @@ _EMPTY_GRAPH = PlanGraph([0], [0.0], [])
 class SchedNet(nn.Module):
     """Plan encoder plus priority and thread-count heads (see module docs)."""
 
-    def __init__(self, n_ops: int = len(OPS), hidden: int = 32, layers: int = 2, n_threads: int = 2) -> None:
+    def __init__(self, n_ops: int = len(OPS), hidden: int = 32, layers: int = 2, n_threads: int = 2,
+                 use_graph: bool = True) -> None:
         super().__init__()
         self.n_ops, self.hidden, self.layers, self.n_threads = n_ops, hidden, layers, n_threads
+        self.use_graph = bool(use_graph)
         self.inp = nn.Linear(n_ops + 1, hidden)
         self.convs = nn.ModuleList(GCNConv(hidden, hidden) for _ in range(layers))
         self.pool = nn.Linear(2 * hidden, hidden)
@@ -58,10 +66,13 @@ class SchedNet(nn.Module):
         self.thr = nn.Sequential(nn.Linear(hidden + N_QUERY + N_LOAD, hidden), nn.ReLU(), nn.Linear(hidden, n_threads))
 
     def params(self) -> dict[str, int]:
-        return {"n_ops": self.n_ops, "hidden": self.hidden, "layers": self.layers, "n_threads": self.n_threads}
+        return {"n_ops": self.n_ops, "hidden": self.hidden, "layers": self.layers, "n_threads": self.n_threads,
+                "use_graph": self.use_graph}
 
     def encode(self, graphs: Sequence[PlanGraph]) -> Tensor:
         """One embedding per graph, batched: shape ``[len(graphs), hidden]``."""
+        if not self.use_graph:
+            return torch.zeros(len(graphs), self.hidden)
         ops, est, src, dst, batch = [], [], [], [], []
         off = 0
         for g, graph in enumerate(graphs):
@@ -92,11 +103,22 @@ class SchedNet(nn.Module):
         return prio, thr
 
 
+KNOWN_SOURCES = frozenset({"measured", "template", "book"})
+
+
 def latency1_ms(f: QueryFeatures, source: str) -> float | None:
-    """The 1-thread latency the policy sees: measured, else (``source='predicted'``) predicted."""
+    """The 1-thread latency the policy sees: ``known`` (the knowledge's), else measured,
+    else (``source='predicted'``) predicted."""
+    if source == "known":
+        return f.known_ms
     if source == "measured" and f.lat_ms:
         return f.latency_s(1) * 1000.0
     return f.pred_ms if f.pred_ms is not None else (f.latency_s(1) * 1000.0 if f.lat_ms else None)
+
+
+def _assign(index: int, threads: int) -> Assignment | None:
+    """The policy's answer: ``None`` for the hold option (0 threads)."""
+    return Assignment(index, threads) if threads > 0 else None
 
 
 class LearnedPolicy(Policy):
@@ -118,7 +140,7 @@ class LearnedPolicy(Policy):
         self.net = net
         self.thread_options = [int(t) for t in thread_options]
         self.latency_source = latency_source
-        self.needs = frozenset({"graph", "lat" if latency_source == "measured" else "pred"})
+        self.needs = frozenset({"graph", {"measured": "lat", "known": "known"}.get(latency_source, "pred")})
         self.greedy = greedy
         self.meta = meta or {}
         self.trace: list[tuple[Tensor, Tensor]] | None = None
@@ -129,6 +151,7 @@ class LearnedPolicy(Policy):
         self._row: dict[int, int] = {}
         self._lat: dict[int, float] = {}
         self._speedup: dict[int, float] = {}
+        self._measured: dict[int, float] = {}
 
     def begin(self, jobs: Sequence[Job]) -> None:
         feats: dict[int, QueryFeatures] = {}
@@ -144,13 +167,18 @@ class LearnedPolicy(Policy):
             if lat is None:
                 raise LqoError(f"learned policy: no latency for query {f.key} (profile or --model needed)")
             self._lat[k] = lat
-            self._speedup[k] = f.parallelism(top) - 1.0 if f.lat_ms else 0.0
+            if self.latency_source == "known":  # never the profile: held-out queries are not in it
+                self._speedup[k] = min(float(top), f.known_speedup) - 1.0 if f.known_speedup else 0.0
+                self._measured[k] = 1.0 if f.known_source in KNOWN_SOURCES else 0.0
+            else:
+                self._speedup[k] = f.parallelism(top) - 1.0 if f.lat_ms else 0.0
+                self._measured[k] = 1.0 if f.lat_ms else 0.0
 
     def _inputs(self, waiting: Sequence[Job], load: Load) -> tuple[Tensor, Tensor, Tensor]:
         keys = [id(j.f) for j in waiting]
         emb = self._emb[torch.tensor([self._row[k] for k in keys])]
         qf = torch.tensor([[math.log1p(self._lat[k]) / 10.0, self._speedup[k],
-                            math.log1p(max(0.0, load.now - j.arrival_s)), 1.0 if j.f.lat_ms else 0.0]
+                            math.log1p(max(0.0, load.now - j.arrival_s)), self._measured[k]]
                            for k, j in zip(keys, waiting)], dtype=torch.float32)
         total = sum(self._lat[k] for k in keys) / 1000.0
         ld = torch.tensor([len(load.running) / load.workers, load.free_threads / load.budget,
@@ -164,9 +192,10 @@ class LearnedPolicy(Policy):
         with torch.set_grad_enabled(train):
             emb, qf, ld = self._inputs(waiting, load)
             prio, thr = self.net.heads(emb, qf, ld)
-            allowed = torch.tensor([t <= max(1, load.free_threads) for t in self.thread_options])
+            allowed = torch.tensor([(t <= max(1, load.free_threads)) if t > 0 else bool(load.running)
+                                    for t in self.thread_options])
             if not bool(allowed.any()):
-                allowed[int(torch.tensor(self.thread_options).argmin())] = True
+                allowed[min((t, k) for k, t in enumerate(self.thread_options) if t > 0)[1]] = True
             thr = thr.masked_fill(~allowed.unsqueeze(0), -1e9)
             if self.teacher is not None:
                 d = self.teacher.pick(waiting, load)
@@ -177,17 +206,17 @@ class LearnedPolicy(Policy):
                 self.trace.append((ce, torch.zeros(()), load.now))
                 if self.student_mix > 0 and float(torch.rand((), generator=self._rng)) < self.student_mix:
                     i = int(prio.argmax())
-                    return Assignment(i, self.thread_options[int(thr[i].argmax())])
-                return Assignment(d.index, self.thread_options[t_opt])
+                    return _assign(i, self.thread_options[int(thr[i].argmax())])
+                return _assign(d.index, self.thread_options[t_opt])
             if self.greedy and not train:
                 i = int(prio.argmax())
-                return Assignment(i, self.thread_options[int(thr[i].argmax())])
+                return _assign(i, self.thread_options[int(thr[i].argmax())])
             pd = torch.distributions.Categorical(logits=prio)
             i = pd.sample()
             td = torch.distributions.Categorical(logits=thr[i])
             k = td.sample()
             self.trace.append((pd.log_prob(i) + td.log_prob(k), pd.entropy() + td.entropy(), load.now))
-            return Assignment(int(i), self.thread_options[int(k)])
+            return _assign(int(i), self.thread_options[int(k)])
 
     # ----- checkpoints -----------------------------------------------------------------
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:

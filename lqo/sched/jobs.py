@@ -6,6 +6,10 @@
   operator (operator id from ``OPS``, log estimated cardinality), edges child -> parent.
 - ``lat_ms``: measured latency per thread count (a thread profile, ``profile.py``).
 - ``pred_ms``: the optimizer model's predicted latency.
+- ``known_ms`` / ``known_source``: the best one-thread latency lqo knows before running
+  the query and where it came from (``knowledge.LatencyKnowledge``: measured, template,
+  book, predicted, estimate). Unlike ``lat_ms`` (the truth the simulator and the oracle
+  run on) it is what a deployable policy may read.
 
 Features come from the original query text even when a forced plan is executed: with
 join ordering disabled DuckDB's join estimates are meaningless.
@@ -62,6 +66,9 @@ class QueryFeatures:
     graph: PlanGraph | None = None
     lat_ms: dict[int, float] = field(default_factory=dict)
     pred_ms: float | None = None
+    known_ms: float | None = None
+    known_source: str | None = None
+    known_speedup: float | None = None
 
     def latency_s(self, threads: int) -> float:
         """Measured latency at ``threads``; for an unmeasured count, the one measured at the
@@ -162,10 +169,13 @@ def build_jobs(
     needs: Iterable[str] = (),
     profile: Any = None,
     model: Any = None,
+    knowledge: Any = None,
 ) -> list[Job]:
     """Jobs for a stream's queries, computing only the features in ``needs``
-    (``est``, ``graph``, ``lat``, ``pred``). ``profile`` is a ``ThreadProfile``; ``model``
-    anything with ``predict_latency_ms``. Opens each database read-only for EXPLAIN.
+    (``est``, ``graph``, ``lat``, ``pred``, ``known``). ``profile`` is a ``ThreadProfile``;
+    ``model`` anything with ``predict_latency_ms``; ``knowledge`` a ``LatencyKnowledge``
+    (``known`` without it: nothing is known, every query falls to its estimate).
+    Opens each database read-only for EXPLAIN.
 
     A query the model cannot predict (``LqoError``) gets the median of the others'
     predictions: neutral in an SJF order rather than first or last.
@@ -173,6 +183,8 @@ def build_jobs(
     from lqo.engine.db import connect_read_only
 
     needs = set(needs)
+    if "known" in needs:
+        needs.add("est")  # the last resort of the knowledge
     queries = list(stream)
     feats: dict[str, QueryFeatures] = {}
     cons: dict[str, Any] = {}
@@ -214,4 +226,24 @@ def build_jobs(
         for f in feats.values():
             if f.pred_ms is None:
                 f.pred_ms = fill
+    if "known" in needs:
+        _know(queries, feats, knowledge)
     return [Job(q, feats[q.query_key]) for q in queries]
+
+
+def _know(queries: Sequence[StreamQuery], feats: dict[str, QueryFeatures], knowledge: Any) -> None:
+    """Fill ``known_ms``/``known_source``; a query no source knows gets the median of the
+    known ones (neutral in an order), with source ``none``."""
+    from lqo.sched.knowledge import LatencyKnowledge, template_id
+
+    knowledge = knowledge if knowledge is not None else LatencyKnowledge()
+    for q in queries:
+        f = feats[q.query_key]
+        if f.known_source is None:
+            tid = template_id(q.sql, q.database)
+            f.known_ms, f.known_source = knowledge.lookup(q.query_key, tid, f.pred_ms, f.est_cost)
+            f.known_speedup = knowledge.speedup(q.query_key, tid)
+    known = sorted(f.known_ms for f in feats.values() if f.known_ms is not None)
+    for f in feats.values():
+        if f.known_ms is None:
+            f.known_ms, f.known_source = (known[len(known) // 2] if known else 1000.0), "none"

@@ -12,6 +12,9 @@ Baselines (``POLICIES``):
   the OS share the cores (``shared = True``: no worker or thread limit).
 - ``sjf-est``: shortest job first by DuckDB's estimated cost (sum of join/scan estimates).
 - ``sjf-model``: shortest job first by the optimizer model's predicted latency.
+- ``sjf-known``: shortest job first by the best latency lqo knows before running the
+  query (``knowledge.py``: measured, else its template's, else predicted or estimated):
+  the heuristic the learned policy must beat on the same information.
 - ``oracle``: shortest job first by measured latency at the baseline thread count: a
   bound that needs a thread profile, not a deployable policy.
 - ``learned``: the graph network of ``gnn_policy.py``.
@@ -30,7 +33,7 @@ from lqo.sched.policy import Assignment, Load, Policy, PolicyError
 if TYPE_CHECKING:
     from lqo.sched.jobs import Job
 
-POLICIES: tuple[str, ...] = ("learned", "fifo", "all", "sjf-est", "sjf-model", "oracle")
+POLICIES: tuple[str, ...] = ("learned", "fifo", "all", "sjf-est", "sjf-known", "sjf-model", "oracle")
 
 
 class FifoPolicy(Policy):
@@ -75,6 +78,10 @@ def _pred(job: Job, threads: int) -> float:
     return job.f.pred_ms if job.f.pred_ms is not None else float("inf")
 
 
+def _known(job: Job, threads: int) -> float:
+    return job.f.known_ms if job.f.known_ms is not None else float("inf")
+
+
 def _measured(job: Job, threads: int) -> float:
     return job.f.latency_s(threads)
 
@@ -87,7 +94,7 @@ def get_policy(name: str, scheduler_model: str | None = None) -> Policy:
     >>> get_policy("lifo")
     Traceback (most recent call last):
     ...
-    lqo.sched.policy.PolicyError: unknown policy 'lifo' (choose from learned, fifo, all, sjf-est, sjf-model, oracle)
+    lqo.sched.policy.PolicyError: unknown policy 'lifo' (choose from learned, fifo, all, sjf-est, sjf-known, sjf-model, oracle)
     """
     if name == "fifo":
         return FifoPolicy()
@@ -95,6 +102,8 @@ def get_policy(name: str, scheduler_model: str | None = None) -> Policy:
         return AllAtOncePolicy()
     if name == "sjf-est":
         return SjfPolicy("sjf-est", _est, {"est"})
+    if name == "sjf-known":
+        return SjfPolicy("sjf-known", _known, {"known"})
     if name == "sjf-model":
         return SjfPolicy("sjf-model", _pred, {"pred"})
     if name == "oracle":

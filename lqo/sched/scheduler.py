@@ -53,6 +53,9 @@ class Scheduler:
     ``cores`` defaults to this machine's; ``timeout_s`` caps each real query.
     ``interference`` overrides the profile's calibrated simulator value; ``warmup`` makes
     each worker read every table before the stream starts (as the profile was measured).
+    ``knowledge``: the latencies policies that read ``known`` (``sjf-known``, ``learned``)
+    may use (``knowledge.LatencyKnowledge``); default: built from the profile over the
+    stream's queries, plus ``book`` (a tuned model's plan book) where given.
     """
 
     def __init__(
@@ -67,6 +70,8 @@ class Scheduler:
         timeout_s: float | None = 300.0,
         interference: float | None = None,
         warmup: bool = True,
+        knowledge: Any = None,
+        book: str | os.PathLike | None = None,
     ) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise LqoError(f"workers must be a positive integer, not {workers!r}")
@@ -90,6 +95,8 @@ class Scheduler:
         self.plan = plan
         self.timeout_s = timeout_s
         self.warmup = warmup
+        self.knowledge = knowledge
+        self.book = str(book) if book is not None else None
         self._model = model
         if profile is None or isinstance(profile, ThreadProfile):
             self.profile = profile
@@ -148,8 +155,15 @@ class Scheduler:
     def jobs(self, stream: Stream, extra_needs: Sequence[str] = ()) -> list[Job]:
         """The stream's jobs with the features this scheduler's policy reads."""
         needs = set(self.policy.needs) | set(extra_needs)
+        if "known" in needs and self._model is not None:
+            needs.add("pred")
         model = self.model if "pred" in needs else None
-        return build_jobs(stream, needs, self.profile, model)
+        knowledge = self.knowledge
+        if "known" in needs and knowledge is None:
+            from lqo.sched.knowledge import build_knowledge
+
+            knowledge = build_knowledge(stream, self.profile, self.book)
+        return build_jobs(stream, needs, self.profile, model, knowledge)
 
     # ----- running ---------------------------------------------------------------------
     def run(self, stream: Stream, on_done: Callable[[QueryRecord], None] | None = None) -> ScheduleResult:

@@ -41,8 +41,11 @@ from lqo.config import dataclass_from_toml
 from lqo.sched.jobs import Job
 from lqo.sched.gnn_policy import LearnedPolicy, SchedNet
 from lqo.sched.policies import get_policy
+from lqo.sched.knowledge import LatencyKnowledge
+from lqo.sched.pool import TrainingPool
 from lqo.sched.simulator import SimConfig, simulate
-from lqo.sched.stream import arrival_times, parse_arrivals, rate_for_utilisation
+from lqo.sched.split import check_holdout
+from lqo.sched.stream import parse_arrivals
 
 
 
@@ -60,7 +63,16 @@ class StreamSection:
 class ModelSection:
     hidden: int = 32
     layers: int = 2
-    latency_source: str = "measured"
+    latency_source: str = "known"
+    graph: bool = True
+    hold: bool = True
+    estimate_share: float = 0.3
+
+
+@dataclass
+class SplitSection:
+    holdout: str = "none"
+    train_instances: int = 3
 
 
 @dataclass
@@ -96,6 +108,7 @@ class SchedRecipe:
     seed: int = 0
     time_budget_min: float = 10.0
     stream: StreamSection = field(default_factory=StreamSection)
+    split: SplitSection = field(default_factory=SplitSection)
     model: ModelSection = field(default_factory=ModelSection)
     imitation: ImitationSection = field(default_factory=ImitationSection)
     reinforce: ReinforceSection = field(default_factory=ReinforceSection)
@@ -134,9 +147,12 @@ class SchedRecipe:
             (bool(s.arrivals) and all(isinstance(a, str) for a in s.arrivals), "stream.arrivals: a list of specs"),
             (bool(s.threads) and all(isinstance(t, int) and t >= 1 for t in s.threads), "stream.threads: positive integers"),
             (m.hidden >= 4 and m.layers >= 1, "model.hidden >= 4 and model.layers >= 1"),
-            # Training needs measured latencies (the simulator runs on them); the field is
-            # there so a checkpoint records what its latency feature meant.
-            (m.latency_source == "measured", "model.latency_source must be 'measured'"),
+            # The simulator runs on measured latencies either way; this is what the policy
+            # reads: "known" (what lqo knows before a query runs) or "measured" (the truth,
+            # the old optimistic protocol).
+            (m.latency_source in ("known", "measured"), "model.latency_source must be 'known' or 'measured'"),
+            (0.0 <= m.estimate_share <= 1.0, "model.estimate_share must be in [0, 1]"),
+            (self.split.train_instances >= 1, "split.train_instances must be >= 1"),
             (self.imitation.episodes >= 0 and self.reinforce.episodes >= 0, "episodes must be >= 0"),
             (self.reinforce.rollouts >= 2, "reinforce.rollouts must be >= 2 (they are each other's baseline)"),
             (self.imitation.lr > 0 and self.reinforce.lr > 0 and self.reinforce.entropy >= 0, "lr > 0, entropy >= 0"),
@@ -150,23 +166,16 @@ class SchedRecipe:
                 parse_arrivals(a)
             except LqoError as err:
                 raise RecipeError(f"stream.arrivals: {err}") from None
+        try:
+            check_holdout(self.split.holdout)
+        except LqoError as err:
+            raise RecipeError(f"split.holdout: {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 # --------------------------------------------------------------------------- episodes
-
-def episode_jobs(pool: Sequence[Job], n: int, arrivals: str, cores: int, rng: random.Random) -> list[Job]:
-    """A random stream of ``n`` jobs drawn from ``pool`` (with replacement) under ``arrivals``."""
-    arr = parse_arrivals(arrivals)
-    picks = [rng.choice(pool) for _ in range(n)]
-    rate = None
-    if arr.kind == "util":
-        rate = rate_for_utilisation(arr.util, sum(j.f.latency_s(1) for j in pool) / len(pool), cores)
-    times = arrival_times(n, arr, rng, rate)
-    return [Job(dataclasses.replace(j.q, idx=i, arrival_s=t), j.f) for i, (j, t) in enumerate(zip(picks, times))]
-
 
 def _mean_completion(jobs: Sequence[Job], policy, workers: int, cfg: SimConfig) -> float:
     return simulate(jobs, policy, workers, cfg).mean_s
@@ -198,29 +207,40 @@ def _pg_loss(rollouts: list[tuple[list[tuple[float, float]], list]], entropy: fl
 
 
 def train_policy(
-    pool: Sequence[Job],
+    pool: TrainingPool | Sequence[Job],
     recipe: SchedRecipe,
     sim: SimConfig,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     net: SchedNet | None = None,
 ) -> tuple[LearnedPolicy, list[dict[str, Any]]]:
-    """Train on streams drawn from ``pool`` (jobs with graphs and measured latencies).
+    """Train on streams drawn from ``pool`` (``pool.training_pool``; a plain list of jobs
+    with graphs, measured latencies and, for ``latency_source = "known"``, known ones).
 
     Stops after the recipe's episodes or its time budget, whichever comes first; returns
     the best policy seen on the evaluation streams and the history (one dict per eval).
     """
     if not pool:
         raise LqoError("no training queries")
+    if not isinstance(pool, TrainingPool):
+        pool = TrainingPool(list(pool), list(pool), LatencyKnowledge())
+    if recipe.model.latency_source == "known" and any(j.f.known_ms is None for j in pool.known):
+        raise LqoError("training jobs carry no known latencies: build the pool with pool.training_pool()")
     s, rr = recipe.stream, recipe.reinforce
+    share = recipe.model.estimate_share
+    options = ([0] if recipe.model.hold else []) + list(s.threads)
+
+    def draw(arrivals: str, r: random.Random) -> list[Job]:
+        return pool.draw(s.queries, arrivals, s.cores, r, share)
+
     torch.manual_seed(recipe.seed)
     rng = random.Random(recipe.seed)
-    net = net or SchedNet(hidden=recipe.model.hidden, layers=recipe.model.layers, n_threads=len(s.threads))
-    policy = LearnedPolicy(net, s.threads, recipe.model.latency_source,
+    net = net or SchedNet(hidden=recipe.model.hidden, layers=recipe.model.layers, n_threads=len(options),
+                          use_graph=recipe.model.graph)
+    policy = LearnedPolicy(net, options, recipe.model.latency_source,
                            meta={"workers": s.workers, "cores": s.cores, "interference": sim.interference})
     oracle = get_policy("oracle")
     eval_rng = random.Random(f"eval-{recipe.seed}")
-    evals = [episode_jobs(pool, s.queries, s.arrivals[k % len(s.arrivals)], s.cores, eval_rng)
-             for k in range(recipe.eval.streams)]
+    evals = [draw(s.arrivals[k % len(s.arrivals)], eval_rng) for k in range(recipe.eval.streams)]
     oracle_means = [_mean_completion(e, oracle, s.workers, sim) for e in evals]
     started = time.monotonic()
     deadline = started + recipe.time_budget_min * 60.0
@@ -249,7 +269,7 @@ def train_policy(
         for k in range(n_imit):
             if time.monotonic() > deadline:
                 break
-            jobs = episode_jobs(pool, s.queries, rng.choice(s.arrivals), s.cores, rng)
+            jobs = draw(rng.choice(s.arrivals), rng)
             policy.trace, policy.teacher = [], oracle
             policy.student_mix = max(0.0, (k / max(1, n_imit) - 0.5)) if n_imit >= 4 else 0.0
             simulate(jobs, policy, s.workers, sim)
@@ -266,7 +286,7 @@ def train_policy(
         for _ in range(rr.episodes):
             if time.monotonic() > deadline:
                 break
-            jobs = episode_jobs(pool, s.queries, rng.choice(s.arrivals), s.cores, rng)
+            jobs = draw(rng.choice(s.arrivals), rng)
             policy.teacher, policy.greedy, policy.student_mix = None, False, 0.0
             rollouts = []
             for _ in range(rr.rollouts):
