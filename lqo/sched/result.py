@@ -119,13 +119,14 @@ class ScheduleResult:
 def compare(sim: ScheduleResult, real: ScheduleResult) -> dict[str, float]:
     """How far simulated completion times are from real ones on the same stream.
 
-    ``per_query_mape``: mean |sim - real| / real over queries (matched by ``idx``);
-    ``mean_err`` / ``p95_err`` / ``makespan_err``: relative error of each figure.
+    ``per_query_mape``: mean |sim - real| / real over queries (matched by ``idx``), and
+    its ``per_query_median`` and ``per_query_p90``; ``mean_err`` / ``p95_err`` /
+    ``makespan_err``: relative error of each figure.
 
     >>> a = ScheduleResult("x", "sim", [QueryRecord(0, "w", "q", "d", 0, 0, 1.1, 1, 0)])
     >>> b = ScheduleResult("x", "real", [QueryRecord(0, "w", "q", "d", 0, 0, 1.0, 1, 0)])
-    >>> round(compare(a, b)["per_query_mape"], 3)
-    0.1
+    >>> round(compare(a, b)["per_query_mape"], 3), round(compare(a, b)["per_query_p90"], 3)
+    (0.1, 0.1)
     """
     real_by = {r.idx: r for r in real.records}
     pairs = [(s.completion_s, real_by[s.idx].completion_s) for s in sim.records if s.idx in real_by]
@@ -136,6 +137,8 @@ def compare(sim: ScheduleResult, real: ScheduleResult) -> dict[str, float]:
 
     return {
         "per_query_mape": sum(errs) / len(errs) if errs else float("nan"),
+        "per_query_median": percentile(errs, 50),
+        "per_query_p90": percentile(errs, 90),
         "mean_err": rel(sim.mean_s, real.mean_s),
         "p95_err": rel(sim.p95_s, real.p95_s),
         "makespan_err": rel(sim.makespan_s, real.makespan_s),
