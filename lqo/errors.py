@@ -60,3 +60,8 @@ class QueryRuntimeError(LqoError):
 
 class BusyError(LqoError):
     """Another lqo process is writing the same model directory or experience store."""
+
+
+class ClusterError(LqoError):
+    """``--ray``: the cluster cannot be reached, or a node cannot serve the workload
+    (its database is missing or differs from the driver's), or every executor is lost."""

@@ -48,6 +48,7 @@ class Verdict:
     worst_instance: float | None = None
     instances: int = 0
     rounds: int = 0
+    node: str | None = None  # the Ray node all paired rounds ran on (``--ray``); None: the tuning machine
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -34,12 +34,13 @@ import random
 import statistics
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from lqo.book.accept import AcceptRule
 from lqo.book.book import BOOK_FILE, FEEDBACK_FILE, Candidate, PlanBook
+from lqo.book.steps import LocalSteps, PoolSteps, Steps, accept_step, baseline_step, trial_step
 from lqo.book.trials import Trials
 from lqo.book.serve import read_feedback
 from lqo.book.template import template_key
@@ -50,6 +51,9 @@ from lqo.lock import writer_lock
 from lqo.sql.catalog import Catalog
 from lqo.train.experience import ExperienceStore
 from lqo.workloads.workload import Query, Workload
+
+if TYPE_CHECKING:
+    from lqo.distributed.pool import ExecutorPool
 
 HISTORY_FILE = "tune_history.json"
 DRIFT = 1.5  # served latency above this x the verified figure triggers a re-check
@@ -89,6 +93,7 @@ class TuneResult:
     elapsed_s: float = 0.0
     interrupted: bool = False
     history: list = field(default_factory=list)
+    nodes: list[dict] | None = None  # per node (``--ray``): what it ran; None when sequential
 
 
 @dataclass
@@ -122,7 +127,10 @@ class _OriginStats:
 
 class Tuner:
     def __init__(self, workload: Workload, out: str | Path, config: TuneConfig | None = None,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print, pool: "ExecutorPool | None" = None) -> None:
+        """``pool`` (:class:`lqo.distributed.ExecutorPool`): run the measuring steps on Ray
+        executors; this process still decides the order and alone writes book and store."""
+        self.pool = pool
         self.workload = workload
         self.out = Path(out)
         self.config = config or TuneConfig()
@@ -178,40 +186,49 @@ class Tuner:
 
             optimizer = Optimizer.load(cfg.model, con)
         ctx = Trials(con, catalog, stats, store, book, cfg, optimizer)
+        steps = LocalSteps(ctx) if self.pool is None else PoolSteps(self.pool, store, cfg, str(book.meta["workload"]))
         try:
             templates = self._templates()
             result.templates = len(templates)
-            self._recheck(ctx, templates, book, result)
+            self._recheck(steps, templates, book, result)
             book.save(book_path)
+            ready = self._baselines(steps, templates, book, book_path, deadline)
             pending: list[tuple[_Template, Candidate]] = []
-            for t in templates:
-                entry = book.entry(t.key, t.template, t.tune[0].sql)
-                entry.instances, entry.held_out = [q.id for q in t.tune], [q.id for q in t.held_out]
-                if not entry.native_ms:
-                    ctx.baseline(t, entry)
-                    book.save(book_path)
-                    if not entry.native_ms:  # failed as written: recorded, left native, the others go on
-                        self.log(f"tune: {t.template}: {entry.note}; left native")
-                if time.perf_counter() > deadline:
-                    break
+            for t in ready:
+                entry = book.entries[t.key]
                 for c in ctx.candidates(t, entry, random.Random(f"{cfg.seed}/{t.key}")):
                     if c.id not in entry.screened:
                         pending.append((t, c))
             self.log(f"tune: {len(templates)} templates, {len(pending)} candidates to try "
-                     f"({cfg.strategy} order, budget {cfg.budget_min:g} min)")
+                     f"({cfg.strategy} order, budget {cfg.budget_min:g} min"
+                     + ("" if self.pool is None else f", {self.pool.size} Ray executors") + ")")
             _record(history, offset, start, book, result)
-            while pending and time.perf_counter() < deadline:
-                i = self._pick(pending, book, origins, rng, ctx.predicted)
-                t, c = pending.pop(i)
+            while True:
+                # As many (template, candidate) pairs in flight as there are executors
+                # (one without Ray): each is screened and, if it passes, tested on the
+                # executor that screened it, and the next pick sees every result so far.
+                while steps.free() and pending and time.perf_counter() < deadline:
+                    i = self._pick(pending, book, origins, rng, ctx.predicted)
+                    t, c = pending.pop(i)
+                    steps.submit((t, c), f"tune/{t.key}/{c.id}", trial_step, t, book.entries[t.key], c)
+                done = steps.next()
+                if done is None:
+                    break
+                t, c = done.key
+                if done.error is not None:  # its executor was lost twice: counted as not a win
+                    self.log(f"tune: {t.template}: {c.id} not tried: {done.error}")
+                    ratio, wrong, verdict = float("inf"), 0, None
+                else:
+                    ratio, wrong, verdict = done.value
+                if verdict is not None and done.node is not None:
+                    verdict = replace(verdict, node=done.node)  # paired rounds ran there, all of them
                 entry = book.entries[t.key]
-                ratio, wrong = ctx.screen(t, entry, c)
                 result.screened += 1
                 result.wrong += wrong
                 entry.screened[c.id] = ratio
                 origins.update(c.origin, ratio, ratio < cfg.screen_below)
-                if ratio < cfg.screen_below and not wrong:
+                if verdict is not None:
                     result.tested += 1
-                    verdict = ctx.accept(t, entry, c)
                     entry.verdicts[c.id] = verdict
                     current = entry.verdicts.get(entry.choice)
                     if verdict.accepted and (current is None or entry.choice == "native"
@@ -233,10 +250,44 @@ class Tuner:
             _write_atomic(history_path, json.dumps(history))
             store.close()
             con.close()
+            if self.pool is not None:
+                result.nodes = self.pool.summary()
         result.elapsed_s = time.perf_counter() - start
         return result
 
-    def _recheck(self, ctx: Trials, templates: list[_Template], book: PlanBook, result: TuneResult) -> None:
+    def _baselines(self, steps: Steps, templates: list[_Template], book: PlanBook, book_path: Path,
+                   deadline: float) -> list[_Template]:
+        """Native runs of every template's tuning instances not measured yet (one step per
+        template, as many at once as there are executors); the templates ready to try."""
+        queue, ready, by_key = list(templates), [], {t.key: t for t in templates}
+        while True:
+            while steps.free() and queue and time.perf_counter() <= deadline:
+                t = queue.pop(0)
+                entry = book.entry(t.key, t.template, t.tune[0].sql)
+                entry.instances, entry.held_out = [q.id for q in t.tune], [q.id for q in t.held_out]
+                if entry.native_ms:
+                    ready.append(t)
+                else:
+                    steps.submit(t.key, f"baseline/{t.key}", baseline_step, t, entry)
+            done = steps.next()
+            if done is None:
+                break
+            entry = book.entries[done.key]
+            if done.error is not None:
+                entry.note = f"native runs not measured: {done.error}"
+            else:
+                fields = done.value
+                entry.native_ms, entry.fingerprints = fields["native_ms"], fields["fingerprints"]
+                entry.weight_ms, entry.note = fields["weight_ms"], fields["note"]
+            book.save(book_path)
+            if entry.native_ms:
+                ready.append(by_key[done.key])
+            else:  # failed as written: recorded, left native, the others go on
+                self.log(f"tune: {entry.template}: {entry.note}; left native")
+        order = {t.key: i for i, t in enumerate(templates)}
+        return sorted(ready, key=lambda t: order[t.key])
+
+    def _recheck(self, steps: Steps, templates: list[_Template], book: PlanBook, result: TuneResult) -> None:
         """Test again a verified choice whose recorded latencies (``Optimizer.load(...,
         record=True)``) drift above its verified figures; back to native if it fails."""
         feedback = read_feedback(self.out / FEEDBACK_FILE)
@@ -250,7 +301,12 @@ class Tuner:
             if statistics.median(recs) <= DRIFT * expected:
                 continue
             result.rechecked += 1
-            verdict = ctx.accept(by_key[e.key], e, e.candidates[e.choice])
+            steps.submit(e.key, f"recheck/{e.key}", accept_step, by_key[e.key], e, e.candidates[e.choice])
+            done = steps.next()
+            if done.error is not None:
+                self.log(f"tune: {e.template}: re-check not run: {done.error}")
+                continue
+            verdict = done.value if done.node is None else replace(done.value, node=done.node)
             self.log(f"tune: {e.template}: served latency {statistics.median(recs):.1f} ms drifted above "
                      f"{DRIFT:g} x {expected:.1f} ms; re-check {'passes' if verdict.accepted else 'fails: ' + verdict.reason}")
             e.verdicts[e.choice] = verdict

@@ -7,6 +7,7 @@ import argparse
 from lqo.evaluate.explore import ExploreConfig, explore_workload
 from lqo.workloads.workload import Workload
 from lqo.cli.output import add_json_flag, emit, progress
+from lqo.cli.ray_opts import add_ray_flags, format_nodes, ray_pool
 
 
 def register(sub) -> None:
@@ -25,6 +26,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--store", help="experience store file (default WORKLOAD/experience.duckdb)")
     p.add_argument("--queries", help="comma-separated query ids to explore (default all)")
+    add_ray_flags(p)
     add_json_flag(p)
     p.set_defaults(handler=run)
 
@@ -38,12 +40,15 @@ def run(args: argparse.Namespace) -> int:
     if args.queries:
         workload = workload.subset(args.queries.split(","))
     config = ExploreConfig(plans=args.plans, timeout_factor=args.timeout_factor, confirm=args.confirm, seed=args.seed)
-    report = explore_workload(
-        workload,
-        config,
-        store_path=args.store,
-        progress=lambda items: progress(items, total=len(items), desc="explore"),
-    )
+    with ray_pool(args, workload.database, quiet=args.json) as pool:
+        desc = "explore" if pool is None else f"explore ({len(pool.summary())} nodes, {pool.size} executors)"
+        report = explore_workload(
+            workload,
+            config,
+            store_path=args.store,
+            progress=lambda items: progress(items, total=len(items), desc=desc),
+            pool=pool,
+        )
     emit(args, format_report(report), report.to_json())
     return 130 if report.interrupted else 0
 
@@ -63,4 +68,6 @@ def format_report(report) -> str:
         + (f"failed: {t['failed']}, " if t["failed"] else "")
         + f"{t['elapsed_s']} s" + (" (interrupted)" if t["interrupted"] else "")
     )
+    if report.nodes:
+        lines.append(format_nodes(report.nodes))
     return "\n".join(lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lqo.cli.output import add_json_flag, emit
+from lqo.cli.ray_opts import add_ray_flags, format_nodes, ray_pool
 from lqo.errors import LqoError
 
 
@@ -29,6 +30,7 @@ def register(sub) -> None:
     p.add_argument("--model", metavar="DIR", help="a model trained by `lqo train`: its ensemble scores tree "
                    "candidates (spread = uncertainty) and its search proposes one more per template")
     p.add_argument("--seed", type=int, default=0)
+    add_ray_flags(p)
     add_json_flag(p)
     p.set_defaults(handler=run)
 
@@ -51,17 +53,21 @@ def run(args: argparse.Namespace) -> int:
     config = TuneConfig(budget_min=args.budget, tune_instances=args.tune_instances, rounds=args.rounds,
                         strategy=args.strategy, model=args.model, seed=args.seed)
     log = (lambda line: None) if args.json else (lambda line: print(line, flush=True))
-    result = Tuner(workload, args.out, config, log=log).run()
+    with ray_pool(args, workload.database, quiet=args.json) as pool:
+        result = Tuner(workload, args.out, config, log=log, pool=pool).run()
     last = result.history[-1] if result.history else {}
     ratio = last["book_ms"] / last["native_ms"] if last.get("native_ms") else None
     text = (f"tuned {result.templates} templates in {result.elapsed_s:.0f} s: {result.screened} candidates screened, "
             f"{result.tested} tested, {result.adopted} adopted, {result.wrong} wrong results; tuning instances under "
             f"the book: {'-' if ratio is None else f'{ratio:.3f}x'} native" + (" (interrupted)" if result.interrupted else "")
-            + f"\nbook: {args.out}/book.json")
-    emit(args, text, {"out": args.out, "templates": result.templates, "screened": result.screened,
-                      "tested": result.tested, "adopted": result.adopted, "wrong": result.wrong,
-                      "elapsed_s": round(result.elapsed_s, 1), "interrupted": result.interrupted,
-                      "tuning_ratio": ratio})
+            + f"\nbook: {args.out}/book.json" + ("\n" + format_nodes(result.nodes) if result.nodes else ""))
+    payload = {"out": args.out, "templates": result.templates, "screened": result.screened,
+               "tested": result.tested, "adopted": result.adopted, "wrong": result.wrong,
+               "elapsed_s": round(result.elapsed_s, 1), "interrupted": result.interrupted,
+               "tuning_ratio": ratio}
+    if result.nodes is not None:
+        payload["nodes"] = result.nodes
+    emit(args, text, payload)
     return 130 if result.interrupted else 0
 
 

@@ -17,15 +17,19 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import duckdb
 
 from lqo.sql.catalog import Catalog
-from lqo.train.experience import ExperienceStore
+from lqo.train.experience import ExperienceStore, query_key
+from lqo.train.journal import Journal, replay
 from lqo.engine.harness import Harness, RunResult, error_line, is_user_interrupt, median_latency, run_interleaved
 from lqo.trees.query import PreparedQuery, prepare_named
 from lqo.workloads.workload import Query, Workload
+
+if TYPE_CHECKING:
+    from lqo.distributed.pool import ExecutorPool
 
 
 @dataclass
@@ -38,6 +42,12 @@ class ExploreConfig:
     native_repeats: int = 3  # native runs (after one warm-up) to set the baseline
     confirm: int = 5  # interleaved re-measurement rounds of the best plan vs native
     seed: int = 0
+
+    def rng(self, query_id: str) -> random.Random:
+        """The random trees of a query depend on the seed and the query alone, not on
+        which queries ran before it: explored in any order or on any node, a query
+        gets the same trees."""
+        return random.Random(f"{self.seed}/{query_id}")
 
 
 @dataclass
@@ -64,6 +74,7 @@ class ExploreReport:
     queries: list[QueryResult] = field(default_factory=list)
     elapsed_s: float = 0.0
     interrupted: bool = False
+    nodes: list[dict] | None = None  # per node (``--ray``): what it ran; None when sequential
 
     @property
     def totals(self) -> dict:
@@ -87,7 +98,10 @@ class ExploreReport:
         }
 
     def to_json(self) -> dict:
-        return {"queries": [asdict(q) for q in self.queries], "totals": self.totals}
+        out = {"queries": [asdict(q) for q in self.queries], "totals": self.totals}
+        if self.nodes is not None:
+            out["nodes"] = self.nodes
+        return out
 
 
 def default_store_path(workload: Workload) -> Path:
@@ -100,14 +114,18 @@ def explore_workload(
     store_path: str | Path | None = None,
     on_query: Callable[[QueryResult], None] | None = None,
     progress: Callable | None = None,
+    pool: "ExecutorPool | None" = None,
 ) -> ExploreReport:
-    """Explore every query of ``workload``; Ctrl-C stops cleanly with what was done kept."""
+    """Explore every query of ``workload``; Ctrl-C stops cleanly with what was done kept.
+
+    With ``pool`` (:class:`lqo.distributed.ExecutorPool`) each query is one task on a
+    remote executor (native runs, candidates and the interleaved re-measurement on one
+    node); this process alone writes the store, each task in one transaction."""
     config = config or ExploreConfig()
     report = ExploreReport()
     start = time.perf_counter()
     con = workload.connect()
     catalog = Catalog.from_connection(con)
-    rng = random.Random(config.seed)
     queries = list(workload)
     try:
         # Bind every query first: a bad one fails the command before anything is written.
@@ -117,26 +135,68 @@ def explore_workload(
         con.close()
         raise
     with store:
-        iterator = progress(queries) if progress else queries
         try:
-            for query in iterator:
-                result = explore_query(con, store, workload, query, prepared[query.id], config, rng)
-                report.queries.append(result)
-                if on_query:
-                    on_query(result)
+            if pool is not None:
+                _explore_on_pool(pool, store, workload, queries, config, report, on_query, progress)
+            else:
+                for query in progress(queries) if progress else queries:
+                    result = explore_query(con, store, workload, query, prepared[query.id], config,
+                                           config.rng(query.id))
+                    report.queries.append(result)
+                    if on_query:
+                        on_query(result)
         except (KeyboardInterrupt, duckdb.InterruptException, RuntimeError) as err:
             if not is_user_interrupt(err) and not isinstance(err, duckdb.InterruptException):
                 raise
             report.interrupted = True
         finally:
             con.close()
+            if pool is not None:
+                order = {q.id: i for i, q in enumerate(queries)}
+                report.queries.sort(key=lambda r: order[r.id])  # tasks finish in any order
+                report.nodes = pool.summary()
     report.elapsed_s = time.perf_counter() - start
     return report
 
 
+def _explore_on_pool(pool, store: ExperienceStore, workload: Workload, queries: list[Query], config: ExploreConfig,
+                     report: ExploreReport, on_query, progress) -> None:
+    """One task per query, any node; results recorded as they arrive (one transaction each)."""
+    database = str(workload.database)
+    by_task = {}
+    for q in queries:
+        # The task id is the idempotency key of what it records: session, step, query.
+        task_id = f"{store.session}/explore/{q.id}"
+        by_task[task_id] = q
+        wrong = store.wrong_plan_keys(query_key(q.sql, database))
+        pool.submit(task_id, explore_task, workload, q, config, wrong)
+    outcomes = pool.results()  # sized: the progress bar counts tasks over all nodes
+    for out in progress(outcomes) if progress else outcomes:
+        if out.error is not None:
+            # The executor died again on the retry: the query is reported failed, the others go on.
+            q = by_task[out.task_id]
+            result = QueryResult(q.id, q.template, 0.0, 0.0, 0.0, error=out.error, reason=f"not explored: {out.error}")
+        else:
+            result, journal = out.value
+            replay(store, journal, out.task_id, out.node, out.slot, out.attempts)
+        report.queries.append(result)
+        if on_query:
+            on_query(result)
+
+
+def explore_task(con: duckdb.DuckDBPyConnection, catalog: Catalog, workload: Workload, query: Query,
+                 config: ExploreConfig, wrong: set[str]) -> tuple[QueryResult, Journal]:
+    """Explore one query on this connection (a remote executor's), writing into a Journal
+    the driver replays: the same measuring code as the sequential path."""
+    pq = prepare_named(f"{query.id} ({query.path})", query.sql, con, catalog)
+    journal = Journal(wrong=set(wrong))
+    result = explore_query(con, journal, workload, query, pq, config, config.rng(query.id))
+    return result, journal
+
+
 def explore_query(
     con: duckdb.DuckDBPyConnection,
-    store: ExperienceStore,
+    store: ExperienceStore | Journal,
     workload: Workload,
     query: Query,
     pq: PreparedQuery,

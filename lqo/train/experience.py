@@ -75,6 +75,17 @@ CREATE OR REPLACE VIEW plans_v AS
     USING (plan_key);
 """
 
+# Where distributed runs ran (``lqo explore/tune --ray``): created on the first such write,
+# so a store written only sequentially has the version-1 tables alone. ``tasks.task_id`` is
+# the idempotency key: a task (one query explored, one candidate tried) is recorded at
+# most once, whatever retries happened before its result reached the driver.
+_PLACEMENT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks(
+    task_id VARCHAR PRIMARY KEY, node VARCHAR NOT NULL, slot INTEGER, attempts INTEGER NOT NULL,
+    n_runs INTEGER NOT NULL, recorded_at TIMESTAMP NOT NULL);
+CREATE TABLE IF NOT EXISTS run_nodes(run_id BIGINT PRIMARY KEY, task_id VARCHAR NOT NULL, node VARCHAR NOT NULL);
+"""
+
 # Median per plan over completed and timed-out runs; a timeout counts as at least its
 # timeout, so a plan that mostly times out cannot win on its one lucky run.
 _PLAN_MEDIANS = """
@@ -122,7 +133,8 @@ class ExperienceStore:
         self.con = con
         self.path = path
         self.session = session or uuid.uuid4().hex[:12]
-        self._lock = threading.Lock()  # one DuckDB connection: serialise threads on it
+        self._lock = threading.RLock()  # one DuckDB connection: serialise threads on it
+        self._depth = 0  # open transaction() blocks: writes inside one join the outer transaction
         self._held: WriterLock | None = None  # the writer lock of a store opened for writing
 
     @classmethod
@@ -184,14 +196,27 @@ class ExperienceStore:
     # ------------------------------------------------------------------ plumbing
 
     @contextmanager
-    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One ``BEGIN ... COMMIT`` around the block; the write methods called inside it
+        join it instead of committing on their own, so a group of writes (one distributed
+        task's queries, plans and runs) is stored all-or-none."""
         with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self.con
+                finally:
+                    self._depth -= 1
+                return
             self.con.execute("BEGIN TRANSACTION")
+            self._depth = 1
             try:
                 yield self.con
             except BaseException:
+                self._depth = 0
                 self.con.execute("ROLLBACK")
                 raise
+            self._depth = 0
             try:
                 self.con.execute("COMMIT")
             except BaseException:
@@ -201,6 +226,8 @@ class ExperienceStore:
                 except duckdb.Error:
                     pass
                 raise
+
+    _transaction = transaction
 
     def _dicts(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
         with self._lock:
@@ -318,7 +345,38 @@ class ExperienceStore:
         with self._transaction() as con:
             con.execute("INSERT INTO wrong_plans VALUES (?, ?, ?)", [plan_key, reason, _utcnow()])
 
+    def record_task(self, task_id: str, node: str, run_ids: list[int], slot: int | None = None,
+                    attempts: int = 1) -> bool:
+        """Note that ``run_ids`` ran on ``node`` as task ``task_id``; False (and nothing
+        written) when that task is already recorded. Call it inside ``transaction()``
+        with the task's other writes, so a duplicate rolls them back too."""
+        with self._transaction() as con:
+            con.execute(_PLACEMENT_SCHEMA)
+            if con.execute("SELECT 1 FROM tasks WHERE task_id = ?", [task_id]).fetchone() is not None:
+                return False
+            con.execute("INSERT INTO tasks VALUES (?, ?, ?, ?, ?, ?)",
+                        [task_id, node, slot, attempts, len(run_ids), _utcnow()])
+            if run_ids:
+                con.executemany("INSERT INTO run_nodes VALUES (?, ?, ?)", [[r, task_id, node] for r in run_ids])
+        return True
+
     # ------------------------------------------------------------------ reads
+
+    def task_recorded(self, task_id: str) -> bool:
+        """Whether ``record_task(task_id, ...)`` has committed."""
+        with self._lock:
+            if self.con.execute("SELECT 1 FROM duckdb_tables() WHERE table_name = 'tasks'"
+                                " AND database_name = current_database()").fetchone() is None:
+                return False
+            return self.con.execute("SELECT 1 FROM tasks WHERE task_id = ?", [task_id]).fetchone() is not None
+
+    def wrong_plan_keys(self, query_key: str) -> set[str]:
+        """Plan keys of ``query_key`` marked wrong: what a remote task must not run again."""
+        with self._lock:
+            rows = self.con.execute("SELECT DISTINCT w.plan_key FROM wrong_plans w JOIN plans p USING (plan_key)"
+                                    " WHERE p.query_key = ?", [query_key]).fetchall()
+        return {r[0] for r in rows}
+
 
     def is_wrong(self, plan_key: str) -> bool:
         """True once ``mark_wrong(plan_key)`` has been recorded."""

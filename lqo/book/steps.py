@@ -1,0 +1,127 @@
+"""Where ``lqo tune``'s measuring steps run: here, one at a time, or on Ray executors.
+
+A step is a function of a :class:`~lqo.book.trials.Trials` (connection, store, config)
+and plain data (template, book entry, candidate) that returns plain data:
+
+- ``baseline_step``: native runs of a template's tuning instances;
+- ``trial_step``: screen a candidate and, if it screens as a win, its acceptance test,
+  both on the same executor, so the paired, interleaved rounds against native never
+  span two nodes;
+- ``accept_step``: an acceptance test alone (re-checks).
+
+``LocalSteps`` runs a step at once on the driver's ``Trials`` (the sequential path,
+writing the store directly). ``PoolSteps`` sends it to an executor, which builds a
+``Trials`` on its own connection around a :class:`~lqo.train.journal.Journal`; the
+driver replays the journal into its store under the step's task id (once).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+
+import duckdb
+
+from lqo.book.accept import Verdict
+from lqo.book.book import BookEntry, Candidate, PlanBook
+from lqo.book.trials import Trials
+from lqo.sql.catalog import Catalog
+from lqo.train.experience import ExperienceStore
+from lqo.train.journal import Journal, replay
+
+if TYPE_CHECKING:
+    from lqo.book.tune import TuneConfig, _Template
+    from lqo.distributed.pool import ExecutorPool
+
+
+class Done(NamedTuple):
+    key: Any  # what the caller submitted the step under
+    value: Any  # the step's return value (None when ``error``)
+    node: str | None  # where it ran (None: here)
+    error: str | None = None  # the executor was lost twice: the step did not complete
+
+
+def baseline_step(ctx: Trials, t: _Template, entry: BookEntry) -> dict[str, Any]:
+    ctx.baseline(t, entry)
+    return {"native_ms": entry.native_ms, "fingerprints": entry.fingerprints,
+            "weight_ms": entry.weight_ms, "note": entry.note}
+
+
+def trial_step(ctx: Trials, t: _Template, entry: BookEntry, c: Candidate) -> tuple[float, int, Verdict | None]:
+    """(screening ratio, wrong results, the acceptance verdict or None if not tested)."""
+    ratio, wrong = ctx.screen(t, entry, c)
+    if ratio < ctx.config.screen_below and not wrong:
+        return ratio, wrong, ctx.accept(t, entry, c)
+    return ratio, wrong, None
+
+
+def accept_step(ctx: Trials, t: _Template, entry: BookEntry, c: Candidate) -> Verdict:
+    return ctx.accept(t, entry, c)
+
+
+class Steps:
+    """The interface the tuner drives: ``free()`` slots, ``submit``, then ``next()``."""
+
+    def free(self) -> int:
+        raise NotImplementedError
+
+    def submit(self, key: Any, name: str, step: Callable[..., Any], *args: Any) -> None:
+        raise NotImplementedError
+
+    def next(self) -> Done | None:
+        raise NotImplementedError
+
+
+class LocalSteps(Steps):
+    """One step at a time on the driver's own connection: the sequential path."""
+
+    def __init__(self, ctx: Trials) -> None:
+        self.ctx = ctx
+        self._done: deque[Done] = deque()
+
+    def free(self) -> int:
+        return 0 if self._done else 1
+
+    def submit(self, key: Any, name: str, step: Callable[..., Any], *args: Any) -> None:
+        self._done.append(Done(key, step(self.ctx, *args), None))
+
+    def next(self) -> Done | None:
+        return self._done.popleft() if self._done else None
+
+
+class PoolSteps(Steps):
+    """Steps on Ray executors, as many at once as there are; results recorded here."""
+
+    def __init__(self, pool: ExecutorPool, store: ExperienceStore, config: TuneConfig, workload: str) -> None:
+        self.pool, self.store, self.config, self.workload = pool, store, config, workload
+        self._keys: dict[str, Any] = {}
+
+    def free(self) -> int:
+        return self.pool.idle()
+
+    def submit(self, key: Any, name: str, step: Callable[..., Any], *args: Any) -> None:
+        # The task id is the idempotency key of what it records: session, step, subject.
+        task_id = f"{self.store.session}/{name}"
+        self._keys[task_id] = key
+        self.pool.submit(task_id, remote_step, step, self.config, self.workload, *args)
+
+    def next(self) -> Done | None:
+        out = self.pool.next()
+        if out is None:
+            return None
+        key = self._keys.pop(out.task_id)
+        if out.error is not None:
+            return Done(key, None, out.node, out.error)
+        value, journal = out.value
+        replay(self.store, journal, out.task_id, out.node, out.slot, out.attempts)
+        return Done(key, value, out.node)
+
+
+def remote_step(con: duckdb.DuckDBPyConnection, catalog: Catalog, step: Callable[..., Any], config: TuneConfig,
+                workload: str, *args: Any) -> tuple[Any, Journal]:
+    """Run ``step`` on an executor's connection; its store writes go into a Journal."""
+    book = PlanBook(catalog.fingerprint)
+    book.meta["workload"] = workload  # Trials labels the queries it records with it
+    journal = Journal()
+    ctx = Trials(con, catalog, None, journal, book, config)  # type: ignore[arg-type]
+    return step(ctx, *args), journal
