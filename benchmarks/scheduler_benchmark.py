@@ -158,20 +158,21 @@ def main(argv: list[str] | None = None) -> int:
           f"({seen} with a text identical to a training query), knowledge from {len(train_keys)} training queries",
           flush=True)
     if args.calibrate:
-        from lqo.sched.profile import save_interference
+        from lqo.sched.profile import save_calibration
 
         cal = Scheduler("fifo", args.workers, args.cores, profile, timeout_s=args.timeout)
         streams = [cal.make_stream(train_wls, args.calibrate, a, 999) for a in ("batch", "util:0.7")]
-        value, err, _ = cal.calibrate(streams)
-        save_interference(args.profile[0], value, {"per_query_error": err, "queries": args.calibrate,
+        config, err, _ = cal.calibrate(streams)
+        save_calibration(args.profile[0], config, {"per_query_error": err, "queries": args.calibrate,
                                                    "workers": args.workers, "mix": [w.name for w in workloads]})
         profile = ThreadProfile.load(args.profile)
-        print(f"calibrated interference {value:.2f} (mean per-query error {err:.0%} on training streams)", flush=True)
+        print(f"calibrated interference {config.interference:.2f}, scale {config.scale:.2f} (median per-query "
+              f"error {err:.0%} on training streams)", flush=True)
     scheds = {p: Scheduler(p, args.workers, args.cores, profile, model=args.model,
                            scheduler_model=args.scheduler_model, timeout_s=args.timeout, knowledge=knowledge)
               for p in policies}
     report: dict = {"argv": sys.argv, "holdout": holdout, "train_instances": k, "workers": args.workers,
-                    "interference": profile.interference, "held_out_identical_texts": seen, "streams": [], "runs": []}
+                    "interference": profile.interference, "scale": profile.scale, "held_out_identical_texts": seen, "streams": [], "runs": []}
     n = 0
     try:
         for arrivals in args.arrivals:

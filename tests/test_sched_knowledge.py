@@ -188,3 +188,23 @@ def test_train_scheduler_holds_out_queries_and_records_what_it_trained_on(capsys
     capsys.readouterr()
     assert cli.main(["train-scheduler", str(recipe), "--holdout", "bogus"]) == 2
     assert "bad holdout" in capsys.readouterr().err
+
+
+def test_calibration_recovers_the_simulator_that_made_the_runs():
+    from lqo.sched.simulator import calibrate
+
+    jobs = _jobs_with_truth(1.0) + [Job(StreamQuery(3 + i, "syn", f"k{i}", f"k{i}", f"SELECT {i}", "/x", 0.02 * i), j.f)
+                                    for i, j in enumerate(_jobs_with_truth(3.0))]
+    truth = SimConfig(2, interference=0.3, scale=0.9)
+    runs = [(jobs, get_policy(p), 2, simulate(jobs, get_policy(p), 2, truth)) for p in ("fifo", "all")]
+    config, err = calibrate(runs, cores=2)
+    assert (config.interference, config.scale) == pytest.approx((0.3, 0.9)) and err == pytest.approx(0.0, abs=1e-9)
+    # A profile that is right about speed but not interference is found out too.
+    runs = [(jobs, get_policy("fifo"), 2, simulate(jobs, get_policy("fifo"), 2, SimConfig(2, 0.8, 1.0)))]
+    assert calibrate(runs, cores=2)[0].interference == pytest.approx(0.8)
+    # Oversubscription: 2-thread queries sharing 2 cores lose more than processor sharing,
+    # 1-thread ones side by side nothing (told apart by running both policies).
+    truth = SimConfig(2, oversubscription=1.2)
+    runs = [(jobs, get_policy(p), 2, simulate(jobs, get_policy(p), 2, truth)) for p in ("fifo", "all")]
+    config = calibrate(runs, cores=2)[0]
+    assert (config.oversubscription, config.interference) == pytest.approx((1.2, 0.0))

@@ -37,7 +37,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from lqo.sched.profile import ThreadProfile, default_profile_path, parse_threads, profile_workload, save_interference
+    from lqo.sched.profile import ThreadProfile, default_profile_path, parse_threads, profile_workload, save_calibration
     from lqo.workloads.workload import Workload
 
     threads = parse_threads(args.threads)
@@ -67,10 +67,11 @@ def run(args: argparse.Namespace) -> int:
         cores = os.cpu_count() or 1
         sched = Scheduler("fifo", args.workers or cores, cores, ThreadProfile.load(store), timeout_s=args.timeout)
         streams = [sched.make_stream(workload, args.calibrate, "batch", args.seed)]
-        value, err, _ = sched.calibrate(streams)
-        save_interference(store, value, {"per_query_error": err, "queries": args.calibrate,
+        config, err, _ = sched.calibrate(streams)
+        save_calibration(store, config, {"per_query_error": err, "queries": args.calibrate,
                                          "workers": sched.workers, "cores": cores, "seed": args.seed})
-        payload["calibration"] = {"interference": value, "per_query_error": err}
+        payload["calibration"] = {"interference": config.interference, "scale": config.scale,
+                                  "oversubscription": config.oversubscription, "per_query_error": err}
     lines = [f"{'query':<12} " + " ".join(f"{f'{t} thr ms':>10}" for t in threads) + f" {'speed-up':>9}"]
     for r in rows:
         ms = r["ms"]
@@ -80,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     lines.append(f"{len(rows)} queries profiled into {store}" + (" (interrupted)" if interrupted else ""))
     if "calibration" in payload:
         c = payload["calibration"]
-        lines.append(f"simulator interference {c['interference']:.2f} (per-query error {c['per_query_error']:.0%})")
+        lines.append(f"simulator interference {c['interference']:.2f}, oversubscription {c['oversubscription']:.2f}, "
+                     f"latency scale {c['scale']:.2f} "
+                     f"(median per-query error {c['per_query_error']:.0%})")
     emit(args, "\n".join(lines), payload)
     return 130 if interrupted else 0

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     interference = recipe.simulator.interference
     if interference < 0:
         interference = profile.interference or 0.0
-    sim = SimConfig(recipe.stream.cores, interference)
+    sim = SimConfig(recipe.stream.cores, interference, profile.scale or 1.0, profile.oversubscription or 0.0)
 
     bar = Counter(recipe.imitation.episodes + recipe.reinforce.episodes, "train-scheduler")
     last = [0]

@@ -7,7 +7,7 @@ which may hold it open for hours; profiling must not wait for it or block it.
 
 Schema (version 1), append-only::
 
-    meta(key VARCHAR PRIMARY KEY, value VARCHAR)   -- schema_version, interference (+ fit)
+    meta(key VARCHAR PRIMARY KEY, value VARCHAR)   -- schema_version, interference (+ scale, fit)
     latencies(query_key VARCHAR, workload VARCHAR, query_id VARCHAR, database VARCHAR,
               threads INTEGER, latency_ms DOUBLE, ok BOOLEAN, error VARCHAR, rows BIGINT,
               measured_at TIMESTAMP, session VARCHAR)
@@ -90,7 +90,7 @@ def _open(path: str | os.PathLike, read_only: bool) -> duckdb.DuckDBPyConnection
 @dataclass
 class ThreadProfile:
     """Median latency (ms) per query key and thread count, plus the simulator's fitted
-    ``interference`` (None when never calibrated).
+    ``interference`` and latency ``scale`` (None when never calibrated).
 
     >>> p = ThreadProfile({"k": {1: 100.0, 2: 60.0}})
     >>> p.get("k")[2], p.get("other")
@@ -99,6 +99,8 @@ class ThreadProfile:
 
     latencies: dict[str, dict[int, float]] = field(default_factory=dict)
     interference: float | None = None
+    scale: float | None = None
+    oversubscription: float | None = None
 
     def get(self, qkey: str) -> dict[int, float]:
         return self.latencies.get(qkey, {})
@@ -119,17 +121,23 @@ class ThreadProfile:
                     prof.latencies.setdefault(qk, {})[int(t)] = float(ms)
                 row = con.execute("SELECT value FROM meta WHERE key = 'interference'").fetchone()
                 if row is not None:
-                    prof.interference = float(json.loads(row[0])["value"])
+                    fit = json.loads(row[0])
+                    prof.interference = float(fit["value"])
+                    prof.scale = float(fit["scale"]) if "scale" in fit else None
+                    prof.oversubscription = float(fit.get("oversubscription", 0.0))
             finally:
                 con.close()
         return prof
 
 
-def save_interference(path: str | os.PathLike, value: float, fit: dict) -> None:
-    """Record the fitted simulator ``interference`` (and how it was fitted) in the profile."""
+def save_calibration(path: str | os.PathLike, config, fit: dict) -> None:
+    """Record the fitted simulator ``config`` (a ``SimConfig``: interference and scale) and
+    how it was fitted in the profile."""
     con = _open(path, read_only=False)
     try:
-        con.execute("INSERT OR REPLACE INTO meta VALUES ('interference', ?)", [json.dumps({"value": value, **fit})])
+        con.execute("INSERT OR REPLACE INTO meta VALUES ('interference', ?)",
+                    [json.dumps({"value": config.interference, "scale": config.scale,
+                                 "oversubscription": config.oversubscription, **fit})])
     finally:
         con.close()
 

@@ -116,6 +116,13 @@ class ScheduleResult:
                 "meta": self.meta, "queries": [r.to_json() for r in sorted(self.records, key=lambda r: r.idx)]}
 
 
+def per_query_errors(sim: ScheduleResult, real: ScheduleResult) -> list[float]:
+    """|sim - real| / real completion time per query present in both (matched by ``idx``)."""
+    real_by = {r.idx: r for r in real.records}
+    return [abs(s.completion_s - real_by[s.idx].completion_s) / real_by[s.idx].completion_s
+            for s in sim.records if s.idx in real_by and real_by[s.idx].completion_s > 0]
+
+
 def compare(sim: ScheduleResult, real: ScheduleResult) -> dict[str, float]:
     """How far simulated completion times are from real ones on the same stream.
 
@@ -128,9 +135,7 @@ def compare(sim: ScheduleResult, real: ScheduleResult) -> dict[str, float]:
     >>> round(compare(a, b)["per_query_mape"], 3), round(compare(a, b)["per_query_p90"], 3)
     (0.1, 0.1)
     """
-    real_by = {r.idx: r for r in real.records}
-    pairs = [(s.completion_s, real_by[s.idx].completion_s) for s in sim.records if s.idx in real_by]
-    errs = [abs(s - r) / r for s, r in pairs if r > 0]
+    errs = per_query_errors(sim, real)
 
     def rel(a: float, b: float) -> float:
         return (a - b) / b if b else float("nan")

@@ -104,7 +104,9 @@ class Scheduler:
             self.profile = ThreadProfile.load(profile)
         if interference is None:
             interference = self.profile.interference if self.profile and self.profile.interference is not None else 0.0
-        self.sim_config = SimConfig(self.cores, float(interference))
+        prof = self.profile
+        self.sim_config = SimConfig(self.cores, float(interference), prof.scale or 1.0 if prof else 1.0,
+                                    prof.oversubscription or 0.0 if prof else 0.0)
         if "lat" in policy.needs and self.profile is None:
             raise PolicyError(f"policy {policy.name!r} needs measured latencies: run `lqo profile-threads` "
                               "and pass the profile (--profile)")
@@ -188,7 +190,8 @@ class Scheduler:
     def _meta(self, stream: Stream) -> dict[str, Any]:
         return {"workers": self.workers, "cores": self.cores, "arrivals": stream.arrivals, "seed": stream.seed,
                 "queries": len(stream), "plan": self.plan, "rate": stream.meta.get("rate"),
-                "interference": self.sim_config.interference}
+                "interference": self.sim_config.interference, "scale": self.sim_config.scale,
+                "oversubscription": self.sim_config.oversubscription}
 
     @staticmethod
     def compare(sim: ScheduleResult, real: ScheduleResult) -> dict[str, float]:
@@ -196,10 +199,11 @@ class Scheduler:
         return compare(sim, real)
 
     def calibrate(self, streams: Sequence[Stream], policies: Sequence[str] = ("fifo", "all"),
-                  on_result: Callable[[ScheduleResult], None] | None = None) -> tuple[float, float, list[ScheduleResult]]:
-        """Run ``streams`` for real under ``policies`` and fit the simulator's interference.
+                  on_result: Callable[[ScheduleResult], None] | None = None) -> tuple[SimConfig, float, list[ScheduleResult]]:
+        """Run ``streams`` for real under ``policies`` and fit the simulator's
+        interference and latency scale (``simulator.calibrate``).
 
-        Returns (interference, mean per-query error at it, the real results).
+        Returns (the fitted ``SimConfig``, its median per-query error, the real results).
         """
         if self.profile is None:
             raise LqoError("calibration needs a thread profile")
@@ -212,5 +216,5 @@ class Scheduler:
                 if on_result is not None:
                     on_result(real)
                 runs.append((sched.jobs(stream, ["lat"]), sched.policy, self.workers, real))
-        value, err = calibrate(runs, self.cores)
-        return value, err, results
+        config, err = calibrate(runs, self.cores)
+        return config, err, results
