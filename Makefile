@@ -2,7 +2,7 @@
 #   make demo   set up .venv; generate a small TPC-H workload with varied instances, tune a
 #               plan book on some instances of each template, then compare lqo with DuckDB
 #               native on the held-out instances (table + speedup plot)
-#   make test   set up .venv (with test tools) and run the test suite
+#   make test   set up .venv (with test tools and the Ray extra) and run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -21,6 +21,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check $(PIP_ARGS) -e '.[dev]'
 	@touch $@
 
+# The tests also cover `--ray` (extra lqo[ray]); the demo's install stays without Ray.
+$(VENV)/.installed-ray: $(VENV)/.installed
+	$(PY) -m pip install --quiet --disable-pip-version-check $(PIP_ARGS) -e '.[dev,ray]'
+	@touch $@
+
 setup: $(VENV)/.installed
 
 demo: setup
@@ -33,7 +38,7 @@ demo: setup
 		--repeat 5 --plot $(DEMO_DIR)-speedup.png
 	@echo "speedup plot: $(DEMO_DIR)-speedup.png"
 
-test: setup
+test: $(VENV)/.installed-ray
 	$(PY) -m pytest -q
 
 clean-demo:

@@ -122,8 +122,8 @@ def _resolve(address: str) -> str:
         from ray._private.services import canonicalize_bootstrap_address
 
         found = canonicalize_bootstrap_address("auto")
-    except Exception as err:  # noqa: BLE001 - any failure here means: no cluster found
-        raise ClusterError(f"cannot find a Ray cluster (--ray auto): {error_line(str(err))}") from None
+    except Exception:  # noqa: BLE001 - any failure here means: no cluster found
+        found = None
     if not found:
         raise ClusterError("cannot find a Ray cluster (--ray auto): none runs here and RAY_ADDRESS is not set; "
                            "start one with `ray start --head`, or use --ray without an address for a local one")
@@ -135,8 +135,8 @@ def _probe(address: str, target: str) -> None:
     try:
         socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as err:
-        raise ClusterError(f"cannot reach the Ray cluster at {address} ({target}): "
-                           f"{err.strerror or type(err).__name__}") from None
+        where = address if address == target else f"{address} ({target})"
+        raise ClusterError(f"cannot reach the Ray cluster at {where}: {err.strerror or type(err).__name__}") from None
 
 
 @contextmanager
