@@ -210,3 +210,35 @@ def test_without_ray_flag_ray_is_not_imported(wl, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip().splitlines()[-1] == "0 False False", proc.stderr
     assert Counter(r[0] for r in rows(tmp_path / "s.duckdb", "SELECT table_name FROM duckdb_tables()"))["tasks"] == 0
+
+
+def test_ctrl_c_stops_the_executors_and_keeps_what_was_recorded(tpch_db, tmp_path):
+    import signal
+
+    root = tmp_path / "all"
+    root.mkdir()
+    (root / "workload.toml").write_text(f'name = "all"\ndatabase = "{tpch_db}"\n')
+    for q, sql in tpc_queries("tpch").items():
+        (root / f"{q}.sql").write_text(sql)
+    store = tmp_path / "s.duckdb"
+    proc = subprocess.Popen(LQO + ["explore", str(root), "--plans", "20", "--store", str(store), "--json",
+                                   "--ray", "--ray-slots", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        end = time.monotonic() + 60
+        while not store.exists() and time.monotonic() < end:  # opened once the executors are up
+            time.sleep(0.05)
+        time.sleep(1.0)
+        assert proc.poll() is None, "explore finished before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    report = json.loads(out)
+    assert report["totals"]["interrupted"] is True and 0 < report["totals"]["queries"] < 22
+    assert_whole(store, report["totals"]["queries"])  # every finished query recorded whole, nothing else
+    assert "Traceback" not in err
