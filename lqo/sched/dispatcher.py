@@ -31,7 +31,7 @@ class Dispatcher:
     def __post_init__(self) -> None:
         if self.workers < 1 or self.cores < 1:
             raise PolicyError(f"workers and cores must be >= 1 (got {self.workers}, {self.cores})")
-        self.budget = max(self.cores, self.workers)
+        self.budget = self.policy.thread_budget or max(self.cores, self.workers)
         self._free_workers = list(range(self.workers))
 
     @property

@@ -143,6 +143,7 @@ class LearnedPolicy(Policy):
         self.needs = frozenset({"graph", {"measured": "lat", "known": "known"}.get(latency_source, "pred")})
         self.greedy = greedy
         self.meta = meta or {}
+        self.thread_budget = self.meta.get("thread_budget") or None
         self.trace: list[tuple[Tensor, Tensor]] | None = None
         self.teacher: Policy | None = None
         self.student_mix = 0.0

@@ -59,13 +59,15 @@ class AllAtOncePolicy(FifoPolicy):
 class SjfPolicy(Policy):
     """Shortest job first by ``key(job, threads)``; ties by arrival."""
 
-    def __init__(self, name: str, key: Callable[[Job, int], float], needs: set[str]) -> None:
+    def __init__(self, name: str, key: Callable[[Job, int], float], needs: set[str],
+                 threads: int | None = None) -> None:
         self.name = name
         self.key = key
         self.needs = frozenset(needs)
+        self.threads = threads  # None: the baseline cores // workers
 
     def pick(self, waiting: Sequence[Job], load: Load) -> Assignment | None:
-        t = load.default_threads
+        t = load.default_threads if self.threads is None else max(1, min(self.threads, load.free_threads))
         i = min(range(len(waiting)), key=lambda k: (self.key(waiting[k], t), waiting[k].arrival_s, waiting[k].idx))
         return Assignment(i, t)
 

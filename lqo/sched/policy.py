@@ -58,6 +58,9 @@ class Policy:
     name = "base"
     needs: frozenset[str] = frozenset()
     shared = False
+    # Threads all running queries may hold at once; None: max(cores, workers). A policy
+    # trained to oversubscribe the cores (the learned one may) says how far.
+    thread_budget: int | None = None
 
     def begin(self, jobs: Sequence[Job]) -> None:
         """Called once before a stream starts, with all its jobs (e.g. to precompute)."""

@@ -40,7 +40,7 @@ from lqo.errors import LqoError, MissingFileError, RecipeError
 from lqo.config import dataclass_from_toml
 from lqo.sched.jobs import Job
 from lqo.sched.gnn_policy import LearnedPolicy, SchedNet
-from lqo.sched.policies import get_policy
+from lqo.sched.policies import SjfPolicy, get_policy
 from lqo.sched.knowledge import LatencyKnowledge
 from lqo.sched.pool import TrainingPool
 from lqo.sched.simulator import SimConfig, simulate
@@ -57,6 +57,7 @@ class StreamSection:
     workers: int = 2
     cores: int = 2
     threads: list = field(default_factory=lambda: [1, 2])
+    thread_budget: int = 0  # threads running queries may hold at once; 0: the cores
 
 
 @dataclass
@@ -146,6 +147,7 @@ class SchedRecipe:
             (s.queries >= 2 and s.workers >= 1 and s.cores >= 1, "stream.queries >= 2, stream.workers and stream.cores >= 1"),
             (bool(s.arrivals) and all(isinstance(a, str) for a in s.arrivals), "stream.arrivals: a list of specs"),
             (bool(s.threads) and all(isinstance(t, int) and t >= 1 for t in s.threads), "stream.threads: positive integers"),
+            (s.thread_budget == 0 or s.thread_budget >= s.cores, "stream.thread_budget: 0 (the cores) or >= stream.cores"),
             (m.hidden >= 4 and m.layers >= 1, "model.hidden >= 4 and model.layers >= 1"),
             # The simulator runs on measured latencies either way; this is what the policy
             # reads: "known" (what lqo knows before a query runs) or "measured" (the truth,
@@ -237,8 +239,14 @@ def train_policy(
     net = net or SchedNet(hidden=recipe.model.hidden, layers=recipe.model.layers, n_threads=len(options),
                           use_graph=recipe.model.graph)
     policy = LearnedPolicy(net, options, recipe.model.latency_source,
-                           meta={"workers": s.workers, "cores": s.cores, "interference": sim.interference})
+                           meta={"workers": s.workers, "cores": s.cores, "interference": sim.interference,
+                                 "thread_budget": s.thread_budget or None})
     oracle = get_policy("oracle")
+    # The teacher orders like the oracle; with room to oversubscribe it gives each query
+    # the most threads (in the simulator that beats both the baseline threads and
+    # all-at-once at every load); policy gradient then learns where fewer pay.
+    teacher = oracle if not s.thread_budget or s.thread_budget <= s.cores else \
+        SjfPolicy("oracle", lambda j, t: j.f.latency_s(t), {"lat"}, threads=max(s.threads))
     eval_rng = random.Random(f"eval-{recipe.seed}")
     evals = [draw(s.arrivals[k % len(s.arrivals)], eval_rng) for k in range(recipe.eval.streams)]
     oracle_means = [_mean_completion(e, oracle, s.workers, sim) for e in evals]
@@ -270,7 +278,7 @@ def train_policy(
             if time.monotonic() > deadline:
                 break
             jobs = draw(rng.choice(s.arrivals), rng)
-            policy.trace, policy.teacher = [], oracle
+            policy.trace, policy.teacher = [], teacher
             policy.student_mix = max(0.0, (k / max(1, n_imit) - 0.5)) if n_imit >= 4 else 0.0
             simulate(jobs, policy, s.workers, sim)
             loss = torch.stack([ce for ce, _, _ in policy.trace]).mean()
