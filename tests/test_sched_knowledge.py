@@ -208,3 +208,21 @@ def test_calibration_recovers_the_simulator_that_made_the_runs():
     runs = [(jobs, get_policy(p), 2, simulate(jobs, get_policy(p), 2, truth)) for p in ("fifo", "all")]
     config = calibrate(runs, cores=2)[0]
     assert (config.oversubscription, config.interference) == pytest.approx((1.2, 0.0))
+
+
+def test_a_tuned_plan_book_informs_templates_the_profile_never_saw(varied, tmp_path):
+    from lqo.book.book import PlanBook
+
+    profile = synthetic_profile(varied)
+    train, test = split_workload(varied, "templates:0", 3)
+    q = next(iter(test))
+    book = PlanBook()
+    entry = book.entry(template_key(q.sql).key, q.template, q.sql)
+    entry.native_ms = {"a": 30.0, "b": 50.0, "c": 40.0}
+    book.meta["workload"] = str(varied.root)
+    book.save(tmp_path / "book.json")
+    know = build_knowledge(make_stream(train), profile, str(tmp_path / "book.json"))
+    jobs = {j.q.query_id: j for j in build_jobs(make_stream(test), {"known"}, profile, knowledge=know)}
+    # The book measured at DuckDB's default threads: scaled by the profile's speed-up (1 / 0.6).
+    assert jobs[q.id].f.known_source == "book" and jobs[q.id].f.known_ms == pytest.approx(40.0 / 0.6)
+    assert {j.f.known_source for k, j in jobs.items() if template_key(j.q.sql).key != entry.key} == {"estimate"}

@@ -418,7 +418,8 @@ def test_cli_profile_train_and_schedule_learned(capsys, workloads, tmp_path):
     assert res["policy"] == "learned" and len(res["queries"]) == 8
     for key in ("mean_s", "p50_s", "p95_s", "makespan_s"):
         assert res[key] > 0
-    assert {"per_query_mape", "mean_err"} <= set(res["sim"]["error"])
+    assert {"per_query_mape", "per_query_median", "per_query_p90", "mean_err"} <= set(res["sim"]["error"])
+    assert {q["known_source"] for q in res["queries"]} == {"measured"}  # every query was profiled
     assert all(q["end_s"] >= q["start_s"] >= q["arrival_s"] and q["ok"] for q in res["queries"])
 
     code, out, err = lqo(capsys, "schedule", h, "--policy", "oracle", "--profile", prof, "--queries", "5", "--simulate")

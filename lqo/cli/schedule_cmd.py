@@ -34,6 +34,8 @@ def register(sub) -> None:
     p.add_argument("--scheduler-model", help="learned scheduler checkpoint (for --policy learned)")
     p.add_argument("--profile", action="append",
                    help="thread profile file(s) (default: WORKLOAD/scheduler-profile.duckdb where present)")
+    p.add_argument("--book", help="a tuned model (lqo tune --out DIR): its plan book's template latencies inform "
+                   "sjf-known and learned where the profile knows neither the query nor its template")
     p.add_argument("--plan", default="native", help="native | optimized: run each query's native or optimized plan")
     p.add_argument("--timeout", type=float, default=300.0, help="per-query timeout in seconds (default 300)")
     p.add_argument("--simulate", action="store_true", help="only simulate the stream (needs a profile)")
@@ -117,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
     from lqo.sched.scheduler import Scheduler
 
     sched = Scheduler(args.policy, args.workers or cores, cores, profiles or None, model=args.model,
-                      scheduler_model=args.scheduler_model, plan=args.plan, timeout_s=args.timeout)
+                      scheduler_model=args.scheduler_model, plan=args.plan, timeout_s=args.timeout,
+                      book=args.book)
     stream = sched.make_stream(workloads, args.queries, args.arrivals, args.seed)
     if args.simulate:
         result, sim = sched.simulate(stream), None
@@ -153,13 +156,19 @@ def format_result(result, sim: dict | None, per_query: bool) -> str:
         f"mean {result.mean_s:.3f} s  p50 {result.p50_s:.3f} s  p95 {result.p95_s:.3f} s  "
         f"makespan {result.makespan_s:.3f} s  errors {result.errors}",
     ]
+    if result.known_sources:
+        lines.append("latency figures the policy read, by source: "
+                     + ", ".join(f"{k} {v}" for k, v in sorted(result.known_sources.items(), key=lambda kv: -kv[1])))
     if sim is not None:
         e = sim["error"]
         lines.append(f"simulated: mean {sim['mean_s']:.3f} s  p95 {sim['p95_s']:.3f} s  makespan "
-                     f"{sim['makespan_s']:.3f} s  (per-query error {e['per_query_mape']:.0%}, mean {e['mean_err']:+.0%})")
+                     f"{sim['makespan_s']:.3f} s  (per-query error median {e['per_query_median']:.0%}, p90 {e['per_query_p90']:.0%}; mean "
+                     f"{e['mean_err']:+.0%})")
     if per_query:
-        lines.append(f"{'idx':>4} {'query':<22} {'arrival':>8} {'start':>8} {'end':>8} {'thr':>3} {'wkr':>3}  rows")
+        lines.append(f"{'idx':>4} {'query':<22} {'arrival':>8} {'start':>8} {'end':>8} {'thr':>3} {'wkr':>3} "
+                     f"{'latency from':<12} rows")
         for r in sorted(result.records, key=lambda r: r.idx):
             lines.append(f"{r.idx:>4} {r.key[:22]:<22} {r.arrival_s:>8.3f} {r.start_s:>8.3f} {r.end_s:>8.3f} "
-                         f"{r.threads:>3} {r.worker:>3}  {r.rows if r.ok else 'ERROR ' + str(r.error)[:60]}")
+                         f"{r.threads:>3} {r.worker:>3} {r.known_source or '-':<12} "
+                         f"{r.rows if r.ok else 'ERROR ' + str(r.error)[:60]}")
     return "\n".join(lines)

@@ -286,7 +286,7 @@ class Executor:
                 q = job.q
                 rec = QueryRecord(q.idx, q.workload, q.query_id, q.database, q.arrival_s,
                                   max(start - t0, d_s), max(end - t0, start - t0, d_s), threads, wid,
-                                  ok, err, rows, fp, q.forced, d_s)
+                                  ok, err, rows, fp, q.forced, d_s, job.f.known_source)
                 records.append(rec)
                 if on_done is not None:
                     on_done(rec)

@@ -36,6 +36,7 @@ class QueryRecord:
     fingerprint: str | None = None
     forced: bool = False
     dispatch_s: float | None = None
+    known_source: str | None = None  # where the policy's latency figure came from (knowledge.py)
 
     @property
     def key(self) -> str:
@@ -106,6 +107,15 @@ class ScheduleResult:
     @property
     def errors(self) -> int:
         return sum(not r.ok for r in self.records)
+
+    @property
+    def known_sources(self) -> dict[str, int]:
+        """How many queries each latency source served (empty if the policy read none)."""
+        out: dict[str, int] = {}
+        for r in self.records:
+            if r.known_source:
+                out[r.known_source] = out.get(r.known_source, 0) + 1
+        return out
 
     def figures(self) -> dict[str, float]:
         return {"mean_s": self.mean_s, "p50_s": self.p50_s, "p95_s": self.p95_s, "makespan_s": self.makespan_s}
