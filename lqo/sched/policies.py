@@ -88,6 +88,20 @@ def _measured(job: Job, threads: int) -> float:
     return job.f.latency_s(threads)
 
 
+def wide_oracle(threads: int, budget: int) -> SjfPolicy:
+    """The oracle's order with ``threads`` threads per query and up to ``budget`` threads
+    running at once (oversubscribing the cores when ``budget`` exceeds them): the learned
+    policy's imitation teacher when it may oversubscribe, and a calibration run that
+    shows the simulator what oversubscription costs. Not a deployable policy.
+
+    >>> wide_oracle(2, 4).thread_budget
+    4
+    """
+    policy = SjfPolicy("oracle-wide", _measured, {"lat"}, threads=threads)
+    policy.thread_budget = budget
+    return policy
+
+
 def get_policy(name: str, scheduler_model: str | None = None) -> Policy:
     """A policy by name (``POLICIES``); ``learned`` loads ``scheduler_model``.
 

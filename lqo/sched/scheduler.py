@@ -198,15 +198,22 @@ class Scheduler:
         """Simulated vs real completion times on the same stream (``result.compare``)."""
         return compare(sim, real)
 
-    def calibrate(self, streams: Sequence[Stream], policies: Sequence[str] = ("fifo", "all"),
+    def calibrate(self, streams: Sequence[Stream], policies: Sequence[str | Policy] | None = None,
                   on_result: Callable[[ScheduleResult], None] | None = None) -> tuple[SimConfig, float, list[ScheduleResult]]:
-        """Run ``streams`` for real under ``policies`` and fit the simulator's
-        interference and latency scale (``simulator.calibrate``).
+        """Run ``streams`` for real under ``policies`` and fit the simulator's scale,
+        interference and oversubscription (``simulator.calibrate``). Default policies:
+        ``fifo`` (side by side, baseline threads), ``all`` (everything shared) and the
+        oracle's order with every worker at 2 threads (``policies.wide_oracle``): the
+        three regimes the policies run in.
 
         Returns (the fitted ``SimConfig``, its median per-query error, the real results).
         """
         if self.profile is None:
             raise LqoError("calibration needs a thread profile")
+        if policies is None:
+            from lqo.sched.policies import wide_oracle
+
+            policies = ["fifo", "all", wide_oracle(2, 2 * self.workers)]
         runs, results = [], []
         for stream in streams:
             for name in policies:

@@ -40,7 +40,7 @@ from lqo.errors import LqoError, MissingFileError, RecipeError
 from lqo.config import dataclass_from_toml
 from lqo.sched.jobs import Job
 from lqo.sched.gnn_policy import LearnedPolicy, SchedNet
-from lqo.sched.policies import SjfPolicy, get_policy
+from lqo.sched.policies import get_policy, wide_oracle
 from lqo.sched.knowledge import LatencyKnowledge
 from lqo.sched.pool import TrainingPool
 from lqo.sched.simulator import SimConfig, simulate
@@ -246,7 +246,7 @@ def train_policy(
     # the most threads (in the simulator that beats both the baseline threads and
     # all-at-once at every load); policy gradient then learns where fewer pay.
     teacher = oracle if not s.thread_budget or s.thread_budget <= s.cores else \
-        SjfPolicy("oracle", lambda j, t: j.f.latency_s(t), {"lat"}, threads=max(s.threads))
+        wide_oracle(max(s.threads), s.thread_budget)
     eval_rng = random.Random(f"eval-{recipe.seed}")
     evals = [draw(s.arrivals[k % len(s.arrivals)], eval_rng) for k in range(recipe.eval.streams)]
     oracle_means = [_mean_completion(e, oracle, s.workers, sim) for e in evals]
