@@ -263,6 +263,7 @@ class ExecutorPool:
             ready, _ = ray.wait(list(self._flight), num_returns=1)
             slot, task = self._flight.pop(ready[0])
             slot.busy = False
+            self._dispatch()  # the executor takes its next task while the driver records this one
             try:
                 value, seconds = ray.get(ready[0])
             except ray.exceptions.RayActorError as err:
