@@ -107,10 +107,15 @@ def connect(address: str = "local") -> bool:
     os.environ.setdefault("RAY_gcs_server_port_wait_time_s", GCS_WAIT_S)
     try:
         with _quiet_stderr():
-            ray.init(address=target, **kwargs)
+            # "auto" itself, not the address it found: only then does Ray use this
+            # machine's token for a cluster with token authentication.
+            ray.init(address="auto" if address == "auto" else target, **kwargs)
     except (ConnectionError, RuntimeError, ValueError, SystemExit) as err:
+        hint = ""
+        if address != "auto" and "RAY_AUTH_MODE" not in os.environ:
+            hint = " (a cluster with token authentication also needs RAY_AUTH_MODE=token and its token)"
         raise ClusterError(f"cannot connect to the Ray cluster at {address}: "
-                           f"{error_line(str(err)) or type(err).__name__}") from None
+                           f"{error_line(str(err)) or type(err).__name__}{hint}") from None
     return True
 
 
