@@ -200,8 +200,8 @@ def test_calibration_recovers_the_simulator_that_made_the_runs():
     config, err = calibrate(runs, cores=2)
     assert (config.interference, config.scale) == pytest.approx((0.3, 0.9)) and err == pytest.approx(0.0, abs=1e-9)
     # A profile that is right about speed but not interference is found out too.
-    runs = [(jobs, get_policy("fifo"), 2, simulate(jobs, get_policy("fifo"), 2, SimConfig(2, 0.8, 1.0)))]
-    assert calibrate(runs, cores=2)[0].interference == pytest.approx(0.8)
+    runs = [(jobs, get_policy("fifo"), 2, simulate(jobs, get_policy("fifo"), 2, SimConfig(2, 0.4, 1.0)))]
+    assert calibrate(runs, cores=2)[0].interference == pytest.approx(0.4)
     # Oversubscription: 2-thread queries sharing 2 cores lose more than processor sharing,
     # 1-thread ones side by side nothing (told apart by running both policies).
     truth = SimConfig(2, oversubscription=1.2)
