@@ -36,7 +36,11 @@ def ray_pool(args: argparse.Namespace, database: Any, quiet: bool = False) -> It
         return
     import importlib.util
 
-    if importlib.util.find_spec("ray") is None:  # a missing extra, told apart from other errors
+    try:  # a missing extra, told apart from other errors
+        missing = importlib.util.find_spec("ray") is None
+    except (ImportError, ValueError):
+        missing = True
+    if missing:
         raise LqoError("--ray needs Ray: pip install 'lqo[ray]'")
     from lqo.distributed.pool import ExecutorPool
 
