@@ -127,7 +127,7 @@ def print_table(summary: list[dict], policies: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lqo.sched.knowledge import build_knowledge
+    from lqo.sched.jobs import build_knowledge
     from lqo.sched.profile import ThreadProfile
     from lqo.sched.scheduler import Scheduler
     from lqo.sched.split import split_workloads

@@ -15,8 +15,8 @@ import lqo.cli as cli
 from lqo.book.template import template_key
 from lqo.errors import LqoError
 from lqo.sched.gnn_policy import LearnedPolicy, SchedNet
-from lqo.sched.jobs import Job, PlanGraph, QueryFeatures, build_jobs
-from lqo.sched.knowledge import build_knowledge
+from lqo.sched.jobs import Job, PlanGraph, QueryFeatures, build_jobs, build_knowledge
+
 from lqo.sched.policies import get_policy
 from lqo.sched.policy import Load
 from lqo.sched.profile import ThreadProfile

@@ -22,6 +22,12 @@ runs, so the machine never idles with work waiting. Deployed, both heads are arg
 training they are sampled (``train_policy.py``). With ``use_graph=False`` the plan
 encoder is off (the embedding is zero): the policy then reads latencies and load only.
 
+With ``sjf_prior=True`` the priority is a *correction* to shortest-job-first on the
+latency feature: ``prio = head(...) - w x log1p(latency ms)``, ``w`` a learned weight
+starting at 3 (a query half as long is about 8x likelier to go first). Untrained, the
+policy is already SJF on what lqo knows; training only moves it where that pays, so an
+unfamiliar plan graph cannot overturn a good latency figure.
+
 Checkpoints use ``lqo.learn.checkpoint`` (kind ``sched_gcn``): tensors plus JSON
 metadata (hyper-parameters, the operator vocabulary, thread options, latency source,
 training history), loaded with ``weights_only`` semantics, never an unpickled object.
@@ -55,10 +61,12 @@ class SchedNet(nn.Module):
     """Plan encoder plus priority and thread-count heads (see module docs)."""
 
     def __init__(self, n_ops: int = len(OPS), hidden: int = 32, layers: int = 2, n_threads: int = 2,
-                 use_graph: bool = True) -> None:
+                 use_graph: bool = True, sjf_prior: bool = False) -> None:
         super().__init__()
         self.n_ops, self.hidden, self.layers, self.n_threads = n_ops, hidden, layers, n_threads
         self.use_graph = bool(use_graph)
+        self.sjf_prior = bool(sjf_prior)
+        self.lat_weight = nn.Parameter(torch.tensor(3.0)) if self.sjf_prior else None
         self.inp = nn.Linear(n_ops + 1, hidden)
         self.convs = nn.ModuleList(GCNConv(hidden, hidden) for _ in range(layers))
         self.pool = nn.Linear(2 * hidden, hidden)
@@ -67,7 +75,7 @@ class SchedNet(nn.Module):
 
     def params(self) -> dict[str, int]:
         return {"n_ops": self.n_ops, "hidden": self.hidden, "layers": self.layers, "n_threads": self.n_threads,
-                "use_graph": self.use_graph}
+                "use_graph": self.use_graph, "sjf_prior": self.sjf_prior}
 
     def encode(self, graphs: Sequence[PlanGraph]) -> Tensor:
         """One embedding per graph, batched: shape ``[len(graphs), hidden]``."""
@@ -99,6 +107,8 @@ class SchedNet(nn.Module):
         ld = load.unsqueeze(0).expand(n, -1)
         summary = emb.mean(dim=0, keepdim=True).expand(n, -1)
         prio = self.prio(torch.cat([emb, qf, ld, summary], dim=1)).squeeze(1)
+        if self.lat_weight is not None:  # qf[:, 0] is log1p(latency ms) / 10
+            prio = prio - self.lat_weight * qf[:, 0] * 10.0
         thr = self.thr(torch.cat([emb, qf, ld], dim=1))
         return prio, thr
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from lqo.errors import LqoError
+from lqo.sched.knowledge import LatencyKnowledge, book_latencies, template_id
 from lqo.trees.native import JOIN_OPERATORS, PNode, explain_json
 from lqo.sched.stream import Stream, StreamQuery
 
@@ -234,8 +235,6 @@ def build_jobs(
 def _know(queries: Sequence[StreamQuery], feats: dict[str, QueryFeatures], knowledge: Any) -> None:
     """Fill ``known_ms``/``known_source``; a query no source knows gets the median of the
     known ones (neutral in an order), with source ``none``."""
-    from lqo.sched.knowledge import LatencyKnowledge, template_id
-
     knowledge = knowledge if knowledge is not None else LatencyKnowledge()
     for q in queries:
         f = feats[q.query_key]
@@ -247,3 +246,20 @@ def _know(queries: Sequence[StreamQuery], feats: dict[str, QueryFeatures], knowl
     for f in feats.values():
         if f.known_ms is None:
             f.known_ms, f.known_source = (known[len(known) // 2] if known else 1000.0), "none"
+
+
+def build_knowledge(queries: Iterable, profile, book: str | None = None) -> LatencyKnowledge:
+    """What lqo knows after running ``queries`` (``StreamQuery``-like: ``sql``,
+    ``database``, ``query_key``): their profiled one-thread latencies, their templates'
+    medians, the estimate line over them (one ``EXPLAIN`` each), and a tuned model's plan
+    book (``book``: a model directory or book file) for templates none of them share.
+    Queries the profile does not cover are skipped."""
+    qs = [q for q in queries if profile is not None and profile.get(q.query_key)]
+    jobs = build_jobs(qs, {"est", "lat"}, profile) if qs else []
+    seen: dict[str, tuple] = {}
+    for j in jobs:
+        if j.q.query_key not in seen:
+            top = max(j.f.lat_ms)
+            seen[j.q.query_key] = (j.q.query_key, template_id(j.q.sql, j.q.database),
+                                   j.f.latency_s(1) * 1000.0, j.f.est_cost, j.f.parallelism(top))
+    return LatencyKnowledge.from_latencies(seen.values(), book_latencies(book, profile) if book else None)

@@ -13,9 +13,9 @@ A scheduling policy is only as good as its idea of how long each waiting query t
    log-log line fitted on the known queries; the least informed.
 
 All figures are one-thread milliseconds, as in a thread profile. The knowledge is built
-from the queries lqo has run (``from_profile(..., only=keys)``), so a policy judged on
-held-out queries sees exactly what it would see in production: the scheduler benchmark
-builds it from the training queries alone.
+from the queries lqo has run (``jobs.build_knowledge``), so a policy judged on held-out
+queries sees exactly what it would see in production: the scheduler benchmark builds it
+from the training queries alone.
 
 >>> k = LatencyKnowledge(measured={"a": 100.0}, templates={("db", "t"): 40.0})
 >>> k.lookup("a", ("db", "t")), k.lookup("b", ("db", "t")), k.lookup("b", ("db", "u"), est_cost=1e6)
@@ -153,25 +153,6 @@ def template_samples(rows: Iterable[Row]) -> dict[TemplateId, dict[str, tuple[fl
         qk, tid, ms, _, up = _row(r)
         out.setdefault(tid, {})[qk] = (ms, up)
     return out
-
-
-def build_knowledge(queries: Iterable, profile, book: str | None = None) -> LatencyKnowledge:
-    """What lqo knows after running ``queries`` (``StreamQuery``-like: ``sql``,
-    ``database``, ``query_key``): their profiled one-thread latencies, their templates'
-    medians, the estimate line over them (one ``EXPLAIN`` each), and a tuned model's plan
-    book (``book``: a model directory or book file) for templates none of them share.
-    Queries the profile does not cover are skipped."""
-    from lqo.sched.jobs import build_jobs
-
-    qs = [q for q in queries if profile is not None and profile.get(q.query_key)]
-    jobs = build_jobs(qs, {"est", "lat"}, profile) if qs else []
-    seen: dict[str, tuple] = {}
-    for j in jobs:
-        if j.q.query_key not in seen:
-            top = max(j.f.lat_ms)
-            seen[j.q.query_key] = (j.q.query_key, template_id(j.q.sql, j.q.database),
-                                   j.f.latency_s(1) * 1000.0, j.f.est_cost, j.f.parallelism(top))
-    return LatencyKnowledge.from_latencies(seen.values(), book_latencies(book, profile) if book else None)
 
 
 def book_latencies(book: str, profile=None) -> dict[TemplateId, float]:

@@ -162,7 +162,7 @@ class Scheduler:
         model = self.model if "pred" in needs else None
         knowledge = self.knowledge
         if "known" in needs and knowledge is None:
-            from lqo.sched.knowledge import build_knowledge
+            from lqo.sched.jobs import build_knowledge
 
             knowledge = build_knowledge(stream, self.profile, self.book)
         return build_jobs(stream, needs, self.profile, model, knowledge)
