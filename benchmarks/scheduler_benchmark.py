@@ -61,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calibrate", type=int, default=0, metavar="N",
                    help="first fit the simulator's interference on real N-query streams of *training* queries "
                    "(batch and util:0.7, fifo and all) and store it in the first --profile file")
+    p.add_argument("--keep-queries", action="store_true",
+                   help="also write every run's per-query records (megabytes; off: figures and errors only)")
     p.add_argument("--out", help="JSON output file (written after every stream, so a long run keeps its data)")
     return p.parse_args(argv)
 
@@ -198,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                                "loadavg": load, "sim": sim.figures(), "sim_error_median": pct(errs, 50)}
                         runs[name].append(fig)
                         report["runs"].append({"arrivals": arrivals, "seed": seed, "round": rnd, "policy": name,
-                                               **fig, "result": real.to_json()})
+                                               **fig, **({"result": real.to_json()} if args.keep_queries else {})})
                         print(f"r{rnd} {name:<10} mean {real.mean_s:7.3f}  p95 {real.p95_s:7.3f}  makespan "
                               f"{real.makespan_s:7.3f}  err {real.errors}  | sim mean {sim.mean_s:7.3f}  q-err "
                               f"median {pct(errs, 50):.0%} p90 {pct(errs, 90):.0%}  | load {load:.1f}", flush=True)
