@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
         judged_on = "held-out queries (" + recipe.split.holdout + ")"
     else:
         figures = simulated_figures(train_wls, profile, pool.knowledge, policy, recipe, sim)
-        judged_on = "the training queries (no holdout)"
+        judged_on = "the training queries (no holdout)" if recipe.split.holdout == "none" else \
+            f"the training queries (holdout {recipe.split.holdout} left nothing out: one instance per template?)"
     out.mkdir(parents=True, exist_ok=True)
     info = {"recipe": recipe.to_dict(), "history": history, "sim_mean_s": figures, "judged_on": judged_on,
             "train_s": round(time.monotonic() - t0, 1), "profiles": profiles, "interference": interference}
