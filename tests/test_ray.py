@@ -120,7 +120,7 @@ def test_executor_killed_mid_task_is_restarted_and_its_task_recorded_once(cluste
     assert per_query == {q: 3 + 4 + 2 * CONFIG.confirm for q in QUERIES}
 
 
-def test_a_task_recorded_twice_is_written_once(cluster, wl, tmp_path):
+def test_a_task_is_written_whole_and_once(cluster, wl, tmp_path):
     from lqo.evaluate.explore import explore_task
     from lqo.train.experience import ExperienceStore
     from lqo.train.journal import replay
@@ -132,9 +132,16 @@ def test_a_task_recorded_twice_is_written_once(cluster, wl, tmp_path):
     finally:
         con.close()
     with ExperienceStore.open(tmp_path / "s.duckdb") as store:
+        # a task that fails half-way through its replay leaves nothing behind
+        broken = type(journal)(ops=journal.ops + [("drop", ())])
+        with pytest.raises(ValueError, match="unknown journal operation"):
+            replay(store, broken, "t0", "n1")
+        assert store.con.execute("SELECT count(*) FROM runs").fetchone()[0] == 0
+        assert not store.task_recorded("t0")
         first = replay(store, journal, "t1", "n1")
         assert first and replay(store, journal, "t1", "n1") is None
     assert rows(tmp_path / "s.duckdb", "SELECT count(*) FROM runs")[0][0] == len(first) == journal.n_runs
+    assert rows(tmp_path / "s.duckdb", "SELECT count(*) FROM queries")[0][0] == 1
 
 
 def test_tune_on_ray(cluster, wl, tmp_path):
