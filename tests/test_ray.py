@@ -228,7 +228,7 @@ def test_ctrl_c_stops_the_executors_and_keeps_what_was_recorded(tpch_db, tmp_pat
     for q, sql in tpc_queries("tpch").items():
         (root / f"{q}.sql").write_text(sql)
     store = tmp_path / "s.duckdb"
-    proc = subprocess.Popen(LQO + ["explore", str(root), "--plans", "20", "--store", str(store), "--json",
+    proc = subprocess.Popen(LQO + ["explore", str(root), "--plans", "60", "--store", str(store), "--json",
                                    "--ray", "--ray-slots", "2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -236,7 +236,7 @@ def test_ctrl_c_stops_the_executors_and_keeps_what_was_recorded(tpch_db, tmp_pat
         end = time.monotonic() + 60
         while not store.exists() and time.monotonic() < end:  # opened once the executors are up
             time.sleep(0.05)
-        time.sleep(1.0)
+        time.sleep(1.5)
         assert proc.poll() is None, "explore finished before it could be interrupted"
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)

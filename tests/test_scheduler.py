@@ -190,11 +190,12 @@ class RandomOrder(Policy):
         return Assignment(self.rng.randrange(len(waiting)), load.default_threads)
 
 
-def briefly_trained(pool: list[Job], imitation: int, reinforce: int, seed: int = 0):
+def briefly_trained(pool: list[Job], imitation: int, reinforce: int, seed: int = 0, sjf_prior: bool = False):
     recipe = SchedRecipe(workloads=["x"], seed=seed, time_budget_min=1.0)
     recipe.stream.queries, recipe.stream.arrivals = 12, ["batch"]
     recipe.imitation.episodes, recipe.reinforce.episodes, recipe.reinforce.rollouts = imitation, reinforce, 2
     recipe.eval.streams, recipe.eval.every = 2, 20
+    recipe.model.sjf_prior = sjf_prior
     return train_policy(pool, recipe, SimConfig(2))
 
 
@@ -222,6 +223,9 @@ def test_briefly_trained_learned_policy_reaches_the_oracle_in_simulator(tmp_path
               "random": sum(rand) / len(rand) / oracle}
     assert learned.mean_s <= bar, ratios
     assert learned.mean_s < 0.8 * mean_s(untrained), ratios  # training, not the initialisation, got it there
+    # With the SJF prior (the default) the untrained policy already orders shortest first.
+    prior, _ = briefly_trained(pool, imitation=0, reinforce=0, sjf_prior=True)
+    assert mean_s(prior) <= bar, mean_s(prior) / oracle
 
     # Checkpoint: weights + JSON metadata, same decisions after a round trip.
     path = policy.save(tmp_path / "s.lqo")
