@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Callable
 import duckdb
 
 from lqo.sql.catalog import Catalog
-from lqo.train.experience import ExperienceStore, query_key
+from lqo.train.experience import ExperienceStore
+from lqo.train.keys import query_key
 from lqo.train.journal import Journal, replay
 from lqo.engine.harness import Harness, RunResult, error_line, is_user_interrupt, median_latency, run_interleaved
 from lqo.trees.query import PreparedQuery, prepare_named

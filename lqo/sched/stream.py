@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import Iterator, Sequence
 
 from lqo.errors import LqoError
-from lqo.train.experience import query_key as _query_key
+from lqo.train.keys import query_key as _query_key
 from lqo.workloads.workload import Workload
 
 _ARRIVALS_RE = re.compile(r"^(batch|poisson:(?P<rate>[0-9.eE+-]+)|util:(?P<util>[0-9.eE+-]+))$")

@@ -20,8 +20,8 @@ Schema (version 1)::
     wrong_plans(plan_key VARCHAR NOT NULL, reason VARCHAR, marked_at TIMESTAMP NOT NULL)
     VIEW plans_v = plans + wrong BOOLEAN + wrong_reason
 
-Keys are hex SHA-256 prefixes: ``query_key`` of (database, sql); ``plan_key`` of
-(query_key, canonical plan_json, native-or-forced). Times are UTC. ``plans.sql`` is
+Keys are ``lqo.train.keys`` (re-exported here): ``query_key`` of (database, sql),
+``plan_key`` of (query_key, canonical plan_json, native-or-forced). Times are UTC. ``plans.sql`` is
 NULL for a plan run natively (DuckDB's optimizer on). ``runs.rows`` is NULL unless the
 run completed. Everything is append-only: a wrong plan gets a row in ``wrong_plans``
 instead of an UPDATE, so history is never rewritten. Each write is one transaction:
@@ -36,7 +36,6 @@ a process killed at any point loses nothing committed and leaves no partial rows
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -51,6 +50,7 @@ from lqo.engine.db import connect_writable
 from lqo.errors import LqoError, MissingFileError, PlanError
 from lqo.engine.harness import RunResult, _utcnow, error_line
 from lqo.lock import WriterLock, acquire
+from lqo.train.keys import canonical_plan_json, plan_key, query_key
 
 SCHEMA_VERSION = "1"
 
@@ -75,10 +75,8 @@ CREATE OR REPLACE VIEW plans_v AS
     USING (plan_key);
 """
 
-# Where distributed runs ran (``lqo explore/tune --ray``): created on the first such write,
-# so a store written only sequentially has the version-1 tables alone. ``tasks.task_id`` is
-# the idempotency key: a task (one query explored, one candidate tried) is recorded at
-# most once, whatever retries happened before its result reached the driver.
+# Where distributed runs ran (``--ray``), created on the first such write. ``task_id`` is the
+# idempotency key: a task is recorded at most once, whatever retries came before.
 _PLACEMENT_SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks(
     task_id VARCHAR PRIMARY KEY, node VARCHAR NOT NULL, slot INTEGER, attempts INTEGER NOT NULL,
@@ -98,32 +96,6 @@ WHERE p.query_key = ? AND r.error IS NULL
   AND p.plan_key NOT IN (SELECT plan_key FROM wrong_plans)
 GROUP BY ALL
 """
-
-
-def _hash(*parts: str) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(p.encode())
-        h.update(b"\x00")  # separator: ("ab", "c") and ("a", "bc") must differ
-    return h.hexdigest()[:24]
-
-
-def query_key(sql: str, database: str | None = None) -> str:
-    """Stable key of a query text on a database (pass the same ``database`` string each time)."""
-    return _hash("q", database or "", sql.strip())
-
-
-def canonical_plan_json(plan_json: Any) -> str | None:
-    """Plans are opaque, but key order or spacing must not make two keys for one plan."""
-    if plan_json is None:
-        return None
-    obj = json.loads(plan_json) if isinstance(plan_json, (str, bytes)) else plan_json
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
-
-
-def plan_key(qkey: str, plan_json: Any, sql: str | None) -> str:
-    """Stable key of a plan: its query, its JSON, and whether it runs natively or forced."""
-    return _hash("p", qkey, canonical_plan_json(plan_json) or "", "native" if sql is None else "forced")
 
 
 class ExperienceStore:
