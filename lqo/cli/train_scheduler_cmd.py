@@ -81,13 +81,14 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     train_keys = sorted({j.q.query_key for j in pool.known})
-    if test_wls:  # judged on held-out queries, with what the training queries taught
-        figures = simulated_figures(test_wls, profile, pool.knowledge, policy, recipe, sim)
+    # Judged on held-out queries, with what the training queries taught.
+    figures = simulated_figures(test_wls or train_wls, profile, pool.knowledge, policy, recipe, sim)
+    if test_wls:
         judged_on = "held-out queries (" + recipe.split.holdout + ")"
+    elif recipe.split.holdout == "none":
+        judged_on = "the training queries (no holdout)"
     else:
-        figures = simulated_figures(train_wls, profile, pool.knowledge, policy, recipe, sim)
-        judged_on = "the training queries (no holdout)" if recipe.split.holdout == "none" else \
-            f"the training queries (holdout {recipe.split.holdout} left nothing out: one instance per template?)"
+        judged_on = f"the training queries (holdout {recipe.split.holdout} left nothing out: one instance per template?)"
     out.mkdir(parents=True, exist_ok=True)
     info = {"recipe": recipe.to_dict(), "history": history, "sim_mean_s": figures, "judged_on": judged_on,
             "train_s": round(time.monotonic() - t0, 1), "profiles": profiles, "interference": interference}
@@ -114,17 +115,14 @@ def simulated_figures(workloads, profile, knowledge, policy, recipe, sim, stream
     (another seed than training and model selection)."""
     from lqo.sched.jobs import build_jobs
     from lqo.sched.policies import get_policy
+    from lqo.sched.scheduler import Scheduler
     from lqo.sched.simulator import simulate
-    from lqo.sched.stream import make_stream, rate_for_utilisation
 
     s = recipe.stream
-    probe = build_jobs(make_stream(workloads, None, "batch", 0), {"lat"}, profile)
-    mean1 = sum(j.f.latency_s(1) for j in probe) / len(probe)
+    maker = Scheduler("fifo", s.workers, s.cores, profile)  # resolves util:U with the profile
     tests = []
     for k in range(streams):
-        arr = s.arrivals[k % len(s.arrivals)]
-        rate = rate_for_utilisation(float(arr.split(":")[1]), mean1, s.cores) if arr.startswith("util:") else None
-        stream = make_stream(workloads, s.queries, arr, 10_000 + recipe.seed * 100 + k, rate)
+        stream = maker.make_stream(workloads, s.queries, s.arrivals[k % len(s.arrivals)], 10_000 + recipe.seed * 100 + k)
         tests.append(build_jobs(stream, {"graph", "lat", "known"}, profile, knowledge=knowledge))
     figures = {}
     for name in ("fifo", "all", "sjf-est", "sjf-known", "oracle", "learned"):

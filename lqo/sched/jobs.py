@@ -248,6 +248,18 @@ def _know(queries: Sequence[StreamQuery], feats: dict[str, QueryFeatures], knowl
             f.known_ms, f.known_source = (known[len(known) // 2] if known else 1000.0), "none"
 
 
+def knowledge_rows(jobs: Sequence[Job]) -> dict[str, tuple]:
+    """Per distinct query of ``jobs`` (with ``lat`` and ``est``), the row
+    ``LatencyKnowledge.from_latencies`` reads: (query key, template id, one-thread ms,
+    estimated cost, speed-up at the most threads profiled)."""
+    rows: dict[str, tuple] = {}
+    for j in jobs:
+        if j.q.query_key not in rows:
+            rows[j.q.query_key] = (j.q.query_key, template_id(j.q.sql, j.q.database), j.f.latency_s(1) * 1000.0,
+                                   j.f.est_cost, j.f.parallelism(max(j.f.lat_ms)))
+    return rows
+
+
 def build_knowledge(queries: Iterable, profile, book: str | None = None) -> LatencyKnowledge:
     """What lqo knows after running ``queries`` (``StreamQuery``-like: ``sql``,
     ``database``, ``query_key``): their profiled one-thread latencies, their templates'
@@ -255,11 +267,5 @@ def build_knowledge(queries: Iterable, profile, book: str | None = None) -> Late
     book (``book``: a model directory or book file) for templates none of them share.
     Queries the profile does not cover are skipped."""
     qs = [q for q in queries if profile is not None and profile.get(q.query_key)]
-    jobs = build_jobs(qs, {"est", "lat"}, profile) if qs else []
-    seen: dict[str, tuple] = {}
-    for j in jobs:
-        if j.q.query_key not in seen:
-            top = max(j.f.lat_ms)
-            seen[j.q.query_key] = (j.q.query_key, template_id(j.q.sql, j.q.database),
-                                   j.f.latency_s(1) * 1000.0, j.f.est_cost, j.f.parallelism(top))
-    return LatencyKnowledge.from_latencies(seen.values(), book_latencies(book, profile) if book else None)
+    rows = knowledge_rows(build_jobs(qs, {"est", "lat"}, profile)) if qs else {}
+    return LatencyKnowledge.from_latencies(rows.values(), book_latencies(book, profile) if book else None)

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from lqo.errors import LqoError
-from lqo.sched.jobs import Job, QueryFeatures, build_jobs
-from lqo.sched.knowledge import LatencyKnowledge, template_id, template_samples
+from lqo.sched.jobs import Job, QueryFeatures, build_jobs, knowledge_rows
+from lqo.sched.knowledge import LatencyKnowledge, template_samples
 from lqo.sched.stream import arrival_times, make_stream, parse_arrivals, rate_for_utilisation
 
 
@@ -68,10 +68,7 @@ def training_pool(workloads: Sequence, profile, seed: int = 0, graph: bool = Tru
     jobs = build_jobs(stream, {"graph", "lat", "est"} if graph else {"lat", "est"}, profile)
     if not jobs:
         raise LqoError("no training queries")
-    rows = {}
-    for j in jobs:
-        rows.setdefault(j.q.query_key, (j.q.query_key, template_id(j.q.sql, j.q.database),
-                                        j.f.latency_s(1) * 1000.0, j.f.est_cost, j.f.parallelism(max(j.f.lat_ms))))
+    rows = knowledge_rows(jobs)
     know = LatencyKnowledge.from_latencies(rows.values())
     samples = template_samples(rows.values())
     only_est = LatencyKnowledge(est_line=know.est_line)

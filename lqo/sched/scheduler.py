@@ -105,8 +105,8 @@ class Scheduler:
         if interference is None:
             interference = self.profile.interference if self.profile and self.profile.interference is not None else 0.0
         prof = self.profile
-        self.sim_config = SimConfig(self.cores, float(interference), prof.scale or 1.0 if prof else 1.0,
-                                    prof.oversubscription or 0.0 if prof else 0.0)
+        self.sim_config = SimConfig(self.cores, float(interference), (prof and prof.scale) or 1.0,
+                                    (prof and prof.oversubscription) or 0.0)
         if "lat" in policy.needs and self.profile is None:
             raise PolicyError(f"policy {policy.name!r} needs measured latencies: run `lqo profile-threads` "
                               "and pass the profile (--profile)")
