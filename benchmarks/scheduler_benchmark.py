@@ -67,12 +67,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def per_query_errors(sim, real) -> list[float]:
-    real_by = {r.idx: r for r in real.records}
-    return [abs(s.completion_s - real_by[s.idx].completion_s) / real_by[s.idx].completion_s
-            for s in sim.records if s.idx in real_by and real_by[s.idx].completion_s > 0]
-
-
 def pct(xs: list[float], q: float) -> float:
     from lqo.sched.result import percentile
 
@@ -131,6 +125,7 @@ def print_table(summary: list[dict], policies: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     from lqo.sched.jobs import build_knowledge
     from lqo.sched.profile import ThreadProfile
+    from lqo.sched.result import per_query_errors
     from lqo.sched.scheduler import Scheduler
     from lqo.sched.split import split_workloads
     from lqo.sched.stream import make_stream
