@@ -17,7 +17,9 @@ def register(sub) -> None:
         description="Run every query of WORKLOAD alone at each --threads count, --repeat times after a "
         "warm-up, interleaving thread counts, and append the runs to a thread profile: a DuckDB file "
         "the scheduler owns (default WORKLOAD/scheduler-profile.duckdb). With --calibrate, also run "
-        "a few real streams under fifo and all-at-once and fit the simulator's interference factor.",
+        "a real batch of N queries under fifo, all-at-once and the oracle's order at 2 threads per "
+        "worker, and fit the simulator's latency scale, interference and oversubscription penalty to "
+        "them (stored in the profile; see docs/scheduler.md).",
     )
     p.add_argument("workload", help="workload directory (with workload.toml)")
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
@@ -27,7 +29,7 @@ def register(sub) -> None:
     p.add_argument("--store", help="profile file (default WORKLOAD/scheduler-profile.duckdb)")
     p.add_argument("--queries", help="comma-separated query ids (default all)")
     p.add_argument("--calibrate", type=int, default=0, metavar="N",
-                   help="after profiling, fit the simulator on real batch streams of N queries (default off)")
+                   help="after profiling, fit the simulator on a real batch of N queries run three ways (default off)")
     p.add_argument("--workers", type=int, help="workers for --calibrate (default: the number of cores)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --calibrate streams (default 0)")
     add_json_flag(p)
