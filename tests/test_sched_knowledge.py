@@ -226,3 +226,37 @@ def test_a_tuned_plan_book_informs_templates_the_profile_never_saw(varied, tmp_p
     # The book measured at DuckDB's default threads: scaled by the profile's speed-up (1 / 0.6).
     assert jobs[q.id].f.known_source == "book" and jobs[q.id].f.known_ms == pytest.approx(40.0 / 0.6)
     assert {j.f.known_source for k, j in jobs.items() if template_key(j.q.sql).key != entry.key} == {"estimate"}
+
+
+def _known_as(source: str) -> list[Job]:
+    """Three waiting queries known as 10 < 20 < 30 ms from ``source``."""
+    out = []
+    for i, known in enumerate([10.0, 20.0, 30.0]):
+        q = StreamQuery(i, "syn", f"e{i}", f"e{i}", f"SELECT {i}", "/nonexistent.duckdb", 0.0)
+        g = PlanGraph([1, 2], [2.0, 3.0], [(1, 0)])
+        out.append(Job(q, QueryFeatures(q.key, est_cost=1.0, graph=g, known_ms=known, known_source=source)))
+    return out
+
+
+def _first(net: SchedNet, jobs: list[Job]) -> int:
+    pol = LearnedPolicy(net, [1, 2], "known")
+    pol.begin(jobs)
+    return pol.pick(jobs, Load(0.0, [], 2, 2, 2, 2, 2)).index
+
+
+@pytest.mark.parametrize("source,kept_sjf", [("estimate", True), ("predicted", True), ("template", False)])
+def test_corrections_apply_only_to_latencies_lqo_measured(source, kept_sjf):
+    net = SchedNet(n_threads=2, sjf_prior=True, correct_known_only=True)
+    with torch.no_grad():  # a correction head that wants the longest query first
+        for layer in (net.prio[0], net.prio[-1]):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        net.prio[0].weight[0, net.hidden] = 1.0  # input column: log1p(latency) / 10
+        net.prio[-1].weight[0, 0] = 1000.0
+    jobs = _known_as(source)
+    # Known by estimate or prediction only: plain SJF (0 first) whatever the head says;
+    # measured on the template: the head's correction applies and overturns SJF.
+    assert (_first(net, jobs) == 0) is kept_sjf
+    ungated = SchedNet(n_threads=2, sjf_prior=True)
+    ungated.load_state_dict(net.state_dict())
+    assert _first(ungated, jobs) == 2  # without the gate the same head wins everywhere

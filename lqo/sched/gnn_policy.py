@@ -26,7 +26,12 @@ With ``sjf_prior=True`` the priority is a *correction* to shortest-job-first on 
 latency feature: ``prio = head(...) - w x log1p(latency ms)``, ``w`` a learned weight
 starting at 3 (a query half as long is about 8x likelier to go first). Untrained, the
 policy is already SJF on what lqo knows; training only moves it where that pays, so an
-unfamiliar plan graph cannot overturn a good latency figure.
+unfamiliar plan graph cannot overturn a good latency figure. With ``correct_known_only``
+as well, the correction applies only to queries whose latency lqo measured (on the query
+or its template): a query known only by its estimate or a prediction is ordered by plain
+SJF on that figure, because on never-seen templates the network's corrections are
+extrapolation (held-out templates, split 1: 1.5x sjf-known's mean completion without the
+gate). The thread head still decides threads and holds for every query.
 
 Checkpoints use ``lqo.learn.checkpoint`` (kind ``sched_gcn``): tensors plus JSON
 metadata (hyper-parameters, the operator vocabulary, thread options, latency source,
@@ -61,11 +66,12 @@ class SchedNet(nn.Module):
     """Plan encoder plus priority and thread-count heads (see module docs)."""
 
     def __init__(self, n_ops: int = len(OPS), hidden: int = 32, layers: int = 2, n_threads: int = 2,
-                 use_graph: bool = True, sjf_prior: bool = False) -> None:
+                 use_graph: bool = True, sjf_prior: bool = False, correct_known_only: bool = False) -> None:
         super().__init__()
         self.n_ops, self.hidden, self.layers, self.n_threads = n_ops, hidden, layers, n_threads
         self.use_graph = bool(use_graph)
         self.sjf_prior = bool(sjf_prior)
+        self.correct_known_only = bool(correct_known_only) and self.sjf_prior
         self.lat_weight = nn.Parameter(torch.tensor(3.0)) if self.sjf_prior else None
         self.inp = nn.Linear(n_ops + 1, hidden)
         self.convs = nn.ModuleList(GCNConv(hidden, hidden) for _ in range(layers))
@@ -75,7 +81,8 @@ class SchedNet(nn.Module):
 
     def params(self) -> dict[str, int]:
         return {"n_ops": self.n_ops, "hidden": self.hidden, "layers": self.layers, "n_threads": self.n_threads,
-                "use_graph": self.use_graph, "sjf_prior": self.sjf_prior}
+                "use_graph": self.use_graph, "sjf_prior": self.sjf_prior,
+                "correct_known_only": self.correct_known_only}
 
     def encode(self, graphs: Sequence[PlanGraph]) -> Tensor:
         """One embedding per graph, batched: shape ``[len(graphs), hidden]``."""
@@ -107,6 +114,8 @@ class SchedNet(nn.Module):
         ld = load.unsqueeze(0).expand(n, -1)
         summary = emb.mean(dim=0, keepdim=True).expand(n, -1)
         prio = self.prio(torch.cat([emb, qf, ld, summary], dim=1)).squeeze(1)
+        if self.correct_known_only:  # qf[:, 3] is 1 where the latency was measured
+            prio = prio * qf[:, 3]
         if self.lat_weight is not None:  # qf[:, 0] is log1p(latency ms) / 10
             prio = prio - self.lat_weight * qf[:, 0] * 10.0
         thr = self.thr(torch.cat([emb, qf, ld], dim=1))

@@ -67,6 +67,7 @@ class ModelSection:
     latency_source: str = "known"
     graph: bool = True
     sjf_prior: bool = True
+    correct_known_only: bool = True
     hold: bool = True
     estimate_share: float = 0.3
 
@@ -238,7 +239,8 @@ def train_policy(
     torch.manual_seed(recipe.seed)
     rng = random.Random(recipe.seed)
     net = net or SchedNet(hidden=recipe.model.hidden, layers=recipe.model.layers, n_threads=len(options),
-                          use_graph=recipe.model.graph, sjf_prior=recipe.model.sjf_prior)
+                          use_graph=recipe.model.graph, sjf_prior=recipe.model.sjf_prior,
+                          correct_known_only=recipe.model.correct_known_only)
     policy = LearnedPolicy(net, options, recipe.model.latency_source,
                            meta={"workers": s.workers, "cores": s.cores, "interference": sim.interference,
                                  "thread_budget": s.thread_budget or None})
