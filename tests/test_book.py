@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,9 @@ from hypothesis import strategies as st
 
 from conftest import tpc_queries
 from lqo.book.accept import AcceptRule, judge
-from lqo.book.book import BOOK_FILE, PlanBook
+from lqo.book.book import BOOK_FILE, Candidate, PlanBook
 from lqo.book.slots import SlotRendering
+from lqo.book.trials import COMBINED
 from lqo.book.template import template_key, tokens
 from lqo.cli import main
 from lqo.engine.harness import fingerprint_rows
@@ -147,6 +149,13 @@ def test_tune_ends_with_a_book(tuned, varied):
             v = e.verdicts[e.choice]
             assert v.accepted and v.median_ratio <= 0.95 and v.ci_high < 1.0 and v.worst_instance <= 1.05
     assert sum(len(e.screened) for e in book.entries.values()) > 22
+    # where two changes each screened faster than native, their combination was proposed
+    combos = [c for e in book.entries.values() for c in e.candidates.values() if c.origin in COMBINED]
+    assert combos and all(len(c.disabled) == (1 if c.kind == "tree" else 2) for c in combos)
+    for e in book.entries.values():
+        for c in e.candidates.values():
+            if c.origin == "arm-pair":
+                assert all(e.screened.get(f"arm:{r}", 9) < 1.0 for r in c.disabled), (e.template, c.id)
     for e in book.entries.values():  # whatever was tried can be adopted and loaded again
         assert set(e.screened) <= set(e.candidates) and set(e.verdicts) <= set(e.candidates), e.template
     # q13 (an outer join: no trees) is still tried with setting arms, and they are recorded
@@ -180,6 +189,16 @@ def test_served_plans_return_the_native_result(tuned, varied):
                 if c.kind not in kinds and (c.kind == "arm" or c.slots) and e.key not in {k[0].key for k in kinds.values()}:
                     kinds[c.kind] = (e, c.id)
         assert set(kinds) == {"arm", "tree"}
+        # and the combinations tune proposes: a tree with one more rule off, two rules off
+        e_tree, tree_id = kinds["tree"]
+        combo = replace(e_tree.candidates[tree_id], id=tree_id + "+join_filter_pushdown",
+                        disabled=("join_filter_pushdown",), origin="tree+arm")
+        e_tree.candidates[combo.id] = combo
+        kinds["tree+arm"] = (e_tree, combo.id)
+        e_pair = next(e for e in book.entries.values() if e.key not in {k[0].key for k in kinds.values()})
+        e_pair.candidates["arm:cte_inlining,join_filter_pushdown"] = Candidate(
+            "arm:cte_inlining,join_filter_pushdown", "arm", ("cte_inlining", "join_filter_pushdown"), origin="arm-pair")
+        kinds["arm-pair"] = (e_pair, "arm:cte_inlining,join_filter_pushdown")
         for e, cid in kinds.values():
             e.adopt(cid)
         opt = Optimizer(None, None, book.schema, book=book)
@@ -189,8 +208,10 @@ def test_served_plans_return_the_native_result(tuned, varied):
             res = opt.optimize(q.sql, con)
             assert res.source == "book"
             sources["forced" if res.forced else "arm" if res.disabled else "native"] += 1
+            sources["with rules off"] += len(res.disabled) >= (2 if not res.forced else 1)
             assert fingerprint_rows(res.execute(con)) == fingerprint_rows(con.execute(q.sql).fetchall()), q.id
         assert sources["forced"] >= 4 and sources["arm"] >= 4
+        assert sources["with rules off"] >= 8  # the tree+arm and the arm pair were served as such
         assert opt.optimize("SELECT count(*) FROM nation", con).source == "native"
     finally:
         con.close()

@@ -90,7 +90,8 @@ class BookServer:
         else:
             return Optimized(sql, sql, False, None, None, None, None,
                              "plan book: no rendering of the verified plan fits this text", _ms(start), source="book")
-        return Optimized(sql, text, True, plan, None, None, None, None, _ms(start), source="book")
+        return Optimized(sql, text, True, plan, None, None, None, None, _ms(start), disabled=c.disabled,
+                         source="book")
 
 
     def _record(self, res: Optimized, ms: float) -> None:

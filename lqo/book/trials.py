@@ -8,6 +8,7 @@ the tuning directory's experience store; the steps decide nothing about order, w
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from lqo.book.accept import Verdict, judge
@@ -34,6 +35,10 @@ if TYPE_CHECKING:
 # DuckDB optimizer rules whose removal won on TPC-DS SF1 (see docs/duckdb-plan-control.md).
 ARMS: tuple[str, ...] = ("join_filter_pushdown", "build_side_probe_side", "join_order",
                          "compressed_materialization", "cte_inlining")
+# Rules a forced tree still leaves on (forcing disables join_order and build_side_probe_side).
+TREE_ARMS: tuple[str, ...] = ("join_filter_pushdown", "compressed_materialization", "cte_inlining")
+COMBINE_BELOW = 1.0  # both parts must have screened below this to be tried together
+COMBINED = frozenset({"arm-pair", "tree+arm"})  # origins of the candidates ``combinations`` makes
 
 
 class Trials:
@@ -130,7 +135,7 @@ class Trials:
         variant = self._variant(c, q)
         timeout_s = max(0.05, native_ms / 1000)
         r = run_interleaved(self.con, [variant], repeats=1, warmup=0, timeout_s=timeout_s)[0][-1]
-        self._record(q, c.kind, c.plan or {"arm": list(c.disabled)}, variant[0] if variant[1] else None, [r])
+        self._record(q, c.kind, _recorded(c), variant[0] if variant[1] else None, [r])
         if r.ok and r.fingerprint != entry.fingerprints.get(q.id):
             return float("inf"), 1
         if not r.ok:
@@ -148,7 +153,7 @@ class Trials:
             native_runs, cand_runs = run_interleaved(self.con, [(q.sql, False), variant], repeats=self.config.rounds,
                                                      warmup=1, timeout_s=timeout_s)
             self._record(q, "native", None, None, native_runs)
-            self._record(q, c.kind, c.plan or {"arm": list(c.disabled)}, variant[0] if variant[1] else None, cand_runs)
+            self._record(q, c.kind, _recorded(c), variant[0] if variant[1] else None, cand_runs)
             if any(not r.ok for r in cand_runs) or len(cand_runs) < len(native_runs):
                 failed = f"failed or timed out on {q.id}"
                 break
@@ -157,6 +162,49 @@ class Trials:
                 break
             pairs[q.id] = [(n.latency_ms, x.latency_ms) for n, x in zip(native_runs, cand_runs)]
         return judge(pairs, self.config.rule, failed)
+
+
+def combinations(entry: BookEntry, c: Candidate) -> list[Candidate]:
+    """Candidates that pair ``c``, just screened, with what already screened well on its
+    template: two rules disabled together (``arm:a,b``), or a tree run with one more rule
+    off (``tree:<key>+<rule>``). Only parts that each screened below ``COMBINE_BELOW``
+    are paired, so a template grows combinations only where single changes already help;
+    ones tried or proposed before are not proposed again.
+
+    >>> e = BookEntry("k", "q1", "SELECT 1")
+    >>> a, b = (Candidate(f"arm:{r}", "arm", (r,), origin=f"arm:{r}") for r in ARMS[:2])
+    >>> e.candidates.update({a.id: a, b.id: b}); e.screened.update({a.id: 0.9, b.id: 0.97})
+    >>> [x.id for x in combinations(e, b)]
+    ['arm:build_side_probe_side,join_filter_pushdown']
+    """
+    if entry.screened.get(c.id, float("inf")) >= COMBINE_BELOW or c.kind not in ("arm", "tree"):
+        return []
+    good = [entry.candidates[k] for k, r in entry.screened.items()
+            if r < COMBINE_BELOW and k != c.id and k in entry.candidates]
+    out: list[Candidate] = []
+    for other in good:
+        arm, tree = (c, other) if c.kind == "arm" else (other, c)
+        if arm.kind != "arm" or len(arm.disabled) != 1:
+            continue
+        if tree.kind == "arm" and len(tree.disabled) == 1:  # two single-rule arms
+            rules = tuple(sorted({*arm.disabled, *tree.disabled}))
+            new = Candidate("arm:" + ",".join(rules), "arm", rules, origin="arm-pair")
+        elif tree.kind == "tree" and not tree.disabled and arm.disabled[0] in TREE_ARMS:
+            new = replace(tree, id=f"{tree.id}+{arm.disabled[0]}", disabled=arm.disabled, origin="tree+arm")
+        else:
+            continue
+        if new.id not in entry.candidates and new.id not in entry.screened and all(x.id != new.id for x in out):
+            out.append(new)
+    return out
+
+
+def _recorded(c: Candidate):
+    """What the experience store keeps as the candidate's plan: a tree's JSON; for an arm,
+    or a tree run with rules off, a record no Plan parser takes for a plain tree (training
+    reads only plain trees: the extra rule changes what the tree's runs mean)."""
+    if c.kind == "tree" and not c.disabled:
+        return c.plan
+    return {"arm": list(c.disabled)} if c.kind == "arm" else {"tree": c.plan, "arm": list(c.disabled)}
 
 
 def _limit_in_from(sql: str) -> bool:
@@ -178,5 +226,5 @@ def variant(c: Candidate, sql: str, catalog: Catalog) -> tuple[str, bool, tuple[
         literals = template_key(sql).literals
         sr = SlotRendering.from_json(c.slots)
         if sr.n_literals == len(literals):
-            return (sr.fill(literals), True, ())
-    return (render(build_query_graph(sql, catalog), Plan.from_json(c.plan)), True, ())
+            return (sr.fill(literals), True, c.disabled)
+    return (render(build_query_graph(sql, catalog), Plan.from_json(c.plan)), True, c.disabled)

@@ -15,7 +15,10 @@ improvement x template weight (native time of its tuning instances):
 
 Candidates: setting arms (the native text with one DuckDB optimizer rule disabled; no
 forced tree, no forcing penalty), the star-shaped plan from lqo's own estimates,
-build-side flips and local moves of DuckDB's native tree, and random trees.
+build-side flips and local moves of DuckDB's native tree, and random trees. Once two
+of a template's candidates have each screened below native, their combination joins
+the queue (two rules disabled together, or a tree run with one more rule off;
+``trials.combinations``).
 
 ``strategy="learned"`` orders candidates by what screening has shown so far, across
 templates: each candidate origin (an arm's rule, ``star``, ``flip``, ``random``) keeps
@@ -41,7 +44,7 @@ from typing import TYPE_CHECKING, Callable
 from lqo.book.accept import AcceptRule
 from lqo.book.book import BOOK_FILE, FEEDBACK_FILE, Candidate, PlanBook
 from lqo.book.steps import LocalSteps, PoolSteps, Steps, accept_step, baseline_step, trial_step
-from lqo.book.trials import Trials
+from lqo.book.trials import COMBINED, Trials, combinations
 from lqo.book.serve import read_feedback
 from lqo.book.template import template_key
 from lqo.engine.harness import is_user_interrupt
@@ -196,9 +199,10 @@ class Tuner:
             pending: list[tuple[_Template, Candidate]] = []
             for t in ready:
                 entry = book.entries[t.key]
-                for c in ctx.candidates(t, entry, random.Random(f"{cfg.seed}/{t.key}")):
-                    if c.id not in entry.screened:
-                        pending.append((t, c))
+                fresh = ctx.candidates(t, entry, random.Random(f"{cfg.seed}/{t.key}"))
+                # combinations proposed by an earlier run and not screened before it stopped
+                fresh += [c for c in entry.candidates.values() if c.origin in COMBINED and c not in fresh]
+                pending += [(t, c) for c in fresh if c.id not in entry.screened]
             self.log(f"tune: {len(templates)} templates, {len(pending)} candidates to try "
                      f"({cfg.strategy} order, budget {cfg.budget_min:g} min"
                      + ("" if self.pool is None else f", {self.pool.size} Ray executors") + ")")
@@ -227,6 +231,9 @@ class Tuner:
                 result.wrong += wrong
                 entry.screened[c.id] = ratio
                 origins.update(c.origin, ratio, ratio < cfg.screen_below)
+                for extra in combinations(entry, c):  # parts that each helped, tried together
+                    entry.candidates.setdefault(extra.id, extra)
+                    pending.append((t, extra))
                 if verdict is not None:
                     result.tested += 1
                     entry.verdicts[c.id] = verdict
