@@ -69,7 +69,11 @@ def held_out(workload: Workload, model: Path, rounds: int) -> dict:
                 rows.append({"id": qid, "template": e.template, "choice": e.choice, "native_ms": native_ms,
                              "lqo_ms": lqo_ms, "lqo_exec_ms": med[1], "planning_ms": res.planning_ms,
                              "repeat_planning_ms": served.planning_ms, "oracle_ms": best,
-                             "candidates": len(promising), "wrong": wrong[1], "candidate_wrong": sum(wrong[2:])})
+                             "candidates": len(promising), "wrong": wrong[1], "candidate_wrong": sum(wrong[2:]),
+                             # per candidate: median ms (None: failed, timed out or wrong) and
+                             # whether it passed the acceptance rule (the verified set)
+                             "candidate_ms": {c.id: (None if w else m) for c, m, w in zip(promising, med[2:], wrong[2:])},
+                             "verified": [c.id for c in promising if e.verdicts[c.id].accepted]})
                 print(f"{qid:<10} native {native_ms:8.1f}  lqo {lqo_ms:8.1f}  oracle {best:8.1f}  {e.choice}", flush=True)
     finally:
         con.close()
