@@ -15,7 +15,10 @@ instance this compares, with look-up time left out (execution only):
   fastest on the tuning instance whose literals are nearest to this instance's (numbers
   and dates by distance over the tuning instances' span, other literals equal or not),
   from the tuning runs in MODEL_DIR's experience store;
-- ``oracle``: the best of native and *every* tested candidate (verified or not).
+- ``oracle``: the best of native and *every* tested candidate (verified or not);
+- ``rejected_better``: per template, the one candidate the acceptance rule turned down
+  whose held-out total beats the served choice's by the most, where any does (what a
+  looser rule could have won, noise included).
 
 Prints the totals as ratios to native and writes them as JSON next to RESULTS.json.
 """
@@ -127,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     for e in book.entries.values():
         verified = [c for c, v in e.verdicts.items() if v.accepted and c in e.candidates]
         multi += len(verified) >= 2
+        rows = [by_id[q] for q in e.held_out if q in by_id]
+        served = sum(r["lqo_exec_ms"] if r["lqo_exec_ms"] is not None else r["native_ms"] for r in rows)
+        rejected = [sum(ms) for c, v in e.verdicts.items() if not v.accepted
+                    for ms in [[r["candidate_ms"].get(c) for r in rows]] if rows and None not in ms]
+        total["rejected_better"] += min([served, *rejected])
         for qid in e.held_out:
             r = by_id.get(qid)
             if r is None:
