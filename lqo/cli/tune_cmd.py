@@ -84,10 +84,11 @@ def run_show(args: argparse.Namespace) -> int:
                      "instances": len(e.instances), "held_out": len(e.held_out),
                      "screened": len(e.screened), "tested": len(e.verdicts), "verified_at": e.verified_at,
                      "note": e.note})
-    lines = [f"{'template':<10} {'choice':<34} {'ratio':>7} {'95% interval':>15} {'inst':>4} {'tried':>5}  verified"]
+    w = max([34, *(len(r["choice"]) for r in rows)])  # combinations name two parts
+    lines = [f"{'template':<10} {'choice':<{w}} {'ratio':>7} {'95% interval':>15} {'inst':>4} {'tried':>5}  verified"]
     for r in rows:
         iv = "-" if r["interval"] is None else f"{r['interval'][0]:.3f}-{r['interval'][1]:.3f}"
-        lines.append(f"{r['template']:<10} {r['choice'][:34]:<34} {'-' if r['ratio'] is None else format(r['ratio'], '.3f'):>7} "
+        lines.append(f"{r['template']:<10} {r['choice']:<{w}} {'-' if r['ratio'] is None else format(r['ratio'], '.3f'):>7} "
                      f"{iv:>15} {r['instances']:>4} {r['screened']:>5}  {r['verified_at'] or '-'}")
     adopted = sum(1 for r in rows if r["choice"] != "native")
     lines.append(f"{len(rows)} templates, {adopted} with a verified plan other than native")
