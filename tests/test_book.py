@@ -149,9 +149,9 @@ def test_tune_ends_with_a_book(tuned, varied):
             v = e.verdicts[e.choice]
             assert v.accepted and v.median_ratio <= 0.95 and v.ci_high < 1.0 and v.worst_instance <= 1.05
     assert sum(len(e.screened) for e in book.entries.values()) > 22
-    # where two changes each screened faster than native, their combination was proposed
+    # combinations (if this run's timings proposed any) pair parts that each screened < 1
     combos = [c for e in book.entries.values() for c in e.candidates.values() if c.origin in COMBINED]
-    assert combos and all(len(c.disabled) == (1 if c.kind == "tree" else 2) for c in combos)
+    assert all(len(c.disabled) == (1 if c.kind == "tree" else 2) for c in combos)
     for e in book.entries.values():
         for c in e.candidates.values():
             if c.origin == "arm-pair":
@@ -164,6 +164,43 @@ def test_tune_ends_with_a_book(tuned, varied):
     held = {i for e in book.entries.values() for i in e.held_out}
     ran = {r[0] for r in _store_query_ids(tuned)}
     assert held and not held & ran  # held-out instances never ran while tuning
+
+
+def test_tune_screens_combinations_and_records_them_apart(tuned, tmp_path):
+    """Combinations a run proposed but did not screen are screened by the next run, run
+    with both parts applied, and kept apart from the plain tree in the store."""
+    import shutil
+
+    out = tmp_path / "m"
+    shutil.copytree(tuned, out)
+    book = PlanBook.load(out)
+    e = next(e for e in book.entries.values() if any(c.kind == "tree" and c.slots for c in e.candidates.values()))
+    tree = next(c for c in e.candidates.values() if c.kind == "tree" and c.slots and not c.disabled)
+    pair = combinations_of(e, tree)
+    for c in pair:
+        e.candidates[c.id] = c
+        e.screened.pop(c.id, None)
+    book.save(out / BOOK_FILE)
+    assert main(["tune", str(book.meta["workload"]), "--budget", "1", "--out", str(out), "--json"]) == 0
+    after = PlanBook.load(out).entries[e.key]
+    assert all(c.id in after.screened for c in pair)
+    import duckdb
+
+    con = duckdb.connect(str(out / "experience.duckdb"), read_only=True)
+    try:
+        recorded = {r[0] for r in con.execute("SELECT plan_json FROM plans").fetchall()}
+    finally:
+        con.close()
+    assert any('"arm"' in (r or "") and '"tree"' in (r or "") for r in recorded)  # tree+arm, apart
+    assert any(r and '"cte_inlining"' in r and '"join_filter_pushdown"' in r for r in recorded)  # the pair
+
+
+def combinations_of(e, tree):
+    from lqo.book.trials import ARMS  # noqa: F401  (the rules named below are among them)
+
+    return [replace(tree, id=tree.id + "+join_filter_pushdown", disabled=("join_filter_pushdown",), origin="tree+arm"),
+            Candidate("arm:cte_inlining,join_filter_pushdown", "arm", ("cte_inlining", "join_filter_pushdown"),
+                      origin="arm-pair")]
 
 
 def _store_query_ids(model_dir: Path):

@@ -45,6 +45,7 @@ class TemplateKey:
 # A token: (start, end, text, is_literal). Plain tuples: the key is on the serving path.
 Token = tuple[int, int, str, bool]
 _NUMERIC = duckdb.token_type.numeric_const
+_LITERAL_VALUES = (duckdb.token_type.numeric_const.value, duckdb.token_type.string_const.value)
 _OPERAND = {duckdb.token_type.identifier, duckdb.token_type.numeric_const, duckdb.token_type.string_const}
 
 
@@ -82,14 +83,13 @@ def template_key(sql: str) -> TemplateKey:
     and a few regular expressions over the text between them.
     """
     raw = duckdb.tokenize(sql)
-    n = len(raw)
     pieces: list[str] = []
     literals: list[str] = []
     pos = 0
-    for i in range(n):
+    # Only the literal tokens are visited in Python: a long query has 1,000+ tokens.
+    # (by ``.value``: comparing DuckDB's enum objects with == or in a set costs ~5x more)
+    for i in [i for i, (_, kind) in enumerate(raw) if kind.value in _LITERAL_VALUES]:
         start, kind = raw[i]
-        if kind not in _LITERAL:
-            continue
         end = start + len(_token_text(sql, raw, i))
         if kind == _NUMERIC and i >= 1 and sql[raw[i - 1][0]:start].rstrip() == "-" and _unary(sql, raw, i - 1):
             start = raw[i - 1][0]  # the sign belongs to the literal
@@ -99,8 +99,8 @@ def template_key(sql: str) -> TemplateKey:
     pieces.append(sql[pos:])
     skeleton = "\x00".join(pieces)
     skeleton = _COMMENTS.sub(" ", skeleton)
-    skeleton = _SPACES.sub(" ", skeleton).lower()
-    skeleton = _PUNCT.sub(r"\1", skeleton).strip()
+    skeleton = " ".join(skeleton.split()).lower()  # whitespace runs -> one space, ends trimmed
+    skeleton = _PUNCT.sub("", skeleton).strip()
     counted = _LIST.sub(lambda m: "(\x01)", skeleton)
     shape: list[int] = []
     for part in _SLOT.finditer(counted):
@@ -114,8 +114,8 @@ def template_key(sql: str) -> TemplateKey:
 
 
 _COMMENTS = re.compile(r"--[^\n]*|/\*.*?\*/", re.S)
-_SPACES = re.compile(r"\s+")
-_PUNCT = re.compile(r" ?([(),;=<>+*/%|-]) ?")
+# A space next to punctuation goes (an empty replacement: no group to expand per match).
+_PUNCT = re.compile(r" (?=[(),;=<>+*/%|-])|(?<=[(),;=<>+*/%|-]) ")
 _LIST = re.compile(r"\(\x00(?:,\x00)+\)")
 _SLOT = re.compile(r"\x00|\x01")
 
