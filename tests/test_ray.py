@@ -22,6 +22,7 @@ ray = pytest.importorskip("ray", reason="the Ray extra is not installed: pip ins
 
 from conftest import tpc_queries  # noqa: E402
 from lqo.book.book import PlanBook  # noqa: E402
+from lqo.book.trials import COMBINED  # noqa: E402
 from lqo.book.tune import TuneConfig, Tuner  # noqa: E402
 from lqo.cli import main  # noqa: E402
 from lqo.distributed.executor import database_fingerprint  # noqa: E402
@@ -154,8 +155,12 @@ def test_tune_on_ray(cluster, wl, tmp_path):
         par = Tuner(varied, tmp_path / "ray", TuneConfig(**config), log=lambda _: None, pool=pool).run()
     assert not par.interrupted and par.templates == seq.templates == 3
     a, b = PlanBook.load(tmp_path / "seq"), PlanBook.load(tmp_path / "ray")
-    # every candidate tried in both, the same ones; native baselines the same results
-    assert {k: sorted(e.screened) for k, e in a.entries.items()} == {k: sorted(e.screened) for k, e in b.entries.items()}
+    # every candidate tried in both, the same ones (combinations aside: which are proposed
+    # depends on the timings); native baselines the same results
+    def planned(book):
+        return {k: sorted(c for c in e.screened if e.candidates[c].origin not in COMBINED) for k, e in book.entries.items()}
+
+    assert planned(a) == planned(b)
     assert {k: e.fingerprints for k, e in a.entries.items()} == {k: e.fingerprints for k, e in b.entries.items()}
     [node] = par.nodes
     for e in b.entries.values():
