@@ -196,8 +196,6 @@ def test_tune_screens_combinations_and_records_them_apart(tuned, tmp_path):
 
 
 def combinations_of(e, tree):
-    from lqo.book.trials import ARMS  # noqa: F401  (the rules named below are among them)
-
     return [replace(tree, id=tree.id + "+join_filter_pushdown", disabled=("join_filter_pushdown",), origin="tree+arm"),
             Candidate("arm:cte_inlining,join_filter_pushdown", "arm", ("cte_inlining", "join_filter_pushdown"),
                       origin="arm-pair")]
