@@ -35,19 +35,11 @@ from pathlib import Path
 
 import duckdb
 
-from lqo.book.book import Candidate, PlanBook
+from lqo.book.book import PlanBook
 from lqo.book.template import template_key
+from lqo.book.trials import recorded_plan
 from lqo.train.keys import canonical_plan_json
 from lqo.workloads.workload import Workload
-
-
-def recorded_json(c: Candidate) -> str | None:
-    """The plan JSON ``lqo tune`` records for ``c`` (see ``book.trials``), canonical."""
-    if c.kind == "arm":
-        return canonical_plan_json({"arm": list(c.disabled)})
-    if c.disabled:
-        return canonical_plan_json({"tree": c.plan, "arm": list(c.disabled)})
-    return canonical_plan_json(c.plan)
 
 
 def as_number(literal: str) -> float | None:
@@ -72,7 +64,7 @@ def distance(a, b, spans) -> float:
     return d
 
 
-def tuning_ratios(model: Path) -> tuple[dict, dict]:
+def tuning_medians(model: Path) -> tuple[dict, dict]:
     """Median latency per (query id, recorded plan JSON; None = native) and query texts."""
     con = duckdb.connect(str(model / "experience.duckdb"), read_only=True)
     try:
@@ -96,7 +88,7 @@ def nearest_pick(entry, verified: list[str], mine: list, med: dict, sqls: dict) 
             continue
         ratio[qid] = {"native": 1.0}
         for c in verified:
-            ms = med.get((qid, recorded_json(entry.candidates[c])))
+            ms = med.get((qid, canonical_plan_json(recorded_plan(entry.candidates[c]))))
             if ms is not None:
                 ratio[qid][c] = ms / native
     if not ratio:
@@ -124,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     if not all("candidate_ms" in r for r in by_id.values()):
         raise SystemExit("results were written before plan_book.py recorded per-candidate times: rerun it")
     book, wl = PlanBook.load(model), Workload.load(args.workload)
-    med, sqls = tuning_ratios(model)
+    med, sqls = tuning_medians(model)
     total: dict[str, float] = defaultdict(float)
     multi = differ = 0
     for e in book.entries.values():

@@ -135,7 +135,7 @@ class Trials:
         variant = self._variant(c, q)
         timeout_s = max(0.05, native_ms / 1000)
         r = run_interleaved(self.con, [variant], repeats=1, warmup=0, timeout_s=timeout_s)[0][-1]
-        self._record(q, c.kind, _recorded(c), variant[0] if variant[1] else None, [r])
+        self._record(q, c.kind, recorded_plan(c), variant[0] if variant[1] else None, [r])
         if r.ok and r.fingerprint != entry.fingerprints.get(q.id):
             return float("inf"), 1
         if not r.ok:
@@ -153,7 +153,7 @@ class Trials:
             native_runs, cand_runs = run_interleaved(self.con, [(q.sql, False), variant], repeats=self.config.rounds,
                                                      warmup=1, timeout_s=timeout_s)
             self._record(q, "native", None, None, native_runs)
-            self._record(q, c.kind, _recorded(c), variant[0] if variant[1] else None, cand_runs)
+            self._record(q, c.kind, recorded_plan(c), variant[0] if variant[1] else None, cand_runs)
             if any(not r.ok for r in cand_runs) or len(cand_runs) < len(native_runs):
                 failed = f"failed or timed out on {q.id}"
                 break
@@ -198,7 +198,7 @@ def combinations(entry: BookEntry, c: Candidate) -> list[Candidate]:
     return out
 
 
-def _recorded(c: Candidate):
+def recorded_plan(c: Candidate):
     """What the experience store keeps as the candidate's plan: a tree's JSON; for an arm,
     or a tree run with rules off, a record no Plan parser takes for a plain tree (training
     reads only plain trees: the extra rule changes what the tree's runs mean)."""

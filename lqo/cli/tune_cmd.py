@@ -14,7 +14,7 @@ def register(sub) -> None:
         "tune",
         help="explore plans per query template and adopt only those measured faster than native",
         description="Spend the budget on candidate plans per template (setting arms, star, build-side flips, "
-        "random trees), screened once and then tested in paired, interleaved rounds against the native text on "
+        "random trees, and combinations of two that each screened faster than native), screened once and then tested in paired, interleaved rounds against the native text on "
         "the template's tuning instances. A plan is adopted only when the acceptance rule holds; the result is a "
         "plan book (DIR/book.json) that lqo serves by template look-up. Rerun to resume; Ctrl-C keeps what was "
         "measured.",
