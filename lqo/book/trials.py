@@ -176,6 +176,9 @@ def combinations(entry: BookEntry, c: Candidate) -> list[Candidate]:
     >>> e.candidates.update({a.id: a, b.id: b}); e.screened.update({a.id: 0.9, b.id: 0.97})
     >>> [x.id for x in combinations(e, b)]
     ['arm:build_side_probe_side,join_filter_pushdown']
+    >>> e.screened[b.id] = 1.2  # slower than native alone: nothing to pair it with
+    >>> combinations(e, b), combinations(e, a)
+    ([], [])
     """
     if entry.screened.get(c.id, float("inf")) >= COMBINE_BELOW or c.kind not in ("arm", "tree"):
         return []
