@@ -80,9 +80,13 @@ class Executor:
         return value, time.perf_counter() - t0
 
     def _arm_fault(self) -> threading.Event | None:
-        if not self.fault_file or os.path.exists(self.fault_file):
+        if not self.fault_file:
             return None
-        with open(self.fault_file, "w") as f:
+        try:  # O_EXCL: of executors starting tasks at once, exactly one claims the crash
+            fd = os.open(self.fault_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        except FileExistsError:
+            return None
+        with os.fdopen(fd, "w") as f:
             f.write(f"{os.getpid()}\n")
         done = threading.Event()
 
