@@ -43,6 +43,16 @@ class Optimized:
     source: str = "model"  # "book" (verified plan book), "model" (planned now), "native" (not planned)
     # Opt-in feedback: called with (self, latency ms) after every execute().
     on_latency: Callable[["Optimized", float], None] | None = field(default=None, repr=False, compare=False)
+    # DuckDB's parse of ``original_sql`` where lqo parsed the text to check it and runs it
+    # as written: executing the parse skips a second one, so the check costs nothing net.
+    statement: duckdb.Statement | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def runnable(self) -> "str | duckdb.Statement":
+        """What to hand ``con.execute``: the parsed statement where the text runs as written."""
+        if self.statement is not None and self.sql == self.original_sql and not self.forced:
+            return self.statement
+        return self.sql
 
     def execute(self, con: duckdb.DuckDBPyConnection) -> list[tuple]:
         """Run the chosen plan on ``con`` and return all rows (settings restored after).
@@ -57,7 +67,7 @@ class Optimized:
         with rules:
             start = time.perf_counter()
             try:
-                rows = con.execute(self.sql).fetchall()
+                rows = con.execute(self.runnable).fetchall()
             except (duckdb.BinderException, duckdb.CatalogException) as err:
                 if self.source != "book" or self.sql == self.original_sql and not self.disabled:
                     raise runtime_error(err, self.original_sql) from err

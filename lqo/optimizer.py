@@ -225,7 +225,7 @@ class Optimizer:
         if statements[0].type != duckdb.StatementType.SELECT:
             raise NotSelectError(f"not a SELECT query: {statements[0].type.name} statement")
         return Optimized(sql, sql, False, None, None, None, verdict.native_ms, verdict.reason, _ms(start),
-                         source="native")
+                         source="native", statement=statements[0])
 
     def _render_full(self, sql: str, plan: Plan) -> str:
         """A verified plan rendered for a text whose literals do not fit the book's slots."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
+import duckdb
 import numpy as np
 import pytest
 
@@ -285,12 +286,17 @@ def test_triage_runs_cheap_queries_as_written_without_planning(trained, workload
     """The trained model's first stage: sf 0.01 queries (a few ms) are not worth 10+ ms
     of planning, so they run as written, with no parse or EXPLAIN (nothing prepared)."""
     con = workload.connect()
+    other = workload.connect()
     opt = Optimizer.load(trained, con)
     assert opt.triage is not None and opt.triage.fitted_on >= 10
     for q in workload:
         res = opt.optimize(q.sql, con)
         assert not res.forced and res.sql == q.sql and res.fallback.startswith("not worth planning"), q.id
+        # the parse that checked the text is what runs: DuckDB does not parse it again
+        assert isinstance(res.runnable, duckdb.Statement) and res.runnable.query.strip() == q.sql.strip(), q.id
         assert fingerprint_rows(res.execute(con)) == native_rows(con, q.sql), q.id
+        assert fingerprint_rows(res.execute(other)) == native_rows(con, q.sql), q.id  # any connection, again
+    other.close()
     assert not opt._cache  # no query was parsed or explained
     # a query predicted slow enough is planned: the same text with the triage told that
     # planning is free
@@ -298,7 +304,7 @@ def test_triage_runs_cheap_queries_as_written_without_planning(trained, workload
     opt.triage.config = dataclasses.replace(opt.triage.config, safety=0.0)
     res = opt.optimize(workload.query("q05").sql, con)
     assert res.fallback is None or not res.fallback.startswith("not worth planning")
-    assert opt._cache
+    assert opt._cache and res.runnable == res.sql  # a planned query runs its text
     # bad input on the cheap path: DuckDB's parser judges it; a bad column fails when run
     opt.triage.config = dataclasses.replace(opt.triage.config, safety=1e9)
     with pytest.raises(InvalidSQLError):

@@ -253,9 +253,10 @@ class Harness:
         self.con = con
         self.timeout_s = timeout_s
 
-    def run(self, sql: str, forced: bool = False, timeout_s: Any = _UNSET, profile: bool = True,
+    def run(self, sql: "str | duckdb.Statement", forced: bool = False, timeout_s: Any = _UNSET, profile: bool = True,
             disabled: Sequence[str] = ()) -> RunResult:
-        """Execute ``sql`` once and return its RunResult; never raises for query errors.
+        """Execute ``sql`` (a text, or a statement DuckDB parsed already) once and return
+        its RunResult; never raises for query errors.
 
         ``timeout_s`` defaults to the Harness's; None means no timeout. DuckDB errors
         (conversion, overflow, out of memory under ``memory_limit``, ...) and results
