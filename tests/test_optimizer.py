@@ -8,6 +8,7 @@ inputs fail clearly.
 
 from __future__ import annotations
 
+import json
 import dataclasses
 import random
 
@@ -339,3 +340,34 @@ def test_plans_unlike_the_training_data_are_not_forced(trained, workload):
         res = opt.optimize(q.sql, con)
         assert not res.forced and res.fallback.startswith("unlike what the model was trained on"), q.id
     con.close()
+
+
+def test_experience_of_another_model_directory_joins_training(trained, workload, tmp_path):
+    """``[transfer] from_models``: another directory's measured plans join every fit, its
+    tables unknown unless the schema is the same; the fitted ranges cover them."""
+    from lqo.errors import MissingFileError
+    from lqo.train.transfer import TransferConfig, load_transferred
+
+    con = workload.connect()
+    schema = Catalog.from_connection(con).fingerprint
+    con.close()
+    lines: list[str] = []
+    other = load_transferred(TransferConfig([str(trained)]), "another schema", {"nation": 1}, lines.append)
+    assert len(other) >= 50 and len(set(other.query)) >= 10 and "plans of" in lines[0]
+    assert all(not p.table.any() for p in other.plans)  # another schema: no table identity
+    same = load_transferred(TransferConfig([str(trained)]), schema, {"lineitem": 3, "orders": 7}, lines.append)
+    assert any(set(p.table.tolist()) & {3, 7} for p in same.plans) and "same schema" in lines[1]
+    with pytest.raises(MissingFileError, match="not a trained model directory"):
+        load_transferred(TransferConfig([str(tmp_path / "nothing")]), schema, {}, lines.append)
+    # a recipe with transfer: one iteration on a few own plans, the other directory's beside
+    recipe = Recipe.from_toml_text("iterations = 1\ntime_budget_min = 3.0\n[model]\nepochs = 5\nensemble = 1\n"
+                                   "[exploration]\nbootstrap_plans = 1\n[split]\ntest_fraction = 0.3\n")
+    recipe.workload, recipe.out = str(workload.root), str(tmp_path / "m")
+    recipe.transfer = TransferConfig([str(trained)])
+    logs: list[str] = []
+    Trainer(recipe, log=logs.append).run()
+    assert any(line.startswith("transfer: ") for line in logs)
+    opt = Optimizer.load(tmp_path / "m")
+    assert all(opt.ranges.outside(p) is None for p in other.plans)  # ranges fitted on them too
+    history = [json.loads(x) for x in (tmp_path / "m" / "history.jsonl").read_text().splitlines()]
+    assert history[0]["transferred"] == len(other)

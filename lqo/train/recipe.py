@@ -23,6 +23,7 @@ from lqo.config import dataclass_from_toml
 from lqo.decision import DecisionConfig
 from lqo.errors import MissingFileError, RecipeError
 from lqo.search import SearchConfig
+from lqo.train.transfer import TransferConfig
 from lqo.triage import TriageConfig
 
 
@@ -71,6 +72,7 @@ class Recipe:
     triage: TriageConfig = field(default_factory=TriageConfig)
     exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
     timeouts: TimeoutConfig = field(default_factory=TimeoutConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
 
     @classmethod
     def load(cls, path: str | Path) -> "Recipe":
@@ -87,6 +89,8 @@ class Recipe:
             value = getattr(recipe, name)
             if value and not Path(value).is_absolute():
                 setattr(recipe, name, os.path.normpath(base / value))
+        recipe.transfer.from_models = [m if Path(m).is_absolute() else os.path.normpath(base / m)
+                                       for m in recipe.transfer.from_models]
         return recipe
 
     @classmethod

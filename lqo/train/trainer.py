@@ -39,6 +39,7 @@ from lqo.train.recipe import Recipe
 from lqo.search import neighbours, star_plan
 from lqo.estimates.stats import DatabaseStats
 from lqo.train.samples import Sample, collect_samples
+from lqo.train.transfer import TransferredSamples, load_transferred
 from lqo.workloads.workload import Query, Workload
 
 STATE_FILE = "state.json"
@@ -139,6 +140,8 @@ class Trainer:
         rng = random.Random(r.seed + int(state.get("iteration", 0)))
         store_paths = [self.out / "experience.duckdb", workload.root / "experience.duckdb"]
         featurizer = Featurizer(stats, None)
+        transferred = (load_transferred(r.transfer, catalog.fingerprint, featurizer.vocabulary, self.log)
+                       if r.transfer.from_models else None)
         result = TrainResult(self.out, int(state.get("iteration", 0)))
         try:
             with ExperienceStore.open(store_paths[0]) as store:
@@ -162,12 +165,13 @@ class Trainer:
                         failed = ", ".join(sorted(runner.failed))
                         raise LqoError("nothing to learn from: no training query lqo may reorder has a successful run"
                                        + (f" (native runs failed: {failed})" if failed else ""))
-                    optimizer = self._fit(samples, usable, featurizer, catalog, it)
+                    optimizer = self._fit(samples, usable, featurizer, catalog, it, transferred)
                     optimizer.triage = fit_triage(optimizer, con, [(q.sql, runner.native_ms(q)) for q in queries
                                                                    if q.id not in runner.failed],
                                                   stats, self.recipe.triage)
                     line = self._iterate(it, optimizer, usable, runner, rng, queries)
-                    line.update({"samples": len(samples), "elapsed_min": round(self._elapsed_min(), 2)})
+                    line.update({"samples": len(samples), "transferred": len(transferred) if transferred else 0,
+                                 "elapsed_min": round(self._elapsed_min(), 2)})
                     extra = {"recipe": r.to_dict(), "iteration": it,
                              "train_templates": train_t, "test_templates": test_t}
                     optimizer.save(self.out / "iterations" / f"{it:03d}", extra=extra)
@@ -194,13 +198,16 @@ class Trainer:
             raise LqoError("training stopped before the first model was fitted (raise time_budget_min)")
         return result
 
-    def _fit(self, samples: list[Sample], usable, featurizer: Featurizer, catalog: Catalog, it: int) -> Optimizer:
+    def _fit(self, samples: list[Sample], usable, featurizer: Featurizer, catalog: Catalog, it: int,
+             transferred: TransferredSamples | None = None) -> Optimizer:
         m = self.recipe.model
-        qids = sorted({s.query_id for s in samples})
-        group = {q: i for i, q in enumerate(qids)}
         plans = [featurizer.featurize(usable[s.query_id].graph, s.plan, s.forced) for s in samples]
         y = np.array([s.latency_ms for s in samples], dtype=np.float64)
-        g = np.array([group[s.query_id] for s in samples])
+        names = [s.query_id for s in samples]
+        if transferred is not None and len(transferred):
+            plans, y, names = plans + transferred.plans, np.concatenate([y, transferred.latency_ms]), names + transferred.query
+        group = {q: i for i, q in enumerate(sorted(set(names)))}
+        g = np.array([group[q] for q in names])
         model = make_model(m.kind, loss=m.loss, lr_schedule=m.lr_schedule, lr=m.lr, epochs=m.epochs,
                            n_members=m.ensemble, channels=(m.hidden, m.hidden, m.hidden // 2),
                            seed=self.recipe.seed + it)
