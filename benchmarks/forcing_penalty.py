@@ -34,11 +34,14 @@ def main() -> None:
     ap.add_argument("--queries", help="comma-separated query ids (default: all)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", help="write the raw results here")
+    ap.add_argument("--also", default="", help="comma-separated optimizer rules: adds a variant, the same forced "
+                                               "tree with these rules disabled too (e.g. compressed_materialization)")
     args = ap.parse_args()
     wl = Workload.load(args.workload)
     con = wl.connect()
     cat = Catalog.from_connection(con)
     wanted = set(args.queries.split(",")) if args.queries else None
+    also = tuple(r for r in args.also.split(",") if r)
     rows, skipped = [], {}
     started = time.time()
     for q in wl:
@@ -53,11 +56,14 @@ def main() -> None:
         variants = [(q.sql, False), (forced_sql, True)]
         if placed:  # the same tree with every subquery predicate left in WHERE, as written
             variants.append((render(_unplaced(pq), pq.native_plan), True))
+        if also:
+            variants.append((forced_sql, True, also))
         probe = median_latency(run_interleaved(con, variants[:1], repeats=1)[0]) or 1.0
         res = run_interleaved(con, variants, repeats=args.rounds, warmup=0, timeout_s=max(2.0, 30 * probe / 1000))
         ref = next((r.fingerprint for r in res[0] if r.ok), None)
         native, forced = median_latency(res[0]), median_latency(res[1])
         unplaced = median_latency(res[2]) if placed else None
+        with_also = median_latency(res[-1]) if also else None
         if native is None or forced is None:
             skipped[q.id] = "a run failed"
             continue
@@ -65,11 +71,13 @@ def main() -> None:
             "id": q.id, "native_ms": round(native, 2), "forced_native_ms": round(forced, 2),
             "ratio": round(forced / native, 3), "placed_subquery_filters": placed,
             "ratio_unplaced": round(unplaced / native, 3) if unplaced else None,
+            "ratio_also": round(with_also / native, 3) if with_also else None,
             "wrong": any(r.ok and r.fingerprint != ref for rs in res[1:] for r in rs),
         })
         r = rows[-1]
         print(f"{r['id']:>6} native {r['native_ms']:9.1f}  forced native {r['forced_native_ms']:9.1f}"
-              f"  ratio {r['ratio']:6.3f}" + (f"  unplaced {r['ratio_unplaced']:6.3f}" if placed else ""),
+              f"  ratio {r['ratio']:6.3f}" + (f"  unplaced {r['ratio_unplaced']:6.3f}" if placed else "")
+              + (f"  also {r['ratio_also']:6.3f}" if with_also else ""),
               file=sys.stderr, flush=True)
     ratios = [r["ratio"] for r in rows]
     worst = max(rows, key=lambda r: r["ratio"]) if rows else None
@@ -82,6 +90,7 @@ def main() -> None:
         "worst": {"id": worst["id"], "ratio": worst["ratio"]} if worst else None,
         "above_1.15": sorted((r["id"] for r in rows if r["ratio"] > 1.15)),
         "wrong": sum(r["wrong"] for r in rows),
+        **(_also_totals(rows, also) if also else {}),
         "seconds": round(time.time() - started),
     }
     print(json.dumps(totals))
@@ -89,6 +98,22 @@ def main() -> None:
         with open(args.json, "w") as f:
             json.dump({"command": " ".join(sys.argv), "rounds": args.rounds, "totals": totals,
                        "queries": rows, "skipped": skipped}, f, indent=2)
+
+
+def _also_totals(rows: list[dict], also: tuple[str, ...]) -> dict:
+    """The forced-native figures with ``also`` disabled too, over the queries where that ran."""
+    done = [r for r in rows if r["ratio_also"]]
+    ratios = [r["ratio_also"] for r in done]
+    return {"also": {
+        "rules": list(also), "queries": len(done),
+        "median_ratio": round(statistics.median(ratios), 4) if done else None,
+        "geomean_ratio": round(math.exp(statistics.mean(math.log(x) for x in ratios)), 4) if done else None,
+        "total_ratio": round(sum(r["ratio_also"] * r["native_ms"] for r in done) / sum(r["native_ms"] for r in done), 4)
+        if done else None,
+        "above_1.15": sorted(r["id"] for r in done if r["ratio_also"] > 1.15),
+        "better_by_5pct": sorted(r["id"] for r in done if r["ratio_also"] < 0.95 * r["ratio"]),
+        "worse_by_5pct": sorted(r["id"] for r in done if r["ratio_also"] > 1.05 * r["ratio"]),
+    }}
 
 
 def _unplaced(pq: PreparedQuery):
