@@ -355,8 +355,13 @@ def test_experience_of_another_model_directory_joins_training(trained, workload,
     other = load_transferred(TransferConfig([str(trained)]), "another schema", {"nation": 1}, lines.append)
     assert len(other) >= 50 and len(set(other.query)) >= 10 and "plans of" in lines[0]
     assert all(not p.table.any() for p in other.plans)  # another schema: no table identity
-    same = load_transferred(TransferConfig([str(trained)]), schema, {"lineitem": 3, "orders": 7}, lines.append)
+    held = set(sorted({workload.query(n.split(":")[1]).template for n in other.query})[:2])
+    same = load_transferred(TransferConfig([str(trained)]), schema, {"lineitem": 3, "orders": 7}, lines.append,
+                            held_out=held)
     assert any(set(p.table.tolist()) & {3, 7} for p in same.plans) and "same schema" in lines[1]
+    # the same schema: the target's held-out templates stay unseen (another schema's are other queries)
+    templates = {workload.query(n.split(":")[1]).template for n in same.query}
+    assert len(held) == 2 and not held & templates and len(same) < len(other)
     with pytest.raises(MissingFileError, match="not a trained model directory"):
         load_transferred(TransferConfig([str(tmp_path / "nothing")]), schema, {}, lines.append)
     # a recipe with transfer: one iteration on a few own plans, the other directory's beside

@@ -38,6 +38,12 @@ ARMS: tuple[str, ...] = ("join_filter_pushdown", "build_side_probe_side", "join_
 # Rules a forced tree still leaves on (forcing disables join_order and build_side_probe_side).
 TREE_ARMS: tuple[str, ...] = ("join_filter_pushdown", "compressed_materialization", "cte_inlining")
 COMBINE_BELOW = 1.0  # both parts must have screened below this to be tried together
+# Forcing takes DuckDB's join estimates away and compressed materialization then puts its
+# projections above probe-side scans, where they stop runtime join filters (docs/cold-path.md:
+# q73 1.24x -> 1.00x, q54 1.27x -> 0.86x with it off; 8 other queries slower). So a tree that
+# screened near native is also tried with that rule off, whatever the rule does unforced.
+RETRY_TREE_RULE = "compressed_materialization"
+RETRY_TREE_BELOW = 1.10
 COMBINED = frozenset({"arm-pair", "tree+arm"})  # origins of the candidates ``combinations`` makes
 
 
@@ -179,12 +185,21 @@ def combinations(entry: BookEntry, c: Candidate) -> list[Candidate]:
     >>> e.screened[b.id] = 1.2  # slower than native alone: nothing to pair it with
     >>> combinations(e, b), combinations(e, a)
     ([], [])
+    >>> t = Candidate("tree:ab12", "tree", plan="{}", origin="star")
+    >>> e.candidates[t.id] = t; e.screened[t.id] = 1.05  # near native: retried unestimated
+    >>> [(x.id, x.disabled) for x in combinations(e, t)]
+    [('tree:ab12+compressed_materialization', ('compressed_materialization',))]
     """
-    if entry.screened.get(c.id, float("inf")) >= COMBINE_BELOW or c.kind not in ("arm", "tree"):
-        return []
+    ratio = entry.screened.get(c.id, float("inf"))
+    out: list[Candidate] = []
+    if c.kind == "tree" and not c.disabled and ratio < RETRY_TREE_BELOW:
+        retry = replace(c, id=f"{c.id}+{RETRY_TREE_RULE}", disabled=(RETRY_TREE_RULE,), origin="tree+arm")
+        if retry.id not in entry.candidates and retry.id not in entry.screened:
+            out.append(retry)
+    if ratio >= COMBINE_BELOW or c.kind not in ("arm", "tree"):
+        return out
     good = [entry.candidates[k] for k, r in entry.screened.items()
             if r < COMBINE_BELOW and k != c.id and k in entry.candidates]
-    out: list[Candidate] = []
     for other in good:
         arm, tree = (c, other) if c.kind == "arm" else (other, c)
         if arm.kind != "arm" or len(arm.disabled) != 1:

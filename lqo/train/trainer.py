@@ -140,8 +140,8 @@ class Trainer:
         rng = random.Random(r.seed + int(state.get("iteration", 0)))
         store_paths = [self.out / "experience.duckdb", workload.root / "experience.duckdb"]
         featurizer = Featurizer(stats, None)
-        transferred = (load_transferred(r.transfer, catalog.fingerprint, featurizer.vocabulary, self.log)
-                       if r.transfer.from_models else None)
+        transferred = (load_transferred(r.transfer, catalog.fingerprint, featurizer.vocabulary, self.log,
+                                        held_out=set(test_t)) if r.transfer.from_models else None)
         result = TrainResult(self.out, int(state.get("iteration", 0)))
         try:
             with ExperienceStore.open(store_paths[0]) as store:

@@ -9,7 +9,9 @@ featurized on *their* database with *its* statistics, are added to every fit.
 What transfers is structure, not identity: a transferred plan's tables enter as unknown
 (id 0), so TPC-H's ``customer`` does not teach the model anything about TPC-DS's
 ``customer``; where the other directory was trained on this very schema (another
-instance set of the same database), table ids are kept. The source is read-only: its
+instance set of the same database), table ids are kept and the queries of templates this
+training holds out for testing are left out, so a held-out template stays unseen. The
+source is read-only: its
 database opened read-only, its experience read, its stats used (or rebuilt in memory when
 they no longer match its data); nothing is written there.
 
@@ -22,7 +24,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 import numpy as np
 
@@ -57,8 +59,9 @@ class TransferredSamples:
 
 
 def load_transferred(config: TransferConfig, target_schema: str, target_vocab: dict[str, int],
-                     log: Callable[[str], None] = print) -> TransferredSamples:
-    """Samples of every model directory in ``config.from_models``.
+                     log: Callable[[str], None] = print, held_out: Collection[str] = ()) -> TransferredSamples:
+    """Samples of every model directory in ``config.from_models``; from a directory of
+    the same schema, none of the templates in ``held_out`` (the target's test templates).
 
     A directory that is missing or holds no finished training is an error naming it
     (a recipe that asks for experience should not train silently without it).
@@ -82,6 +85,8 @@ def load_transferred(config: TransferConfig, target_schema: str, target_vocab: d
             featurizer = Featurizer(stats, dict(target_vocab) if same_schema else {})
             prepared = {}
             for q in workload:
+                if same_schema and q.template in held_out:
+                    continue
                 try:
                     pq = prepare_named(f"{q.id} ({q.path})", q.sql, con, catalog)
                 except LqoError:  # a query lqo cannot read contributes nothing
