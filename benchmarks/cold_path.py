@@ -4,16 +4,19 @@ Usage: python benchmarks/cold_path.py WORKLOAD --model DIR [--split test|all] [-
 
 For each query (by default the model's held-out test templates: never seen in training)
 the optimizer plans the text cold twice, with its triage (the first stage decides
-whether planning is worth it) and with every query planned, and the chosen SQL of each
-runs interleaved with the native text ``rounds`` times. Latencies are medians plus that
-variant's cold planning time. Reports per variant: total ratio to native, geomean,
-worst query, planning as a share of native time, queries planned vs run as written,
-queries forced, wrong results (order-insensitive fingerprints).
+whether planning is worth it) and with every query planned (and, for a model that
+records its training queries, planned without the check that a query resembles one of
+them: ``full_unguarded``), and the chosen SQL of each runs interleaved with the native
+text ``rounds`` times. Latencies are medians plus that variant's cold planning time.
+Reports per variant: total ratio to native, geomean, worst query, planning as a share of
+native time, the runs alone (``run_ratio``), queries planned vs run as written, queries
+forced, wrong results (order-insensitive fingerprints).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -39,6 +42,12 @@ def main() -> None:
     triaged = Optimizer.load(args.model, con)
     full = Optimizer.load(args.model, con)
     full.triage = None
+    variants_of = {"triage": triaged, "full": full}
+    if full.ranges is not None and full.ranges.radius is not None:
+        # the same, without the check that the query resembles a trained one (an A/B of it)
+        loose = Optimizer.load(args.model, con)
+        loose.triage, loose.ranges = None, dataclasses.replace(full.ranges, query_points=None, radius=None)
+        variants_of["full_unguarded"] = loose
     config = json.load(open(f"{args.model}/optimizer.json"))
     test = set(config.get("test_templates") or [])
     queries = [q for q in wl if args.split == "all" or q.template in test]
@@ -46,7 +55,7 @@ def main() -> None:
     started = time.time()
     for q in queries:
         plans = {}
-        for name, opt in (("triage", triaged), ("full", full)):
+        for name, opt in variants_of.items():
             opt.forget(q.sql)
             plans[name] = opt.optimize(q.sql, con)
         # Each variant runs what its Optimized.execute would: a text kept as written runs
@@ -71,7 +80,7 @@ def main() -> None:
               f"{', forced' if row['full']['forced'] else ''})", file=sys.stderr, flush=True)
     native_total = sum(r["native_ms"] for r in rows)
     totals = {"queries": len(rows), "native_ms": round(native_total, 1), "seconds": round(time.time() - started)}
-    for name in ("triage", "full"):
+    for name in variants_of:
         ratios = [r[name]["ratio"] for r in rows]
         totals[name] = {
             "ratio": round(sum(r[name]["ms"] for r in rows) / native_total, 4),
@@ -79,6 +88,7 @@ def main() -> None:
             "worst": max(rows, key=lambda r: r[name]["ratio"])["id"], "worst_ratio": max(ratios),
             "above_1.15": sum(x > 1.15 for x in ratios),
             "planning_share": round(sum(r[name]["planning_ms"] for r in rows) / native_total, 4),
+            "run_ratio": round(sum(r[name]["ms"] - r[name]["planning_ms"] for r in rows) / native_total, 4),
             "planning_ms_median": round(statistics.median(r[name]["planning_ms"] for r in rows), 3),
             "planned": sum(r[name]["planned"] for r in rows), "forced": sum(r[name]["forced"] for r in rows),
             "wrong": sum(r[name]["wrong"] for r in rows),

@@ -21,7 +21,8 @@ from lqo.book.accept import AcceptRule, judge
 from lqo.book.book import BOOK_FILE, Candidate, PlanBook
 from lqo.book.slots import SlotRendering
 from lqo.book.trials import COMBINED
-from lqo.book.template import template_key, tokens
+from lqo.book.serve import BookServer
+from lqo.book.template import literal_free_text, template_key, tokens
 from lqo.cli import main
 from lqo.engine.harness import fingerprint_rows
 from lqo.errors import BookError, QueryRuntimeError, SchemaMismatchError
@@ -250,6 +251,35 @@ def test_served_plans_return_the_native_result(tuned, varied):
         assert opt.optimize("SELECT count(*) FROM nation", con).source == "native"
     finally:
         con.close()
+
+
+def test_native_templates_are_found_without_the_tokenizer(tuned, varied):
+    """A template kept native is found by its literal-free text; that shortcut serves
+    exactly what the full look-up would, and never stands for a template it shares the
+    text with."""
+    book = PlanBook.load(tuned)
+    server, full = BookServer(book), BookServer(book)
+    full._native_by_text = {}
+    native = {e.key for e in book.entries.values() if e.chosen.kind == "native"}
+    assert native and server._native_by_text
+    shortcut = 0
+    for q in varied:
+        hit = server._native_by_text.get(literal_free_text(q.sql))
+        if hit is not None:
+            assert hit.key == template_key(q.sql).key, q.id
+            shortcut += 1
+        a, b = server.serve(q.sql), full.serve(q.sql)
+        assert (a.sql, a.forced, a.disabled, a.fallback) == (b.sql, b.forced, b.disabled, b.fallback), q.id
+    assert shortcut >= 0.8 * sum(template_key(q.sql).key in native for q in varied)
+    # a template kept native whose literal-free text another template of the book shares
+    # is looked up in full: here a copy of a tree choice's template, one number changed
+    e_tree = next(e for e in book.entries.values() if any(c.kind == "tree" and c.slots for c in e.candidates.values()))
+    e_tree.adopt(next(c.id for c in e_tree.candidates.values() if c.kind == "tree" and c.slots))
+    twin = book.entry("twin", template="twin", sample_sql=e_tree.sample_sql)
+    assert twin.chosen.kind == "native"
+    server = BookServer(book)
+    assert literal_free_text(e_tree.sample_sql) not in server._native_by_text
+    assert server.serve(e_tree.sample_sql).forced
 
 
 def test_book_show_and_compare_held_out_instances(tuned, varied, capsys):

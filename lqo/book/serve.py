@@ -24,7 +24,7 @@ from typing import Callable
 
 from lqo.book.book import BookEntry, PlanBook
 from lqo.book.slots import SlotRendering
-from lqo.book.template import template_key
+from lqo.book.template import literal_free_text, template_key
 from lqo.optimized import Optimized
 from lqo.trees.plan import Plan
 
@@ -50,6 +50,16 @@ class BookServer:
             plan = Plan.from_json(c.plan) if c.kind == "tree" and c.plan else None
             slots = SlotRendering.from_json(c.slots) if c.kind == "tree" and c.slots else None
             self._served[key] = (e, plan, slots)
+        # Templates kept native, found by their text without literals (a regex, no
+        # tokenizer): the look-up is most of what a short native query pays lqo. Only
+        # where no other template of the book shares that text: a text that matches by
+        # mistake (another query, or an instance of a template not in the book) is then
+        # run as written, which is always a right answer, never another template's plan.
+        sharing: dict[str, list[BookEntry]] = {}
+        for e in book.entries.values():
+            sharing.setdefault(literal_free_text(e.sample_sql), []).append(e)
+        self._native_by_text = {text: es[0] for text, es in sharing.items()
+                                if len(es) == 1 and es[0].chosen.kind == "native"}
 
     def __contains__(self, sql: str) -> bool:
         return template_key(sql).key in self._served
@@ -70,6 +80,9 @@ class BookServer:
         return result
 
     def _serve(self, sql: str, start: float) -> Optimized | None:
+        native = self._native_by_text.get(literal_free_text(sql))
+        if native is not None:
+            return _as_written(sql, native, start)
         tk = template_key(sql)
         hit = self._served.get(tk.key)
         if hit is None:
@@ -77,9 +90,7 @@ class BookServer:
         entry, plan, slots = hit
         c = entry.chosen
         if c.kind == "native":
-            why = (f"plan book: native verified for template {entry.template}" if entry.native_ms
-                   else f"plan book: template {entry.template} left native ({entry.note or 'not measured'})")
-            return Optimized(sql, sql, False, None, None, None, None, why, _ms(start), source="book")
+            return _as_written(sql, entry, start)
         if c.kind == "arm":
             return Optimized(sql, sql, False, None, None, None, None, None, _ms(start),
                              disabled=c.disabled, source="book")
@@ -116,6 +127,12 @@ def read_feedback(path: str | os.PathLike) -> dict[tuple[str, str], list[float]]
         except (ValueError, KeyError, TypeError):
             continue
     return out
+
+
+def _as_written(sql: str, entry: BookEntry, start: float) -> Optimized:
+    why = (f"plan book: native verified for template {entry.template}" if entry.native_ms
+           else f"plan book: template {entry.template} left native ({entry.note or 'not measured'})")
+    return Optimized(sql, sql, False, None, None, None, None, why, _ms(start), source="book")
 
 
 def _ms(start: float) -> float:

@@ -214,7 +214,7 @@ class Trainer:
         model.fit(plans, y, g)
         search = dataclasses.replace(self.recipe.search, seed=self.recipe.seed)
         ranges = FeatureRanges.fit(plans, Featurizer.feature_names(),
-                                   Featurizer.query_feature_names()[: plans[0].query.shape[0]])
+                                   Featurizer.query_feature_names()[: plans[0].query.shape[0]], groups=names)
         return Optimizer(model, featurizer, catalog.fingerprint, search, dataclasses.replace(self.recipe.decision),
                          ranges=ranges)
 
