@@ -155,9 +155,9 @@ def _strip_comment(text: str, kind) -> str:
     return text[:cut].rstrip()
 
 
-# Quoted strings (with '' escapes) and numbers that stand alone (not the digits of a
-# name such as ``d1``), and all whitespace.
-_LITERALS_AND_SPACE = re.compile(r"'(?:[^']|'')*'|(?<![\w.])\d+(?:\.\d*)?(?:[eE][-+]?\d+)?(?![\w.])|\s+")
+# Quoted strings (with '' escapes), numbers that stand alone (not the digits of a name
+# such as ``d1``) with a minus sign written right before them, and all whitespace.
+_LITERALS_AND_SPACE = re.compile(r"'(?:[^']|'')*'|-?(?<![\w.])\d+(?:\.\d*)?(?:[eE][-+]?\d+)?(?![\w.])|\s+")
 
 
 def literal_free_text(sql: str) -> str:
@@ -165,14 +165,16 @@ def literal_free_text(sql: str) -> str:
     regular expression, ~10x cheaper than ``template_key``.
 
     Coarser in one way and finer in others than the template key: instances of a
-    template share it only when their literals differ in value, not in sign, list length
-    or spacing around comments; and a text that is not a query of the template can share
-    it (``x = 5`` and ``x = 'a'``). So it is a shortcut for one decision only, where a
+    template share it only when their literals differ in value or sign, not in list
+    length or comments; and a text that is not a query of the template can share it
+    (``x = 5`` and ``x = 'a'``, ``a - 1`` and ``a``). So it is a shortcut for one decision only, where a
     false match cannot cost a wrong result: see ``BookServer``.
 
     >>> literal_free_text("SELECT * FROM t1 WHERE x = 5 AND s = 'it''s'")
     'SELECT*FROMt1WHEREx=ANDs='
-    >>> literal_free_text("select a from t where x = 1.5e3") == literal_free_text("select a from t where x = 2")
+    >>> literal_free_text("select a from t where x = 1.5e3") == literal_free_text("select a from t where x > -2")
+    False
+    >>> literal_free_text("select a from t where x > 1.5e3") == literal_free_text("select a from t where x > -2")
     True
     """
     return _LITERALS_AND_SPACE.sub("", sql)
