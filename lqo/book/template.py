@@ -161,14 +161,14 @@ _LITERALS_AND_SPACE = re.compile(r"'(?:[^']|'')*'|-?(?<![\w.])\d+(?:\.\d*)?(?:[e
 
 
 def literal_free_text(sql: str) -> str:
-    """``sql`` without quoted strings, stand-alone numbers and whitespace: one C-level
-    regular expression, ~10x cheaper than ``template_key``.
+    """``sql`` without quoted strings, stand-alone numbers and whitespace: one regular
+    expression, 2-4x cheaper than ``template_key`` (q41 0.07 vs 0.23 ms, warm).
 
     Coarser in one way and finer in others than the template key: instances of a
     template share it only when their literals differ in value or sign, not in list
     length or comments; and a text that is not a query of the template can share it
-    (``x = 5`` and ``x = 'a'``, ``a - 1`` and ``a``). So it is a shortcut for one decision only, where a
-    false match cannot cost a wrong result: see ``BookServer``.
+    (``x = 5`` and ``x = 'a'``, ``a - 1`` and ``a``). So it is a shortcut for one
+    decision only, where a false match cannot cost a wrong result: see ``BookServer``.
 
     >>> literal_free_text("SELECT * FROM t1 WHERE x = 5 AND s = 'it''s'")
     'SELECT*FROMt1WHEREx=ANDs='

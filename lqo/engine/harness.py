@@ -255,8 +255,7 @@ class Harness:
 
     def run(self, sql: "str | duckdb.Statement", forced: bool = False, timeout_s: Any = _UNSET, profile: bool = True,
             disabled: Sequence[str] = ()) -> RunResult:
-        """Execute ``sql`` (a text, or a statement DuckDB parsed already) once and return
-        its RunResult; never raises for query errors.
+        """Execute ``sql`` (text or parsed statement) once; never raises for query errors.
 
         ``timeout_s`` defaults to the Harness's; None means no timeout. DuckDB errors
         (conversion, overflow, out of memory under ``memory_limit``, ...) and results

@@ -229,8 +229,9 @@ class DatabaseStats:
 
     @classmethod
     def load_or_build(cls, con: duckdb.DuckDBPyConnection, catalog: Catalog, cache_path: str | os.PathLike,
-                      sample_rows: int = 20_000) -> "DatabaseStats":
-        """The cached stats if their fingerprint matches the data, else fresh ones (saved)."""
+                      sample_rows: int = 20_000, save: bool = True) -> "DatabaseStats":
+        """The cached stats if their fingerprint matches the data, else fresh ones (saved
+        to ``cache_path`` unless ``save`` is off: a directory lqo only reads)."""
         cur = con.cursor()
         try:
             fp = data_fingerprint(cur, catalog)
@@ -244,7 +245,8 @@ class DatabaseStats:
             except (ValueError, KeyError, TypeError):
                 pass  # unreadable or old format: rebuild
         stats = cls.build(con, catalog, sample_rows=sample_rows)
-        stats.save(cache_path)
+        if save:
+            stats.save(cache_path)
         return stats
 
 

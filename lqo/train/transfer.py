@@ -29,7 +29,7 @@ from typing import Callable, Collection
 import numpy as np
 
 from lqo.errors import LqoError, MissingFileError
-from lqo.estimates.stats import DatabaseStats, data_fingerprint
+from lqo.estimates.stats import DatabaseStats
 from lqo.learn.featurized import FlatPlan
 from lqo.learn.features import Featurizer
 from lqo.sql.catalog import Catalog
@@ -80,7 +80,7 @@ def load_transferred(config: TransferConfig, target_schema: str, target_vocab: d
         con = workload.connect()
         try:
             catalog = Catalog.from_connection(con)
-            stats = _stats(root / "stats.json", con, catalog)
+            stats = DatabaseStats.load_or_build(con, catalog, root / "stats.json", save=False)
             same_schema = catalog.fingerprint == target_schema
             featurizer = Featurizer(stats, dict(target_vocab) if same_schema else {})
             prepared = {}
@@ -106,18 +106,3 @@ def load_transferred(config: TransferConfig, target_schema: str, target_vocab: d
         log(f"transfer: {lines[-1]}")
     return TransferredSamples(plans, np.asarray(ms, dtype=np.float64), query, lines)
 
-
-def _stats(path: Path, con, catalog: Catalog) -> DatabaseStats:
-    """The source's saved statistics while they match its data; else built in memory."""
-    if path.is_file():
-        try:
-            stats = DatabaseStats.load(path)
-            cur = con.cursor()
-            try:
-                if stats.fingerprint == data_fingerprint(cur, catalog):
-                    return stats
-            finally:
-                cur.close()
-        except (ValueError, KeyError):
-            pass
-    return DatabaseStats.build(con, catalog)
