@@ -271,6 +271,16 @@ def test_native_templates_are_found_without_the_tokenizer(tuned, varied):
         a, b = server.serve(q.sql), full.serve(q.sql)
         assert (a.sql, a.forced, a.disabled, a.fallback) == (b.sql, b.forced, b.disabled, b.fallback), q.id
     assert shortcut >= 0.8 * sum(template_key(q.sql).key in native for q in varied)
+    # and serving a native template really skips the tokenizer-based key
+    import lqo.book.serve as serve_module
+    fresh, real = BookServer(book), serve_module.template_key
+    serve_module.template_key = None  # calling it would fail
+    try:
+        for q in varied:
+            if server._native_by_text.get(literal_free_text(q.sql)) is not None:
+                assert fresh.serve(q.sql).source == "book", q.id
+    finally:
+        serve_module.template_key = real
     # a template kept native whose literal-free text another template of the book shares
     # is looked up in full: here a copy of a tree choice's template, one number changed
     e_tree = next(e for e in book.entries.values() if any(c.kind == "tree" and c.slots for c in e.candidates.values()))
