@@ -24,7 +24,7 @@ import duckdb
 
 from lqo.book.accept import Verdict
 from lqo.book.book import BookEntry, Candidate, PlanBook
-from lqo.book.trials import Trials
+from lqo.book.trials import Trials, acceptance_bar
 from lqo.sql.catalog import Catalog
 from lqo.train.experience import ExperienceStore
 from lqo.train.journal import Journal, replay
@@ -50,7 +50,7 @@ def baseline_step(ctx: Trials, t: _Template, entry: BookEntry) -> dict[str, Any]
 def trial_step(ctx: Trials, t: _Template, entry: BookEntry, c: Candidate) -> tuple[float, int, Verdict | None]:
     """(screening ratio, wrong results, the acceptance verdict or None if not tested)."""
     ratio, wrong = ctx.screen(t, entry, c)
-    if ratio < ctx.config.screen_below and not wrong:
+    if ratio < acceptance_bar(entry, ctx.config.screen_below) and not wrong:
         return ratio, wrong, ctx.accept(t, entry, c)
     return ratio, wrong, None
 

@@ -45,6 +45,9 @@ COMBINE_BELOW = 1.0  # both parts must have screened below this to be tried toge
 RETRY_TREE_RULE = "compressed_materialization"
 RETRY_TREE_BELOW = 1.10
 COMBINED = frozenset({"arm-pair", "tree+arm"})  # origins of the candidates ``combinations`` makes
+# A screening run is one cold run, noisier than a verdict's median: a candidate is tested
+# against a template's current choice unless it screened this much slower than that choice.
+BEAT_SLACK = 1.10
 
 
 class Trials:
@@ -214,6 +217,25 @@ def combinations(entry: BookEntry, c: Candidate) -> list[Candidate]:
         if new.id not in entry.candidates and new.id not in entry.screened and all(x.id != new.id for x in out):
             out.append(new)
     return out
+
+
+def acceptance_bar(entry: BookEntry, screen_below: float) -> float:
+    """The screening ratio below which a candidate earns an acceptance test: ``screen_below``,
+    or lower once the template has adopted a plan, since a candidate is adopted only if it
+    beats that plan, and one that screened well above it will not (the test would cost
+    ``2 x rounds`` runs per tuning instance to learn so).
+
+    >>> e = BookEntry("k", "q1", "SELECT 1")
+    >>> acceptance_bar(e, 0.95)
+    0.95
+    >>> e.verdicts["arm:x"] = Verdict(True, "accepted", median_ratio=0.6); e.adopt("arm:x")
+    >>> round(acceptance_bar(e, 0.95), 3)
+    0.66
+    """
+    current = entry.verdicts.get(entry.choice)
+    if entry.choice == "native" or current is None or current.median_ratio is None:
+        return screen_below
+    return min(screen_below, current.median_ratio * BEAT_SLACK)
 
 
 def recorded_plan(c: Candidate):

@@ -8,7 +8,8 @@ improvement x template weight (native time of its tuning instances):
 1. *baseline*: native runs of every tuning instance (median, result fingerprint);
 2. *screening*: one run of a candidate on the first tuning instance, cut at the
    native latency (the best known), result checked against native;
-3. *acceptance*: a candidate that screened below ``screen_below`` x native gets paired,
+3. *acceptance*: a candidate that screened below ``screen_below`` x native (and not
+   far above the template's current choice: ``trials.acceptance_bar``) gets paired,
    interleaved rounds against native on every tuning instance, judged by
    :mod:`lqo.book.accept`; it becomes the template's choice if accepted and better than
    the current one.
