@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from conftest import tpc_queries
 from lqo.book.accept import AcceptRule, judge
 from lqo.book.book import BOOK_FILE, Candidate, PlanBook
+from lqo.book.ranges import LiteralRanges
 from lqo.book.slots import SlotRendering
 from lqo.book.trials import COMBINED
 from lqo.book.serve import BookServer
@@ -159,6 +160,8 @@ def test_tune_ends_with_a_book(tuned, varied):
                 assert all(e.screened.get(f"arm:{r}", 9) < 1.0 for r in c.disabled), (e.template, c.id)
     for e in book.entries.values():  # whatever was tried can be adopted and loaded again
         assert set(e.screened) <= set(e.candidates) and set(e.verdicts) <= set(e.candidates), e.template
+        ranges = LiteralRanges.from_json(e.ranges)  # recorded; its own instances lie inside
+        assert all(ranges.outside(template_key(varied.query(q).sql)) is None for q in e.instances), e.template
     # q13 (an outer join: no trees) is still tried with setting arms, and they are recorded
     q13 = book.by_template()["q13"]
     assert q13.candidates and all(c.kind == "arm" for c in q13.candidates.values()) and "arms only" in q13.note

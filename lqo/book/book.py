@@ -73,6 +73,7 @@ class BookEntry:
     screened: dict[str, float] = field(default_factory=dict)  # candidate -> screening ratio (inf: timed out)
     verified_at: str | None = None
     note: str | None = None  # e.g. why the template is left native without trying anything
+    ranges: list | None = None  # ``LiteralRanges`` JSON of the tuning instances' literals
 
     @property
     def chosen(self) -> Candidate:
@@ -86,7 +87,7 @@ class BookEntry:
             "choice": self.choice, "candidates": [c.to_json() for c in self.candidates.values()],
             "verdicts": {k: v.to_json() for k, v in self.verdicts.items()},
             "screened": {k: (None if v == float("inf") else v) for k, v in self.screened.items()},
-            "verified_at": self.verified_at, "note": self.note,
+            "verified_at": self.verified_at, "note": self.note, "ranges": self.ranges,
         }
 
     @classmethod
@@ -99,7 +100,7 @@ class BookEntry:
         e.candidates = {c["id"]: Candidate.from_json(c) for c in d.get("candidates", [])}
         e.verdicts = {k: Verdict.from_json(v) for k, v in d.get("verdicts", {}).items()}
         e.screened = {k: (float("inf") if v is None else float(v)) for k, v in d.get("screened", {}).items()}
-        e.verified_at, e.note = d.get("verified_at"), d.get("note")
+        e.verified_at, e.note, e.ranges = d.get("verified_at"), d.get("note"), d.get("ranges")
         for cid in [e.choice, *e.verdicts]:
             # Books written before arms of untreeable templates were recorded: an arm is
             # fully named by its id.

@@ -4,7 +4,10 @@ Known template, choice native -> the text as written. Known, a setting arm -> th
 with the arm's optimizer rules disabled. Known, a forced tree -> the verified plan,
 filled with this instance's literals from the template's slot rendering; where no slot
 rendering fits (the instance has another number of literals), ``render_full`` renders
-the plan for this text (a parse, still no model). Unknown template -> None.
+the plan for this text (a parse, still no model). A constant-sensitive template (its
+tuning instances' native times differ widely) serves its plan only to instances whose
+numbers and dates lie inside the ranges it was verified on (:mod:`lqo.book.ranges`);
+others run as written. Unknown template -> None.
 
 >>> server = BookServer(PlanBook.load("runs/tpcds"))     # doctest: +SKIP
 >>> res = server.serve(sql)                              # doctest: +SKIP
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from lqo.book.book import BookEntry, PlanBook
+from lqo.book.ranges import LiteralRanges, constant_sensitive
 from lqo.book.slots import SlotRendering
 from lqo.book.template import literal_free_text, template_key
 from lqo.optimized import Optimized
@@ -45,11 +49,15 @@ class BookServer:
         self._cache_size = cache_size
         # Everything a look-up needs is decoded once, here: plans, slot renderings.
         self._served: dict[str, tuple[BookEntry, Plan | None, SlotRendering | None]] = {}
+        # Constant-sensitive templates with a plan: the literal ranges it was verified on.
+        self._guards: dict[str, LiteralRanges] = {}
         for key, e in book.entries.items():
             c = e.chosen
             plan = Plan.from_json(c.plan) if c.kind == "tree" and c.plan else None
             slots = SlotRendering.from_json(c.slots) if c.kind == "tree" and c.slots else None
             self._served[key] = (e, plan, slots)
+            if c.kind != "native" and e.ranges is not None and constant_sensitive(list(e.native_ms.values())):
+                self._guards[key] = LiteralRanges.from_json(e.ranges)
         # Templates kept native, found by their text without literals (a regex, no
         # tokenizer): the look-up is most of what a short native query pays lqo. Only
         # where no other template of the book shares that text: a text that matches by
@@ -91,6 +99,11 @@ class BookServer:
         c = entry.chosen
         if c.kind == "native":
             return _as_written(sql, entry, start)
+        guard = self._guards.get(tk.key)
+        if guard is not None and (out := guard.outside(tk)) is not None:
+            return Optimized(sql, sql, False, None, None, None, None,
+                             f"plan book: template {entry.template} is constant-sensitive and {out[1]} lies "
+                             f"outside the range its plan was verified on", _ms(start), source="book")
         if c.kind == "arm":
             return Optimized(sql, sql, False, None, None, None, None, None, _ms(start),
                              disabled=c.disabled, source="book")

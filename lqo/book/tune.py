@@ -46,6 +46,7 @@ from lqo.book.accept import AcceptRule
 from lqo.book.book import BOOK_FILE, FEEDBACK_FILE, Candidate, PlanBook
 from lqo.book.steps import LocalSteps, PoolSteps, Steps, accept_step, baseline_step, trial_step
 from lqo.book.trials import COMBINED, Trials, combinations
+from lqo.book.ranges import LiteralRanges
 from lqo.book.serve import read_feedback
 from lqo.book.template import template_key
 from lqo.engine.harness import is_user_interrupt
@@ -273,6 +274,7 @@ class Tuner:
                 t = queue.pop(0)
                 entry = book.entry(t.key, t.template, t.tune[0].sql)
                 entry.instances, entry.held_out = [q.id for q in t.tune], [q.id for q in t.held_out]
+                entry.ranges = LiteralRanges.build([template_key(q.sql) for q in t.tune]).to_json()
                 if entry.native_ms:
                     ready.append(t)
                 else:
