@@ -6,7 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from lqo.book.accept import Verdict
-from lqo.book.book import BookEntry, Candidate, PlanBook
+from lqo.book.book import Candidate, PlanBook
 from lqo.book.ranges import LiteralRanges
 from lqo.book.serve import BookServer
 from lqo.book.steps import trial_step
