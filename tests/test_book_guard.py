@@ -75,3 +75,14 @@ def test_a_candidate_screened_far_above_the_current_choice_gets_no_acceptance_te
     e.adopt("native")  # nothing adopted: the plain bar
     ctx.screen = lambda t, entry, c: (0.9, 0)
     assert trial_step(ctx, None, e, Candidate("arm:y", "arm", ("y",)))[2] is not None
+
+
+def test_book_show_names_the_templates_served_inside_their_ranges_only(tmp_path, capsys):
+    from lqo.cli import main
+    import json
+
+    _book([80.0, 590.0, 120.0]).save(tmp_path / "m" / "book.json")
+    assert main(["book", "show", str(tmp_path / "m"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["templates"][0]["in_verified_ranges_only"] is True
+    assert main(["book", "show", str(tmp_path / "m")]) == 0
+    assert "constant-sensitive" in capsys.readouterr().out

@@ -73,23 +73,28 @@ def run(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     from lqo.book.book import PlanBook
+    from lqo.book.ranges import constant_sensitive
 
     book = PlanBook.load(args.model)
     rows = []
     for e in sorted(book.entries.values(), key=lambda e: e.template):
         v = e.verdicts.get(e.choice)
+        # served only inside its tuning instances' literal ranges (lqo.book.ranges)
+        guarded = e.choice != "native" and e.ranges is not None and constant_sensitive(list(e.native_ms.values()))
         rows.append({"template": e.template, "key": e.key, "choice": e.choice,
                      "ratio": None if v is None else round(v.median_ratio, 4),
                      "interval": None if v is None else [round(v.ci_low, 4), round(v.ci_high, 4)],
                      "instances": len(e.instances), "held_out": len(e.held_out),
                      "screened": len(e.screened), "tested": len(e.verdicts), "verified_at": e.verified_at,
-                     "note": e.note})
+                     "in_verified_ranges_only": guarded, "note": e.note})
     w = max([34, *(len(r["choice"]) for r in rows)])  # combinations name two parts
     lines = [f"{'template':<10} {'choice':<{w}} {'ratio':>7} {'95% interval':>15} {'inst':>4} {'tried':>5}  verified"]
     for r in rows:
         iv = "-" if r["interval"] is None else f"{r['interval'][0]:.3f}-{r['interval'][1]:.3f}"
         lines.append(f"{r['template']:<10} {r['choice']:<{w}} {'-' if r['ratio'] is None else format(r['ratio'], '.3f'):>7} "
-                     f"{iv:>15} {r['instances']:>4} {r['screened']:>5}  {r['verified_at'] or '-'}")
+                     f"{iv:>15} {r['instances']:>4} {r['screened']:>5}  {r['verified_at'] or '-'}"
+                     + ("  (constant-sensitive: served inside its verified literal ranges only)"
+                        if r["in_verified_ranges_only"] else ""))
     adopted = sum(1 for r in rows if r["choice"] != "native")
     lines.append(f"{len(rows)} templates, {adopted} with a verified plan other than native")
     emit(args, "\n".join(lines), {"schema": book.schema, "templates": rows})
