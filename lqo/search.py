@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from lqo.trees.enumerate import random_tree
+from lqo.trees.enumerate import exhaustive_trees, random_tree
 from lqo.sql.join_graph import JoinBlock
 from lqo.trees.plan import Join, Leaf, Plan, Tree
 from lqo.trees.query import PreparedQuery
@@ -113,6 +113,16 @@ def star_plan(pq: PreparedQuery, estimator) -> Plan:
     for b in pq.free_blocks:
         plan = plan.replace(b.index, star_tree(b, estimator))
     return plan
+
+
+def small_block_plans(plan: Plan, blocks: Sequence[JoinBlock], max_relations: int = 3) -> list[Plan]:
+    """Every tree of each block with at most ``max_relations`` relations (12 for three,
+    sides included), one block at a time, the others as in ``plan``."""
+    out = []
+    for b in blocks:
+        if len(b.aliases) <= max_relations:
+            out += [plan.replace(b.index, t) for t in exhaustive_trees(b)]
+    return [p for p in dict.fromkeys(out) if p != plan]
 
 
 def neighbours(plan: Plan, blocks: Sequence[JoinBlock]) -> list[Plan]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING
 
 from lqo.book.accept import Verdict, judge
@@ -19,11 +20,14 @@ from lqo.engine.harness import error_line, median_latency, run_interleaved
 from lqo.errors import LqoError
 from lqo.estimates.cardinality import Estimator
 from lqo.estimates.stats import DatabaseStats
-from lqo.search import neighbours, star_plan
+from lqo.search import neighbours, small_block_plans, star_plan
 from lqo.sql.catalog import Catalog
 from lqo.sql.join_graph import build_query_graph
 from lqo.sql.relations import limit_in_from
 from lqo.train.experience import ExperienceStore
+from lqo.trees.dp import dp_plan, profiled_cards
+from lqo.trees.native import read_native_trees
+from lqo.trees.physical import profile_roots
 from lqo.trees.plan import Plan
 from lqo.trees.query import prepare
 from lqo.trees.render import render
@@ -37,6 +41,7 @@ ARMS: tuple[str, ...] = ("join_filter_pushdown", "build_side_probe_side", "join_
                          "compressed_materialization", "cte_inlining")
 # Rules a forced tree still leaves on (forcing disables join_order and build_side_probe_side).
 TREE_ARMS: tuple[str, ...] = ("join_filter_pushdown", "compressed_materialization", "cte_inlining")
+MAX_SMALL_BLOCK_TREES = 12  # every tree of a small block, at most this many per template
 COMBINE_BELOW = 1.0  # both parts must have screened below this to be tried together
 # Forcing takes DuckDB's join estimates away and compressed materialization then puts its
 # projections above probe-side scans, where they stop runtime join filters (docs/cold-path.md:
@@ -102,11 +107,19 @@ class Trials:
             return out  # arms need no tree: every query is eligible
         native = pq.native_plan
         plans: list[tuple[str, Plan]] = []
-        star = star_plan(pq, Estimator(self.stats, pq.graph))
-        plans.append(("star", star))
+        est = Estimator(self.stats, pq.graph)
+        plans.append(("star", star_plan(pq, est)))
+        # Cost-based trees (lqo's estimates; then the counts a profiled native run recorded).
+        plans.append(("dp", dp_plan(native, pq.free_blocks, lambda b: partial(est.join_rows, b))))
+        actual = self._profiled_cards(t, entry, pq) if self.config.true_cards else None
+        if actual is not None:
+            plans.append(("truecard", dp_plan(native, pq.free_blocks, lambda b: profiled_cards(
+                b, partial(est.join_rows, b), actual.get(b.index, {})))))
         moves = neighbours(native, pq.free_blocks)
         rng.shuffle(moves)
         plans += [("flip", p) for p in moves[: self.config.moves]]
+        small = small_block_plans(native, pq.free_blocks, self.config.exhaustive_relations)
+        plans += [("small", p) for p in rng.sample(small, min(len(small), MAX_SMALL_BLOCK_TREES))]
         plans += [("random", p) for p in pq.random_plans(self.config.random_trees, rng)]
         scores = None
         if self.optimizer is not None:
@@ -130,6 +143,16 @@ class Trials:
             if scores is not None and scores[native] > 0:
                 self.predicted[(t.key, cid)] = (1.0 - scores[plan] / scores[native], spread.get(plan, 0.0))
         return out
+
+    def _profiled_cards(self, t: _Template, entry: BookEntry, pq) -> dict | None:
+        """Per block, the cardinalities a profiled native run of the first tuning instance
+        recorded (relation set -> rows), or None if it timed out. Runtime join filters are
+        off for this run: with them a probe-side scan reports the rows they let through,
+        not the rows its own filters keep."""
+        q = t.tune[0]
+        timeout_s = max(1.0, 3 * entry.native_ms.get(q.id, 1000.0) / 1000)
+        roots = profile_roots(self.con, q.sql, timeout_s=timeout_s, disabled=("join_filter_pushdown",))
+        return None if roots is None else read_native_trees(pq.graph, roots).actuals
 
     def _variant(self, c: Candidate, q: Query) -> tuple[str, bool, tuple[str, ...]]:
         return variant(c, q.sql, self.catalog)

@@ -15,8 +15,11 @@ improvement x template weight (native time of its tuning instances):
    the current one.
 
 Candidates: setting arms (the native text with one DuckDB optimizer rule disabled; no
-forced tree, no forcing penalty), the star-shaped plan from lqo's own estimates,
-build-side flips and local moves of DuckDB's native tree, and random trees. Once two
+forced tree, no forcing penalty), the star-shaped plan from lqo's own estimates, the
+C_out-cheapest tree by dynamic programming over those estimates and over the counts a
+profiled native run recorded (a true-cardinality plan, :mod:`lqo.trees.dp`), every tree
+of blocks of up to three relations, build-side flips and local moves of DuckDB's native
+tree, and random trees. Once two
 of a template's candidates have each screened below native, their combination joins
 the queue (two rules disabled together, or a tree run with one more rule off;
 ``trials.combinations``).
@@ -73,6 +76,8 @@ class TuneConfig:
     screen_below: float = 0.95  # a screening ratio below this earns an acceptance test
     random_trees: int = 3  # random trees per template among the candidates
     moves: int = 4  # local moves of the native tree (build-side flips first)
+    exhaustive_relations: int = 3  # blocks this small get every tree as a candidate (0: none)
+    true_cards: bool = True  # profile one native run per template for a true-cardinality plan
     strategy: str = "learned"  # "learned" | "random"
     model: str | None = None  # a trained model directory (lqo train): scores tree candidates, adds its search's best
     seed: int = 0

@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import duckdb
-
 from lqo.errors import LqoError, MissingFileError
-from lqo.engine.settings import forced_settings, profiling_settings
+from lqo.engine.settings import forced_settings
 from lqo.trees.native import PNode, explain_json, read_native_trees
+from lqo.trees.physical import profile_roots
 from lqo.trees.plan import Join, Leaf, Plan, Tree, tree_to_json
 from lqo.workloads.workload import Query, Workload
 
@@ -138,27 +136,6 @@ def _parse_tree(toks: list[str]) -> tuple[Tree, list[str]]:
     return Join(a, b), rest[1:]
 
 
-def _profile(con: duckdb.DuckDBPyConnection, sql: str, forced: bool, timeout_s: float) -> list[PNode] | None:
-    """Run ``sql`` once with profiling; the profile's roots, or None on timeout."""
-    fired = threading.Event()
-    timer = threading.Timer(timeout_s, lambda: (fired.set(), con.interrupt()))
-    timer.daemon = True
-    with profiling_settings(con), (forced_settings(con) if forced else nullcontext()):
-        timer.start()
-        try:
-            con.execute(sql).fetchall()
-        except duckdb.InterruptException:
-            if not fired.is_set():
-                raise
-            return None
-        finally:
-            timer.cancel()
-            timer.join()  # an interrupt firing now must not hit the statements below
-        # Read inside the settings' scope: restoring them runs SETs that replace the profile.
-        prof = json.loads(con.get_profiling_information(format="json"))
-    return [PNode.from_json(c) for c in prof.get("children", [])]
-
-
 def _cards(graph, roots: list[PNode], block: int) -> list[list]:
     nt = read_native_trees(graph, roots)
     est, act = nt.estimates.get(block, {}), nt.actuals.get(block, {})
@@ -167,7 +144,7 @@ def _cards(graph, roots: list[PNode], block: int) -> list[list]:
 
 def _side(con, pq, plan: Plan, forced: bool, block: int, timeout_s: float) -> dict:
     sql = pq.render(plan) if forced else pq.sql
-    roots = _profile(con, sql, forced, timeout_s)
+    roots = profile_roots(con, sql, forced, timeout_s)
     if roots is None:  # timed out: estimates from EXPLAIN under the same settings, no actuals
         with forced_settings(con) if forced else nullcontext():
             cards = [[r, e, None] for r, e, _ in _cards(pq.graph, explain_json(con, sql), block)]
