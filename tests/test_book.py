@@ -165,6 +165,10 @@ def test_tune_ends_with_a_book(tuned, varied):
     # q13 (an outer join: no trees) is still tried with setting arms, and they are recorded
     q13 = book.by_template()["q13"]
     assert q13.candidates and all(c.kind == "arm" for c in q13.candidates.values()) and "arms only" in q13.note
+    history = json.loads((tuned / "tune_history.json").read_text())
+    if history[-1]["elapsed_s"] < 150:  # finished inside its budget: no test was left put off
+        wins = {(e.template, k) for e in book.entries.values() for k, r in e.screened.items() if r < 0.95}
+        assert wins <= {(e.template, k) for e in book.entries.values() for k in e.verdicts}
     held = {i for e in book.entries.values() for i in e.held_out}
     ran = {r[0] for r in _store_query_ids(tuned)}
     assert held and not held & ran  # held-out instances never ran while tuning

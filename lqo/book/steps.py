@@ -7,6 +7,7 @@ and plain data (template, book entry, candidate) that returns plain data:
 - ``trial_step``: screen a candidate and, if it screens as a win, its acceptance test,
   both on the same executor, so the paired, interleaved rounds against native never
   span two nodes;
+- ``retest_step``: an acceptance test screening put off, run once everything is screened;
 - ``accept_step``: an acceptance test alone (re-checks).
 
 ``LocalSteps`` runs a step at once on the driver's ``Trials`` (the sequential path,
@@ -53,6 +54,11 @@ def trial_step(ctx: Trials, t: _Template, entry: BookEntry, c: Candidate) -> tup
     if ratio < acceptance_bar(entry, ctx.config.screen_below) and not wrong:
         return ratio, wrong, ctx.accept(t, entry, c)
     return ratio, wrong, None
+
+
+def retest_step(ctx: Trials, t: _Template, entry: BookEntry, c: Candidate) -> tuple[float, int, Verdict]:
+    """The acceptance test ``trial_step`` put off (``trials.acceptance_bar``), in its shape."""
+    return entry.screened.get(c.id, float("inf")), 0, ctx.accept(t, entry, c)
 
 
 def accept_step(ctx: Trials, t: _Template, entry: BookEntry, c: Candidate) -> Verdict:

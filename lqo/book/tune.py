@@ -8,9 +8,10 @@ improvement x template weight (native time of its tuning instances):
 1. *baseline*: native runs of every tuning instance (median, result fingerprint);
 2. *screening*: one run of a candidate on the first tuning instance, cut at the
    native latency (the best known), result checked against native;
-3. *acceptance*: a candidate that screened below ``screen_below`` x native (and not
-   far above the template's current choice: ``trials.acceptance_bar``) gets paired,
-   interleaved rounds against native on every tuning instance, judged by
+3. *acceptance*: a candidate that screened below ``screen_below`` x native gets paired,
+   interleaved rounds against native on every tuning instance (put off until every
+   candidate is screened where it screened well above the template's adopted plan:
+   ``trials.acceptance_bar``), judged by
    :mod:`lqo.book.accept`; it becomes the template's choice if accepted and better than
    the current one.
 
@@ -47,7 +48,7 @@ from typing import TYPE_CHECKING, Callable
 
 from lqo.book.accept import AcceptRule
 from lqo.book.book import BOOK_FILE, FEEDBACK_FILE, Candidate, PlanBook
-from lqo.book.steps import LocalSteps, PoolSteps, Steps, accept_step, baseline_step, trial_step
+from lqo.book.steps import LocalSteps, PoolSteps, Steps, accept_step, baseline_step, retest_step, trial_step
 from lqo.book.trials import COMBINED, Trials, combinations
 from lqo.book.ranges import LiteralRanges
 from lqo.book.serve import read_feedback
@@ -214,18 +215,26 @@ class Tuner:
                      f"({cfg.strategy} order, budget {cfg.budget_min:g} min"
                      + ("" if self.pool is None else f", {self.pool.size} Ray executors") + ")")
             _record(history, offset, start, book, result)
+            # Screened as wins but not tested: the bar was the template's adopted plan.
+            deferred = [(t, book.entries[t.key].candidates[k]) for t in ready for k, r in book.entries[t.key].screened.items()
+                        if r < cfg.screen_below and k not in book.entries[t.key].verdicts
+                        and k in book.entries[t.key].candidates]
             while True:
                 # As many (template, candidate) pairs in flight as there are executors
                 # (one without Ray): each is screened and, if it passes, tested on the
-                # executor that screened it, and the next pick sees every result so far.
-                while steps.free() and pending and time.perf_counter() < deadline:
-                    i = self._pick(pending, book, origins, rng, ctx.predicted)
-                    t, c = pending.pop(i)
-                    steps.submit((t, c), f"tune/{t.key}/{c.id}", trial_step, t, book.entries[t.key], c)
+                # executor that screened it, and the next pick sees every result so far. Then
+                # the tests put off, the best screening relative to its template's choice first.
+                while steps.free() and (pending or deferred) and time.perf_counter() < deadline:
+                    if pending:
+                        t, c = pending.pop(self._pick(pending, book, origins, rng, ctx.predicted))
+                        steps.submit((t, c, True), f"tune/{t.key}/{c.id}", trial_step, t, book.entries[t.key], c)
+                    else:
+                        t, c = deferred.pop(min(range(len(deferred)), key=lambda k: _relative(book, *deferred[k])))
+                        steps.submit((t, c, False), f"retest/{t.key}/{c.id}", retest_step, t, book.entries[t.key], c)
                 done = steps.next()
                 if done is None:
                     break
-                t, c = done.key
+                t, c, screening = done.key
                 if done.error is not None:  # its executor was lost twice: counted as not a win
                     self.log(f"tune: {t.template}: {c.id} not tried: {done.error}")
                     ratio, wrong, verdict = float("inf"), 0, None
@@ -234,13 +243,16 @@ class Tuner:
                 if verdict is not None and done.node is not None:
                     verdict = replace(verdict, node=done.node)  # paired rounds ran there, all of them
                 entry = book.entries[t.key]
-                result.screened += 1
-                result.wrong += wrong
-                entry.screened[c.id] = ratio
-                origins.update(c.origin, ratio, ratio < cfg.screen_below)
-                for extra in combinations(entry, c):  # parts that each helped, tried together
-                    entry.candidates.setdefault(extra.id, extra)
-                    pending.append((t, extra))
+                if screening:
+                    result.screened += 1
+                    result.wrong += wrong
+                    entry.screened[c.id] = ratio
+                    origins.update(c.origin, ratio, ratio < cfg.screen_below)
+                    for extra in combinations(entry, c):  # parts that each helped, tried together
+                        entry.candidates.setdefault(extra.id, extra)
+                        pending.append((t, extra))
+                    if verdict is None and not wrong and ratio < cfg.screen_below:
+                        deferred.append((t, c))
                 if verdict is not None:
                     result.tested += 1
                     entry.verdicts[c.id] = verdict
@@ -356,6 +368,14 @@ class Tuner:
             if score > best:
                 best, best_i = score, i
         return best_i
+
+
+def _relative(book: PlanBook, t: _Template, c: Candidate) -> float:
+    """A candidate's screening ratio over its template's adopted ratio (1 for native)."""
+    e = book.entries[t.key]
+    current = e.verdicts.get(e.choice)
+    held = current.median_ratio if e.choice != "native" and current is not None else 1.0
+    return e.screened.get(c.id, float("inf")) / max(held or 1.0, 1e-9)
 
 
 def _write_atomic(path: Path, text: str) -> None:
