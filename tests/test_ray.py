@@ -166,8 +166,9 @@ def test_tune_on_ray(cluster, wl, tmp_path):
     for e in b.entries.values():
         assert all(v.node == node["node"] for v in e.verdicts.values())  # paired rounds: one node each
     store = tmp_path / "ray" / "experience.duckdb"
-    assert_whole(store, 3 + par.screened)  # a baseline per template, a task per candidate
-    assert node["tasks"] == 3 + par.screened and node["runs"] == rows(store, "SELECT count(*) FROM runs")[0][0]
+    tasks = 3 + par.screened + par.retested  # a baseline per template, a task per candidate and put-off test
+    assert_whole(store, tasks)
+    assert node["tasks"] == tasks and node["runs"] == rows(store, "SELECT count(*) FROM runs")[0][0]
 
 
 def test_cli_json_has_per_node_counts(cluster, wl, tmp_path, capsys):

@@ -101,6 +101,7 @@ class TuneResult:
     adopted: int = 0
     wrong: int = 0
     rechecked: int = 0
+    retested: int = 0  # acceptance tests put off at screening, run after it
     elapsed_s: float = 0.0
     interrupted: bool = False
     history: list = field(default_factory=list)
@@ -141,9 +142,7 @@ class Tuner:
                  log: Callable[[str], None] = print, pool: "ExecutorPool | None" = None) -> None:
         """``pool`` (:class:`lqo.distributed.ExecutorPool`): run the measuring steps on Ray
         executors; this process still decides the order and alone writes book and store."""
-        self.pool = pool
-        self.workload = workload
-        self.out = Path(out)
+        self.pool, self.workload, self.out = pool, workload, Path(out)
         self.config = config or TuneConfig()
         self.config.validate()
         self.log = log
@@ -172,7 +171,6 @@ class Tuner:
         cfg = self.config
         start = time.perf_counter()
         deadline = start + cfg.budget_min * 60
-        self.out.mkdir(parents=True, exist_ok=True)
         con = self.workload.connect()
         catalog = Catalog.from_connection(con)
         book_path = self.out / BOOK_FILE
@@ -253,6 +251,8 @@ class Tuner:
                         pending.append((t, extra))
                     if verdict is None and not wrong and ratio < cfg.screen_below:
                         deferred.append((t, c))
+                else:
+                    result.retested += 1
                 if verdict is not None:
                     result.tested += 1
                     entry.verdicts[c.id] = verdict
