@@ -11,6 +11,13 @@ query's native latency and what planning it would cost. Only where the expected 
 cost does lqo plan further; everything else runs as written. The search then gets a time
 budget in proportion to the predicted native latency.
 
+Before even those facts, a stage that reads only the text's length: an upper envelope
+of native latency over length, fitted on the training queries (a line in log-log space
+raised past the slowest of them, times ``ENVELOPE_MARGIN``). Where even that bound's
+expected gain is below ``safety`` x the least planning ever measured, the query runs as
+written at the cost of one ``len``: on a small database (TPC-H sf 0.01: 2-6 ms queries,
+planning 2+ ms) no first-seen query pays the facts.
+
 >>> rows = {"orders": 1_500_000, "customer": 150_000, "nation": 25}
 >>> facts = query_facts("SELECT count(*) FROM orders o, customer c WHERE o.o_custkey = c.c_custkey", rows)
 >>> [round(x, 2) for x in facts]
@@ -32,6 +39,7 @@ import numpy as np
 
 __all__ = ["FACT_NAMES", "NOT_WORTH_PLANNING", "Triage", "TriageConfig", "Verdict", "query_facts"]
 
+ENVELOPE_MARGIN = 3.0  # the length envelope sits this far above the slowest training query
 FACT_NAMES = ("bias", "tables", "table_refs", "log_rows_sum", "log_rows_max", "selects", "log_length")
 NOT_WORTH_PLANNING = "not worth planning"  # how every triage reason starts
 _WORD = re.compile(r"[a-z_][a-z0-9_]*")
@@ -76,6 +84,8 @@ class Triage:
     planning_weights: list[float]
     config: TriageConfig = field(default_factory=TriageConfig)
     fitted_on: int = 0  # training queries the predictors were fitted on
+    envelope: list[float] | None = None  # [a, b]: native ms <= exp(a + b log(len + 1)) on the training texts
+    planning_floor_ms: float | None = None  # least planning time measured in training
 
     @classmethod
     def fit(cls, texts: Sequence[str], native_ms: Sequence[float], planning_ms: Sequence[float],
@@ -83,8 +93,10 @@ class Triage:
         """Ridge regressions in log space on measured native and planning times."""
         rows = {k.lower(): int(v) for k, v in table_rows.items()}
         x = np.array([query_facts(t, rows) for t in texts], dtype=np.float64)
-        return cls(rows, _ridge(x, np.log(np.maximum(native_ms, 0.01)), ridge),
-                   _ridge(x, np.log(np.maximum(planning_ms, 0.01)), ridge), config or TriageConfig(), len(texts))
+        y = np.log(np.maximum(native_ms, 0.01))
+        return cls(rows, _ridge(x, y, ridge), _ridge(x, np.log(np.maximum(planning_ms, 0.01)), ridge),
+                   config or TriageConfig(), len(texts), _envelope(x[:, -1], y),
+                   float(min(planning_ms)) if len(planning_ms) else None)
 
     def predict(self, sql: str) -> tuple[float, float]:
         """Predicted native latency and planning cost of ``sql``, in ms."""
@@ -93,9 +105,15 @@ class Triage:
                 math.exp(sum(a * w for a, w in zip(x, self.planning_weights))))
 
     def judge(self, sql: str) -> Verdict:
-        native, planning = self.predict(sql)
         if not self.config.enabled:
-            return Verdict(True, native, planning, None)
+            return Verdict(True, *self.predict(sql), None)
+        if self.envelope is not None and self.planning_floor_ms is not None:
+            most = math.exp(self.envelope[0] + self.envelope[1] * math.log(len(sql) + 1))
+            if self.config.expected_gain * most < self.config.safety * self.planning_floor_ms:
+                return Verdict(False, most, self.planning_floor_ms,
+                               f"{NOT_WORTH_PLANNING}: a text this long ran at most {most:.1f} ms natively in "
+                               f"training (bound), too little to repay the {self.planning_floor_ms:.1f} ms planning costs at least")
+        native, planning = self.predict(sql)
         gain = self.config.expected_gain * native
         if gain >= self.config.safety * planning:
             return Verdict(True, native, planning, None)
@@ -112,7 +130,18 @@ class Triage:
     @classmethod
     def from_json(cls, d: dict) -> "Triage":
         return cls(dict(d["table_rows"]), list(d["latency_weights"]), list(d["planning_weights"]),
-                   TriageConfig(**d.get("config", {})), int(d.get("fitted_on", 0)))
+                   TriageConfig(**d.get("config", {})), int(d.get("fitted_on", 0)), d.get("envelope"),
+                   d.get("planning_floor_ms"))
+
+
+def _envelope(log_length: np.ndarray, log_native: np.ndarray) -> list[float] | None:
+    """``[a, b]`` with ``a + b x >= y + log(ENVELOPE_MARGIN)`` on every training point:
+    a least-squares line, never falling with length, raised past the highest point."""
+    if len(log_length) < 2 or np.ptp(log_length) == 0:
+        return None
+    b = max(0.0, float(np.polyfit(log_length, log_native, 1)[0]))
+    a = float(np.max(log_native - b * log_length)) + math.log(ENVELOPE_MARGIN)
+    return [a, b]
 
 
 def _ridge(x: np.ndarray, y: np.ndarray, lam: float) -> list[float]:

@@ -63,3 +63,28 @@ def test_config_and_round_trip():
     assert back == t and back.predict(texts[0]) == t.predict(texts[0])
     never = Triage.fit(texts, native, planning, ROWS, TriageConfig(safety=1e9))
     assert not any(never.judge(x).plan for x in texts)
+
+
+def test_length_envelope_bounds_every_training_query_and_spares_small_databases_the_facts(monkeypatch):
+    import lqo.triage as triage_module
+
+    texts, native, planning = _texts(200, np.random.default_rng(2))
+    t = Triage.fit(texts, native, planning, ROWS)
+    a, b = t.envelope
+    assert all(math.exp(a + b * math.log(len(x) + 1)) >= n for x, n in zip(texts, native))
+    assert t.planning_floor_ms == min(planning)
+    assert t.judge("SELECT count(*) FROM fact t0, dim t1").plan  # the bound lets slow ones through
+    # a small database: 2-5 ms queries, planning 3+ ms; the facts are never read
+    small = [x.replace("fact", "tiny") for x in texts]
+    t = Triage.fit(small, [2.0 + len(x) % 3 for x in small], planning, ROWS)
+
+    def no_facts(*_):
+        raise AssertionError("facts read")
+
+    monkeypatch.setattr(triage_module, "query_facts", no_facts)
+    for x in small[:20] + ["SELECT count(*) FROM tiny t0, dim t1, dim t2, dim t3, dim t4"]:
+        v = t.judge(x)
+        assert not v.plan and "this long" in v.reason
+    # a model saved before the envelope existed judges by the facts alone
+    old = {k: v for k, v in t.to_json().items() if k not in ("envelope", "planning_floor_ms")}
+    assert Triage.from_json(old).envelope is None
