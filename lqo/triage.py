@@ -89,14 +89,17 @@ class Triage:
 
     @classmethod
     def fit(cls, texts: Sequence[str], native_ms: Sequence[float], planning_ms: Sequence[float],
-            table_rows: Mapping[str, int], config: TriageConfig | None = None, ridge: float = 1.0) -> "Triage":
-        """Ridge regressions in log space on measured native and planning times."""
+            table_rows: Mapping[str, int], config: TriageConfig | None = None, ridge: float = 1.0,
+            planning_floor_ms: float | None = None) -> "Triage":
+        """Ridge regressions in log space on measured native and planning times; the
+        length envelope's floor is ``planning_floor_ms`` (default: the least planning)."""
         rows = {k.lower(): int(v) for k, v in table_rows.items()}
         x = np.array([query_facts(t, rows) for t in texts], dtype=np.float64)
         y = np.log(np.maximum(native_ms, 0.01))
         return cls(rows, _ridge(x, y, ridge), _ridge(x, np.log(np.maximum(planning_ms, 0.01)), ridge),
                    config or TriageConfig(), len(texts), _envelope(x[:, -1], y),
-                   float(min(planning_ms)) if len(planning_ms) else None)
+                   planning_floor_ms if planning_floor_ms is not None
+                   else float(min(planning_ms)) if len(planning_ms) else None)
 
     def predict(self, sql: str) -> tuple[float, float]:
         """Predicted native latency and planning cost of ``sql``, in ms."""

@@ -269,12 +269,12 @@ def fit_triage(optimizer: Optimizer, con, measured: list[tuple[str, float]], sta
     """The first-stage predictors, fitted on the training queries' measured native
     latencies and on this optimizer's planning time for each (timed here, cold); None
     with fewer than 3 queries to fit on (every first-seen query is then planned)."""
-    texts, native, planning = [], [], []
+    texts, native, planning, searched = [], [], [], []
     for sql, ms in measured:
         optimizer.forget(sql)
         start = time.perf_counter()
         try:
-            optimizer.optimize(sql, con)
+            res = optimizer.optimize(sql, con)
         except LqoError:
             continue  # a query lqo cannot plan tells nothing about planning cost
         finally:
@@ -282,10 +282,15 @@ def fit_triage(optimizer: Optimizer, con, measured: list[tuple[str, float]], sta
         texts.append(sql)
         native.append(ms)
         planning.append((time.perf_counter() - start) * 1000)
+        if res.candidates:
+            searched.append(planning[-1])
     if len(texts) < 3:
         return None
     rows = {t: stats.rows(t) or 0 for t in stats.tables}
-    return Triage.fit(texts, native, planning, rows, config)
+    # The least a query costs that planning could change (one with joins to search): a
+    # query without joins is parsed and checked in well under a millisecond, and is
+    # never forced.
+    return Triage.fit(texts, native, planning, rows, config, planning_floor_ms=min(searched or planning))
 
 
 def _format_line(line: dict) -> str:
