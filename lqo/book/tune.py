@@ -25,7 +25,7 @@ of a template's candidates have each screened below native, their combination jo
 the queue (two rules disabled together, or a tree run with one more rule off;
 ``trials.combinations``).
 
-``strategy="learned"`` orders candidates by what screening has shown so far, across
+``strategy="learned"`` (:mod:`lqo.book.order`) orders candidates by what screening has shown so far, across
 templates: each candidate origin (an arm's rule, ``star``, ``flip``, ``random``) keeps
 a posterior of how often it screens as a win and by how much, and the next pair is the
 one with the highest expected saving in ms (Thompson-style optimism for origins seldom
@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from lqo.book.accept import AcceptRule
+from lqo.book.order import OriginStats, pick, relative
 from lqo.book.book import BOOK_FILE, FEEDBACK_FILE, Candidate, PlanBook
 from lqo.book.steps import LocalSteps, PoolSteps, Steps, accept_step, baseline_step, retest_step, trial_step
 from lqo.book.trials import COMBINED, Trials, combinations
@@ -116,27 +117,6 @@ class _Template:
     held_out: list[Query]
 
 
-class _OriginStats:
-    """Per candidate origin: screening outcomes seen so far (the learned prior)."""
-
-    def __init__(self) -> None:
-        self.tries: dict[str, int] = defaultdict(int)
-        self.wins: dict[str, int] = defaultdict(int)
-        self.gain: dict[str, float] = defaultdict(float)
-
-    def update(self, origin: str, ratio: float, win: bool) -> None:
-        self.tries[origin] += 1
-        if win:
-            self.wins[origin] += 1
-            self.gain[origin] += max(0.0, 1.0 - ratio)
-
-    def draw(self, origin: str, rng: random.Random) -> tuple[float, float]:
-        """A Beta(1 + wins, 1 + losses) draw for the chance to pass screening, and the mean
-        gain of wins so far (0.15 before any): optimistic for origins seldom tried."""
-        n, w = self.tries[origin], self.wins[origin]
-        return rng.betavariate(1 + w, 1 + n - w), (self.gain[origin] / w if w else 0.15)
-
-
 class Tuner:
     def __init__(self, workload: Workload, out: str | Path, config: TuneConfig | None = None,
                  log: Callable[[str], None] = print, pool: "ExecutorPool | None" = None) -> None:
@@ -183,7 +163,7 @@ class Tuner:
         stats = DatabaseStats.load_or_build(con, catalog, self.out / "stats.json")
         store = ExperienceStore.open(self.out / STORE_FILE)
         rng = random.Random(cfg.seed)
-        origins = _OriginStats()
+        origins = OriginStats()
         for e in book.entries.values():  # what earlier runs learned
             for cid, ratio in e.screened.items():
                 c = e.candidates.get(cid)
@@ -224,10 +204,10 @@ class Tuner:
                 # the tests put off, the best screening relative to its template's choice first.
                 while steps.free() and (pending or deferred) and time.perf_counter() < deadline:
                     if pending:
-                        t, c = pending.pop(self._pick(pending, book, origins, rng, ctx.predicted))
+                        t, c = pending.pop(pick(pending, book, origins, rng, ctx.predicted, cfg))
                         steps.submit((t, c, True), f"tune/{t.key}/{c.id}", trial_step, t, book.entries[t.key], c)
                     else:
-                        t, c = deferred.pop(min(range(len(deferred)), key=lambda k: _relative(book, *deferred[k])))
+                        t, c = deferred.pop(min(range(len(deferred)), key=lambda k: relative(book, *deferred[k])))
                         steps.submit((t, c, False), f"retest/{t.key}/{c.id}", retest_step, t, book.entries[t.key], c)
                 done = steps.next()
                 if done is None:
@@ -340,42 +320,6 @@ class Tuner:
             if not verdict.accepted:
                 e.note = f"{e.choice} dropped after re-check: {verdict.reason}"
                 e.adopt("native")
-
-    def _pick(self, pending, book: PlanBook, origins: _OriginStats, rng: random.Random,
-              predicted: dict[tuple[str, str], tuple[float, float]]) -> int:
-        if self.config.strategy == "random":
-            return rng.randrange(len(pending))
-        # Expected workload saving per second of tuning. Saving: the template's weight x
-        # what is left to win x the expected gain. Cost: one screening run plus, with the
-        # chance to pass it, an acceptance test of 2 x rounds runs on every tuning
-        # instance, all about the template's native time. The template's time cancels:
-        # what is cheap to test is tried first, whatever its size (ordering by saving
-        # alone, big templates first, reached each workload time later than random order
-        # on TPC-DS SF1).
-        accept_runs = 2 * self.config.rounds * self.config.tune_instances
-        best, best_i = -1.0, 0
-        for i, (t, c) in enumerate(pending):
-            e = book.entries[t.key]
-            current = e.verdicts.get(e.choice)
-            # Saving still on offer: a template already sped up has less left to win.
-            left = current.median_ratio if current is not None and e.choice != "native" else 1.0
-            p, g = origins.draw(c.origin, rng)
-            gain = p * g
-            model = predicted.get((t.key, c.id))
-            if model is not None:  # the ensemble's predicted gain, optimistic by its spread
-                gain = 0.5 * gain + 0.5 * max(0.0, model[0] + model[1])
-            score = left * gain * self.config.tune_instances / (1.0 + accept_runs * p)
-            if score > best:
-                best, best_i = score, i
-        return best_i
-
-
-def _relative(book: PlanBook, t: _Template, c: Candidate) -> float:
-    """A candidate's screening ratio over its template's adopted ratio (1 for native)."""
-    e = book.entries[t.key]
-    current = e.verdicts.get(e.choice)
-    held = current.median_ratio if e.choice != "native" and current is not None else 1.0
-    return e.screened.get(c.id, float("inf")) / max(held or 1.0, 1e-9)
 
 
 def _write_atomic(path: Path, text: str) -> None:
