@@ -24,7 +24,7 @@ TUNED = [dict(lo="1993-10-01", hi="1994-01-01", flag="R"), dict(lo="1994-02-01",
 
 
 def _book(native_ms: list[float]) -> PlanBook:
-    book = PlanBook(schema="sha1:x")
+    book = PlanBook(schema="sha1:x", meta={"range_guard": True})
     keys = [template_key(Q10.format(**p)) for p in TUNED]
     e = book.entry(keys[0].key, "q10", Q10.format(**TUNED[0]))
     e.instances = [f"q10_v{i}" for i in range(3)]
@@ -51,6 +51,12 @@ def test_a_constant_sensitive_template_serves_its_plan_only_inside_the_verified_
 def test_a_template_whose_native_times_agree_serves_its_plan_everywhere():
     server = BookServer(_book([80.0, 95.0, 120.0]))
     assert server.serve(Q10.format(lo="1992-01-01", hi="1998-01-01", flag="R")).disabled == ("join_order",)
+
+
+def test_the_guard_is_off_unless_the_book_was_tuned_with_it():
+    book = _book([80.0, 590.0, 120.0])
+    book.meta["range_guard"] = False
+    assert BookServer(book).serve(Q10.format(lo="1992-01-01", hi="1998-01-01", flag="R")).disabled == ("join_order",)
 
 
 def test_a_book_without_ranges_loads_and_serves_unguarded():

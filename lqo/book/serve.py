@@ -4,10 +4,10 @@ Known template, choice native -> the text as written. Known, a setting arm -> th
 with the arm's optimizer rules disabled. Known, a forced tree -> the verified plan,
 filled with this instance's literals from the template's slot rendering; where no slot
 rendering fits (the instance has another number of literals), ``render_full`` renders
-the plan for this text (a parse, still no model). A constant-sensitive template (its
-tuning instances' native times differ widely) serves its plan only to instances whose
-numbers and dates lie inside the ranges it was verified on (:mod:`lqo.book.ranges`);
-others run as written. Unknown template -> None.
+the plan for this text (a parse, still no model). With ``lqo tune --range-guard``, a
+constant-sensitive template (its tuning instances' native times differ widely) serves
+its plan only to instances whose numbers and dates lie inside the ranges it was verified
+on (:mod:`lqo.book.ranges`); others run as written. Unknown template -> None.
 
 >>> server = BookServer(PlanBook.load("runs/tpcds"))     # doctest: +SKIP
 >>> res = server.serve(sql)                              # doctest: +SKIP
@@ -51,12 +51,14 @@ class BookServer:
         self._served: dict[str, tuple[BookEntry, Plan | None, SlotRendering | None]] = {}
         # Constant-sensitive templates with a plan: the literal ranges it was verified on.
         self._guards: dict[str, LiteralRanges] = {}
+        guarded = bool(book.meta.get("range_guard"))  # ``lqo tune --range-guard``
         for key, e in book.entries.items():
             c = e.chosen
             plan = Plan.from_json(c.plan) if c.kind == "tree" and c.plan else None
             slots = SlotRendering.from_json(c.slots) if c.kind == "tree" and c.slots else None
             self._served[key] = (e, plan, slots)
-            if c.kind != "native" and e.ranges is not None and constant_sensitive(list(e.native_ms.values())):
+            if (guarded and c.kind != "native" and e.ranges is not None
+                    and constant_sensitive(list(e.native_ms.values()))):
                 self._guards[key] = LiteralRanges.from_json(e.ranges)
         # Templates kept native, found by their text without literals (a regex, no
         # tokenizer): the look-up is most of what a short native query pays lqo. Only

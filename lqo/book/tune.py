@@ -80,6 +80,7 @@ class TuneConfig:
     moves: int = 4  # local moves of the native tree (build-side flips first)
     exhaustive_relations: int = 3  # blocks this small get every tree as a candidate (0: none)
     true_cards: bool = True  # profile one native run per template for a true-cardinality plan
+    range_guard: bool = False  # constant-sensitive templates served inside their verified ranges only
     strategy: str = "learned"  # "learned" | "random"
     model: str | None = None  # a trained model directory (lqo train): scores tree candidates, adds its search's best
     seed: int = 0
@@ -155,7 +156,8 @@ class Tuner:
         catalog = Catalog.from_connection(con)
         book_path = self.out / BOOK_FILE
         book = PlanBook.load(book_path, catalog.fingerprint) if book_path.is_file() else PlanBook(catalog.fingerprint)
-        book.meta.update({"workload": str(self.workload.root), "tune_instances": cfg.tune_instances})
+        book.meta.update({"workload": str(self.workload.root), "tune_instances": cfg.tune_instances,
+                          "range_guard": cfg.range_guard})
         history_path = self.out / HISTORY_FILE
         history = json.loads(history_path.read_text()) if history_path.is_file() else []
         offset = history[-1]["elapsed_s"] if history else 0.0

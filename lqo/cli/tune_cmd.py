@@ -30,6 +30,10 @@ def register(sub) -> None:
     p.add_argument("--model", metavar="DIR", help="a model trained by `lqo train`: its ensemble scores tree "
                    "candidates (spread = uncertainty) and its search proposes one more per template")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--range-guard", action="store_true",
+                   help="serve the plan of a constant-sensitive template (tuning instances' native times more "
+                   "than 2x apart) only inside the literal ranges it was verified on (off by default: measured "
+                   "to cost more wins than it saved; docs/plan-book.md)")
     add_ray_flags(p)
     add_json_flag(p)
     p.set_defaults(handler=run)
@@ -51,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
         raise LqoError("--budget must be > 0 minutes")
     workload = Workload.load(args.workload)
     config = TuneConfig(budget_min=args.budget, tune_instances=args.tune_instances, rounds=args.rounds,
-                        strategy=args.strategy, model=args.model, seed=args.seed)
+                        strategy=args.strategy, model=args.model, seed=args.seed,
+                        range_guard=args.range_guard)
     log = (lambda line: None) if args.json else (lambda line: print(line, flush=True))
     with ray_pool(args, workload.database, quiet=args.json) as pool:
         result = Tuner(workload, args.out, config, log=log, pool=pool).run()
@@ -80,7 +85,8 @@ def run_show(args: argparse.Namespace) -> int:
     for e in sorted(book.entries.values(), key=lambda e: e.template):
         v = e.verdicts.get(e.choice)
         # served only inside its tuning instances' literal ranges (lqo.book.ranges)
-        guarded = e.choice != "native" and e.ranges is not None and constant_sensitive(list(e.native_ms.values()))
+        guarded = (bool(book.meta.get("range_guard")) and e.choice != "native" and e.ranges is not None
+                   and constant_sensitive(list(e.native_ms.values())))
         rows.append({"template": e.template, "key": e.key, "choice": e.choice,
                      "ratio": None if v is None else round(v.median_ratio, 4),
                      "interval": None if v is None else [round(v.ci_low, 4), round(v.ci_high, 4)],
