@@ -16,7 +16,8 @@ from lqo.sql.catalog import Catalog
 from lqo.trees.dp import dp_plan, dp_tree, profiled_cards
 from lqo.trees.enumerate import exhaustive_trees, is_valid_tree
 from lqo.trees.native import read_native_trees
-from lqo.trees.physical import profile_roots
+from lqo.engine.profile import profile_json
+from lqo.trees.physical import profile_nodes
 from lqo.trees.plan import Join, joins, leaves
 from lqo.trees.query import prepare
 
@@ -64,7 +65,7 @@ def test_true_cardinality_plans_use_the_profiled_counts_and_return_the_native_re
     for qid in ("q03", "q07", "q19", "q25", "q42", "q52", "q55"):
         sql = tpc_queries("tpcds")[qid]
         pq = prepare(sql, con, cat)
-        roots = profile_roots(con, sql, disabled=("join_filter_pushdown",))
+        roots = profile_nodes(profile_json(con, sql, disabled=("join_filter_pushdown",)))
         actual = read_native_trees(pq.graph, roots).actuals
         est = Estimator(stats, pq.graph)
         b = pq.free_blocks[0]

@@ -17,6 +17,7 @@ from lqo.book.book import BookEntry, Candidate, PlanBook
 from lqo.book.slots import SlotRendering
 from lqo.book.template import template_key
 from lqo.engine.harness import error_line, median_latency, run_interleaved
+from lqo.engine.profile import profile_json
 from lqo.errors import LqoError
 from lqo.estimates.cardinality import Estimator
 from lqo.estimates.stats import DatabaseStats
@@ -27,7 +28,7 @@ from lqo.sql.relations import limit_in_from
 from lqo.train.experience import ExperienceStore
 from lqo.trees.dp import dp_plan, profiled_cards
 from lqo.trees.native import read_native_trees
-from lqo.trees.physical import profile_roots
+from lqo.trees.physical import profile_nodes
 from lqo.trees.plan import Plan
 from lqo.trees.query import prepare
 from lqo.trees.render import render
@@ -151,7 +152,7 @@ class Trials:
         not the rows its own filters keep."""
         q = t.tune[0]
         timeout_s = max(1.0, 3 * entry.native_ms.get(q.id, 1000.0) / 1000)
-        roots = profile_roots(self.con, q.sql, timeout_s=timeout_s, disabled=("join_filter_pushdown",))
+        roots = profile_nodes(profile_json(self.con, q.sql, timeout_s=timeout_s, disabled=("join_filter_pushdown",)))
         return None if roots is None else read_native_trees(pq.graph, roots).actuals
 
     def _variant(self, c: Candidate, q: Query) -> tuple[str, bool, tuple[str, ...]]:

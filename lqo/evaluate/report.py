@@ -22,7 +22,8 @@ from typing import Any, Callable
 from lqo.errors import LqoError, MissingFileError
 from lqo.engine.settings import forced_settings
 from lqo.trees.native import PNode, explain_json, read_native_trees
-from lqo.trees.physical import profile_roots
+from lqo.engine.profile import profile_json
+from lqo.trees.physical import profile_nodes
 from lqo.trees.plan import Join, Leaf, Plan, Tree, tree_to_json
 from lqo.workloads.workload import Query, Workload
 
@@ -144,7 +145,7 @@ def _cards(graph, roots: list[PNode], block: int) -> list[list]:
 
 def _side(con, pq, plan: Plan, forced: bool, block: int, timeout_s: float) -> dict:
     sql = pq.render(plan) if forced else pq.sql
-    roots = profile_roots(con, sql, forced, timeout_s)
+    roots = profile_nodes(profile_json(con, sql, forced, timeout_s))
     if roots is None:  # timed out: estimates from EXPLAIN under the same settings, no actuals
         with forced_settings(con) if forced else nullcontext():
             cards = [[r, e, None] for r, e, _ in _cards(pq.graph, explain_json(con, sql), block)]

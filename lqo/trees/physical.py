@@ -15,15 +15,10 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
-
-from lqo.engine.settings import disabled_optimizers, forced_settings, profiling_settings
 
 JOIN_OPERATORS = {
     "HASH_JOIN", "NESTED_LOOP_JOIN", "PIECEWISE_MERGE_JOIN", "IE_JOIN", "BLOCKWISE_NL_JOIN",
@@ -79,29 +74,9 @@ def explain_json(con: duckdb.DuckDBPyConnection, sql: str) -> list[PNode]:
     return [PNode.from_json(n) for n in json.loads(rows[0][1])]
 
 
-def profile_roots(con: duckdb.DuckDBPyConnection, sql: str, forced: bool = False, timeout_s: float = 60.0,
-                  disabled: Sequence[str] = ()) -> list[PNode] | None:
-    """Run ``sql`` once with profiling (forced settings if ``forced``, and the optimizer
-    rules ``disabled`` off); the profile's roots, with actual cardinalities, or None on
-    timeout."""
-    fired = threading.Event()
-    timer = threading.Timer(timeout_s, lambda: (fired.set(), con.interrupt()))
-    timer.daemon = True
-    rules = forced_settings(con, disabled) if forced else disabled_optimizers(con, disabled) if disabled else nullcontext()
-    with profiling_settings(con), rules:
-        timer.start()
-        try:
-            con.execute(sql).fetchall()
-        except duckdb.InterruptException:
-            if not fired.is_set():
-                raise
-            return None
-        finally:
-            timer.cancel()
-            timer.join()  # an interrupt firing now must not hit the statements below
-        # Read inside the settings' scope: restoring them runs SETs that replace the profile.
-        prof = json.loads(con.get_profiling_information(format="json"))
-    return [PNode.from_json(c) for c in prof.get("children", [])]
+def profile_nodes(profile: dict | None) -> list[PNode] | None:
+    """Roots of a profiling JSON (``lqo.engine.profile.profile_json``), None for None."""
+    return None if profile is None else [PNode.from_json(c) for c in profile.get("children", [])]
 
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
