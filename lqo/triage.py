@@ -14,7 +14,8 @@ budget in proportion to the predicted native latency.
 Before even those facts, a stage that reads only the text's length: an upper envelope
 of native latency over length, fitted on the training queries (a line in log-log space
 raised past the slowest of them, times ``ENVELOPE_MARGIN``). Where even that bound's
-expected gain is below ``safety`` x the least planning ever measured, the query runs as
+expected gain is below ``safety`` x the least planning measured for a training query with
+joins to search (``planning_floor_ms``), the query runs as
 written at the cost of one ``len``: on a small database (TPC-H sf 0.01: 2-6 ms queries,
 planning 2+ ms) no first-seen query pays the facts.
 
@@ -85,7 +86,7 @@ class Triage:
     config: TriageConfig = field(default_factory=TriageConfig)
     fitted_on: int = 0  # training queries the predictors were fitted on
     envelope: list[float] | None = None  # [a, b]: native ms <= exp(a + b log(len + 1)) on the training texts
-    planning_floor_ms: float | None = None  # least planning time measured in training
+    planning_floor_ms: float | None = None  # least planning measured in training (of a query with joins)
 
     @classmethod
     def fit(cls, texts: Sequence[str], native_ms: Sequence[float], planning_ms: Sequence[float],

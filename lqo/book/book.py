@@ -76,6 +76,12 @@ class BookEntry:
     ranges: list | None = None  # ``LiteralRanges`` JSON of the tuning instances' literals
 
     @property
+    def adopted_ratio(self) -> float:
+        """The verified median ratio to native of the adopted plan; 1.0 while native."""
+        v = self.verdicts.get(self.choice)
+        return v.median_ratio if self.choice != "native" and v is not None and v.median_ratio is not None else 1.0
+
+    @property
     def chosen(self) -> Candidate:
         return self.candidates.get(self.choice, NATIVE)
 

@@ -60,10 +60,8 @@ def pick(pending: Sequence[tuple[_Template, Candidate]], book: PlanBook, origins
     accept_runs = 2 * config.rounds * config.tune_instances
     best, best_i = -1.0, 0
     for i, (t, c) in enumerate(pending):
-        e = book.entries[t.key]
-        current = e.verdicts.get(e.choice)
         # Saving still on offer: a template already sped up has less left to win.
-        left = current.median_ratio if current is not None and e.choice != "native" else 1.0
+        left = book.entries[t.key].adopted_ratio
         p, g = origins.draw(c.origin, rng)
         gain = p * g
         model = predicted.get((t.key, c.id))
@@ -79,6 +77,4 @@ def relative(book: PlanBook, t: _Template, c: Candidate) -> float:
     """A candidate's screening ratio over its template's adopted ratio (1 for native):
     the order of the acceptance tests put off at screening, lowest first."""
     e = book.entries[t.key]
-    current = e.verdicts.get(e.choice)
-    held = current.median_ratio if e.choice != "native" and current is not None else 1.0
-    return e.screened.get(c.id, float("inf")) / max(held or 1.0, 1e-9)
+    return e.screened.get(c.id, float("inf")) / max(e.adopted_ratio, 1e-9)

@@ -40,6 +40,7 @@ import datetime
 from dataclasses import dataclass
 from typing import Sequence
 
+from lqo.book.book import BookEntry, PlanBook
 from lqo.book.template import TemplateKey
 
 # Tuning instances whose native latencies differ by more than this factor (largest over
@@ -103,6 +104,15 @@ class LiteralRanges:
     @classmethod
     def from_json(cls, data: list) -> "LiteralRanges":
         return cls(tuple(None if s is None else (float(s[0]), float(s[1])) for s in data))
+
+
+def guard_for(book: PlanBook, entry: BookEntry) -> LiteralRanges | None:
+    """The ranges ``entry``'s plan is served inside, or None where it is served everywhere:
+    the book was tuned without ``--range-guard``, the choice is native, no ranges were
+    recorded, or the template is not constant-sensitive."""
+    if not book.meta.get("range_guard") or entry.choice == "native" or entry.ranges is None:
+        return None
+    return LiteralRanges.from_json(entry.ranges) if constant_sensitive(list(entry.native_ms.values())) else None
 
 
 def constant_sensitive(native_ms: Sequence[float]) -> bool:

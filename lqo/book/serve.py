@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from lqo.book.book import BookEntry, PlanBook
-from lqo.book.ranges import LiteralRanges, constant_sensitive
+from lqo.book.ranges import LiteralRanges, guard_for
 from lqo.book.slots import SlotRendering
 from lqo.book.template import literal_free_text, template_key
 from lqo.optimized import Optimized
@@ -49,17 +49,15 @@ class BookServer:
         self._cache_size = cache_size
         # Everything a look-up needs is decoded once, here: plans, slot renderings.
         self._served: dict[str, tuple[BookEntry, Plan | None, SlotRendering | None]] = {}
-        # Constant-sensitive templates with a plan: the literal ranges it was verified on.
+        # ``lqo tune --range-guard``: constant-sensitive templates' verified literal ranges.
         self._guards: dict[str, LiteralRanges] = {}
-        guarded = bool(book.meta.get("range_guard"))  # ``lqo tune --range-guard``
         for key, e in book.entries.items():
             c = e.chosen
             plan = Plan.from_json(c.plan) if c.kind == "tree" and c.plan else None
             slots = SlotRendering.from_json(c.slots) if c.kind == "tree" and c.slots else None
             self._served[key] = (e, plan, slots)
-            if (guarded and c.kind != "native" and e.ranges is not None
-                    and constant_sensitive(list(e.native_ms.values()))):
-                self._guards[key] = LiteralRanges.from_json(e.ranges)
+            if (guard := guard_for(book, e)) is not None:
+                self._guards[key] = guard
         # Templates kept native, found by their text without literals (a regex, no
         # tokenizer): the look-up is most of what a short native query pays lqo. Only
         # where no other template of the book shares that text: a text that matches by

@@ -256,10 +256,7 @@ def acceptance_bar(entry: BookEntry, screen_below: float) -> float:
     >>> round(acceptance_bar(e, 0.95), 3)
     0.66
     """
-    current = entry.verdicts.get(entry.choice)
-    if entry.choice == "native" or current is None or current.median_ratio is None:
-        return screen_below
-    return min(screen_below, current.median_ratio * BEAT_SLACK)
+    return min(screen_below, entry.adopted_ratio * BEAT_SLACK)
 
 
 def recorded_plan(c: Candidate):

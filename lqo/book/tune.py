@@ -25,8 +25,8 @@ of a template's candidates have each screened below native, their combination jo
 the queue (two rules disabled together, or a tree run with one more rule off;
 ``trials.combinations``).
 
-``strategy="learned"`` (:mod:`lqo.book.order`) orders candidates by what screening has shown so far, across
-templates: each candidate origin (an arm's rule, ``star``, ``flip``, ``random``) keeps
+``strategy="learned"`` (:mod:`lqo.book.order`) orders candidates by what screening has
+shown so far, across templates: each candidate origin (an arm's rule, ``star``, ``flip``, ``random``) keeps
 a posterior of how often it screens as a win and by how much, and the next pair is the
 one with the highest expected saving in ms (Thompson-style optimism for origins seldom
 tried). ``strategy="random"`` draws pairs uniformly: the baseline learned exploration
@@ -196,9 +196,8 @@ class Tuner:
                      + ("" if self.pool is None else f", {self.pool.size} Ray executors") + ")")
             _record(history, offset, start, book, result)
             # Screened as wins but not tested: the bar was the template's adopted plan.
-            deferred = [(t, book.entries[t.key].candidates[k]) for t in ready for k, r in book.entries[t.key].screened.items()
-                        if r < cfg.screen_below and k not in book.entries[t.key].verdicts
-                        and k in book.entries[t.key].candidates]
+            deferred = [(t, e.candidates[k]) for t in ready for e in [book.entries[t.key]]
+                        for k, r in e.screened.items() if r < cfg.screen_below and k not in e.verdicts and k in e.candidates]
             while True:
                 # As many (template, candidate) pairs in flight as there are executors
                 # (one without Ray): each is screened and, if it passes, tested on the
@@ -338,9 +337,7 @@ def _record(history: list, offset: float, start: float, book: PlanBook, result: 
     """One point of the learning curve: the tuning instances' time under the book."""
     total = native = 0.0
     for e in book.entries.values():
-        v = e.verdicts.get(e.choice)
-        ratio = v.median_ratio if v is not None and e.choice != "native" else 1.0
         native += e.weight_ms
-        total += e.weight_ms * ratio
+        total += e.weight_ms * e.adopted_ratio
     history.append({"elapsed_s": round(offset + time.perf_counter() - start, 2), "book_ms": round(total, 3),
                     "native_ms": round(native, 3), "screened": result.screened, "adopted": result.adopted})

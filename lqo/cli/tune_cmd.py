@@ -78,21 +78,18 @@ def run(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     from lqo.book.book import PlanBook
-    from lqo.book.ranges import constant_sensitive
+    from lqo.book.ranges import guard_for
 
     book = PlanBook.load(args.model)
     rows = []
     for e in sorted(book.entries.values(), key=lambda e: e.template):
         v = e.verdicts.get(e.choice)
-        # served only inside its tuning instances' literal ranges (lqo.book.ranges)
-        guarded = (bool(book.meta.get("range_guard")) and e.choice != "native" and e.ranges is not None
-                   and constant_sensitive(list(e.native_ms.values())))
         rows.append({"template": e.template, "key": e.key, "choice": e.choice,
                      "ratio": None if v is None else round(v.median_ratio, 4),
                      "interval": None if v is None else [round(v.ci_low, 4), round(v.ci_high, 4)],
                      "instances": len(e.instances), "held_out": len(e.held_out),
                      "screened": len(e.screened), "tested": len(e.verdicts), "verified_at": e.verified_at,
-                     "in_verified_ranges_only": guarded, "note": e.note})
+                     "in_verified_ranges_only": guard_for(book, e) is not None, "note": e.note})
     w = max([34, *(len(r["choice"]) for r in rows)])  # combinations name two parts
     lines = [f"{'template':<10} {'choice':<{w}} {'ratio':>7} {'95% interval':>15} {'inst':>4} {'tried':>5}  verified"]
     for r in rows:

@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from lqo.errors import LqoError, MissingFileError
-from lqo.engine.settings import forced_settings
-from lqo.trees.native import PNode, explain_json, read_native_trees
 from lqo.engine.profile import profile_json
+from lqo.engine.settings import forced_settings
+from lqo.errors import LqoError, MissingFileError
+from lqo.trees.native import PNode, explain_json, read_native_trees
 from lqo.trees.physical import profile_nodes
 from lqo.trees.plan import Join, Leaf, Plan, Tree, tree_to_json
 from lqo.workloads.workload import Query, Workload
