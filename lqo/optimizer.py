@@ -46,6 +46,7 @@ from lqo.estimates.stats import DatabaseStats
 MODEL_FILE = "model.lqo"
 STATS_FILE = "stats.json"
 CONFIG_FILE = "optimizer.json"
+_SELECT = duckdb.StatementType.SELECT  # looked up once: the check runs on every first-seen text
 SHARED_SUBPLAN_REASON = ("DuckDB computes a join shared by several blocks once (a common-subplan CTE); "
                          "the chosen tree would compute it per block")
 
@@ -222,7 +223,7 @@ class Optimizer:
             raise InvalidSQLError(f"invalid SQL: {describe_parser_error(str(err), sql)}") from None
         if len(statements) != 1:
             raise InvalidSQLError(f"expected one SQL statement, got {len(statements)}")
-        if statements[0].type != duckdb.StatementType.SELECT:
+        if statements[0].type != _SELECT:
             raise NotSelectError(f"not a SELECT query: {statements[0].type.name} statement")
         return Optimized(sql, sql, False, None, None, None, verdict.native_ms, verdict.reason, _ms(start),
                          source="native", statement=statements[0])

@@ -108,15 +108,15 @@ class Triage:
         return (math.exp(sum(a * w for a, w in zip(x, self.latency_weights))),
                 math.exp(sum(a * w for a, w in zip(x, self.planning_weights))))
 
+    def __post_init__(self) -> None:
+        self._short: tuple | None = None  # judge's length cut-off, cached: (inputs, limit, verdict)
+
     def judge(self, sql: str) -> Verdict:
         if not self.config.enabled:
             return Verdict(True, *self.predict(sql), None)
-        if self.envelope is not None and self.planning_floor_ms is not None:
-            most = math.exp(self.envelope[0] + self.envelope[1] * math.log(len(sql) + 1))
-            if self.config.expected_gain * most < self.config.safety * self.planning_floor_ms:
-                return Verdict(False, most, self.planning_floor_ms,
-                               f"{NOT_WORTH_PLANNING}: a text this long ran at most {most:.1f} ms natively in "
-                               f"training (bound), too little to repay the {self.planning_floor_ms:.1f} ms planning costs at least")
+        limit, short = self._length_cutoff()
+        if len(sql) < limit:
+            return short
         native, planning = self.predict(sql)
         gain = self.config.expected_gain * native
         if gain >= self.config.safety * planning:
@@ -124,6 +124,38 @@ class Triage:
         return Verdict(False, native, planning,
                        f"{NOT_WORTH_PLANNING}: predicted {native:.1f} ms native, a likely gain of "
                        f"{gain:.1f} ms is below {self.config.safety:g}x the {planning:.1f} ms planning would cost")
+
+    def _length_cutoff(self) -> tuple[float, Verdict | None]:
+        """The text length below which even the envelope's bound is not worth planning:
+        ``expected_gain x exp(a + b log(len + 1)) < safety x floor`` solved for ``len`` once,
+        so that judging a short text costs one ``len`` (cold, the formula cost ~40 us)."""
+        c = self.config
+        key = (c.expected_gain, c.safety, tuple(self.envelope or ()), self.planning_floor_ms)
+        if self._short is not None and self._short[0] == key:
+            return self._short[1], self._short[2]
+        floor = self.planning_floor_ms or 0.0
+        limit, bound = 0.0, 0.0  # texts shorter than ``limit`` ran at most ``bound`` ms natively
+        if self.envelope is not None and self.planning_floor_ms is not None and c.safety * floor > 0:
+            a, b = self.envelope
+            if c.expected_gain <= 0:
+                limit, bound = math.inf, math.inf
+            else:
+                bound = c.safety * floor / c.expected_gain  # the envelope at the limit
+                if b > 0:
+                    limit = math.exp((math.log(bound) - a) / b) - 1
+                elif math.exp(a) < bound:
+                    limit, bound = math.inf, math.exp(a)
+        if limit <= 0:
+            short = None
+        elif c.expected_gain <= 0:
+            short = Verdict(False, bound, floor, f"{NOT_WORTH_PLANNING}: no gain is expected from planning")
+        else:
+            length = "of any length" if limit == math.inf else f"this long (under {limit:.0f} characters)"
+            short = Verdict(False, bound, floor,
+                            f"{NOT_WORTH_PLANNING}: a text {length} ran at most {bound:.1f} ms natively in "
+                            f"training (bound), too little to repay the {floor:.1f} ms planning costs at least")
+        self._short = (key, limit, short)
+        return limit, short
 
     def search_budget_ms(self, native_ms: float, cap_ms: float) -> float:
         return max(1.0, min(cap_ms, self.config.search_share * native_ms))

@@ -88,3 +88,24 @@ def test_length_envelope_bounds_every_training_query_and_spares_small_databases_
     # a model saved before the envelope existed judges by the facts alone
     old = {k: v for k, v in t.to_json().items() if k not in ("envelope", "planning_floor_ms")}
     assert Triage.from_json(old).envelope is None
+
+
+def test_length_cutoff_is_the_envelope_rule_solved_once():
+    """The check judges short texts by one comparison of lengths; it must decide exactly
+    as the envelope's formula does, at every length, and follow config changes."""
+    texts, native, planning = _texts(50, np.random.default_rng(3))
+    t = Triage.fit([x.replace("fact", "tiny") for x in texts], [2.0 + i % 3 for i in range(50)], planning, ROWS)
+    a, b = t.envelope
+    for safety in (0.25, 0.3, 0.35):  # boundaries near 50, 300 and 1,000 characters
+        t.config.safety = safety
+        cut = [n for n in range(1, 3000)
+               if 0.10 * math.exp(a + b * math.log(n + 1)) < safety * t.planning_floor_ms]
+        assert 20 < len(cut) < 2999  # the boundary lies inside the range tested
+        for n in range(1, 3000):
+            v = t.judge("S" * n)
+            short = v.reason is not None and "this long" in v.reason
+            assert short == (n in cut), (safety, n)
+            if short:
+                assert 0.10 * v.native_ms >= 0.10 * math.exp(a + b * math.log(n + 1)) - 1e-9  # a bound
+    t.config.safety = 0.0  # planning called free: nothing is cut by length
+    assert t.judge("S").reason is None or "this long" not in t.judge("S").reason
