@@ -20,6 +20,8 @@ from typing import Any
 
 import duckdb
 
+from lqo.trees.shared import SHARED_PREFIX
+
 JOIN_OPERATORS = {
     "HASH_JOIN", "NESTED_LOOP_JOIN", "PIECEWISE_MERGE_JOIN", "IE_JOIN", "BLOCKWISE_NL_JOIN",
     "CROSS_PRODUCT", "LEFT_DELIM_JOIN", "RIGHT_DELIM_JOIN",
@@ -224,8 +226,9 @@ class Ctes:
     @property
     def shared_subplan(self) -> bool:
         """Whether DuckDB computes a join shared by several blocks once (its
-        common-subplan optimizer materializes it as a CTE of its own)."""
-        return any(n.startswith("__common_subplan") for n in self.names.values())
+        common-subplan optimizer materializes it as a CTE of its own, or lqo's rendering
+        did: ``lqo.trees.shared``)."""
+        return any(n.startswith(("__common_subplan", SHARED_PREFIX)) for n in self.names.values())
 
 
 def cte_tables(roots: list[PNode]) -> Ctes:

@@ -29,18 +29,24 @@ from sqlglot import exp
 
 from lqo.errors import PlanError
 from lqo.sql.join_graph import JoinBlock, QueryGraph, block_conjuncts, from_items, select_nodes
-from lqo.trees.plan import Join, Leaf, Plan, Tree, leaves
+from lqo.trees.plan import Join, Leaf, Plan, Tree, joins, leaves
+from lqo.trees.shared import SharedJoin, shared_joins
 
 
-def render(graph: QueryGraph, plan: Plan) -> str:
+def render(graph: QueryGraph, plan: Plan, shared: list[SharedJoin] | None = None) -> str:
     """SQL for ``graph``'s query with each block in ``plan`` rendered as its tree.
 
-    Blocks absent from ``plan`` are left as written. Raises ``PlanError`` if a tree
-    does not fit its block or a block is unsafe to reorder.
+    Blocks absent from ``plan`` are left as written. Joins several blocks compute
+    identically are rendered once (``shared``: by default ``shared_joins(graph, plan)``).
+    Raises ``PlanError`` if a tree does not fit its block or a block is unsafe to reorder.
     """
     ast = graph.ast.copy()
     selects = select_nodes(ast)
     by_index = {b.index: b for b in graph.blocks}
+    if shared is None:
+        shared = shared_joins(graph, plan)
+    sites = {id(sub): s for s in shared for _, sub in s.sites}
+    bodies: dict[str, exp.Select] = {}
     for index, tree in plan.trees:
         block = by_index.get(index)
         if block is None:
@@ -49,11 +55,18 @@ def render(graph: QueryGraph, plan: Plan) -> str:
             raise PlanError(f"block {index} cannot be reordered: {block.unsafe}")
         if sorted(leaves(tree)) != sorted(block.aliases):
             raise PlanError(f"tree {tree} does not cover block {index} ({', '.join(block.aliases)})")
-        _render_block(selects[index], block, tree)
+        _render_block(selects[index], block, tree, sites, bodies)
+    if bodies:
+        read = {c.name.lower() for c in ast.find_all(exp.Column)}  # outside the shared joins
+        for body in bodies.values():
+            kept = [c for c in body.expressions if c.name.lower() in read]
+            body.set("expressions", kept or body.expressions[:1])
+        _with_shared(ast, [(s.name, bodies[s.name]) for s in shared])
     return ast.sql(dialect="duckdb")
 
 
-def _render_block(select: exp.Select, block: JoinBlock, tree: Tree) -> None:
+def _render_block(select: exp.Select, block: JoinBlock, tree: Tree, sites: dict[int, SharedJoin],
+                  bodies: dict[str, exp.Select]) -> None:
     conjuncts = block_conjuncts(select)  # this copy's nodes: they may hold rendered blocks
     _name_stars(select, from_items(select))
     nodes = dict(zip(block.aliases, from_items(select)))
@@ -63,16 +76,58 @@ def _render_block(select: exp.Select, block: JoinBlock, tree: Tree) -> None:
     for rel in wrapped:
         own = [c.copy() for c in block.filters.get(rel, [])] + [conjuncts[i] for i in block.placed.get(rel, [])]
         nodes[rel] = _restricted(nodes[rel], own)
-    head, chain = _chain(block, tree, nodes)
+    # Joins computed once for several blocks: read as one relation under the alias of
+    # their first leaf; their filters go into the shared definition.
+    reads: dict[int, exp.Table] = {}
+    inside: dict[str, str] = {}
+    for sub in joins(tree):
+        shared = sites.get(id(sub))
+        if shared is None:
+            continue
+        order = leaves(sub)
+        if shared.sites[0][1] is sub:
+            bodies[shared.name] = _shared_body(block, sub, nodes, shared.columns)
+        reads[id(sub)] = exp.Table(this=exp.to_identifier(shared.name),
+                                   alias=exp.TableAlias(this=exp.to_identifier(order[0])))
+        inside.update({alias: order[0] for alias in order})
+    head, chain = _chain(block, tree, nodes, reads)
     select.set("from_", exp.From(this=head))
     select.set("joins", chain or None)
     where = [conjuncts[i] for i in block.kept]
     for rel in block.aliases:
-        if rel not in wrapped:
+        if rel not in wrapped and rel not in inside:
             where += [c.copy() for c in block.filters.get(rel, [])]
     placed = {id(r) for j in _joins_post(tree) for r in _new_residuals(block, j)}
     where += [exp.Paren(this=r.expr.copy()) for r in block.residuals if id(r) not in placed]
     select.set("where", exp.Where(this=exp.and_(*where, copy=False)) if where else None)
+    if inside:
+        for col in list(select.find_all(exp.Column)):
+            if col.table in inside and col.find_ancestor(exp.Select) is select:
+                col.set("table", exp.to_identifier(inside[col.table]))
+
+
+def _shared_body(block: JoinBlock, sub: Join, nodes: dict, columns: tuple[str, ...]) -> exp.Select:
+    """``SELECT <columns> FROM <sub's joins> WHERE <its relations' filters>``."""
+    order = leaves(sub)
+    head, chain = _chain(block, sub, {a: nodes[a].copy() for a in order}, {})
+    owner = {name: alias for alias in order for name in block.relation(alias).columns or {}}
+    body = exp.Select(expressions=[exp.column(name, table=owner[name]) for name in columns],
+                      from_=exp.From(this=head))
+    body.set("joins", chain or None)
+    filters = [c.copy() for alias in order for c in block.filters.get(alias, [])]
+    if filters:
+        body.set("where", exp.Where(this=exp.and_(*filters, copy=False)))
+    return body
+
+
+def _with_shared(ast: exp.Expression, ctes: list[tuple[str, exp.Select]]) -> None:
+    defs = [exp.CTE(this=body, alias=exp.TableAlias(this=exp.to_identifier(name)), materialized=True)
+            for name, body in ctes]
+    with_ = ast.args.get("with_")
+    if with_ is not None:
+        with_.set("expressions", defs + list(with_.expressions))
+    else:
+        ast.set("with_", exp.With(expressions=defs))
 
 
 def _restricted(item: exp.Expression, conds: list[exp.Expression]) -> exp.Subquery:
@@ -114,15 +169,20 @@ def _new_residuals(block: JoinBlock, join: Join):
     return [r for r in block.residuals if r.rels <= both and not r.rels <= left and not r.rels <= right]
 
 
-def _chain(block: JoinBlock, tree: Tree, nodes: dict) -> tuple[exp.Expression, list[exp.Join]]:
-    """A tree as ``head JOIN x ON .. JOIN y ON ..``: its left spine is the chain."""
+def _chain(block: JoinBlock, tree: Tree, nodes: dict, reads: dict[int, exp.Table]) -> tuple[exp.Expression, list[exp.Join]]:
+    """A tree as ``head JOIN x ON .. JOIN y ON ..``: its left spine is the chain. A
+    subtree in ``reads`` is a relation already (a shared join)."""
     if isinstance(tree, Leaf):
         return nodes[tree.rel], []
-    head, chain = _chain(block, tree.probe, nodes)
+    if id(tree) in reads:
+        return reads[id(tree)], []
+    head, chain = _chain(block, tree.probe, nodes, reads)
     if isinstance(tree.build, Leaf):
         right: exp.Expression = nodes[tree.build.rel]
+    elif id(tree.build) in reads:
+        right = reads[id(tree.build)]
     else:
-        rhead, rchain = _chain(block, tree.build, nodes)
+        rhead, rchain = _chain(block, tree.build, nodes, reads)
         rhead.set("joins", rchain)
         right = exp.Subquery(this=rhead)
     conds = block.join_conditions(tree.probe.rels, tree.build.rels)
