@@ -80,6 +80,18 @@ def test_joins_that_differ_are_not_shared(small, second, why):
     assert _forced(con, render(g, plan)) == fingerprint_rows(con.execute(sql).fetchall())
 
 
+def test_a_filter_written_with_or_without_its_alias_is_the_same_filter(small):
+    """TPC-DS q70 writes ``d1.d_month_seq`` in one block and ``d_month_seq`` in the other."""
+    con, cat = small
+    sql = ("SELECT a.n, b.n FROM (SELECT count(*) AS n FROM f, d d1, t WHERE f.k = d1.dk AND d1.dz = t.tk "
+           "AND d1.y = 1 AND t.h = 3) a, (SELECT count(*) AS n FROM f, d, t WHERE k = dk AND dz = tk AND y = 1 "
+           "AND h = 5) b")
+    g = build_query_graph(sql, cat)
+    plan = Plan.of({1: Join(Leaf("t"), Join(Leaf("f"), Leaf("d1"))), 2: _tree()})
+    assert [s.blocks for s in shared_joins(g, plan)] == [(1, 2)]
+    assert _forced(con, render(g, plan)) == fingerprint_rows(con.execute(sql).fetchall())
+
+
 def test_not_shared_where_names_would_clash_or_duckdb_shares_more():
     cat = Catalog(TABLES)
     # f.id and d.id would be one relation's two columns of one name

@@ -128,10 +128,10 @@ def _twins(graph: QueryGraph, sentinel: QueryGraph, shared: list[SharedJoin]) ->
         first, sub = s.sites[0]
         for index, other in s.sites[1:]:
             for i, (a, b) in enumerate(zip(leaves(sub), leaves(other))):
-                mine = [canonical_sql(f, {a: i}) for f in real[first].filters.get(a, [])]
+                mine = [canonical_sql(f, {a: i}, a) for f in real[first].filters.get(a, [])]
                 used: set[int] = set()
                 for j, f in enumerate(real[index].filters.get(b, [])):
-                    text = canonical_sql(f, {b: i})
+                    text = canonical_sql(f, {b: i}, b)
                     k = next(k for k, t in enumerate(mine) if t == text and k not in used)
                     used.add(k)
                     ours, theirs = _slots(cut[index].filters[b][j]), _slots(cut[first].filters[a][k])

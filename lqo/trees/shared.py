@@ -101,7 +101,7 @@ def _signature(block: JoinBlock, sub: Join) -> tuple | None:
         rel = block.relation(alias)
         if rel.kind != "table" or rel.columns is None or alias in block.placed or alias in block.correlated:
             return None
-        filters = sorted(canonical_sql(f, pos) for f in block.filters.get(alias, []))
+        filters = sorted(canonical_sql(f, pos, alias) for f in block.filters.get(alias, []))
         tables.append((rel.name, tuple(filters)))
     classes = sorted(tuple(sorted((pos[c.rel], c.name) for c in cls if c.rel in pos))
                      for cls in block.classes if sum(c.rel in pos for c in cls) >= 2)
@@ -113,12 +113,16 @@ def _shape(tree: Tree) -> object:
     return "." if isinstance(tree, Leaf) else (_shape(tree.probe), _shape(tree.build))
 
 
-def canonical_sql(e: exp.Expression, pos: dict[str, int]) -> str:
-    """``e``'s SQL with the aliases in ``pos`` written as their positions (``#0.x``)."""
+def canonical_sql(e: exp.Expression, pos: dict[str, int], own: str | None = None) -> str:
+    """``e``'s SQL with the aliases in ``pos`` written as their positions (``#0.x``); for
+    a filter of relation ``own``, its unqualified columns too (``x`` and ``d1.x`` are
+    one column there: lqo resolved the filter to that relation)."""
     e = e.copy()
-    for col in e.find_all(exp.Column):
+    for col in list(e.find_all(exp.Column)):
         if col.table in pos:
             col.set("table", exp.to_identifier(f"#{pos[col.table]}"))
+        elif own is not None and not col.table and col.find_ancestor(exp.Select) is None:
+            col.set("table", exp.to_identifier(f"#{pos[own]}"))
     return e.sql(dialect="duckdb")
 
 
