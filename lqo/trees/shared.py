@@ -63,16 +63,28 @@ def shared_joins(graph: QueryGraph, plan: Plan) -> list[SharedJoin]:
     """The joins of ``plan`` that two or more of its blocks compute identically: the
     largest first, none overlapping another, none inside one block twice."""
     blocks = {b.index: b for b in graph.blocks}
-    used_names = _column_names(graph.ast)
-    by_signature: dict[tuple, list[tuple[int, Join]]] = {}
+    # Rendering runs this for every plan: first, cheaply, the subtrees whose tables
+    # another block joins too; most queries have none.
+    by_tables: dict[tuple[str, ...], list[tuple[int, Join]]] = {}
     for index, tree in plan.trees:
         block = blocks.get(index)
-        if block is None or block.unsafe or _has_star(graph, index):
+        if block is None or block.unsafe:
             continue
         for sub in joins(tree):
-            sig = _signature(block, sub)
-            if sig is not None:
-                by_signature.setdefault(sig, []).append((index, sub))
+            names = tuple(sorted(block.relation(a).name or "" for a in sub.rels))
+            by_tables.setdefault(names, []).append((index, sub))
+    candidates = [s for s in by_tables.values() if len({index for index, _ in s}) > 1]
+    if not candidates:
+        return []
+    selects = select_nodes(graph.ast)
+    used_names = _column_names(graph.ast)
+    by_signature: dict[tuple, list[tuple[int, Join]]] = {}
+    for index, sub in (site for sites in candidates for site in sites):
+        if _has_star(selects[index]):
+            continue
+        sig = _signature(blocks[index], sub)
+        if sig is not None:
+            by_signature.setdefault(sig, []).append((index, sub))
     out: list[SharedJoin] = []
     taken: dict[int, set[str]] = {}
     for sig, sites in sorted(by_signature.items(), key=lambda kv: -len(kv[0][0])):
@@ -81,9 +93,9 @@ def shared_joins(graph: QueryGraph, plan: Plan) -> list[SharedJoin]:
             continue
         first_index, first = sites[0]
         columns = _passed_columns(blocks[first_index], first, used_names)
-        if columns is None or any(_referenced_from_nested(graph, i, sub) for i, sub in sites):
+        if columns is None or any(_referenced_from_nested(selects[i], sub) for i, sub in sites):
             continue
-        if _same_blocks(graph, blocks, sites):
+        if _same_blocks(selects, blocks, sites):
             continue  # DuckDB shares the whole blocks, aggregate included: better than the join
         for index, sub in sites:
             taken.setdefault(index, set()).update(sub.rels)
@@ -152,11 +164,10 @@ def _column_names(ast: exp.Expression) -> set[str]:
     return {c.name.lower() for c in ast.find_all(exp.Column) if c.name}
 
 
-def _same_blocks(graph: QueryGraph, blocks: dict[int, JoinBlock], sites: list[tuple[int, Join]]) -> bool:
+def _same_blocks(selects: list[exp.Select], blocks: dict[int, JoinBlock], sites: list[tuple[int, Join]]) -> bool:
     """Whether the subtree is all of each block and the blocks are the same SELECT: then
     DuckDB's own rule shares them whole where they end in an aggregate, estimates or not
     (TPC-DS q65: sharing only the join below the aggregates ran 1.25x native)."""
-    selects = select_nodes(graph.ast)
     texts = set()
     for index, sub in sites:
         if sub.rels != frozenset(blocks[index].aliases):
@@ -165,19 +176,15 @@ def _same_blocks(graph: QueryGraph, blocks: dict[int, JoinBlock], sites: list[tu
     return len(texts) == 1
 
 
-def _has_star(graph: QueryGraph, index: int) -> bool:
-    select = select_nodes(graph.ast)[index]
+def _has_star(select: exp.Select) -> bool:
     return any(isinstance(e, exp.Star) or isinstance(e, exp.Column) and isinstance(e.this, exp.Star)
                for e in select.expressions)
 
 
-def _referenced_from_nested(graph: QueryGraph, index: int, sub: Join) -> bool:
+def _referenced_from_nested(select: exp.Select, sub: Join) -> bool:
     """Whether a subquery inside the block names one of the subtree's aliases (such a
     reference would lose its relation once the subtree is one CTE)."""
-    select = select_nodes(graph.ast)[index]
     for inner in select.find_all(exp.Select):
-        if inner is select:
-            continue
-        if any(c.table in sub.rels for c in inner.find_all(exp.Column)):
+        if inner is not select and any(c.table in sub.rels for c in inner.find_all(exp.Column)):
             return True
     return False
