@@ -92,7 +92,7 @@ class SlotRendering:
             twins = _twins(graph, sentinel, shared)
             once = _cut(render(sentinel, plan, shared=shared), len(toks), twins)
             out = cls(once.parts, once.n_literals, twins, out)
-            if out.fill(literals) != render(graph, plan):
+            if out.fill(literals) != render(graph, plan, shared=shared):
                 raise PlanError("the rendering does not keep the query's literals as written")
         return out
 
