@@ -29,6 +29,7 @@ import time
 
 from lqo.book.trials import ARMS
 from lqo.engine.harness import median_latency, run_interleaved
+from lqo.sql.catalog import Catalog
 from lqo.workloads.workload import Workload
 
 _WORD = re.compile(r"[a-z_][a-z0-9_]*")
@@ -73,7 +74,7 @@ def log_ratio(row: dict, arm: str) -> float:
 
 def table_sets(wl: Workload) -> dict[str, frozenset[str]]:
     con = wl.connect()
-    tables = {t for (t,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    tables = Catalog.from_connection(con).tables
     con.close()
     return {q.id: frozenset(w for w in _WORD.findall(q.sql.lower()) if w in tables) for q in wl}
 
@@ -87,9 +88,9 @@ def nearest_template_policy(matrix: dict, sets: dict, threshold: float, min_neig
         choice[q] = None
         if len(near) < min_neighbours:
             continue
-        best = min(ARMS, key=lambda a: sum(log_ratio(matrix[o], a) for o in near))
-        mean = sum(log_ratio(matrix[o], best) for o in near) / len(near)
-        if mean <= -margin and all(log_ratio(matrix[o], best) < 0 for o in near):
+        logs = {a: [log_ratio(matrix[o], a) for o in near] for a in ARMS}
+        best = min(ARMS, key=lambda a: sum(logs[a]))
+        if sum(logs[best]) / len(near) <= -margin and max(logs[best]) < 0:
             choice[q] = best
     return choice
 

@@ -132,7 +132,9 @@ def _twins(graph: QueryGraph, sentinel: QueryGraph, shared: list[SharedJoin]) ->
                 used: set[int] = set()
                 for j, f in enumerate(real[index].filters.get(b, [])):
                     text = canonical_sql(f, {b: i}, b)
-                    k = next(k for k, t in enumerate(mine) if t == text and k not in used)
+                    k = next((k for k, t in enumerate(mine) if t == text and k not in used), None)
+                    if k is None:  # shared_joins paired these filters by the same text
+                        raise PlanError("a shared join's filters differ between its blocks")
                     used.add(k)
                     ours, theirs = _slots(cut[index].filters[b][j]), _slots(cut[first].filters[a][k])
                     if len(ours) != len(theirs):
