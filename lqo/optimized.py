@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import duckdb
 
 from lqo.engine.harness import RESULT_CONVERSION_ERRORS, is_user_interrupt, runtime_error
-from lqo.engine.settings import disabled_optimizers, forced_settings
+from lqo.engine.settings import FORCE_DISABLED_OPTIMIZERS, disabled_optimizers, forced_settings
 
 if TYPE_CHECKING:
     from lqo.trees.plan import Plan
@@ -46,6 +46,14 @@ class Optimized:
     # DuckDB's parse of ``original_sql`` where lqo parsed the text to check it and runs it
     # as written: executing the parse skips a second one, so the check costs nothing net.
     statement: duckdb.Statement | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def rules(self) -> tuple[str, ...]:
+        """Every DuckDB optimizer rule ``sql`` runs with disabled: the forcing rules for a
+        forced tree, plus the arm's rules. The whole decision a runner needs besides ``sql``."""
+        if not self.forced:
+            return self.disabled
+        return FORCE_DISABLED_OPTIMIZERS + tuple(r for r in self.disabled if r not in FORCE_DISABLED_OPTIMIZERS)
 
     @property
     def runnable(self) -> "str | duckdb.Statement":
