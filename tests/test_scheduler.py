@@ -24,6 +24,8 @@ import pytest
 import lqo.cli as cli
 from lqo.errors import LqoError
 from lqo.engine.harness import fingerprint_rows
+from lqo.engine.settings import FORCE_DISABLED_OPTIMIZERS
+from lqo.optimized import Optimized
 from lqo.sched.executor import Executor
 from lqo.sched.jobs import Job, PlanGraph, QueryFeatures, build_jobs
 from lqo.sched.gnn_policy import LearnedPolicy
@@ -248,14 +250,12 @@ class FakeModel:
         return float(len(sql))
 
     def optimize(self, sql, con):
-        from types import SimpleNamespace
-
         from lqo.trees.query import prepare
 
         pq = prepare(sql, con)
         if not pq.forceable or not pq.free_blocks:
-            return SimpleNamespace(sql=sql, forced=False)
-        return SimpleNamespace(sql=pq.render(pq.native_plan), forced=True)
+            return Optimized(sql, sql, False, None, None, None, None, "not forceable", 0.0)
+        return Optimized(sql, pq.render(pq.native_plan), True, None, None, None, None, None, 0.0)
 
 
 @pytest.mark.parametrize("policy,arrivals,workers,plan", [
@@ -288,6 +288,60 @@ def test_real_executor_runs_every_query_consistently(workloads, policy, arrivals
             assert all(a[1] <= b[0] + 1e-9 for a, b in zip(spans, spans[1:]))
     assert res.makespan_s >= max(r.latency_s for r in res.records)
     assert res.p50_s <= res.p95_s <= max(r.completion_s for r in res.records)
+
+
+class DecisionModel:
+    """Stands in for a tuned model: plans each query (by its text) to the decision given,
+    (forced, disabled rules), as a plan book serves it: the text as written."""
+
+    def __init__(self, decisions: dict[str, tuple[bool, tuple[str, ...]]]) -> None:
+        self.decisions = decisions
+
+    def optimize(self, sql, con):
+        forced, disabled = self.decisions[sql.strip()]  # a workload file ends its text with a newline
+        return Optimized(sql, sql, forced, None, None, None, None, None, 0.0, disabled=disabled, source="book")
+
+
+SEEN_RULES = "SELECT current_setting('disabled_optimizers') AS s, count(*) AS n FROM {}"
+
+
+@pytest.mark.parametrize("policy", ["fifo", "all"])
+def test_real_executor_runs_each_decision_under_its_rules(tmp_path, tpch_db, policy):
+    """Regression: a setting arm (a rule disabled, no tree forced) ran as plain native,
+    since the stream kept only a forced flag. Each query reports the rules it ran with,
+    on a dedicated worker (fifo) and on the shared worker of its plan mode (all)."""
+    arm = ("join_filter_pushdown",)
+    decisions = {SEEN_RULES.format("nation"): (False, arm),      # a setting arm
+                 SEEN_RULES.format("region"): (True, arm),       # a forced tree plus an arm
+                 SEEN_RULES.format("supplier"): (True, ()),      # a forced tree
+                 SEEN_RULES.format("customer"): (False, ())}     # native
+    wl = tmp_path / "rules"
+    wl.mkdir()
+    write_workload(wl, "rules", tpch_db, [(f"r{i}", f"r{i}", sql) for i, sql in enumerate(decisions)])
+    sched = Scheduler(policy, workers=2, cores=2, model=DecisionModel(decisions), plan="optimized",
+                      timeout_s=60, warmup=False)
+    stream = sched.make_stream(Workload.load(wl), n=12, seed=1)
+    res = sched.run(stream)
+    con = duckdb.connect(str(tpch_db), read_only=True)
+    try:
+        counts = {sql: con.execute(sql).fetchone()[1] for sql in decisions}
+    finally:
+        con.close()
+    by_idx = {q.idx: q for q in stream}
+    assert len(res.records) == 12
+    want = {}
+    for r in res.records:
+        sql = by_idx[r.idx].sql.strip()
+        forced, disabled = decisions[sql]
+        want[r.idx] = Optimized(sql, sql, forced, None, None, None, None, None, 0.0, disabled=disabled).rules
+        assert r.ok, r.error
+        assert r.fingerprint == fingerprint_rows([(",".join(want[r.idx]), counts[sql])]), (sql, want[r.idx])
+    for r in res.records:  # what the record says it ran with
+        assert r.rules == want[r.idx] and r.forced == decisions[by_idx[r.idx].sql.strip()][0], r
+    assert {r.rules for r in res.records} == {arm, FORCE_DISABLED_OPTIMIZERS + arm, FORCE_DISABLED_OPTIMIZERS, ()}
+    if policy == "all":  # one shared worker per plan mode, and each mode's queries on its own
+        assert len({r.worker for r in res.records}) == 4
+        assert len({(r.worker, r.rules) for r in res.records}) == 4
 
 
 class AlternatingThreads(Policy):

@@ -10,14 +10,21 @@ Thread budgets: an exclusive worker runs one query at a time and sets ``SET thre
 on its instance before each query whose ``t`` differs from the last. No reconnect is
 needed; the SET costs 0.5-3 ms (measured on the 2-core machines, DuckDB 1.5.5; a run's
 meta reports ``thread_changes`` and ``set_threads_ms_max``), against ~0.5 s to spawn a
-worker and reopen the files. Forced plans run inside ``forced_settings`` (restored after).
-Before time 0 every worker reads every table once (``_warm``), as the profile was
-measured warm.
+worker and reopen the files. Before time 0 every worker reads every table once
+(``_warm``), as the profile was measured warm.
 
-Shared policies (``all``): one *shared* worker per plan mode (native / forced) runs every
-query as soon as it arrives, each on its own cursor in its own thread, so all of them
-share that instance's ``cores`` DuckDB threads, as one DuckDB server would. A shared
-instance's settings apply to all its queries, hence one per plan mode.
+What a worker runs: each query comes with its SQL and ``rules``, the DuckDB optimizer
+rules its decision must run with disabled (``Optimized.rules``: the forcing rules for a
+forced tree, a setting arm's rules, both, or none for native). An exclusive worker runs
+the query inside ``settings.disabled_optimizers(con, rules)`` (restored after); the
+worker has no notion of "forced" of its own.
+
+Shared policies (``all``): one *shared* worker per plan mode (per distinct ``rules``
+tuple in the stream) runs every query as soon as it arrives, each on its own cursor in
+its own thread, so all of them share that instance's ``cores`` DuckDB threads, as one
+DuckDB server would. ``disabled_optimizers`` is global to a DuckDB instance, so a shared
+worker holds its mode's rules disabled for its whole life and runs only that mode's
+queries.
 
 Timing: workers time queries with ``time.monotonic`` (CLOCK_MONOTONIC, the same clock in
 every process on Linux); time 0 is when all workers are ready. Ctrl-C: workers ignore
@@ -36,6 +43,7 @@ import os
 import signal
 import threading
 import time
+from contextlib import ExitStack
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -65,23 +73,26 @@ def _warm(con: Any) -> None:
 
 
 def _worker_main(conn: Connection, databases: list[str], threads: int, shared: bool,
-                 forced: bool, timeout_s: float | None, warmup: bool = True) -> None:
-    """A worker process: runs queries sent over ``conn`` until told to stop or orphaned."""
+                 rules: tuple[str, ...], timeout_s: float | None, warmup: bool = True) -> None:
+    """A worker process: runs queries sent over ``conn`` until told to stop or orphaned.
+    A shared worker runs every query with ``rules`` disabled (instance-wide, for its whole
+    life); an exclusive one ignores ``rules`` and takes each query's own."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the dispatcher decides how to stop
     import duckdb
 
     from lqo.engine.harness import fingerprint_rows
-    from lqo.engine.settings import FORCE_SETTINGS, forced_settings
+    from lqo.engine.settings import disabled_optimizers
 
     cfg = {"autoinstall_known_extensions": False, "autoload_known_extensions": False, "threads": threads}
     cons = {db: duckdb.connect(db, read_only=True, config=cfg) for db in databases}
     if warmup:
         for con in cons.values():
             _warm(con)
-    if shared and forced:
+    mode = tuple(rules) if shared else None
+    held = ExitStack()  # a shared worker's instance-wide rules; never restored (os._exit ends it)
+    if shared:
         for con in cons.values():
-            for k, v in FORCE_SETTINGS.items():
-                con.execute(f"SET {k} = '{v}'")
+            held.enter_context(disabled_optimizers(con, mode))
     current = {db: threads for db in databases}
     send_lock = threading.Lock()
     active: dict[int, Any] = {}  # idx -> connection or cursor running it
@@ -94,11 +105,13 @@ def _worker_main(conn: Connection, databases: list[str], threads: int, shared: b
             except (OSError, EOFError):
                 pass
 
-    def run_one(idx: int, db: str, sql: str, is_forced: bool, t: int) -> None:
+    def run_one(idx: int, db: str, sql: str, q_rules: tuple[str, ...], t: int) -> None:
         con = cons[db].cursor() if shared else cons[db]
         set_ms = 0.0
         timer = None
         try:
+            if shared and tuple(q_rules) != mode:
+                raise RuntimeError(f"query needs rules {list(q_rules)} but this shared worker runs {list(mode)}")
             if not shared and current[db] != t:
                 s0 = time.monotonic()
                 con.execute(f"SET threads = {int(t)}")
@@ -110,10 +123,10 @@ def _worker_main(conn: Connection, databases: list[str], threads: int, shared: b
                 timer.start()
             start = time.monotonic()
             try:
-                if is_forced and not shared:
-                    with forced_settings(con):
+                if q_rules and not shared:
+                    with disabled_optimizers(con, q_rules):
                         rows = con.execute(sql).fetchall()
-                else:
+                else:  # native, or a shared worker whose instance holds the rules already
                     rows = con.execute(sql).fetchall()
                 end = time.monotonic()
                 send(("done", idx, start, end, True, None, len(rows), fingerprint_rows(rows), set_ms))
@@ -163,11 +176,11 @@ class ExecutorError(LqoError):
 
 
 class _Worker:
-    def __init__(self, ctx: Any, wid: int, databases: list[str], threads: int, shared: bool, forced: bool,
-                 timeout_s: float | None, warmup: bool) -> None:
+    def __init__(self, ctx: Any, wid: int, databases: list[str], threads: int, shared: bool,
+                 rules: tuple[str, ...], timeout_s: float | None, warmup: bool) -> None:
         self.wid = wid
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, databases, threads, shared, forced, timeout_s, warmup),
+        self.proc = ctx.Process(target=_worker_main, args=(child, databases, threads, shared, rules, timeout_s, warmup),
                                 name=f"lqo-sched-worker-{wid}", daemon=True)
         # Start the child with SIGINT ignored (inherited across spawn's exec): a Ctrl-C
         # that lands while it is still importing must not print a traceback from it.
@@ -187,13 +200,14 @@ class Executor:
     always stopped and reaped on exit, also on Ctrl-C and errors.
 
     ``workers`` exclusive workers (one query each); a shared policy uses shared workers
-    instead (see module docs). ``timeout_s`` caps every query (recorded as an error).
-    ``warmup``: each worker reads every table once before time 0 (see ``_warm``).
+    instead, one per plan mode in ``modes`` (each a ``rules`` tuple, see module docs).
+    ``timeout_s`` caps every query (recorded as an error). ``warmup``: each worker reads
+    every table once before time 0 (see ``_warm``).
     """
 
     def __init__(self, databases: Sequence[str], workers: int = 2, cores: int | None = None,
-                 timeout_s: float | None = 300.0, shared: bool = False, forced_modes: Sequence[bool] = (False,),
-                 warmup: bool = True) -> None:
+                 timeout_s: float | None = 300.0, shared: bool = False,
+                 modes: Sequence[Sequence[str]] = ((),), warmup: bool = True) -> None:
         self.databases = list(dict.fromkeys(str(d) for d in databases))
         self.workers = workers
         self.cores = cores or os.cpu_count() or 1
@@ -201,16 +215,16 @@ class Executor:
         self.shared = shared
         self._ctx = mp.get_context("spawn")
         self._pool: list[_Worker] = []
-        self._shared_for: dict[bool, _Worker] = {}
+        self._shared_for: dict[tuple[str, ...], _Worker] = {}
         try:
             if shared:
-                for i, f in enumerate(sorted(set(forced_modes))):
-                    self._pool.append(_Worker(self._ctx, i, self.databases, self.cores, True, f, timeout_s, warmup))
-                    self._shared_for[f] = self._pool[-1]
+                for i, rules in enumerate(sorted({tuple(m) for m in modes})):
+                    self._pool.append(_Worker(self._ctx, i, self.databases, self.cores, True, rules, timeout_s, warmup))
+                    self._shared_for[rules] = self._pool[-1]
             else:
                 start_threads = max(1, self.cores // max(1, workers))
                 for i in range(workers):
-                    self._pool.append(_Worker(self._ctx, i, self.databases, start_threads, False, False, timeout_s,
+                    self._pool.append(_Worker(self._ctx, i, self.databases, start_threads, False, (), timeout_s,
                                                 warmup))
             self._await_ready()
         except BaseException:
@@ -245,8 +259,10 @@ class Executor:
         disp = Dispatcher(policy, self.workers, self.cores)
         policy.begin(pending)
         route = {w.wid: w for w in self._pool}
-        if self.shared and {j.q.forced for j in pending} - set(self._shared_for):
-            raise ExecutorError("forced plans in the stream but no shared worker for them (forced_modes)")
+        missing = {j.q.rules for j in pending} - set(self._shared_for) if self.shared else set()
+        if missing:
+            raise ExecutorError(f"queries run with rules {sorted(map(list, missing))} disabled but no shared "
+                                "worker holds them (Executor modes)")
         records: list[QueryRecord] = []
         dispatched: dict[int, tuple[float, int]] = {}
         set_ms: list[float] = []
@@ -259,10 +275,10 @@ class Executor:
                 disp.arrive(pending[i])
                 i += 1
             for job, threads, worker in disp.start_ready(now):
-                w = route[worker] if worker >= 0 else self._shared_for[job.q.forced]
+                w = route[worker] if worker >= 0 else self._shared_for[job.q.rules]
                 q = job.q
                 dispatched[q.idx] = (time.monotonic() - t0, w.wid)  # before send: start >= dispatch
-                w.conn.send(("run", q.idx, q.database, q.exec_sql, q.forced, threads))
+                w.conn.send(("run", q.idx, q.database, q.exec_sql, tuple(q.rules), threads))
                 busy[w.conn] = busy.get(w.conn, 0) + 1
             timeout = max(0.0, pending[i].arrival_s - (time.monotonic() - t0)) if i < n else None
             conns = [c for c, k in busy.items() if k > 0]
@@ -286,7 +302,7 @@ class Executor:
                 q = job.q
                 rec = QueryRecord(q.idx, q.workload, q.query_id, q.database, q.arrival_s,
                                   max(start - t0, d_s), max(end - t0, start - t0, d_s), threads, wid,
-                                  ok, err, rows, fp, q.forced, d_s, job.f.known_source)
+                                  ok, err, rows, fp, q.forced, d_s, job.f.known_source, q.rules)
                 records.append(rec)
                 if on_done is not None:
                     on_done(rec)

@@ -19,7 +19,9 @@ from typing import Any, Sequence
 @dataclass
 class QueryRecord:
     """What happened to one arrival. ``worker`` is the worker process index (-1 in a
-    simulated shared run); ``rows`` and ``fingerprint`` are None when not executed."""
+    simulated shared run); ``rows`` and ``fingerprint`` are None when not executed.
+    ``rules``: the optimizer rules the query ran with disabled (its decision's
+    ``Optimized.rules``); ``forced``: whether those include the forcing rules."""
 
     idx: int
     workload: str
@@ -37,6 +39,7 @@ class QueryRecord:
     forced: bool = False
     dispatch_s: float | None = None
     known_source: str | None = None  # where the policy's latency figure came from (knowledge.py)
+    rules: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -53,6 +56,7 @@ class QueryRecord:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["key"] = self.key
+        d["rules"] = list(self.rules)
         d["completion_s"] = self.completion_s
         d["latency_s"] = self.latency_s
         return d

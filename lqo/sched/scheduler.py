@@ -133,8 +133,11 @@ class Scheduler:
         return make_stream(workloads, n, arr, seed, rate)
 
     def _planned(self, stream: Stream) -> tuple[Stream, float]:
-        """The stream with the optimizer's plans as ``run_sql`` (planning happens before
-        the stream starts, once per distinct query; its total ms is returned)."""
+        """The stream with the optimizer's decisions: each query carries its decision's
+        ``sql`` (as ``run_sql``) and ``rules`` (``Optimized.rules``: every optimizer rule
+        it runs with disabled, a forced tree's and a setting arm's alike). Planning
+        happens before the stream starts, once per distinct query; its total ms is
+        returned."""
         if self.plan == "native":
             return stream, 0.0
         from lqo.engine.db import connect_read_only
@@ -146,9 +149,9 @@ class Scheduler:
                 if q.query_key not in done:
                     con = cons.get(q.database) or cons.setdefault(q.database, connect_read_only(q.database))
                     res = model.optimize(q.sql, con)
-                    done[q.query_key] = (res.sql, bool(res.forced))
-                sql, forced = done[q.query_key]
-                out.append(replace(q, run_sql=sql if forced else None, forced=forced))
+                    done[q.query_key] = (res.sql, tuple(res.rules))
+                sql, rules = done[q.query_key]
+                out.append(replace(q, run_sql=sql if sql != q.sql else None, rules=rules))
         finally:
             for con in cons.values():
                 con.close()
@@ -172,9 +175,9 @@ class Scheduler:
         """Run ``stream`` on real worker processes; Ctrl-C stops them and re-raises."""
         stream, planning_ms = self._planned(stream)
         jobs = self.jobs(stream)
-        modes = sorted({q.forced for q in stream} | {False})
+        modes = sorted({q.rules for q in stream} | {()})  # one shared worker per mode
         with Executor(stream.databases, self.workers, self.cores, self.timeout_s,
-                      shared=self.policy.shared, forced_modes=modes, warmup=self.warmup) as ex:
+                      shared=self.policy.shared, modes=modes, warmup=self.warmup) as ex:
             result = ex.run(jobs, self.policy, on_done)
         result.meta.update(self._meta(stream), planning_ms=round(planning_ms, 3))
         return result

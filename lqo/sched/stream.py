@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Iterator, Sequence
 
+from lqo.engine.settings import FORCE_DISABLED_OPTIMIZERS
 from lqo.errors import LqoError
 from lqo.train.keys import query_key as _query_key
 from lqo.workloads.workload import Workload
@@ -77,9 +78,13 @@ def parse_arrivals(spec: str) -> Arrivals:
 
 @dataclass(frozen=True)
 class StreamQuery:
-    """One arrival. ``sql`` is the query text; ``run_sql`` what to execute (a forced plan
-    when ``forced``), None for ``sql`` itself. ``key`` names the query (workload/id); the
-    same query may occur several times in a stream, ``idx`` is its position."""
+    """One arrival. ``sql`` is the query text; ``run_sql`` what to execute (an optimizer
+    decision's ``Optimized.sql``), None for ``sql`` itself; ``rules`` the DuckDB optimizer
+    rules it must run with disabled (the decision's ``Optimized.rules``: the forcing rules
+    for a forced tree plus a setting arm's; empty for native). ``run_sql`` and ``rules``
+    together are the whole decision a worker runs. ``key`` names the query
+    (workload/id); the same query may occur several times in a stream, ``idx`` is its
+    position."""
 
     idx: int
     workload: str
@@ -89,7 +94,15 @@ class StreamQuery:
     database: str
     arrival_s: float
     run_sql: str | None = None
-    forced: bool = False
+    rules: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rules", tuple(self.rules))  # hashable: shared workers are keyed by it
+
+    @property
+    def forced(self) -> bool:
+        """Whether the joins run as written: every forcing rule is among ``rules``."""
+        return all(r in self.rules for r in FORCE_DISABLED_OPTIMIZERS)
 
     @property
     def key(self) -> str:
