@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import duckdb
 
 from lqo.engine.harness import RESULT_CONVERSION_ERRORS, is_user_interrupt, runtime_error
-from lqo.engine.settings import FORCE_DISABLED_OPTIMIZERS, disabled_optimizers, forced_settings
+from lqo.engine.settings import FORCE_DISABLED_OPTIMIZERS, disabled_optimizers
 
 if TYPE_CHECKING:
     from lqo.trees.plan import Plan
@@ -47,6 +47,13 @@ class Optimized:
     # as written: executing the parse skips a second one, so the check costs nothing net.
     statement: duckdb.Statement | None = field(default=None, repr=False, compare=False)
 
+    @classmethod
+    def as_written(cls, sql: str, why: str | None, planning_ms: float, *, source: str = "native",
+                   disabled: tuple[str, ...] = (), predicted_native_ms: float | None = None) -> "Optimized":
+        """The text run as written: natively (``why`` says why), or under a setting arm."""
+        return cls(sql, sql, False, None, None, None, predicted_native_ms, why, planning_ms,
+                   disabled=disabled, source=source)
+
     @property
     def rules(self) -> tuple[str, ...]:
         """Every DuckDB optimizer rule ``sql`` runs with disabled: the forcing rules for a
@@ -66,15 +73,14 @@ class Optimized:
         """Run the chosen plan on ``con`` and return all rows (settings restored after).
 
         Only the optimizer rules the plan needs are changed; every other setting of
-        ``con`` (``memory_limit``, ``threads``, ...) stays in force. A query that fails
+        ``con`` (``memory_limit``, ``threads``, ...) stays in force. Safe from several
+        threads (cursors of one connection): statements needing other rules take turns
+        (``lqo.engine.settings.RuleModes``). A query that fails
         while running (conversion error, overflow, out of memory, ``con.interrupt()``)
         raises ``QueryRuntimeError`` naming the query, DuckDB's error as its cause.
         """
-        if self.forced or self.disabled:
-            rules = forced_settings(con, self.disabled) if self.forced else disabled_optimizers(con, self.disabled)
-            with rules:
-                rows, ms, stale = self._run(con)
-        else:  # no setting to change: even an empty context manager costs ~1% of a 3 ms query
+        # Native too: it must not run while another thread's statement has rules disabled.
+        with disabled_optimizers(con, self.rules):
             rows, ms, stale = self._run(con)
         if stale is not None:
             self.fallback = f"the verified plan no longer binds ({str(stale).splitlines()[0][:120]}): ran as written"

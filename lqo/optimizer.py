@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
+import weakref
 from collections import OrderedDict
 
 from pathlib import Path
@@ -29,6 +31,7 @@ from lqo.sql.catalog import Catalog
 from lqo.errors import InvalidSQLError, LqoError, MissingFileError, NotSelectError, SchemaMismatchError
 from lqo.book.book import BOOK_FILE, FEEDBACK_FILE, PlanBook
 from lqo.book.serve import BookServer
+from lqo.book.template import tokens
 from lqo.optimized import Optimized
 from lqo.learn.features import Featurizer
 from lqo.learn.model_kinds import load_model
@@ -40,7 +43,7 @@ from lqo.trees.plan import Plan
 from lqo.trees.query import PreparedQuery, prepare
 from lqo.search import SearchConfig, SearchResult, beam_search, star_plan
 from lqo.sql.syntax import describe_parser_error
-from lqo.triage import Triage, Verdict
+from lqo.triage import Triage
 from lqo.estimates.stats import DatabaseStats
 
 MODEL_FILE = "model.lqo"
@@ -71,8 +74,12 @@ class Optimizer:
         self.schema = schema
         self.search = search or SearchConfig()
         self.decision = decision or DecisionConfig()
-        self._checked: set[int] = set()
+        # Connections (cursors included) whose schema was checked; weak: a new connection
+        # that reuses a dropped one's id is checked again.
+        self._checked: weakref.WeakSet[duckdb.DuckDBPyConnection] = weakref.WeakSet()
         self._catalog: Catalog | None = None
+        # Callers on several threads share the caches below (and the book server's).
+        self._lock = threading.Lock()
         # Recurring workloads repeat query texts: keep their parsed graph and native
         # trees (the EXPLAIN) instead of redoing them per call.
         self._cache: OrderedDict[str, PreparedQuery] = OrderedDict()
@@ -135,22 +142,28 @@ class Optimizer:
             raise SchemaMismatchError(
                 f"model was trained for schema {self.schema}, this database has schema {catalog.fingerprint}"
             )
-        self._checked.add(id(con))
-        self._catalog = catalog
+        with self._lock:
+            self._checked.add(con)
+            self._catalog = catalog
         return catalog
+
+    def _check_once(self, con: duckdb.DuckDBPyConnection) -> None:
+        if con not in self._checked:
+            self.check_schema(con)
 
     # ----- planning --------------------------------------------------------------------
     def prepare(self, sql: str, con: duckdb.DuckDBPyConnection) -> PreparedQuery:
-        if id(con) not in self._checked or self._catalog is None:
-            self.check_schema(con)
-        pq = self._cache.get(sql)
-        if pq is None:
-            pq = prepare(sql, con, self._catalog, explain_unforceable=False)
+        self._check_once(con)
+        with self._lock:
+            pq = self._cache.get(sql)
+            if pq is not None:
+                self._cache.move_to_end(sql)
+                return pq
+        pq = prepare(sql, con, self._catalog, explain_unforceable=False)
+        with self._lock:
             self._cache[sql] = pq
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(sql)
         return pq
 
     def seeds(self, pq: PreparedQuery) -> list[Plan]:
@@ -177,28 +190,33 @@ class Optimizer:
         """Plan ``sql``: the plan book's verified choice for a known template; else the
         model's best plan if confidently faster, else native.
 
-        A recurring query text is planned once: later calls return the cached decision
-        (``planning_ms`` then is the cost of the look-up).
+        Whatever the model directory holds, a text that is not one read-only SELECT is
+        refused (``InvalidSQLError``, ``NotSelectError``) before anything runs, and the
+        schema of ``con`` is checked on its first call. A recurring query text is planned
+        once: later calls return the cached decision (``planning_ms`` then is the cost of
+        the look-up).
         """
         start = time.perf_counter()
-        if self._server is not None and id(con) in self._checked:
-            served = self._server.serve(sql)
+        self._check_once(con)
+        if self._server is not None:
+            served = self._server.serve(sql, lambda text: checked_select(text, con))
             if served is not None:
                 return served
         if self.model is None:
-            if id(con) not in self._checked:
-                self.check_schema(con)
-            return Optimized(sql, sql, False, None, None, None, None,
-                             "template not in the plan book: run as written", _ms(start), source="native")
-        cached = self._decisions.get(sql)
-        if cached is not None and id(con) in self._checked:
-            self._decisions.move_to_end(sql)
+            return self._checked_as_written(
+                Optimized.as_written(sql, "template not in the plan book: run as written", _ms(start)), con)
+        with self._lock:
+            cached = self._decisions.get(sql)
+            if cached is not None:
+                self._decisions.move_to_end(sql)
+        if cached is not None:
             return dataclasses.replace(cached, planning_ms=_ms(start))
         search = self.search
         if self.triage is not None:
             verdict = self.triage.judge(sql)
             if not verdict.plan:
-                result = self._as_written(sql, con, verdict, start)
+                result = self._checked_as_written(
+                    Optimized.as_written(sql, verdict.reason, _ms(start), predicted_native_ms=verdict.native_ms), con)
                 self._remember(sql, result)
                 return result
             search = dataclasses.replace(search, time_budget_ms=self.triage.search_budget_ms(
@@ -208,32 +226,25 @@ class Optimizer:
         return result
 
     def _remember(self, sql: str, result: Optimized) -> None:
-        self._decisions[sql] = result
-        if len(self._decisions) > self._cache_size:
-            self._decisions.popitem(last=False)
+        with self._lock:
+            self._decisions[sql] = result
+            if len(self._decisions) > self._cache_size:
+                self._decisions.popitem(last=False)
 
-    def _as_written(self, sql: str, con: duckdb.DuckDBPyConnection, verdict: Verdict, start: float) -> Optimized:
-        """A first-seen text the triage judged not worth planning: checked by DuckDB's
-        parser only (a bad table or column is reported when it runs)."""
-        if id(con) not in self._checked:
-            self.check_schema(con)
-        try:
-            statements = con.extract_statements(sql)
-        except duckdb.ParserException as err:
-            raise InvalidSQLError(f"invalid SQL: {describe_parser_error(str(err), sql)}") from None
-        if len(statements) != 1:
-            raise InvalidSQLError(f"expected one SQL statement, got {len(statements)}")
-        if statements[0].type != _SELECT:
-            raise NotSelectError(f"not a SELECT query: {statements[0].type.name} statement")
-        return Optimized(sql, sql, False, None, None, None, verdict.native_ms, verdict.reason, _ms(start),
-                         source="native", statement=statements[0])
+    def _checked_as_written(self, res: Optimized, con: duckdb.DuckDBPyConnection) -> Optimized:
+        """``res``, which runs its text as written (natively or under a setting arm), once
+        DuckDB's parser has confirmed the text is one SELECT: the parse travels with it,
+        so running it costs no second parse."""
+        if res.statement is None:
+            res.statement = checked_select(res.original_sql, con)
+        return res
 
     def _render_full(self, sql: str, plan: Plan) -> str:
         """A verified plan rendered for a text whose literals do not fit the book's slots."""
         from lqo.sql.join_graph import build_query_graph
         from lqo.trees.render import render
 
-        if self._catalog is None:
+        if self._catalog is None:  # pragma: no cover - optimize() checks the connection first
             raise LqoError("the optimizer has not seen a connection yet")
         return render(build_query_graph(sql, self._catalog), plan)
 
@@ -294,6 +305,28 @@ def optimize(sql: str, con: duckdb.DuckDBPyConnection, model: str | Path | Optim
     """
     opt = model if isinstance(model, Optimizer) else Optimizer.load(model, con)
     return opt.optimize(sql, con)
+
+
+def checked_select(sql: str, con: duckdb.DuckDBPyConnection) -> duckdb.Statement:
+    """DuckDB's parse of ``sql``, if it is exactly one SELECT that cannot write; else
+    ``InvalidSQLError`` or ``NotSelectError`` naming the problem. The one check of every
+    text lqo runs as written."""
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.ParserException as err:
+        raise InvalidSQLError(f"invalid SQL: {describe_parser_error(str(err), sql)}") from None
+    if len(statements) != 1:
+        raise InvalidSQLError(f"expected one SQL statement, got {len(statements)}")
+    if statements[0].type != _SELECT:
+        raise NotSelectError(f"not a SELECT query: {statements[0].type.name} statement")
+    lowered = sql.lower()
+    if ("nextval" in lowered or "setval" in lowered) and any(
+            t[2].lower() in _WRITING_FUNCTIONS for t in tokens(sql) if not t[3]):
+        raise NotSelectError("not a read-only SELECT: it advances a sequence (nextval/setval)")
+    return statements[0]
+
+
+_WRITING_FUNCTIONS = {"nextval", "setval"}
 
 
 def _keeps_shared_subplan(con: duckdb.DuckDBPyConnection, pq: PreparedQuery, forced_sql: str) -> bool:

@@ -30,7 +30,7 @@ from lqo.errors import BookError, SchemaMismatchError
 
 BOOK_FILE = "book.json"
 FEEDBACK_FILE = "feedback.jsonl"  # served latencies, written by Optimizer.load(..., record=True)
-FORMAT = "lqo-plan-book/1"
+FORMAT = "lqo-plan-book/2"  # /2: typed template keys and slot renderings with list slots
 
 
 @dataclass(frozen=True)
@@ -141,6 +141,9 @@ class PlanBook:
 
     @classmethod
     def from_json(cls, d: Any) -> "PlanBook":
+        if isinstance(d, dict) and d.get("format") == "lqo-plan-book/1":
+            raise BookError("a plan book from an older lqo, whose template keys no longer match: "
+                            "run lqo tune again")
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise BookError(f"not a plan book (expected format {FORMAT})")
         try:

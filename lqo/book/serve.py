@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -29,6 +30,7 @@ from lqo.book.book import BookEntry, PlanBook
 from lqo.book.ranges import LiteralRanges, guard_for
 from lqo.book.slots import SlotRendering
 from lqo.book.template import literal_free_text, template_key
+from lqo.errors import LqoError
 from lqo.optimized import Optimized
 from lqo.trees.plan import Plan
 
@@ -47,6 +49,7 @@ class BookServer:
         # Exact texts recur too (a dashboard's refresh): those skip even the key.
         self._texts: OrderedDict[str, Optimized | None] = OrderedDict()
         self._cache_size = cache_size
+        self._lock = threading.Lock()  # callers on several threads share the cache
         # Everything a look-up needs is decoded once, here: plans, slot renderings.
         self._served: dict[str, tuple[BookEntry, Plan | None, SlotRendering | None]] = {}
         # ``lqo tune --range-guard``: constant-sensitive templates' verified literal ranges.
@@ -72,19 +75,29 @@ class BookServer:
     def __contains__(self, sql: str) -> bool:
         return template_key(sql).key in self._served
 
-    def serve(self, sql: str) -> Optimized | None:
-        """The book's verified choice for ``sql``, or None for an unknown template."""
+    def serve(self, sql: str, check: Callable[[str], object] | None = None) -> Optimized | None:
+        """The book's verified choice for ``sql``, or None for an unknown template.
+
+        ``check`` (a text -> DuckDB's parse of it, or an exception) is called once per
+        distinct text that the choice runs as written; its parse is kept with the
+        choice (``Optimized.statement``)."""
         start = time.perf_counter()
-        if sql in self._texts:
-            self._texts.move_to_end(sql)
-            hit = self._texts[sql]
+        with self._lock:
+            found = sql in self._texts
+            if found:
+                self._texts.move_to_end(sql)
+                hit = self._texts[sql]
+        if found:
             return None if hit is None else dataclasses.replace(hit, planning_ms=_ms(start))
         result = self._serve(sql, start)
+        if result is not None and check is not None and not result.forced:
+            result.statement = check(sql)
         if result is not None and self.feedback is not None:
             result.on_latency = self._record
-        self._texts[sql] = result
-        if len(self._texts) > self._cache_size:
-            self._texts.popitem(last=False)
+        with self._lock:
+            self._texts[sql] = result
+            if len(self._texts) > self._cache_size:
+                self._texts.popitem(last=False)
         return result
 
     def _serve(self, sql: str, start: float) -> Optimized | None:
@@ -101,19 +114,23 @@ class BookServer:
             return _as_written(sql, entry, start)
         guard = self._guards.get(tk.key)
         if guard is not None and (out := guard.outside(tk)) is not None:
-            return Optimized(sql, sql, False, None, None, None, None,
-                             f"plan book: template {entry.template} is constant-sensitive and {out[1]} lies "
-                             f"outside the range its plan was verified on", _ms(start), source="book")
+            return Optimized.as_written(sql, f"plan book: template {entry.template} is constant-sensitive and "
+                                        f"{out[1]} lies outside the range its plan was verified on",
+                                        _ms(start), source="book")
         if c.kind == "arm":
-            return Optimized(sql, sql, False, None, None, None, None, None, _ms(start),
-                             disabled=c.disabled, source="book")
-        if slots is not None and slots.n_literals == len(tk.literals):
-            text = slots.fill(tk.literals)
-        elif self.render_full is not None and plan is not None:
-            text = self.render_full(sql, plan)
-        else:
-            return Optimized(sql, sql, False, None, None, None, None,
-                             "plan book: no rendering of the verified plan fits this text", _ms(start), source="book")
+            return Optimized.as_written(sql, None, _ms(start), disabled=c.disabled, source="book")
+        text = slots.fill(tk.literals, tk.shape) if slots is not None else None
+        if text is None and self.render_full is not None and plan is not None:
+            try:
+                text = self.render_full(sql, plan)
+            except LqoError as err:
+                return Optimized.as_written(sql, f"plan book: the verified plan does not render for this text "
+                                            f"({err}): run as written", _ms(start), source="book")
+        if text is None:
+            why = ("its literal lists have lengths the verified rendering was not checked for"
+                   if slots is not None else "the verified plan has no slot rendering")
+            return Optimized.as_written(sql, f"plan book: {why}, and rendering the plan anew needs a "
+                                        f"model directory with a model: run as written", _ms(start), source="book")
         return Optimized(sql, text, True, plan, None, None, None, None, _ms(start), disabled=c.disabled,
                          source="book")
 
@@ -145,7 +162,7 @@ def read_feedback(path: str | os.PathLike) -> dict[tuple[str, str], list[float]]
 def _as_written(sql: str, entry: BookEntry, start: float) -> Optimized:
     why = (f"plan book: native verified for template {entry.template}" if entry.native_ms
            else f"plan book: template {entry.template} left native ({entry.note or 'not measured'})")
-    return Optimized(sql, sql, False, None, None, None, None, why, _ms(start), source="book")
+    return Optimized.as_written(sql, why, _ms(start), source="book")
 
 
 def _ms(start: float) -> float:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from lqo.book.template import tokens
+from lqo.book.template import scan_literals, template_key
 from lqo.errors import PlanError
 from lqo.sql.catalog import Catalog
 from lqo.sql.join_graph import QueryGraph, build_query_graph
@@ -31,75 +31,245 @@ from lqo.trees.render import render
 from lqo.trees.shared import SharedJoin, canonical_sql, shared_joins
 
 _SENTINEL = re.compile(r"'lqoslot(\d{4})x'|7531(\d{4})97")
+# Sentinels of the extra list items a rendering is checked with (beyond any literal index).
+_EXTRA = 9000
+
+# A part of a rendering: text, a literal ``(slot, member)`` of the template, or a whole
+# list slot ``(slot, -1)`` filled with however many items the instance's list holds.
+Part = "str | tuple[int, int]"
 
 
 @dataclass(frozen=True)
 class SlotRendering:
-    """``parts`` alternate text and slot numbers: ``("SELECT .. > ", 0, " AND ..", 1, "")``.
+    """``parts`` alternate text and literal references: ``("SELECT .. > ", (0, 0), " AND ..", (1, -1), ")")``.
+
+    ``shape`` is the slot shape of the instance it was built from (``TemplateKey.shape``).
+    A reference ``(slot, member)`` takes one literal; ``(slot, -1)`` takes a whole list
+    slot, its items joined by ", ": only where ``build`` verified that the plan renders
+    lists of other lengths the same way, so an instance whose lists are longer or
+    shorter still fits. ``fill`` returns None for an instance it does not fit.
 
     Where the plan renders a join once for several blocks (``lqo.trees.shared``), the
     blocks' filters must be the same in each instance: ``twins`` pairs each literal of a
-    later block's shared filters with its twin in the first, and an instance whose twins
-    differ gets ``plain`` instead, the rendering that shares nothing."""
+    later block's shared filters with its twin in the first (flat literal indices of
+    ``shape``), and an instance whose twins differ, or whose shape differs, gets
+    ``plain`` instead, the rendering that shares nothing."""
 
-    parts: tuple[str | int, ...]
-    n_literals: int
+    parts: tuple[Part, ...]
+    shape: tuple[int, ...]
     twins: tuple[tuple[int, int], ...] = ()
     plain: "SlotRendering | None" = None
 
-    def fill(self, literals: tuple[str, ...] | list[str]) -> str:
-        if len(literals) != self.n_literals:
-            raise PlanError(f"this rendering has {self.n_literals} literal slots, the query {len(literals)}")
-        if self.plain is not None and any(literals[a] != literals[b] for a, b in self.twins):
-            return self.plain.fill(literals)
-        return "".join(p if isinstance(p, str) else literals[p] for p in self.parts)
+    @property
+    def n_literals(self) -> int:
+        return sum(self.shape)
+
+    def fits(self, shape: tuple[int, ...]) -> bool:
+        """Whether an instance of slot shape ``shape`` can be filled in."""
+        if shape == self.shape:
+            return True
+        if len(shape) != len(self.shape):
+            return False
+        variable = self._variable()
+        return all(a == b or (i in variable and a >= 1) for i, (a, b) in enumerate(zip(shape, self.shape)))
+
+    def _variable(self) -> frozenset[int]:
+        return frozenset(p[0] for p in self.parts if isinstance(p, tuple) and p[1] < 0)
+
+    def fill(self, literals: tuple[str, ...] | list[str], shape: tuple[int, ...] | None = None) -> str | None:
+        """The rendering with an instance's literals (``TemplateKey.literals`` and
+        ``.shape``; ``shape`` defaults to the build shape); None where it does not fit."""
+        shape = self.shape if shape is None else tuple(shape)
+        if len(literals) != sum(shape):
+            raise PlanError(f"the query has {len(literals)} literals, its shape says {sum(shape)}")
+        if self.plain is not None and (shape != self.shape or any(literals[a] != literals[b] for a, b in self.twins)):
+            return self.plain.fill(literals, shape)
+        if not self.fits(shape):
+            return None
+        starts, pos = [], 0
+        for n in shape:
+            starts.append(pos)
+            pos += n
+        out = []
+        for p in self.parts:
+            if isinstance(p, str):
+                out.append(p)
+            elif p[1] < 0:
+                out.append(", ".join(literals[starts[p[0]]:starts[p[0]] + shape[p[0]]]))
+            else:
+                out.append(literals[starts[p[0]] + p[1]])
+        return "".join(out)
 
     def to_json(self) -> list:
-        out: list = [self.n_literals, list(self.parts)]
+        out: list = [list(self.shape), [p if isinstance(p, str) else list(p) for p in self.parts]]
         if self.plain is not None:
             out += [[list(t) for t in self.twins], self.plain.to_json()]
         return out
 
     @classmethod
     def from_json(cls, data: list) -> "SlotRendering":
-        n, parts = data[0], data[1]
+        shape, parts = data[0], data[1]
+        if not isinstance(shape, list):
+            raise PlanError("a slot rendering from an older lqo (re-tune the plan book)")
+        out = tuple(p if isinstance(p, str) else (int(p[0]), int(p[1])) for p in parts)
         if len(data) > 2:
-            return cls(tuple(parts), int(n), tuple((int(a), int(b)) for a, b in data[2]), cls.from_json(data[3]))
-        return cls(tuple(parts), int(n))
+            return cls(out, tuple(int(n) for n in shape), tuple((int(a), int(b)) for a, b in data[2]), cls.from_json(data[3]))
+        return cls(out, tuple(int(n) for n in shape))
 
     @classmethod
     def build(cls, sql: str, catalog: Catalog, plan: Plan) -> "SlotRendering":
         """The slot rendering of ``plan`` for ``sql``'s template (``PlanError`` if the
         rendering cannot be cut at its literals)."""
-        toks = [t for t in tokens(sql) if t[3]]
-        if len(toks) >= 10000:
+        key = template_key(sql)
+        literals = scan_literals(sql) or []
+        if len(literals) >= _EXTRA:
             raise PlanError("too many literals for a slot rendering")
-        pieces, pos = [], 0
-        literals = []
-        for i, (start, end, text, _) in enumerate(toks):
-            pieces.append(sql[pos:start])
-            pieces.append(f"'lqoslot{i:04d}x'" if text[:1] in ("'", '"') or text[:1].isalpha() else f"7531{i:04d}97")
-            literals.append(text)
-            pos = end
-        pieces.append(sql[pos:])
         graph = build_query_graph(sql, catalog)
-        sentinel = build_query_graph("".join(pieces), catalog)
-        out = _cut(render(sentinel, plan, shared=[]), len(toks), ())
-        if out.fill(literals) != render(graph, plan, shared=[]):
+        sentinel = build_query_graph(_sentinel_text(sql, literals, {}), catalog)
+        flat = _cut(render(sentinel, plan, shared=[]), len(literals), ())
+        out = cls(_by_slot(flat, key.shape), key.shape)
+        if out.fill(key.literals) != render(graph, plan, shared=[]):
             raise PlanError("the rendering does not keep the query's literals as written")
+        out = _with_lists(out, sql, literals, catalog, plan)
         shared = shared_joins(graph, plan)
         if shared:
             twins = _twins(graph, sentinel, shared)
-            once = _cut(render(sentinel, plan, shared=shared), len(toks), twins)
-            out = cls(once.parts, once.n_literals, twins, out)
-            if out.fill(literals) != render(graph, plan, shared=shared):
+            once = _cut(render(sentinel, plan, shared=shared), len(literals), twins)
+            out = cls(_by_slot(once, key.shape), key.shape, twins, out)
+            if out.fill(key.literals) != render(graph, plan, shared=shared):
                 raise PlanError("the rendering does not keep the query's literals as written")
         return out
 
 
+def _sentinel(i: int, typ: str) -> str:
+    return f"'lqoslot{i:04d}x'" if typ == "s" else f"7531{i:04d}97"
+
+
+def _sentinel_text(sql: str, literals: list, lengths: dict[int, int]) -> str:
+    """``sql`` with every literal replaced by its sentinel; the list whose first literal
+    has index ``i`` gets ``lengths[i]`` items instead (extra items numbered from _EXTRA)."""
+    pieces, pos, extra = [], 0, _EXTRA
+    skip: set[int] = set()
+    for i, (start, end, _text, typ) in enumerate(literals):
+        if i in skip:
+            pos = end
+            continue
+        pieces.append(sql[pos:start])
+        if i in lengths:
+            k, members = lengths[i]
+            items = []
+            for m in range(k):
+                if m < members:
+                    items.append(_sentinel(i + m, typ))
+                else:
+                    items.append(_sentinel(extra, typ))
+                    extra += 1
+            skip.update(range(i + 1, i + members))
+            last = literals[i + members - 1][1]
+            pieces.append(", ".join(items))
+            pos = last
+            continue
+        pieces.append(_sentinel(i, typ))
+        pos = end
+    pieces.append(sql[pos:])
+    return "".join(pieces)
+
+
+def _by_slot(flat: "SlotRendering", shape: tuple[int, ...]) -> tuple[Part, ...]:
+    """Flat literal references (ints) as ``(slot, member)``; a text part before a
+    negative literal that ends in '-' gets a space (``a - -5``, never ``a --5``)."""
+    where = [(j, m) for j, n in enumerate(shape) for m in range(n)]
+    parts = list(flat.parts)
+    out: list[Part] = []
+    for k, p in enumerate(parts):
+        if isinstance(p, int):
+            out.append(where[p])
+        else:
+            nxt = parts[k + 1] if k + 1 < len(parts) else None
+            out.append(p + " " if p.endswith("-") and nxt is not None else p)
+    return tuple(out)
+
+
+def _with_lists(sr: "SlotRendering", sql: str, literals: list, catalog: Catalog, plan: Plan) -> "SlotRendering":
+    """``sr`` with each list slot rendered as one part ``(slot, -1)``, where the plan
+    renders the list as written, item by item, at every length: checked by rendering
+    the text with each list one item longer, and with one item. Unchanged otherwise."""
+    lists = [j for j, n in enumerate(sr.shape) if n > 1 or _in_parens(sr.parts, j)]
+    if not lists:
+        return sr
+    parts = list(sr.parts)
+    for j in lists:
+        run = _list_run(parts, j, sr.shape[j])
+        if run is None:
+            return sr
+        a, b = run
+        parts[a:b] = [(j, -1)]
+    candidate = SlotRendering(tuple(parts), sr.shape)
+    firsts = [sum(sr.shape[:j]) for j in lists]
+    for lengths in ({f: (sr.shape[j] + 1, sr.shape[j]) for f, j in zip(firsts, lists)},
+                    {f: (1, sr.shape[j]) for f, j in zip(firsts, lists)}):
+        variant = _sentinel_text(sql, literals, lengths)
+        try:
+            rendered = render(build_query_graph(variant, catalog), plan, shared=[])
+        except Exception:  # noqa: BLE001 - any failure to render another length keeps the shape fixed
+            return sr
+        shape = tuple(lengths[sum(sr.shape[:j])][0] if j in lists else n for j, n in enumerate(sr.shape))
+        expected_literals = []
+        extra = _EXTRA
+        for j, n in enumerate(sr.shape):
+            first = sum(sr.shape[:j])
+            typ = literals[first][3]
+            if j in lists:
+                k, members = lengths[first]
+                for m in range(k):
+                    if m < members:
+                        expected_literals.append(_sentinel(first + m, typ))
+                    else:
+                        expected_literals.append(_sentinel(extra, typ))
+                        extra += 1
+            else:
+                expected_literals += [_sentinel(first + m, literals[first + m][3]) for m in range(n)]
+        if candidate.fill(expected_literals, shape) != rendered:
+            return sr
+    return candidate
+
+
+def _in_parens(parts: list, j: int) -> bool:
+    """Whether the one-literal slot ``j`` stands alone in parentheses (a list of one)."""
+    for k, p in enumerate(parts):
+        if p == (j, 0):
+            before = parts[k - 1] if k else ""
+            after = parts[k + 1] if k + 1 < len(parts) else ""
+            return isinstance(before, str) and before.endswith("(") and isinstance(after, str) and after.startswith(")")
+    return False
+
+
+def _list_run(parts: list, j: int, n: int) -> tuple[int, int] | None:
+    """The extent ``[a, b)`` in ``parts`` of list slot ``j``'s ``n`` items rendered in
+    order, separated by ", " and enclosed in parentheses; None if not rendered so, or
+    more than once."""
+    found = None
+    for a, p in enumerate(parts):
+        if p != (j, 0):
+            continue
+        b = a + 1
+        for m in range(1, n):
+            if b + 1 >= len(parts) or parts[b] != ", " or parts[b + 1] != (j, m):
+                return None
+            b += 2
+        before, after = parts[a - 1] if a else "", parts[b] if b < len(parts) else ""
+        if not (isinstance(before, str) and before.endswith("(") and isinstance(after, str) and after.startswith(")")):
+            return None
+        if found is not None:
+            return None
+        found = (a, b)
+    return found
+
+
 def _cut(rendered: str, n_literals: int, twins: tuple[tuple[int, int], ...]) -> SlotRendering:
-    """``rendered`` cut at its sentinels; every literal must appear, but a twin's."""
-    parts: list[str | int] = []
+    """``rendered`` cut at its sentinels (flat literal indices, as ints, in ``parts``);
+    every literal must appear, but a twin's."""
+    parts: list = []
     pos = 0
     seen = set()
     for m in _SENTINEL.finditer(rendered):
@@ -114,7 +284,7 @@ def _cut(rendered: str, n_literals: int, twins: tuple[tuple[int, int], ...]) -> 
     parts.append(rendered[pos:])
     if set(range(n_literals)) - seen != {a for a, _ in twins} or not {b for _, b in twins} <= seen:
         raise PlanError(f"the rendering drops {n_literals - len(seen)} of the query's literals")
-    return SlotRendering(tuple(parts), n_literals)
+    return SlotRendering(tuple(parts), (1,) * n_literals)
 
 
 def _twins(graph: QueryGraph, sentinel: QueryGraph, shared: list[SharedJoin]) -> tuple[tuple[int, int], ...]:

@@ -1,21 +1,34 @@
-"""Template identity: a query text with its literals replaced by slots.
+"""Template identity: a query text with its literals replaced by typed slots.
 
-``template_key(sql)`` tokenizes with DuckDB's own tokenizer (~10-20 us for a TPC-DS
-query; no parse) and returns a stable key plus the literal tokens in order. Every
-instance of a template that differs only in constants (numbers, strings, dates,
-interval amounts) shares the key; whitespace, comments and keyword case do not matter.
-A parenthesised list made only of literals (``IN (1, 2, 3)``) is one slot in the key,
-so instances with longer or shorter lists still share it; ``shape`` records the list
-lengths, which a slot rendering needs to match.
+``template_key(sql)`` reads DuckDB's own tokens (no parse) and returns a stable key plus
+the literal tokens in order. Instances of a template that differ only in constants
+share the key; whitespace, comments and keyword case do not matter. Everything else
+does: identifiers (quoted or not, with their case: an alias is a result column's name),
+operators, and the *type* of every literal. A slot is typed by its literal's lexical
+form: ``i`` integer, ``d`` decimal, ``e`` scientific, ``s`` string; ``x = 5`` and
+``x = '5'`` are two templates. A parenthesised list of literals of one type
+(``IN (1, 2, 3)``) is one list slot, so instances with longer or shorter lists share the
+key; ``shape`` records each slot's length, which a slot rendering must match or support
+(:mod:`lqo.book.slots`). A list that mixes types keeps one slot per literal.
+
+Every position comes from DuckDB's tokenizer: comments are the gaps between tokens,
+never a regular expression over the text, so ``--`` inside a quoted identifier or a
+string is what it is. Text lqo cannot read exactly (an unterminated quote, a quoting
+form it does not know) is keyed by its whole text: only the same text shares it.
 
 >>> a = template_key("SELECT * FROM t WHERE x = 5 AND d > date '2000-01-01' AND y IN (1, 2)")
->>> b = template_key("select *  from t where x = 7 and d > DATE '1999-03-04' and y in (3, 4, 5)")
+>>> b = template_key("select *  from t where x = 7 and d > date '1999-03-04' and y in (3, 4, 5)")
 >>> a.key == b.key, a.literals, b.shape
 (True, ('5', "'2000-01-01'", '1', '2'), (1, 1, 3))
 >>> template_key("SELECT * FROM t WHERE x = 5").key == template_key("SELECT * FROM t WHERE z = 5").key
 False
 >>> template_key("SELECT a - 1 FROM t WHERE x > -5").literals
 ('1', '-5')
+>>> one_line = 'SELECT o_orderkey AS "orders--n" FROM orders WHERE o_totalprice {} 5'
+>>> template_key(one_line.format(">")).key == template_key(one_line.format("<")).key
+False
+>>> template_key("SELECT 1 FROM t WHERE x = 5").key == template_key("SELECT 1 FROM t WHERE x = '5'").key
+False
 """
 
 from __future__ import annotations
@@ -26,133 +39,271 @@ from dataclasses import dataclass
 
 import duckdb
 
-_LITERAL = {duckdb.token_type.numeric_const, duckdb.token_type.string_const}
-_COMMENT = duckdb.token_type.comment
-_KEYWORD = duckdb.token_type.keyword
+_NUM = duckdb.token_type.numeric_const.value
+_STR = duckdb.token_type.string_const.value
+_IDENT = duckdb.token_type.identifier.value
+_KEYWORD = duckdb.token_type.keyword.value
+_COMMENT = duckdb.token_type.comment.value
+_OPERAND = {_IDENT, _NUM, _STR}
 
 
 @dataclass(frozen=True)
 class TemplateKey:
     """``key``: the template's identity; ``literals``: this instance's literal tokens
     (as written, quotes included) in text order; ``shape``: the number of literals in
-    each slot of the key (1, or a literal list's length)."""
+    each slot of the key (1, or a list slot's length)."""
 
     key: str
     literals: tuple[str, ...]
     shape: tuple[int, ...]
 
 
-# A token: (start, end, text, is_literal). Plain tuples: the key is on the serving path.
+# A token: (start, end, text, kind) in characters of the text, comments dropped.
+_Scanned = tuple[int, int, str, int]
+# A token of a template: (start, end, text, is_literal). Plain tuples: on the serving path.
 Token = tuple[int, int, str, bool]
-_NUMERIC = duckdb.token_type.numeric_const
-_LITERAL_VALUES = (duckdb.token_type.numeric_const.value, duckdb.token_type.string_const.value)
-_OPERAND = {duckdb.token_type.identifier, duckdb.token_type.numeric_const, duckdb.token_type.string_const}
+
+_DECIMAL = re.compile(r"(?:\d+\.\d*|\.\d+)")
+_SCIENTIFIC = re.compile(r"(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_][A-Za-z_0-9]*)?\$")
+# After an unquoted token: where the gap (whitespace, comments) to the next token starts.
+_GAP = re.compile(r"\s|--|/\*")
+# What may follow a token's text up to the next token: whitespace, then a comment or nothing.
+_IS_GAP = re.compile(r"\s*(?:--|/\*|$)")
+# A '-' before a number is the number's sign (not a subtraction) only where nothing that
+# binds tighter follows the number: ``-2 ^ 2`` and ``-2::VARCHAR`` keep their minus apart.
+_SIGN_ENDS = frozenset({",", ")", "]", ";", "=", "<", ">", "<=", ">=", "<>", "!=", "==",
+                        "and", "or", "then", "else", "end", "when", "from", "where", "group", "order",
+                        "having", "limit", "offset", "union", "except", "intersect", "as", "preceding",
+                        "following", "window", "qualify", "is", "not", "between", "in", "like", "ilike"})
+# Tokens after which a '-' is a subtraction: the end of an operand.
+_OPERAND_ENDS = frozenset({")", "]", "end", "null", "true", "false"})
 
 
-def tokens(sql: str) -> list[Token]:
-    """DuckDB's tokens of ``sql`` as ``(start, end, text, is_literal)``, comments
-    dropped, keywords lower-cased. A unary minus before a number is part of the
-    literal: ``x > -5`` and ``x > 5`` share a template.
+def _scan(sql: str) -> list[_Scanned] | None:
+    """DuckDB's tokens of ``sql`` with exact extents; None where lqo cannot read a token
+    exactly (then the text is keyed whole).
 
-    >>> [t[2] for t in tokens("SELECT a-1 FROM t /* note */ WHERE x = -2")]
-    ['select', 'a', '-', '1', 'from', 't', 'where', 'x', '=', '-2']
+    DuckDB gives each token's start only (in bytes of UTF-8); a token ends where the gap
+    to the next one (whitespace and comments) begins: for a quoted token, at its closing
+    quote; for any other, at the first space or comment start.
     """
     raw = duckdb.tokenize(sql)
-    out: list[Token] = []
-    n = len(raw)
-    for i in range(n):
-        start, kind = raw[i]
-        if kind == _COMMENT:
+    starts = [s for s, _ in raw]
+    if not sql.isascii():
+        starts = _char_offsets(sql, starts)
+    comments = "--" in sql or "/*" in sql
+    out: list[_Scanned] = []
+    bounds = starts[1:] + [len(sql)]
+    for (start, kind), s, e in zip(raw, starts, bounds):
+        k = kind.value
+        if k == _COMMENT:
             continue
-        text = _token_text(sql, raw, i)
-        end = start + len(text)
-        if kind == _KEYWORD:
-            text = text.lower()
-        if kind == _NUMERIC and out and out[-1][2] == "-" and _unary(sql, raw, i - 1):
-            sign = out.pop()
-            out.append((sign[0], end, sql[sign[0]:end], True))
+        seg = sql[s:e]
+        c = seg[:1]
+        if c in ("'", '"') or (k == _STR):
+            text = _quoted(seg, k)
+            if text is None:
+                return None
+        elif comments:
+            m = _GAP.search(seg, 1)
+            text = seg[:m.start()] if m else seg
+            if m and not _IS_GAP.match(seg, m.start()):  # DuckDB lumped text it could not tokenize
+                return None
         else:
-            out.append((start, end, text, kind in _LITERAL))
+            text = seg.rstrip()
+        if not text:
+            return None
+        out.append((s, s + len(text), text, k))
     return out
+
+
+def _quoted(seg: str, kind: int) -> str | None:
+    """The quoted token at the start of ``seg`` (string, quoted identifier, E-string,
+    dollar-quoted, bit or hex string); None for a form lqo does not read."""
+    c = seg[:1]
+    if c in ("'", '"'):
+        return _close(seg, c, 1)
+    if kind != _STR:
+        return None
+    if c in "eE" and seg[1:2] == "'":
+        i = 2
+        while i < len(seg):
+            ch = seg[i]
+            if ch == "\\":
+                i += 2
+                continue
+            if ch == "'":
+                if seg[i + 1:i + 2] == "'":
+                    i += 2
+                    continue
+                return seg[:i + 1]
+            i += 1
+        return None
+    if c == "$":
+        m = _DOLLAR_TAG.match(seg)
+        if m is None:
+            return None
+        end = seg.find(m.group(0), m.end())
+        return None if end < 0 else seg[:end + len(m.group(0))]
+    if c in "xXbB" and seg[1:2] == "'":
+        return _close(seg, "'", 2)
+    return None
+
+
+def _close(seg: str, q: str, i: int) -> str | None:
+    """``seg`` up to the quote ``q`` that closes it (a doubled quote is part of the text)."""
+    while True:
+        j = seg.find(q, i)
+        if j < 0:
+            return None
+        if seg[j + 1:j + 2] == q:
+            i = j + 2
+            continue
+        return seg[:j + 1]
+
+
+def _char_offsets(sql: str, byte_starts: list[int]) -> list[int]:
+    """Byte offsets of UTF-8 ``sql`` as character offsets (DuckDB counts bytes)."""
+    out, b, c = [], 0, 0
+    data = sql.encode("utf-8")
+    it = iter(byte_starts)
+    target = next(it, None)
+    while target is not None:
+        while b < target:
+            b += _utf8_len(data[b])
+            c += 1
+        out.append(c)
+        target = next(it, None)
+    return out
+
+
+def _utf8_len(first: int) -> int:
+    return 1 if first < 0x80 else 2 if first < 0xE0 else 3 if first < 0xF0 else 4
+
+
+def _slot_type(text: str, kind: int) -> str | None:
+    """The slot type of a literal token; None for a literal kept as part of the key
+    (a form lqo does not fill in: E'..', $$..$$, x'..', 1_000, ...)."""
+    if kind == _STR:
+        return "s" if text[0] == "'" else None
+    if text.isascii() and text.isdigit():
+        return "i"
+    if _DECIMAL.fullmatch(text):
+        return "d"
+    if _SCIENTIFIC.fullmatch(text):
+        return "e"
+    return None
+
+
+# A template item: (start, end, text, slot type); the type is None for a token that is
+# part of the key (its text then lower-cased for a keyword).
+_Item = tuple[int, int, str, "str | None"]
+
+
+def _items(toks: list[_Scanned]) -> tuple[list[_Item], list[int]]:
+    """The template's items in order and the indices of '(' items a literal follows
+    (where a list slot may start)."""
+    items: list[_Item] = []
+    opens: list[int] = []
+    n = len(toks)
+    for i in range(n):
+        s, e, text, k = toks[i]
+        if k == _NUM or k == _STR:
+            typ = _slot_type(text, k)
+            if typ is not None:
+                if (k == _NUM and items and items[-1][2] == "-" and items[-1][1] == s
+                        and _is_sign(toks, i - 1) and (i + 1 == n or toks[i + 1][2].lower() in _SIGN_ENDS)):
+                    s, text = items.pop()[0], "-" + text
+                if items and items[-1][2] == "(" and items[-1][3] is None:
+                    opens.append(len(items) - 1)
+                items.append((s, e, text, typ))
+                continue
+        items.append((s, e, text.lower() if k == _KEYWORD and text.isalpha() else text, None))
+    return items, opens
+
+
+def _is_sign(toks: list[_Scanned], minus: int) -> bool:
+    """Whether the '-' token at ``toks[minus]`` is a sign (not a subtraction)."""
+    if minus == 0:
+        return True
+    _, _, text, kind = toks[minus - 1]
+    return kind not in _OPERAND and text.lower() not in _OPERAND_ENDS
+
+
+def _lists(items: list[_Item], opens: list[int]) -> dict[int, int]:
+    """List slots: '(' index -> ')' index, for each parenthesised list of literals of one type."""
+    out: dict[int, int] = {}
+    last = len(items) - 1
+    for o in opens:
+        typ = items[o + 1][3]
+        j = o + 1
+        while j < last and items[j][3] == typ:
+            nxt = items[j + 1]
+            if nxt[3] is not None or nxt[2] not in (",", ")"):
+                break
+            if nxt[2] == ")":
+                out[o] = j + 1
+                break
+            j += 2
+    return out
+
+
+def scan_literals(sql: str) -> list[_Item] | None:
+    """The literals ``template_key`` makes slots of, in order, as (start, end, text,
+    type); None where the text is keyed whole. One scan shared with the key, so a slot
+    rendering cuts a text exactly where its key has slots."""
+    toks = _scan(sql)
+    if toks is None:
+        return None
+    return [it for it in _items(toks)[0] if it[3] is not None]
 
 
 def template_key(sql: str) -> TemplateKey:
     """The template key, literals and slot shape of ``sql``.
 
-    On the serving path: one DuckDB tokenize, one pass over the literal tokens only,
-    and a few regular expressions over the text between them.
+    On the serving path: one DuckDB tokenize and one pass over its tokens.
     """
-    raw = duckdb.tokenize(sql)
-    pieces: list[str] = []
+    toks = _scan(sql)
+    if toks is None:
+        return TemplateKey("text:" + hashlib.sha1(sql.encode()).hexdigest()[:16], (), ())
+    items, opens = _items(toks)
+    lists = _lists(items, opens) if opens else {}
+    parts: list[str] = []
     literals: list[str] = []
-    pos = 0
-    # Only the literal tokens are visited in Python: a long query has 1,000+ tokens.
-    # (by ``.value``: comparing DuckDB's enum objects with == or in a set costs ~5x more)
-    for i in [i for i, (_, kind) in enumerate(raw) if kind.value in _LITERAL_VALUES]:
-        start, kind = raw[i]
-        end = start + len(_token_text(sql, raw, i))
-        if kind == _NUMERIC and i >= 1 and sql[raw[i - 1][0]:start].rstrip() == "-" and _unary(sql, raw, i - 1):
-            start = raw[i - 1][0]  # the sign belongs to the literal
-        pieces.append(sql[pos:start])
-        literals.append(sql[start:end])
-        pos = end
-    pieces.append(sql[pos:])
-    skeleton = "\x00".join(pieces)
-    skeleton = _COMMENTS.sub(" ", skeleton)
-    skeleton = " ".join(skeleton.split()).lower()  # whitespace runs -> one space, ends trimmed
-    skeleton = _PUNCT.sub("", skeleton).strip()
-    counted = _LIST.sub(lambda m: "(\x01)", skeleton)
     shape: list[int] = []
-    for part in _SLOT.finditer(counted):
-        shape.append(1 if part.group(0) == "\x00" else 0)
-    if 0 in shape:  # list slots: their lengths from the skeleton before collapsing
-        lengths = [m.group(0).count("\x00") for m in _LIST.finditer(skeleton)]
-        it = iter(lengths)
-        shape = [s if s else next(it) for s in shape]
-    digest = hashlib.sha1(counted.encode()).hexdigest()[:16]
+    i, n = 0, len(items)
+    while i < n:
+        close = lists.get(i) if lists else None
+        if close is not None:
+            members = items[i + 1:close:2]
+            parts.append("(\x01" + members[0][3] + ")")  # type: ignore[operator]
+            literals.extend(m[2] for m in members)
+            shape.append(len(members))
+            i = close + 1
+            continue
+        _, _, text, typ = items[i]
+        if typ is None:
+            parts.append(text)
+        else:
+            parts.append("\x00" + typ)
+            literals.append(text)
+            shape.append(1)
+        i += 1
+    digest = hashlib.sha1(" ".join(parts).encode()).hexdigest()[:16]
     return TemplateKey(digest, tuple(literals), tuple(shape))
 
 
-_COMMENTS = re.compile(r"--[^\n]*|/\*.*?\*/", re.S)
-# A space next to punctuation goes (an empty replacement: no group to expand per match).
-_PUNCT = re.compile(r" (?=[(),;=<>+*/%|-])|(?<=[(),;=<>+*/%|-]) ")
-_LIST = re.compile(r"\(\x00(?:,\x00)+\)")
-_SLOT = re.compile(r"\x00|\x01")
+def tokens(sql: str) -> list[Token]:
+    """The template's tokens of ``sql`` as ``(start, end, text, is_literal)``, comments
+    dropped, keywords lower-cased, a number's sign part of it where it is one
+    (``x > -5`` and ``x > 5`` share a template). Empty where the text is keyed whole.
 
-
-def _unary(sql: str, raw, minus: int) -> bool:
-    """Whether the '-' token at ``raw[minus]`` is a sign (not a subtraction)."""
-    if minus == 0:
-        return True
-    start, kind = raw[minus - 1]
-    if kind in _OPERAND:
-        return False
-    return sql[start:raw[minus][0]].rstrip() != ")"
-
-
-def _token_text(sql: str, raw: list, i: int) -> str:
-    """The text of token ``raw[i]``: up to the next token, without trailing space or a
-    comment that follows it."""
-    start, kind = raw[i]
-    text = sql[start:raw[i + 1][0] if i + 1 < len(raw) else len(sql)].rstrip()
-    return _strip_comment(text, kind) if "--" in text or "/*" in text else text
-
-
-def _strip_comment(text: str, kind) -> str:
-    """A token's text without a comment that follows it (DuckDB gives no token for
-    comments between tokens, so the slice up to the next token holds them)."""
-    if kind == duckdb.token_type.string_const and text[:1] in ("'", '"'):
-        q, i = text[0], 1
-        while i < len(text):
-            if text[i] == q:
-                if text[i + 1:i + 2] == q:
-                    i += 2
-                    continue
-                return text[:i + 1]
-            i += 1
-        return text
-    cut = min(k for k in (text.find("--"), text.find("/*")) if k >= 0)
-    return text[:cut].rstrip()
+    >>> [t[2] for t in tokens("SELECT a-1 FROM t /* note */ WHERE x = -2")]
+    ['select', 'a', '-', '1', 'from', 't', 'where', 'x', '=', '-2']
+    """
+    toks = _scan(sql)
+    return [] if toks is None else [(s, e, text, typ is not None) for s, e, text, typ in _items(toks)[0]]
 
 
 # Quoted strings (with '' escapes), numbers that stand alone (not the digits of a name
@@ -167,8 +318,9 @@ def literal_free_text(sql: str) -> str:
     Coarser in one way and finer in others than the template key: instances of a
     template share it only when their literals differ in value or sign, not in list
     length or comments; and a text that is not a query of the template can share it
-    (``x = 5`` and ``x = 'a'``, ``a - 1`` and ``a``). So it is a shortcut for one
-    decision only, where a false match cannot cost a wrong result: see ``BookServer``.
+    (``x = 5`` and ``x = 'a'``, ``a - 1`` and ``a``, a quote inside a quoted identifier).
+    So it is a shortcut for one decision only, where a false match cannot cost a wrong
+    result: running the text as written (see ``BookServer``).
 
     >>> literal_free_text("SELECT * FROM t1 WHERE x = 5 AND s = 'it''s'")
     'SELECT*FROMt1WHEREx=ANDs='

@@ -280,12 +280,12 @@ def _limit_in_from(sql: str) -> bool:
 def variant(c: Candidate, sql: str, catalog: Catalog) -> tuple[str, bool, tuple[str, ...]]:
     """How to run candidate ``c`` for the instance ``sql``: ``(text, forced, disabled
     rules)``, the form ``run_interleaved`` takes. A tree is filled from its slot
-    rendering when the literal count fits, else rendered for this text."""
+    rendering where the instance's slot shape fits, else rendered for this text."""
     if c.kind == "arm":
         return (sql, False, c.disabled)
     if c.slots is not None:
-        literals = template_key(sql).literals
-        sr = SlotRendering.from_json(c.slots)
-        if sr.n_literals == len(literals):
-            return (sr.fill(literals), True, c.disabled)
+        key = template_key(sql)
+        filled = SlotRendering.from_json(c.slots).fill(key.literals, key.shape)
+        if filled is not None:
+            return (filled, True, c.disabled)
     return (render(build_query_graph(sql, catalog), Plan.from_json(c.plan)), True, c.disabled)

@@ -19,11 +19,15 @@ DuckDB instance, so every change is undone afterwards, also on errors and interr
 
 from __future__ import annotations
 
+import itertools
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import duckdb
+
+from lqo.errors import LqoError
 
 FORCE_DISABLED_OPTIMIZERS: tuple[str, ...] = ("join_order", "build_side_probe_side")
 # filter_pushdown stays ON on purpose: without it a forced TPC-H Q5 ran > 60 s.
@@ -46,24 +50,149 @@ def _restore(con: duckdb.DuckDBPyConnection, name: str, value: Any) -> None:
         con.execute(f"SET {name} = {_sql_str(str(value))}")
 
 
+class RuleModes:
+    """The one owner of ``disabled_optimizers`` for the statements lqo runs in a process.
+
+    DuckDB keeps the setting per database instance, shared by every cursor, so two
+    threads that each save, set and restore it can run each other's statements under
+    the wrong rules, or leave rules disabled for good. The rule here: a statement runs
+    in a *mode* (the rules it needs disabled; DuckDB's own rules are mode ``()``).
+    Statements of one mode run together; a statement of another mode waits until they
+    have finished, then its first statement sets the rules and, once every statement of
+    its mode has finished, restores what it found. Modes take turns in arrival order, so
+    a stream of one mode never starves another. A statement joins a running mode only
+    where its own connection shows that mode's rules (another database instance that
+    happens to hold the same rules may join; one that does not waits its turn). A
+    thread that already holds a mode may nest another only while nothing else runs.
+
+    >>> import duckdb
+    >>> con = duckdb.connect()
+    >>> modes = RuleModes()
+    >>> with modes.hold(con, ("join_order",)):
+    ...     current_setting(con, "disabled_optimizers")
+    'join_order'
+    >>> current_setting(con, "disabled_optimizers")
+    ''
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._mode: tuple[str, ...] = ()
+        self._value: frozenset[str] = frozenset()  # the rules disabled while a non-empty mode runs
+        self._active = 0
+        self._queue: list[tuple[int, tuple[str, ...]]] = []
+        self._tickets = itertools.count()
+        self._local = threading.local()
+
+    @contextmanager
+    def hold(self, con: duckdb.DuckDBPyConnection, names: Sequence[str]) -> Iterator[None]:
+        """Run the block in the mode ``names`` (added to rules already disabled); restore after."""
+        mode = tuple(names)
+        held = getattr(self._local, "held", None)
+        if held is not None:
+            with self._nested(con, held, mode):
+                yield
+            return
+        restore = self._enter(con, mode)
+        self._local.held = mode
+        try:
+            yield
+        finally:
+            self._local.held = None
+            self._leave(restore)
+
+    def _enter(self, con: duckdb.DuckDBPyConnection, mode: tuple[str, ...]) -> tuple | None:
+        with self._cond:
+            if not mode and not self._queue and (self._active == 0 or not self._mode):
+                self._active += 1  # the common case: DuckDB's own rules, nothing waiting
+                self._mode = ()
+                return None
+            ticket = next(self._tickets)
+            self._queue.append((ticket, mode))
+            try:
+                while True:
+                    first = not any(m != mode for t, m in self._queue if t < ticket)
+                    if first and self._active == 0:
+                        restore = self._apply(con, mode)
+                        self._active, self._mode = 1, mode
+                        return restore
+                    if first and self._active and self._mode == mode and (
+                            not mode or _rule_set(current_setting(con, "disabled_optimizers")) == self._value):
+                        self._active += 1
+                        return None
+                    self._cond.wait()
+            finally:
+                self._queue.remove((ticket, mode))
+                self._cond.notify_all()
+
+    def _apply(self, con: duckdb.DuckDBPyConnection, mode: tuple[str, ...]) -> tuple | None:
+        """Set ``mode``'s rules on ``con``; what to restore, or None if nothing changed."""
+        if not mode:
+            return None
+        previous = current_setting(con, "disabled_optimizers")
+        already = [o.strip() for o in str(previous or "").split(",") if o.strip()]
+        wanted = ",".join(already + [o for o in mode if o not in already])
+        self._value = _rule_set(wanted)
+        if self._value == _rule_set(previous):
+            return None
+        con.execute(f"SET disabled_optimizers = {_sql_str(wanted)}")
+        return (con, previous)
+
+    def _leave(self, restore: tuple | None) -> None:
+        with self._cond:
+            try:
+                if self._mode:
+                    # the statement that set the rules restores them, once its mode has run
+                    while restore is not None and self._active > 1:
+                        self._cond.wait()
+                    if restore is not None:
+                        _restore(restore[0], "disabled_optimizers", restore[1])
+            finally:
+                self._active -= 1
+                if self._active == 0:
+                    self._mode = ()
+                self._cond.notify_all()
+
+    @contextmanager
+    def _nested(self, con: duckdb.DuckDBPyConnection, held: tuple[str, ...], mode: tuple[str, ...]) -> Iterator[None]:
+        if mode == held or not mode and not held:
+            yield
+            return
+        with self._cond:
+            if self._active != 1:
+                raise LqoError("lqo changed DuckDB's optimizer rules inside a statement while others ran")
+            restore, outer_value = self._apply(con, mode), self._value
+            outer_mode, self._mode = self._mode, mode
+        self._local.held = mode
+        try:
+            yield
+        finally:
+            self._local.held = held
+            with self._cond:
+                if restore is not None:
+                    _restore(restore[0], "disabled_optimizers", restore[1])
+                self._mode, self._value = outer_mode, outer_value
+
+
+def _rule_set(value: Any) -> frozenset[str]:
+    """The rules a ``disabled_optimizers`` value names (DuckDB may list them in its own order)."""
+    return frozenset(o.strip() for o in str(value or "").split(",") if o.strip())
+
+
+# DuckDB's rules are per database instance, which Python cannot name: one owner per process.
+RULE_MODES = RuleModes()
+
+
 @contextmanager
 def disabled_optimizers(con: duckdb.DuckDBPyConnection, names: Sequence[str]) -> Iterator[None]:
     """Disable DuckDB optimizer rules ``names`` while the block runs; restore after.
 
     Rules that were already disabled stay disabled: ``names`` are added to them. An
-    empty ``names`` changes nothing.
+    empty ``names`` changes nothing, but still waits while lqo runs a statement under
+    other rules (see ``RuleModes``), so it never runs under another statement's rules.
     """
-    if not names:
+    with RULE_MODES.hold(con, names):
         yield
-        return
-    previous = current_setting(con, "disabled_optimizers")
-    already = [o.strip() for o in str(previous or "").split(",") if o.strip()]
-    wanted = already + [o for o in names if o not in already]
-    con.execute(f"SET disabled_optimizers = {_sql_str(','.join(wanted))}")
-    try:
-        yield
-    finally:
-        _restore(con, "disabled_optimizers", previous)
 
 
 @contextmanager
