@@ -306,29 +306,37 @@ SEEN_RULES = "SELECT current_setting('disabled_optimizers') AS s, count(*) AS n 
 
 
 @pytest.mark.parametrize("policy", ["fifo", "all"])
-def test_real_executor_runs_each_decision_under_its_rules(tmp_path, tpch_db, policy):
+def test_real_executor_runs_each_decision_under_its_rules(tmp_path, tpch_db, tpcds_db, policy):
     """Regression: a setting arm (a rule disabled, no tree forced) ran as plain native,
     since the stream kept only a forced flag. Each query reports the rules it ran with,
-    on a dedicated worker (fifo) and on the shared worker of its plan mode (all)."""
+    on a dedicated worker (fifo) and on the shared worker of its plan mode (all), on
+    both databases of the stream (a worker holds one DuckDB instance per database)."""
     arm = ("join_filter_pushdown",)
-    decisions = {SEEN_RULES.format("nation"): (False, arm),      # a setting arm
-                 SEEN_RULES.format("region"): (True, arm),       # a forced tree plus an arm
-                 SEEN_RULES.format("supplier"): (True, ()),      # a forced tree
-                 SEEN_RULES.format("customer"): (False, ())}     # native
-    wl = tmp_path / "rules"
-    wl.mkdir()
-    write_workload(wl, "rules", tpch_db, [(f"r{i}", f"r{i}", sql) for i, sql in enumerate(decisions)])
+    tables = {tpch_db: {"nation": (False, arm),         # a setting arm
+                        "region": (True, arm),          # a forced tree plus an arm
+                        "supplier": (True, ()),         # a forced tree
+                        "customer": (False, ())},       # native
+              tpcds_db: {"date_dim": (False, arm), "store": (True, arm), "item": (True, ())}}
+    decisions = {SEEN_RULES.format(t): d for by_table in tables.values() for t, d in by_table.items()}
+    wls = []
+    for db, by_table in tables.items():
+        wl = tmp_path / Path(db).stem
+        wl.mkdir()
+        write_workload(wl, wl.name, db, [(t, t, SEEN_RULES.format(t)) for t in by_table])
+        wls.append(Workload.load(wl))
     sched = Scheduler(policy, workers=2, cores=2, model=DecisionModel(decisions), plan="optimized",
                       timeout_s=60, warmup=False)
-    stream = sched.make_stream(Workload.load(wl), n=12, seed=1)
+    stream = sched.make_stream(wls, n=14, seed=1)
     res = sched.run(stream)
-    con = duckdb.connect(str(tpch_db), read_only=True)
-    try:
-        counts = {sql: con.execute(sql).fetchone()[1] for sql in decisions}
-    finally:
-        con.close()
+    counts = {}
+    for db, by_table in tables.items():
+        con = duckdb.connect(str(db), read_only=True)
+        try:
+            counts.update({SEEN_RULES.format(t): con.execute(SEEN_RULES.format(t)).fetchone()[1] for t in by_table})
+        finally:
+            con.close()
     by_idx = {q.idx: q for q in stream}
-    assert len(res.records) == 12
+    assert len(res.records) == 14 and {r.database for r in res.records} == {str(tpch_db), str(tpcds_db)}
     want = {}
     for r in res.records:
         sql = by_idx[r.idx].sql.strip()
