@@ -159,8 +159,9 @@ class RuleModes:
             yield
             return
         with self._cond:
-            if self._active != 1:
-                raise LqoError("lqo changed DuckDB's optimizer rules inside a statement while others ran")
+            if self._active != 1 or not mode:
+                raise LqoError("lqo changed DuckDB's optimizer rules inside a statement while others ran, "
+                               "or asked for DuckDB's own rules inside changed ones")
             restore, outer_value = self._apply(con, mode), self._value
             outer_mode, self._mode = self._mode, mode
         self._local.held = mode
