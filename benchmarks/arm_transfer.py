@@ -27,7 +27,7 @@ import re
 import sys
 import time
 
-from lqo.book.trials import ARMS
+from lqo.tune.trials import ARMS
 from lqo.engine.harness import median_latency, run_interleaved
 from lqo.sql.catalog import Catalog
 from lqo.workloads.workload import Workload

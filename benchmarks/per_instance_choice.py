@@ -37,8 +37,8 @@ import duckdb
 
 from lqo.book.book import PlanBook
 from lqo.book.template import template_key
-from lqo.book.trials import recorded_plan
-from lqo.train.keys import canonical_plan_json
+from lqo.tune.trials import recorded_plan
+from lqo.store.keys import canonical_plan_json
 from lqo.workloads.workload import Workload
 
 

@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 from lqo.book.book import PlanBook
-from lqo.book.trials import variant
-from lqo.book.tune import HISTORY_FILE, TuneConfig, Tuner
+from lqo.tune.trials import variant
+from lqo.tune.tuner import HISTORY_FILE, TuneConfig, Tuner
 from lqo.engine.harness import median_latency, run_interleaved
 from lqo.optimizer import Optimizer
 from lqo.workloads.workload import Workload

@@ -11,9 +11,10 @@ The public face: everything a user needs is importable from ``lqo`` directly.
 The package follows the data flow, one stage a folder:
 ``sql`` (SQL -> QueryGraph), ``trees`` (QueryGraph -> Plan, Plan -> SQL),
 ``estimates`` and ``learn`` (Plan -> features -> score), ``search`` / ``decision`` /
-``optimizer`` (choose a Plan), ``engine`` (run it on DuckDB), ``train`` (experience ->
-model), ``workloads``, ``evaluate`` (lqo vs native), ``sched`` (concurrent queries),
-``plots`` and ``cli`` (a thin layer over all of it).
+``optimizer`` (choose a Plan; a tuned plan ``book`` first), ``engine`` (run it on
+DuckDB), ``store`` (what ran, how fast), ``train`` (experience -> model), ``tune``
+(workload -> plan book, offline), ``workloads``, ``evaluate`` (lqo vs native), ``sched``
+(concurrent queries), ``plots`` and ``cli`` (a thin layer over all of it).
 """
 
 from __future__ import annotations

@@ -17,11 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import tpc_queries
-from lqo.book.accept import AcceptRule, judge
+from lqo.tune.accept import AcceptRule, judge
 from lqo.book.book import BOOK_FILE, Candidate, PlanBook
 from lqo.book.ranges import LiteralRanges
 from lqo.book.slots import SlotRendering
-from lqo.book.trials import COMBINED
+from lqo.tune.trials import COMBINED
 from lqo.book.serve import BookServer
 from lqo.book.template import literal_free_text, template_key, tokens
 from lqo.cli import main
@@ -359,7 +359,8 @@ def test_feedback_records_and_drift_triggers_a_recheck(varied, tmp_path):
     import shutil
 
     from lqo.book.book import FEEDBACK_FILE
-    from lqo.book.tune import TuneConfig, Tuner
+    from lqo.tune.config import TuneConfig
+    from lqo.tune.tuner import Tuner
 
     out = tmp_path / "m"
     assert main(["tune", str(varied.root), "--budget", "0.3", "--out", str(out)]) == 0
@@ -368,7 +369,7 @@ def test_feedback_records_and_drift_triggers_a_recheck(varied, tmp_path):
     arm = next(c.id for c in e.candidates.values() if c.kind == "arm")
     inst = [varied.query(i) for i in e.instances]
     # Pretend the arm was verified as 0.5x native (so served latencies will look drifted).
-    from lqo.book.accept import Verdict
+    from lqo.book.book import Verdict
 
     fake = Verdict(True, "accepted", 0.5, 0.4, 0.6, 0.55, 3, 15)
     e.verdicts[arm] = fake

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from lqo.book.accept import Verdict
+from lqo.book.book import Verdict
 from lqo.book.book import Candidate, PlanBook
 from lqo.book.ranges import LiteralRanges
 from lqo.book.serve import BookServer
-from lqo.book.steps import trial_step
+from lqo.tune.steps import trial_step
 from lqo.book.template import template_key
 
 Q10 = """SELECT c_custkey, sum(l_extendedprice * (1 - l_discount)) AS revenue

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import lqo.cli as cli
-from lqo.train.experience import ExperienceStore
+from lqo.store.experience import ExperienceStore
 
 STORE = "experience.duckdb"
 SLOW_SQL = "SELECT count(*) FROM range(100000000000) t(x) WHERE x % 7 = 3"  # minutes; only ever interrupted

@@ -13,7 +13,7 @@ import duckdb
 import pytest
 
 from lqo.errors import LqoError, PlanError
-from lqo.train.experience import SCHEMA_VERSION, ExperienceStore
+from lqo.store.experience import SCHEMA_VERSION, ExperienceStore
 from lqo.engine.harness import Harness, RunResult
 
 SQL = "SELECT n_name, count(*) FROM nation JOIN customer ON c_nationkey = n_nationkey GROUP BY 1"
@@ -138,7 +138,7 @@ def test_best_plan_native_latency_and_wrong_marking(store):
 
 
 def _plan_medians_sql() -> str:
-    from lqo.train.experience import _PLAN_MEDIANS
+    from lqo.store.experience import _PLAN_MEDIANS
 
     return _PLAN_MEDIANS
 
@@ -167,7 +167,7 @@ def test_open_refuses_foreign_files_and_other_versions(tmp_path):
 
 CHILD = r"""
 import sys
-from lqo.train.experience import ExperienceStore
+from lqo.store.experience import ExperienceStore
 from lqo.engine.harness import RunResult
 
 path, small_checkpoints = sys.argv[1], sys.argv[2] == "1"

@@ -179,7 +179,7 @@ def test_typed_derived_keys_stay_transitive(envs):
 def test_duckdb_pushes_join_filters_below_a_probed_limit(envs):
     """Why LIMIT relations are refused: DuckDB 1.5.5 itself answers wrong when a LIMIT
     subquery is the probe side. If this starts failing, DuckDB fixed it; the refusal in
-    lqo.sql.relations (LIMIT_REASON) and the arm filter in lqo.book.trials can go."""
+    lqo.sql.relations (LIMIT_REASON) and the arm filter in lqo.tune.trials can go."""
     con = envs["tpch"][0]
     from lqo.engine.settings import forced_settings
 

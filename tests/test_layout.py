@@ -1,7 +1,8 @@
 """The package's shape: imports flow one way, and the library never reaches up into the CLI.
 
-Reads every module's imports (all of them, at any depth except ``if TYPE_CHECKING:``
-blocks, which never run) and checks the graph they make.
+Reads every module's imports (all of them, at any depth, ``if TYPE_CHECKING:`` blocks
+included: a type-only import still ties two modules together, and must obey the same
+layering) and checks the graph they make, per module and per package.
 """
 
 from __future__ import annotations
@@ -13,26 +14,38 @@ import lqo
 
 ROOT = Path(lqo.__file__).parent
 
+# Packages (a folder under lqo/, or a top-level module) from the bottom up: a package may
+# import only packages of lower layers, never one of its own layer or above. A new
+# package must be placed here.
+LAYERS: list[set[str]] = [
+    {"errors"},
+    {"config", "lock", "sql", "engine", "decision", "triage"},
+    {"trees", "estimates", "workloads", "distributed", "store"},
+    {"learn", "search", "plots", "optimized"},
+    {"book"},  # serving: the plan book, template keys, slot renderings
+    {"optimizer"},
+    {"tune", "train", "sched"},  # offline: tuning the book, training the model; scheduling
+    {"evaluate"},
+    {"cli"},
+]
+
 
 def _module_name(path: Path) -> str:
     parts = path.relative_to(ROOT.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(path: Path, modules: set[str]) -> set[str]:
-    """lqo modules that ``path`` imports (resolving ``from pkg import module`` too)."""
-    tree = ast.parse(path.read_text())
-    skip: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            skip.update(id(n) for b in node.body for n in ast.walk(b))
+def _imports(source: str, modules: set[str]) -> set[str]:
+    """lqo modules that ``source`` imports (resolving ``from pkg import module`` too),
+    wherever the import stands: inside functions and ``if TYPE_CHECKING:`` blocks too."""
     found: set[str] = set()
-    for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "relative imports are not read by this test: write them absolute"
+            if not node.module:
+                continue
             names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
         else:
             continue
@@ -47,7 +60,20 @@ def _imports(path: Path, modules: set[str]) -> set[str]:
 def _graph() -> dict[str, set[str]]:
     files = {_module_name(p): p for p in ROOT.rglob("*.py")}
     modules = set(files)
-    return {m: _imports(p, modules) - {m} for m, p in files.items()}
+    return {m: _imports(p.read_text(), modules) - {m} for m, p in files.items()}
+
+
+def _package(module: str) -> str:
+    return module.split(".")[1]
+
+
+def _package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for m, deps in graph.items():
+        if m == "lqo":  # the public face re-exports lazily, by name
+            continue
+        out.setdefault(_package(m), set()).update(_package(d) for d in deps if _package(d) != _package(m))
+    return out
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -88,10 +114,38 @@ def test_cycle_finder_finds_a_planted_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
+def test_type_checking_imports_are_read():
+    source = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from lqo.a import B\n"
+    assert _imports(source, {"lqo.a", "lqo.b"}) == {"lqo.a"}
+
+
 def test_no_import_cycles():
     graph = _graph()
     # Package __init__ files re-export lazily; an eager package import would show here too.
     assert _cycles(graph) == []
+
+
+def test_no_package_cycles():
+    assert _cycles(_package_graph(_graph())) == []
+
+
+def test_packages_import_only_lower_layers():
+    layer = {p: i for i, ps in enumerate(LAYERS) for p in ps}
+    packages = _package_graph(_graph())
+    assert set(packages) <= set(layer), "place every package in LAYERS"
+    bad = {p: sorted(d for d in deps if layer[d] >= layer[p]) for p, deps in packages.items()}
+    assert {p: d for p, d in bad.items() if d} == {}
+
+
+def test_tuning_serving_and_training_are_apart():
+    """The offline stages reach the serving path, never the other way round; the store is
+    its own stage, which nothing below tuning and training needs."""
+    packages = _package_graph(_graph())
+    assert {"book", "optimizer", "store"} <= packages["tune"]
+    assert {"optimizer", "store"} <= packages["train"] and "tune" not in packages["train"]
+    assert "book" in packages["optimizer"]
+    for serving in ("book", "optimizer", "optimized"):
+        assert not packages.get(serving, set()) & {"tune", "train", "store", "evaluate", "sched"}, serving
 
 
 def test_library_never_imports_the_cli():

@@ -22,8 +22,9 @@ ray = pytest.importorskip("ray", reason="the Ray extra is not installed: pip ins
 
 from conftest import tpc_queries  # noqa: E402
 from lqo.book.book import PlanBook  # noqa: E402
-from lqo.book.trials import COMBINED  # noqa: E402
-from lqo.book.tune import TuneConfig, Tuner  # noqa: E402
+from lqo.tune.config import TuneConfig  # noqa: E402
+from lqo.tune.trials import COMBINED  # noqa: E402
+from lqo.tune.tuner import Tuner  # noqa: E402
 from lqo.cli import main  # noqa: E402
 from lqo.distributed.executor import database_fingerprint  # noqa: E402
 from lqo.distributed.pool import ExecutorPool  # noqa: E402
@@ -125,8 +126,8 @@ def test_executor_killed_mid_task_is_restarted_and_its_task_recorded_once(cluste
 
 def test_a_task_is_written_whole_and_once(cluster, wl, tmp_path):
     from lqo.evaluate.explore import explore_task
-    from lqo.train.experience import ExperienceStore
-    from lqo.train.journal import replay
+    from lqo.store.experience import ExperienceStore
+    from lqo.store.journal import replay
     from lqo.sql.catalog import Catalog
 
     con = connect_read_only(wl.database)

@@ -26,7 +26,7 @@ from lqo.engine.harness import Harness, fingerprint_rows
 from lqo.engine.settings import current_setting
 from lqo.errors import BusyError, InvalidSQLError, LqoError, NotSelectError, QueryRuntimeError
 from lqo.optimized import Optimized
-from lqo.train.experience import ExperienceStore
+from lqo.store.experience import ExperienceStore
 from test_cli import assert_error, lqo, lqo_json, tree  # the CLI test helpers
 
 JOIN = "FROM nation n JOIN region r ON n.n_regionkey = r.r_regionkey"
@@ -346,7 +346,7 @@ def test_sqlglot_only_failure_is_not_called_a_syntax_error(monkeypatch):
 HOLD = """
 import sys, time
 from lqo.lock import acquire
-from lqo.train.experience import ExperienceStore
+from lqo.store.experience import ExperienceStore
 kind, path = sys.argv[1], sys.argv[2]
 if kind == "dir":
     acquire(path, "model directory " + path)

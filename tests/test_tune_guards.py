@@ -1,7 +1,7 @@
 """``lqo tune`` never adopts a candidate whose rows differ from native's.
 
 Tuning checks a candidate's result fingerprint against the native one twice
-(:mod:`lqo.book.trials`): on the screening run and on every acceptance run. Each test
+(:mod:`lqo.tune.trials`): on the screening run and on every acceptance run. Each test
 here runs the real tuner on tiny TPC-H data with a single real tree candidate and
 makes that candidate return other rows in one phase only (the text its ``variant`` gives
 is swapped for a wrong one while that phase runs), so each test fails when its own
@@ -14,11 +14,12 @@ from collections import Counter
 
 import pytest
 
-import lqo.book.trials as trials
-import lqo.book.tune as tune
+import lqo.tune.trials as trials
+import lqo.tune.tuner as tune
 from lqo.book.book import PlanBook
-from lqo.book.trials import Trials
-from lqo.book.tune import TuneConfig, Tuner
+from lqo.tune.trials import Trials
+from lqo.tune.config import TuneConfig
+from lqo.tune.tuner import Tuner
 from lqo.engine.harness import fingerprint_rows
 from lqo.workloads.workload import Workload, write_workload
 

@@ -1,8 +1,8 @@
-"""Recurring workloads: template identity, the verified plan book, tuning and serving.
+"""Recurring workloads, the serving side: template identity and the verified plan book.
 
-A query's *template* is its text with literals replaced by slots
-(:func:`template.template_key`). ``lqo tune`` explores candidate plans per template
-offline and adopts one only after paired, interleaved runs show it faster than the
-native text (:mod:`accept`); the result is a :class:`book.PlanBook`, a small JSON file
-served by template look-up without a model on the hot path.
+A query's *template key* is its text with literals replaced by slots
+(:func:`template.template_key`). ``lqo tune`` (:mod:`lqo.tune`) explores candidate
+plans per template offline and writes a :class:`book.PlanBook`, a small JSON file; this
+package loads it and serves it by template look-up (:mod:`serve`), without a model on
+the hot path.
 """

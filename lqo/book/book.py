@@ -2,7 +2,7 @@
 
 One small JSON file (``book.json`` in the model directory), loaded without torch or
 sqlglot in milliseconds and schema-fingerprinted like a model. A template's choice is
-``native`` unless a candidate passed the acceptance rule (:mod:`lqo.book.accept`); the
+``native`` unless a candidate passed the acceptance rule (:mod:`lqo.tune.accept`); the
 figures of that verdict are kept with the choice.
 
 Candidates are either *trees* (a whole-query ``Plan``, forced; served from a slot
@@ -21,16 +21,37 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-from lqo.book.accept import Verdict
 from lqo.errors import BookError, SchemaMismatchError
 
 BOOK_FILE = "book.json"
 FEEDBACK_FILE = "feedback.jsonl"  # served latencies, written by Optimizer.load(..., record=True)
 FORMAT = "lqo-plan-book/2"  # /2: typed template keys and slot renderings with list slots
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The figures of one acceptance test (:func:`lqo.tune.accept.judge`), kept in the book."""
+
+    accepted: bool
+    reason: str
+    median_ratio: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    worst_instance: float | None = None
+    instances: int = 0
+    rounds: int = 0
+    node: str | None = None  # the Ray node all paired rounds ran on (``--ray``); None: the tuning machine
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> "Verdict":
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
 @dataclass(frozen=True)

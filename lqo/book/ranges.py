@@ -1,6 +1,6 @@
 """Where a template's verified plan was verified: the ranges of its numeric and date literals.
 
-A plan is accepted on a template's tuning instances (:mod:`lqo.book.accept`). For most
+A plan is accepted on a template's tuning instances (:mod:`lqo.tune.accept`). For most
 templates the constants hardly change what the best plan is; for some they decide it:
 TPC-H q10 selects orders between two dates, its instances select from a few months to
 six years of orders (native 77-591 ms), and a plan 0.57x native on its three tuning

@@ -7,7 +7,7 @@ import random
 
 from lqo.sql.catalog import Catalog
 from lqo.errors import LqoError
-from lqo.train.experience import ExperienceStore
+from lqo.store.experience import ExperienceStore
 from lqo.evaluate.explore import default_store_path
 from lqo.engine.harness import Harness, error_line, is_user_interrupt, median_latency
 from lqo.trees.query import prepare_named

@@ -48,7 +48,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lqo.book.tune import TuneConfig, Tuner
+    from lqo.tune.config import TuneConfig
+    from lqo.tune.tuner import Tuner
     from lqo.workloads.workload import Workload
 
     if not args.budget > 0:

@@ -4,5 +4,5 @@
 code as the sequential path; ``pool`` connects to Ray, places executors, dispatches
 tasks and retries once. Ray is imported only by ``pool``, and only when a pool is made:
 without ``--ray`` nothing here is imported. The driver alone writes the experience
-store (:mod:`lqo.train.journal`).
+store (:mod:`lqo.store.journal`).
 """

@@ -3,7 +3,7 @@
 Plain Python (no Ray import here): :mod:`lqo.distributed.pool` makes it a Ray actor.
 A task is a library function ``fn(con, catalog, *args)`` that measures through the usual
 :class:`~lqo.engine.harness.Harness` and writes into a
-:class:`~lqo.train.journal.Journal`; it returns ``(result, journal)``, plain data the
+:class:`~lqo.store.journal.Journal`; it returns ``(result, journal)``, plain data the
 driver replays into its store. The executor never writes anything.
 
 >>> fingerprint_difference({"schema": "a", "rows": {"t": 3}}, {"schema": "a", "rows": {"t": 4}})

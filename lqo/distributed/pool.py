@@ -10,7 +10,7 @@ Faults: an actor that dies mid-task is restarted by Ray (``max_restarts``) and t
 is sent once more; a task that loses its executor twice comes back as an ``Outcome``
 with ``error`` set (the caller reports it failed and goes on). A task may have run on
 a dead actor without its result arriving, so callers record an outcome under its task
-id, once (:func:`lqo.train.journal.replay`). ``close()`` kills every actor: Ctrl-C on
+id, once (:func:`lqo.store.journal.replay`). ``close()`` kills every actor: Ctrl-C on
 the driver stops them, and what was recorded stays.
 
 >>> with ExecutorPool("tpch.duckdb", address="local", slots=2) as pool:   # doctest: +SKIP

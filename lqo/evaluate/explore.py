@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Callable
 import duckdb
 
 from lqo.sql.catalog import Catalog
-from lqo.train.experience import ExperienceStore
-from lqo.train.keys import query_key
-from lqo.train.journal import Journal, replay
+from lqo.store.experience import ExperienceStore
+from lqo.store.keys import query_key
+from lqo.store.journal import Journal, replay
+from lqo.store.recorder import RunRecorder
 from lqo.engine.harness import Harness, RunResult, error_line, is_user_interrupt, median_latency, run_interleaved
 from lqo.trees.query import PreparedQuery, prepare_named
 from lqo.workloads.workload import Query, Workload
@@ -197,7 +198,7 @@ def explore_task(con: duckdb.DuckDBPyConnection, catalog: Catalog, workload: Wor
 
 def explore_query(
     con: duckdb.DuckDBPyConnection,
-    store: ExperienceStore | Journal,
+    store: RunRecorder,
     workload: Workload,
     query: Query,
     pq: PreparedQuery,
@@ -271,7 +272,7 @@ def explore_query(
     return result
 
 
-def _check_confirm(store, pk: str, runs: list[RunResult], reference, result: QueryResult) -> bool:
+def _check_confirm(store: RunRecorder, pk: str, runs: list[RunResult], reference, result: QueryResult) -> bool:
     for r in runs:
         if r.ok and r.fingerprint != reference:
             store.mark_wrong(pk, "fingerprint differs from native on re-run")

@@ -35,7 +35,7 @@ import duckdb
 
 from lqo.engine.db import connect_writable
 from lqo.errors import LqoError, MissingFileError
-from lqo.train.keys import query_key
+from lqo.store.keys import query_key
 from lqo.engine.harness import Harness, _utcnow
 from lqo.workloads.workload import Workload
 

@@ -27,7 +27,7 @@ from typing import Iterator, Sequence
 
 from lqo.engine.settings import FORCE_DISABLED_OPTIMIZERS
 from lqo.errors import LqoError
-from lqo.train.keys import query_key as _query_key
+from lqo.store.keys import query_key as _query_key
 from lqo.workloads.workload import Workload
 
 _ARRIVALS_RE = re.compile(r"^(batch|poisson:(?P<rate>[0-9.eE+-]+)|util:(?P<util>[0-9.eE+-]+))$")

@@ -1,1 +1,1 @@
-"""Experience -> model: the experience store, training samples, recipes and the trainer."""
+"""Experience -> model: training samples, recipes and the trainer (the store is :mod:`lqo.store`)."""

@@ -25,7 +25,7 @@ import numpy as np
 
 from lqo.sql.catalog import Catalog
 from lqo.errors import LqoError, WorkloadError
-from lqo.train.experience import ExperienceStore
+from lqo.store.experience import ExperienceStore
 from lqo.engine.harness import Harness, error_line, median_latency
 from lqo.learn.features import Featurizer
 from lqo.learn.ranges import FeatureRanges

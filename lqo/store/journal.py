@@ -1,11 +1,11 @@
 """Writes held back: a task that runs away from the experience store records into a
 ``Journal``, and the one process that owns the store replays it there.
 
-A ``Journal`` has the writing interface of :class:`~lqo.train.experience.ExperienceStore`
+A ``Journal`` has the writing interface of :class:`~lqo.store.experience.ExperienceStore`
 that exploration and tuning use (``add_query``, ``add_plan``, ``record_run(s)``,
 ``mark_wrong``, ``is_wrong``), so the very same measuring code runs against either. Keys
-are pure functions of their inputs (:func:`~lqo.train.keys.query_key`,
-:func:`~lqo.train.keys.plan_key`), so a journal hands out the keys the store will
+are pure functions of their inputs (:func:`~lqo.store.keys.query_key`,
+:func:`~lqo.store.keys.plan_key`), so a journal hands out the keys the store will
 give. ``is_wrong`` answers from the plan keys the driver says are wrong, plus those the
 task marked itself.
 
@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lqo.engine.harness import RunResult
-from lqo.train.experience import ExperienceStore
-from lqo.train.keys import canonical_plan_json, plan_key, query_key
+from lqo.store.experience import ExperienceStore
+from lqo.store.keys import canonical_plan_json, plan_key, query_key
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Where ``lqo tune``'s measuring steps run: here, one at a time, or on Ray executors.
 
-A step is a function of a :class:`~lqo.book.trials.Trials` (connection, store, config)
+A step is a function of a :class:`~lqo.tune.trials.Trials` (connection, store, config)
 and plain data (template, book entry, candidate) that returns plain data:
 
 - ``baseline_step``: native runs of a template's tuning instances;
@@ -12,7 +12,7 @@ and plain data (template, book entry, candidate) that returns plain data:
 
 ``LocalSteps`` runs a step at once on the driver's ``Trials`` (the sequential path,
 writing the store directly). ``PoolSteps`` sends it to an executor, which builds a
-``Trials`` on its own connection around a :class:`~lqo.train.journal.Journal`; the
+``Trials`` on its own connection around a :class:`~lqo.store.journal.Journal`; the
 driver replays the journal into its store under the step's task id (once).
 """
 
@@ -23,15 +23,14 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import duckdb
 
-from lqo.book.accept import Verdict
-from lqo.book.book import BookEntry, Candidate, PlanBook
-from lqo.book.trials import Trials, acceptance_bar
+from lqo.book.book import BookEntry, Candidate, PlanBook, Verdict
 from lqo.sql.catalog import Catalog
-from lqo.train.experience import ExperienceStore
-from lqo.train.journal import Journal, replay
+from lqo.store.experience import ExperienceStore
+from lqo.store.journal import Journal, replay
+from lqo.tune.config import TemplateInstances, TuneConfig
+from lqo.tune.trials import Trials, acceptance_bar
 
 if TYPE_CHECKING:
-    from lqo.book.tune import TuneConfig, _Template
     from lqo.distributed.pool import ExecutorPool
 
 
@@ -42,13 +41,13 @@ class Done(NamedTuple):
     error: str | None = None  # the executor was lost twice: the step did not complete
 
 
-def baseline_step(ctx: Trials, t: _Template, entry: BookEntry) -> dict[str, Any]:
+def baseline_step(ctx: Trials, t: TemplateInstances, entry: BookEntry) -> dict[str, Any]:
     ctx.baseline(t, entry)
     return {"native_ms": entry.native_ms, "fingerprints": entry.fingerprints,
             "weight_ms": entry.weight_ms, "note": entry.note}
 
 
-def trial_step(ctx: Trials, t: _Template, entry: BookEntry, c: Candidate) -> tuple[float, int, Verdict | None]:
+def trial_step(ctx: Trials, t: TemplateInstances, entry: BookEntry, c: Candidate) -> tuple[float, int, Verdict | None]:
     """(screening ratio, wrong results, the acceptance verdict or None if not tested)."""
     ratio, wrong = ctx.screen(t, entry, c)
     if ratio < acceptance_bar(entry, ctx.config.screen_below) and not wrong:
@@ -56,12 +55,12 @@ def trial_step(ctx: Trials, t: _Template, entry: BookEntry, c: Candidate) -> tup
     return ratio, wrong, None
 
 
-def retest_step(ctx: Trials, t: _Template, entry: BookEntry, c: Candidate) -> tuple[float, int, Verdict]:
+def retest_step(ctx: Trials, t: TemplateInstances, entry: BookEntry, c: Candidate) -> tuple[float, int, Verdict]:
     """The acceptance test ``trial_step`` put off (``trials.acceptance_bar``), in its shape."""
     return entry.screened.get(c.id, float("inf")), 0, ctx.accept(t, entry, c)
 
 
-def accept_step(ctx: Trials, t: _Template, entry: BookEntry, c: Candidate) -> Verdict:
+def accept_step(ctx: Trials, t: TemplateInstances, entry: BookEntry, c: Candidate) -> Verdict:
     return ctx.accept(t, entry, c)
 
 
@@ -129,5 +128,5 @@ def remote_step(con: duckdb.DuckDBPyConnection, catalog: Catalog, step: Callable
     book = PlanBook(catalog.fingerprint)
     book.meta["workload"] = workload  # Trials labels the queries it records with it
     journal = Journal()
-    ctx = Trials(con, catalog, None, journal, book, config)  # type: ignore[arg-type]
+    ctx = Trials(con, catalog, None, journal, book, config)
     return step(ctx, *args), journal

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 from lqo.book.book import Candidate, PlanBook
-
-if TYPE_CHECKING:
-    from lqo.book.tune import TuneConfig, _Template
+from lqo.tune.config import TemplateInstances, TuneConfig
 
 
 class OriginStats:
@@ -45,7 +43,7 @@ class OriginStats:
         return rng.betavariate(1 + w, 1 + n - w), (self.gain[origin] / w if w else 0.15)
 
 
-def pick(pending: Sequence[tuple[_Template, Candidate]], book: PlanBook, origins: OriginStats,
+def pick(pending: Sequence[tuple[TemplateInstances, Candidate]], book: PlanBook, origins: OriginStats,
          rng: random.Random, predicted: dict[tuple[str, str], tuple[float, float]], config: TuneConfig) -> int:
     """Index in ``pending`` of the pair to try next."""
     if config.strategy == "random":
@@ -73,7 +71,7 @@ def pick(pending: Sequence[tuple[_Template, Candidate]], book: PlanBook, origins
     return best_i
 
 
-def relative(book: PlanBook, t: _Template, c: Candidate) -> float:
+def relative(book: PlanBook, t: TemplateInstances, c: Candidate) -> float:
     """A candidate's screening ratio over its template's adopted ratio (1 for native):
     the order of the acceptance tests put off at screening, lowest first."""
     e = book.entries[t.key]

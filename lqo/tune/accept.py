@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import random
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Mapping, Sequence
+
+from lqo.book.book import Verdict
 
 
 @dataclass(frozen=True)
@@ -36,26 +38,6 @@ class AcceptRule:
     max_instance: float = 1.05
     resamples: int = 2000
     seed: int = 0
-
-
-@dataclass(frozen=True)
-class Verdict:
-    accepted: bool
-    reason: str
-    median_ratio: float | None = None
-    ci_low: float | None = None
-    ci_high: float | None = None
-    worst_instance: float | None = None
-    instances: int = 0
-    rounds: int = 0
-    node: str | None = None  # the Ray node all paired rounds ran on (``--ray``); None: the tuning machine
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Mapping) -> "Verdict":
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
 def judge(pairs: Mapping[str, Sequence[tuple[float, float]]], rule: AcceptRule = AcceptRule(),

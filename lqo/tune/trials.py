@@ -2,7 +2,7 @@
 
 Every run goes through the harness (timeouts, result fingerprints) and is recorded in
 the tuning directory's experience store; the steps decide nothing about order, which is
-:mod:`lqo.book.tune`'s job.
+:mod:`lqo.tune.tuner`'s job.
 """
 
 from __future__ import annotations
@@ -10,10 +10,8 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 from functools import partial
-from typing import TYPE_CHECKING
 
-from lqo.book.accept import Verdict, judge
-from lqo.book.book import BookEntry, Candidate, PlanBook
+from lqo.book.book import BookEntry, Candidate, PlanBook, Verdict
 from lqo.book.slots import SlotRendering
 from lqo.book.template import template_key
 from lqo.engine.harness import error_line, median_latency, run_interleaved
@@ -25,17 +23,16 @@ from lqo.search import neighbours, small_block_plans, star_plan
 from lqo.sql.catalog import Catalog
 from lqo.sql.join_graph import build_query_graph
 from lqo.sql.relations import limit_in_from
-from lqo.train.experience import ExperienceStore
+from lqo.store.recorder import RunRecorder
 from lqo.trees.dp import dp_plan, profiled_cards
 from lqo.trees.native import read_native_trees
 from lqo.trees.physical import profile_nodes
 from lqo.trees.plan import Plan
 from lqo.trees.query import prepare
 from lqo.trees.render import render
+from lqo.tune.accept import judge
+from lqo.tune.config import TemplateInstances, TuneConfig
 from lqo.workloads.workload import Query
-
-if TYPE_CHECKING:
-    from lqo.book.tune import TuneConfig, _Template
 
 # DuckDB optimizer rules whose removal won on TPC-DS SF1 (see docs/duckdb-plan-control.md).
 ARMS: tuple[str, ...] = ("join_filter_pushdown", "build_side_probe_side", "join_order",
@@ -57,9 +54,14 @@ BEAT_SLACK = 1.10
 
 
 class Trials:
-    """What the tuning steps share: connection, catalog, statistics, store, book."""
+    """What the tuning steps share: connection, catalog, statistics, store, book.
 
-    def __init__(self, con, catalog: Catalog, stats: DatabaseStats, store: ExperienceStore,
+    ``store`` is the experience store, or a remote step's journal; ``stats`` (lqo's
+    statistics, for the estimated trees among the candidates) is None where a step only
+    measures candidates proposed already (a remote step).
+    """
+
+    def __init__(self, con, catalog: Catalog, stats: DatabaseStats | None, store: RunRecorder,
                  book: PlanBook, config: TuneConfig, optimizer=None) -> None:
         self.con, self.catalog, self.stats, self.store, self.book, self.config = con, catalog, stats, store, book, config
         self.optimizer = optimizer
@@ -71,7 +73,7 @@ class Trials:
         pk = self.store.add_plan(qk, kind, plan_json, sql)
         self.store.record_runs([(pk, r) for r in runs])
 
-    def baseline(self, t: _Template, entry: BookEntry) -> None:
+    def baseline(self, t: TemplateInstances, entry: BookEntry) -> None:
         for q in t.tune:
             runs = run_interleaved(self.con, [(q.sql, False)], repeats=3, warmup=1)[0]
             self._record(q, "native", None, None, runs)
@@ -83,7 +85,7 @@ class Trials:
             entry.fingerprints[q.id] = ok[0].fingerprint
         entry.weight_ms = sum(entry.native_ms.values())
 
-    def candidates(self, t: _Template, entry: BookEntry, rng: random.Random) -> list[Candidate]:
+    def candidates(self, t: TemplateInstances, entry: BookEntry, rng: random.Random) -> list[Candidate]:
         """Every candidate of ``t``, each recorded in ``entry.candidates`` (an adopted
         choice must be loadable from the book); none when the native text failed."""
         if not entry.native_ms:
@@ -93,7 +95,7 @@ class Trials:
             entry.candidates.setdefault(c.id, c)
         return out
 
-    def _candidates(self, t: _Template, entry: BookEntry, rng: random.Random) -> list[Candidate]:
+    def _candidates(self, t: TemplateInstances, entry: BookEntry, rng: random.Random) -> list[Candidate]:
         arms = ARMS
         if _limit_in_from(t.tune[0].sql):  # see relations.LIMIT_REASON: build sides must stay DuckDB's
             arms = tuple(a for a in ARMS if a not in ("build_side_probe_side", "join_order"))
@@ -108,6 +110,8 @@ class Trials:
             return out  # arms need no tree: every query is eligible
         native = pq.native_plan
         plans: list[tuple[str, Plan]] = []
+        if self.stats is None:
+            raise ValueError("candidates need lqo's statistics: this Trials only measures")
         est = Estimator(self.stats, pq.graph)
         plans.append(("star", star_plan(pq, est)))
         # Cost-based trees (lqo's estimates; then the counts a profiled native run recorded).
@@ -145,7 +149,7 @@ class Trials:
                 self.predicted[(t.key, cid)] = (1.0 - scores[plan] / scores[native], spread.get(plan, 0.0))
         return out
 
-    def _profiled_cards(self, t: _Template, entry: BookEntry, pq) -> dict | None:
+    def _profiled_cards(self, t: TemplateInstances, entry: BookEntry, pq) -> dict | None:
         """Per block, the cardinalities a profiled native run of the first tuning instance
         recorded (relation set -> rows), or None if it timed out. Runtime join filters are
         off for this run: with them a probe-side scan reports the rows they let through,
@@ -158,7 +162,7 @@ class Trials:
     def _variant(self, c: Candidate, q: Query) -> tuple[str, bool, tuple[str, ...]]:
         return variant(c, q.sql, self.catalog)
 
-    def screen(self, t: _Template, entry: BookEntry, c: Candidate) -> tuple[float, int]:
+    def screen(self, t: TemplateInstances, entry: BookEntry, c: Candidate) -> tuple[float, int]:
         """Ratio of one run of ``c`` on the first tuning instance to its native median
         (inf when cut at the native latency or failed); 1 wrong result -> (inf, 1)."""
         q = t.tune[0]
@@ -175,7 +179,7 @@ class Trials:
             return float("inf"), 0
         return r.latency_ms / native_ms, 0
 
-    def accept(self, t: _Template, entry: BookEntry, c: Candidate) -> Verdict:
+    def accept(self, t: TemplateInstances, entry: BookEntry, c: Candidate) -> Verdict:
         pairs = {}
         failed = None
         for q in t.tune:

@@ -12,7 +12,7 @@ improvement x template weight (native time of its tuning instances):
    interleaved rounds against native on every tuning instance (put off until every
    candidate is screened where it screened well above the template's adopted plan:
    ``trials.acceptance_bar``), judged by
-   :mod:`lqo.book.accept`; it becomes the template's choice if accepted and better than
+   :mod:`lqo.tune.accept`; it becomes the template's choice if accepted and better than
    the current one.
 
 Candidates: setting arms (the native text with one DuckDB optimizer rule disabled; no
@@ -25,7 +25,7 @@ of a template's candidates have each screened below native, their combination jo
 the queue (two rules disabled together, or a tree run with one more rule off;
 ``trials.combinations``).
 
-``strategy="learned"`` (:mod:`lqo.book.order`) orders candidates by what screening has
+``strategy="learned"`` (:mod:`lqo.tune.order`) orders candidates by what screening has
 shown so far, across templates: each candidate origin (an arm's rule, ``star``, ``flip``, ``random``) keeps
 a posterior of how often it screens as a win and by how much, and the next pair is the
 one with the highest expected saving in ms (Thompson-style optimism for origins seldom
@@ -46,11 +46,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from lqo.book.accept import AcceptRule
-from lqo.book.order import OriginStats, pick, relative
 from lqo.book.book import BOOK_FILE, FEEDBACK_FILE, Candidate, PlanBook
-from lqo.book.steps import LocalSteps, PoolSteps, Steps, accept_step, baseline_step, retest_step, trial_step
-from lqo.book.trials import COMBINED, Trials, combinations
 from lqo.book.ranges import LiteralRanges
 from lqo.book.serve import read_feedback
 from lqo.book.template import template_key
@@ -59,7 +55,11 @@ from lqo.errors import LqoError
 from lqo.estimates.stats import DatabaseStats
 from lqo.lock import writer_lock
 from lqo.sql.catalog import Catalog
-from lqo.train.experience import ExperienceStore
+from lqo.store.experience import ExperienceStore
+from lqo.tune.config import TemplateInstances, TuneConfig
+from lqo.tune.order import OriginStats, pick, relative
+from lqo.tune.steps import LocalSteps, PoolSteps, Steps, accept_step, baseline_step, retest_step, trial_step
+from lqo.tune.trials import COMBINED, Trials, combinations
 from lqo.workloads.workload import Query, Workload
 
 if TYPE_CHECKING:
@@ -68,31 +68,6 @@ if TYPE_CHECKING:
 HISTORY_FILE = "tune_history.json"
 DRIFT = 1.5  # served latency above this x the verified figure triggers a re-check
 STORE_FILE = "experience.duckdb"
-
-
-@dataclass
-class TuneConfig:
-    budget_min: float = 10.0  # wall-clock minutes for this run (a rerun adds its own)
-    tune_instances: int = 3  # instances per template tuned on; the rest are held out
-    rounds: int = 5  # paired rounds per tuning instance in an acceptance test
-    screen_below: float = 0.95  # a screening ratio below this earns an acceptance test
-    random_trees: int = 3  # random trees per template among the candidates
-    moves: int = 4  # local moves of the native tree (build-side flips first)
-    exhaustive_relations: int = 3  # blocks this small get every tree as a candidate (0: none)
-    true_cards: bool = True  # profile one native run per template for a true-cardinality plan
-    range_guard: bool = False  # constant-sensitive templates served inside their verified ranges only
-    strategy: str = "learned"  # "learned" | "random"
-    model: str | None = None  # a trained model directory (lqo train): scores tree candidates, adds its search's best
-    seed: int = 0
-    rule: AcceptRule = field(default_factory=AcceptRule)
-
-    def validate(self) -> None:
-        if not self.budget_min > 0:
-            raise LqoError("--budget must be > 0 minutes")
-        if self.strategy not in ("learned", "random"):
-            raise LqoError("--strategy must be 'learned' or 'random'")
-        if self.tune_instances < 1 or self.rounds < self.rule.min_rounds:
-            raise LqoError(f"need >= 1 tuning instance and >= {self.rule.min_rounds} rounds")
 
 
 @dataclass
@@ -110,14 +85,6 @@ class TuneResult:
     nodes: list[dict] | None = None  # per node (``--ray``): what it ran; None when sequential
 
 
-@dataclass
-class _Template:
-    key: str
-    template: str
-    tune: list[Query]
-    held_out: list[Query]
-
-
 class Tuner:
     def __init__(self, workload: Workload, out: str | Path, config: TuneConfig | None = None,
                  log: Callable[[str], None] = print, pool: "ExecutorPool | None" = None) -> None:
@@ -129,7 +96,7 @@ class Tuner:
         self.log = log
 
     # ------------------------------------------------------------------ set-up
-    def _templates(self) -> list[_Template]:
+    def _templates(self) -> list[TemplateInstances]:
         groups: dict[str, list[Query]] = defaultdict(list)
         for q in self.workload:
             groups[template_key(q.sql).key].append(q)
@@ -137,7 +104,7 @@ class Tuner:
         for key, qs in groups.items():
             qs = sorted(qs, key=lambda q: q.id)
             k = self.config.tune_instances
-            out.append(_Template(key, qs[0].template, qs[:k], qs[k:]))
+            out.append(TemplateInstances(key, qs[0].template, qs[:k], qs[k:]))
         return sorted(out, key=lambda t: t.tune[0].id)
 
     def run(self) -> TuneResult:
@@ -184,7 +151,7 @@ class Tuner:
             self._recheck(steps, templates, book, result)
             book.save(book_path)
             ready = self._baselines(steps, templates, book, book_path, deadline)
-            pending: list[tuple[_Template, Candidate]] = []
+            pending: list[tuple[TemplateInstances, Candidate]] = []
             for t in ready:
                 entry = book.entries[t.key]
                 fresh = ctx.candidates(t, entry, random.Random(f"{cfg.seed}/{t.key}"))
@@ -215,7 +182,7 @@ class Tuner:
                     break
                 t, c, screening = done.key
                 if done.error is not None:  # its executor was lost twice: counted as not a win
-                    self.log(f"tune: {t.template}: {c.id} not tried: {done.error}")
+                    self.log(f"tune: {t.label}: {c.id} not tried: {done.error}")
                     ratio, wrong, verdict = float("inf"), 0, None
                 else:
                     ratio, wrong, verdict = done.value
@@ -242,7 +209,7 @@ class Tuner:
                                              or verdict.median_ratio < current.median_ratio):
                         entry.adopt(c.id)
                         result.adopted += 1
-                        self.log(f"tune: {t.template} adopts {c.id}: {verdict.median_ratio:.3f}x native "
+                        self.log(f"tune: {t.label} adopts {c.id}: {verdict.median_ratio:.3f}x native "
                                  f"(95% interval {verdict.ci_low:.3f}-{verdict.ci_high:.3f})")
                 book.save(book_path)
                 _record(history, offset, start, book, result)
@@ -262,15 +229,15 @@ class Tuner:
         result.elapsed_s = time.perf_counter() - start
         return result
 
-    def _baselines(self, steps: Steps, templates: list[_Template], book: PlanBook, book_path: Path,
-                   deadline: float) -> list[_Template]:
+    def _baselines(self, steps: Steps, templates: list[TemplateInstances], book: PlanBook, book_path: Path,
+                   deadline: float) -> list[TemplateInstances]:
         """Native runs of every template's tuning instances not measured yet (one step per
         template, as many at once as there are executors); the templates ready to try."""
         queue, ready, by_key = list(templates), [], {t.key: t for t in templates}
         while True:
             while steps.free() and queue and time.perf_counter() <= deadline:
                 t = queue.pop(0)
-                entry = book.entry(t.key, t.template, t.tune[0].sql)
+                entry = book.entry(t.key, t.label, t.tune[0].sql)
                 entry.instances, entry.held_out = [q.id for q in t.tune], [q.id for q in t.held_out]
                 entry.ranges = LiteralRanges.build([template_key(q.sql) for q in t.tune]).to_json()
                 if entry.native_ms:
@@ -295,7 +262,7 @@ class Tuner:
         order = {t.key: i for i, t in enumerate(templates)}
         return sorted(ready, key=lambda t: order[t.key])
 
-    def _recheck(self, steps: Steps, templates: list[_Template], book: PlanBook, result: TuneResult) -> None:
+    def _recheck(self, steps: Steps, templates: list[TemplateInstances], book: PlanBook, result: TuneResult) -> None:
         """Test again a verified choice whose recorded latencies (``Optimizer.load(...,
         record=True)``) drift above its verified figures; back to native if it fails."""
         feedback = read_feedback(self.out / FEEDBACK_FILE)

@@ -20,7 +20,7 @@ Schema (version 1)::
     wrong_plans(plan_key VARCHAR NOT NULL, reason VARCHAR, marked_at TIMESTAMP NOT NULL)
     VIEW plans_v = plans + wrong BOOLEAN + wrong_reason
 
-Keys are ``lqo.train.keys`` (re-exported here): ``query_key`` of (database, sql),
+Keys are ``lqo.store.keys`` (re-exported here): ``query_key`` of (database, sql),
 ``plan_key`` of (query_key, canonical plan_json, native-or-forced). Times are UTC. ``plans.sql`` is
 NULL for a plan run natively (DuckDB's optimizer on). ``runs.rows`` is NULL unless the
 run completed. Everything is append-only: a wrong plan gets a row in ``wrong_plans``
@@ -50,7 +50,7 @@ from lqo.engine.db import connect_writable
 from lqo.errors import LqoError, MissingFileError, PlanError
 from lqo.engine.harness import RunResult, _utcnow, error_line
 from lqo.lock import WriterLock, acquire
-from lqo.train.keys import canonical_plan_json, plan_key, query_key
+from lqo.store.keys import canonical_plan_json, plan_key, query_key
 
 SCHEMA_VERSION = "1"
 
