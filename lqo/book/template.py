@@ -2,8 +2,9 @@
 
 ``template_key(sql)`` reads DuckDB's own tokens (no parse) and returns a stable key plus
 the literal tokens in order. Instances of a template that differ only in constants
-share the key; whitespace, comments and keyword case do not matter. Everything else
-does: identifiers (quoted or not, with their case: an alias is a result column's name),
+share the key; whitespace, comments, a trailing ``;`` and the case of keywords, function
+and type names do not matter. Everything else does: identifiers (quoted or not, with their
+case: an alias is a result column's name, ``sum(Foo)`` another column than ``sum(foo)``),
 operators, and the *type* of every literal. A slot is typed by its literal's lexical
 form: ``i`` integer, ``d`` decimal, ``e`` scientific, ``s`` string; ``x = 5`` and
 ``x = '5'`` are two templates. A parenthesised list of literals of one type
@@ -219,7 +220,14 @@ def _items(toks: list[_Scanned]) -> tuple[list[_Item], list[int]]:
                     opens.append(len(items) - 1)
                 items.append((s, e, text, typ))
                 continue
-        items.append((s, e, text.lower() if k == _KEYWORD and text.isalpha() else text, None))
+        if k == _KEYWORD and text.isalpha() or k == _IDENT and i + 1 < n and text[0] != '"' and (
+                toks[i + 1][2] == "(" or toks[i + 1][3] == _STR):
+            # keywords, function names and type names (DATE '...'): DuckDB's result names
+            # spell them its own way, so their case never shows
+            text = text.lower()
+        items.append((s, e, text, None))
+    while items and items[-1][2] == ";" and items[-1][3] is None:  # a trailing ';' ends the one statement
+        items.pop()
     return items, opens
 
 
