@@ -23,6 +23,9 @@ __version__ = "0.1.0"
 
 # Names resolved on first use: `import lqo` stays fast and does not import torch.
 _LAZY = {
+    "connect": ("lqo.connection", "connect"),
+    "wrap": ("lqo.connection", "wrap"),
+    "Connection": ("lqo.connection", "Connection"),
     "optimize": ("lqo.optimizer", "optimize"),
     "Optimizer": ("lqo.optimizer", "Optimizer"),
     "Optimized": ("lqo.optimized", "Optimized"),

@@ -75,36 +75,40 @@ class Optimized:
         Only the optimizer rules the plan needs are changed; every other setting of
         ``con`` (``memory_limit``, ``threads``, ...) stays in force. Safe from several
         threads (cursors of one connection): statements needing other rules take turns
-        (``lqo.engine.settings.RuleModes``). A query that fails
-        while running (conversion error, overflow, out of memory, ``con.interrupt()``)
-        raises ``QueryRuntimeError`` naming the query, DuckDB's error as its cause.
+        (``lqo.engine.settings.RuleModes``). A query that fails while running
+        (conversion error, overflow, out of memory, ``con.interrupt()``) raises
+        ``QueryRuntimeError`` naming the query, DuckDB's error as its cause.
         """
-        # Native too: it must not run while another thread's statement has rules disabled.
-        with disabled_optimizers(con, self.rules):
-            rows, ms, stale = self._run(con)
-        if stale is not None:
-            self.fallback = f"the verified plan no longer binds ({str(stale).splitlines()[0][:120]}): ran as written"
-            self.sql, self.forced, self.disabled = self.original_sql, False, ()
-            return self.execute(con)
-        if self.on_latency is not None:
-            self.on_latency(self, ms)
-        return rows
-
-    def _run(self, con: duckdb.DuckDBPyConnection) -> tuple[list[tuple], float, Exception | None]:
-        """Rows and ms of one run under the current settings; a verified plan that no
-        longer binds comes back as the error instead (the caller runs the text)."""
-        start = time.perf_counter()
+        began = time.perf_counter()
         try:
-            rows = con.execute(self.runnable).fetchall()
-        except (duckdb.BinderException, duckdb.CatalogException) as err:
-            if self.source != "book" or self.sql == self.original_sql and not self.disabled:
-                raise runtime_error(err, self.original_sql) from err
-            return [], 0.0, err
+            rows = self.start(con).fetchall()
         except (duckdb.Error, *RESULT_CONVERSION_ERRORS) as err:
             if is_user_interrupt(err):  # Ctrl-C in the lqo CLI stays Ctrl-C
                 raise KeyboardInterrupt from err
             raise runtime_error(err, self.original_sql) from err
-        return rows, (time.perf_counter() - start) * 1000, None
+        if self.on_latency is not None:
+            self.on_latency(self, (time.perf_counter() - began) * 1000)
+        return rows
+
+    def start(self, con: duckdb.DuckDBPyConnection, parameters: Any = None) -> duckdb.DuckDBPyConnection:
+        """Run the decision on ``con`` and leave its result there to fetch (``fetchall``,
+        ``df``, ``arrow``), as ``con.execute`` does; DuckDB's own exceptions reach the
+        caller. DuckDB plans a statement inside ``execute``, so the rules it needs are
+        held for exactly that long. A plan-book plan that no longer binds (the schema
+        changed under it) runs the text as written instead, with the reason in
+        ``fallback``."""
+        # Native too: it must not run while another thread's statement has rules disabled.
+        with disabled_optimizers(con, self.rules):
+            try:
+                return con.execute(self.runnable, parameters)
+            except (duckdb.BinderException, duckdb.CatalogException) as err:
+                if self.source != "book" or self.sql == self.original_sql and not self.disabled:
+                    raise
+                stale = err
+        self.fallback = f"the verified plan no longer binds ({str(stale).splitlines()[0][:120]}): ran as written"
+        self.sql, self.forced, self.disabled = self.original_sql, False, ()
+        with disabled_optimizers(con, ()):
+            return con.execute(self.original_sql, parameters)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -22,13 +22,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 from lqo.book.template import scan_literals, template_key
 from lqo.errors import PlanError
-from lqo.sql.catalog import Catalog
-from lqo.sql.join_graph import QueryGraph, build_query_graph
-from lqo.trees.plan import Plan, leaves
-from lqo.trees.render import render
-from lqo.trees.shared import SharedJoin, canonical_sql, shared_joins
+
+if TYPE_CHECKING:  # building a rendering parses (sqlglot); serving one only fills it in
+    from lqo.sql.catalog import Catalog
+    from lqo.sql.join_graph import QueryGraph
+    from lqo.trees.plan import Plan
+    from lqo.trees.shared import SharedJoin
 
 _SENTINEL = re.compile(r"'lqoslot(\d{4})x'|7531(\d{4})97")
 # Sentinels of the extra list items a rendering is checked with (beyond any literal index).
@@ -120,6 +123,10 @@ class SlotRendering:
     def build(cls, sql: str, catalog: Catalog, plan: Plan) -> "SlotRendering":
         """The slot rendering of ``plan`` for ``sql``'s template (``PlanError`` if the
         rendering cannot be cut at its literals)."""
+        from lqo.sql.join_graph import build_query_graph
+        from lqo.trees.render import render
+        from lqo.trees.shared import shared_joins
+
         key = template_key(sql)
         literals = scan_literals(sql) or []
         if len(literals) >= _EXTRA:
@@ -194,6 +201,9 @@ def _with_lists(sr: "SlotRendering", sql: str, literals: list, catalog: Catalog,
     """``sr`` with each list slot rendered as one part ``(slot, -1)``, where the plan
     renders the list as written, item by item, at every length: checked by rendering
     the text with each list one item longer, and with one item. Unchanged otherwise."""
+    from lqo.sql.join_graph import build_query_graph
+    from lqo.trees.render import render
+
     lists = [j for j, n in enumerate(sr.shape) if n > 1 or _in_parens(sr.parts, j)]
     if not lists:
         return sr
@@ -291,6 +301,9 @@ def _twins(graph: QueryGraph, sentinel: QueryGraph, shared: list[SharedJoin]) ->
     """(slot, twin slot) for each literal in a later site's filters of a shared join:
     filters are paired by their text in the instance (the same in every site, or the
     join would not be shared), their literals by order of appearance."""
+    from lqo.trees.plan import leaves
+    from lqo.trees.shared import canonical_sql
+
     real = {b.index: b for b in graph.blocks}
     cut = {b.index: b for b in sentinel.blocks}
     out: list[tuple[int, int]] = []

@@ -146,7 +146,7 @@ class RuleModes:
                     while restore is not None and self._active > 1:
                         self._cond.wait()
                     if restore is not None:
-                        _restore(restore[0], "disabled_optimizers", restore[1])
+                        _restore_aside(restore[0], restore[1])
             finally:
                 self._active -= 1
                 if self._active == 0:
@@ -171,8 +171,18 @@ class RuleModes:
             self._local.held = held
             with self._cond:
                 if restore is not None:
-                    _restore(restore[0], "disabled_optimizers", restore[1])
+                    _restore_aside(restore[0], restore[1])
                 self._mode, self._value = outer_mode, outer_value
+
+
+def _restore_aside(con: duckdb.DuckDBPyConnection, previous: Any) -> None:
+    """Restore the rules through another cursor of ``con``'s instance: ``con`` may hold
+    the result of the statement that ran under them, not yet fetched."""
+    cur = con.cursor()
+    try:
+        _restore(cur, "disabled_optimizers", previous)
+    finally:
+        cur.close()
 
 
 def _rule_set(value: Any) -> frozenset[str]:

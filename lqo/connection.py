@@ -1,0 +1,206 @@
+"""lqo in an application: DuckDB's connection, serving known templates from a plan book.
+
+An application switches by changing one line::
+
+    con = duckdb.connect("shop.duckdb", read_only=True)         # before
+    con = lqo.connect("shop.duckdb", book="runs/shop")          # after
+
+and keeps calling ``con.execute(q, params).fetchall()``, ``con.sql(q).df()``,
+``con.cursor()`` per thread, and DuckDB's exceptions. A SELECT whose template the
+plan book verified runs its verified plan (a forced tree, or the text under a setting
+arm); everything else, writes included, goes to DuckDB unchanged and never runs while
+lqo has DuckDB's optimizer rules changed for another thread's statement
+(``lqo.engine.settings.RuleModes``). ``lqo.wrap(con, book=...)`` does the same for a
+connection you opened yourself.
+
+Loading a book-only directory imports neither torch nor sqlglot.
+
+>>> import duckdb
+>>> con = wrap(duckdb.connect(), book=None)
+>>> con.execute("SELECT 40 + ?", [2]).fetchall()
+[(42,)]
+>>> rel = con.sql("SELECT 1 AS one")
+>>> rel.columns, rel.fetchall()
+(['one'], [(1,)])
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from lqo.book.book import BOOK_FILE, PlanBook
+from lqo.book.serve import BookServer
+from lqo.book.template import literal_free_text
+from lqo.engine.settings import disabled_optimizers
+from lqo.errors import MissingFileError, SchemaMismatchError
+from lqo.optimized import Optimized
+
+
+def connect(database: str | os.PathLike = ":memory:", book: str | os.PathLike | None = None,
+            read_only: bool | None = None, config: dict[str, Any] | None = None) -> "Connection":
+    """``duckdb.connect(database, read_only, config)`` serving ``book``'s verified plans.
+
+    A database file opens read-only unless ``read_only=False`` (an application that
+    also writes; lqo itself never does); ``:memory:`` cannot be read-only.
+    """
+    if read_only is None:
+        read_only = str(database) != ":memory:"
+    return wrap(duckdb.connect(str(database), read_only=read_only, config=config or {}), book)
+
+
+def wrap(con: duckdb.DuckDBPyConnection, book: str | os.PathLike | None) -> "Connection":
+    """``con`` serving the plan book of the model directory ``book`` (None: nothing)."""
+    server = _load(book, con) if book is not None else None
+    return Connection(con, server)
+
+
+def _load(path: str | os.PathLike, con: duckdb.DuckDBPyConnection) -> BookServer:
+    root = Path(path)
+    if not root.exists():
+        raise MissingFileError(f"model directory not found: {root}")
+    file = root / BOOK_FILE if root.is_dir() else root
+    if not file.is_file():
+        raise MissingFileError(f"{root} holds no plan book ({BOOK_FILE}): tune one with `lqo tune`")
+    plans = PlanBook.load(file)
+    from lqo.sql.catalog import Catalog
+
+    found = Catalog.from_connection(con).fingerprint
+    if plans.schema and plans.schema != found:
+        raise SchemaMismatchError(f"plan book {file} was tuned for schema {plans.schema}, "
+                                  f"this database has schema {found}")
+    return BookServer(plans, _render_for(con))
+
+
+def _render_for(con: duckdb.DuckDBPyConnection):
+    """The full renderer for instances no slot rendering fits (parses: sqlglot, lazily)."""
+    catalog = None
+
+    def render_full(sql: str, plan) -> str:
+        nonlocal catalog
+        from lqo.sql.catalog import Catalog
+        from lqo.sql.join_graph import build_query_graph
+        from lqo.trees.render import render
+
+        if catalog is None:
+            catalog = Catalog.from_connection(con)
+        return render(build_query_graph(sql, catalog), plan)
+    return render_full
+
+
+class Connection:
+    """A DuckDB connection whose SELECTs of known templates run their verified plan.
+
+    Everything DuckDB's connection has is here (unknown attributes are DuckDB's own);
+    ``execute`` and ``sql`` decide, the rest is passed through. Like DuckDB's, one
+    ``Connection`` is for one thread at a time: give each thread ``cursor()``.
+    ``last`` is the decision behind the latest ``execute`` (None when it went to DuckDB
+    unchanged)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, server: BookServer | None) -> None:
+        self._con = con
+        self._server = server
+        self.last: Optimized | None = None
+        # Texts whose literal-free form matched no template of the book: straight to
+        # DuckDB without the key (a false match here can only run a text as written).
+        self._unknown: set[str] = set()
+
+    # ----- deciding --------------------------------------------------------------------
+    def _decide(self, query: Any, parameters: Any) -> Optimized | None:
+        if self._server is None or not isinstance(query, str):
+            return None
+        shape = literal_free_text(query)
+        if shape in self._unknown:
+            return None
+        served = self._server.serve(query)
+        if served is None:
+            if len(self._unknown) < 100_000:
+                self._unknown.add(shape)
+            return None
+        if served.forced and parameters:
+            return None  # a rendered tree may move a parameter: bound texts run as written
+        return served if served.forced or served.disabled else None
+
+    def execute(self, query: Any, parameters: Any = None) -> "Connection":
+        """DuckDB's ``execute``: the verified plan for a known SELECT template, else
+        the statement unchanged. Returns this connection, its result ready to fetch."""
+        decision = self._decide(query, parameters)
+        self.last = decision
+        if decision is not None:
+            decision.start(self._con, parameters)
+        else:
+            with disabled_optimizers(self._con, ()):
+                self._con.execute(query, parameters)
+        return self
+
+    def sql(self, query: str, params: Any = None) -> Any:
+        """DuckDB's ``sql``: a known SELECT template runs its verified plan now (fetch
+        with ``df()``, ``fetchall()``, ``arrow()`` ...); anything else returns DuckDB's
+        relation, planned when fetched, never while lqo has other rules set."""
+        decision = self._decide(query, params)
+        self.last = decision
+        if decision is not None:
+            decision.start(self._con, params)
+            return self
+        with disabled_optimizers(self._con, ()):
+            rel = self._con.sql(query, params=params)
+        return None if rel is None else _Guarded(rel, self._con)
+
+    query = sql
+
+    def cursor(self) -> "Connection":
+        """A new cursor of the same database for another thread, serving the same book."""
+        out = Connection(self._con.cursor(), self._server)
+        out._unknown = self._unknown
+        return out
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def description(self) -> Any:
+        return self._con.description
+
+    @property
+    def duckdb(self) -> duckdb.DuckDBPyConnection:
+        """The wrapped DuckDB connection."""
+        return self._con
+
+    def __getattr__(self, name: str) -> Any:
+        # fetchall, fetchone, fetchmany, df, arrow, pl, register, read_parquet, ...
+        return getattr(self._con, name)
+
+
+class _Guarded:
+    """A DuckDB relation whose every call runs with DuckDB's own optimizer rules, never
+    while lqo has rules set for another thread (a relation is planned when fetched)."""
+
+    def __init__(self, rel: duckdb.DuckDBPyRelation, con: duckdb.DuckDBPyConnection) -> None:
+        self._rel, self._con = rel, con
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._rel, name)
+        if not callable(value):
+            return value
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with disabled_optimizers(self._con, ()):
+                out = value(*args, **kwargs)
+            return _Guarded(out, self._con) if isinstance(out, duckdb.DuckDBPyRelation) else out
+        return call
+
+    def __repr__(self) -> str:
+        with disabled_optimizers(self._con, ()):
+            return repr(self._rel)
+
+    def __len__(self) -> int:
+        return len(self._rel)
