@@ -27,7 +27,9 @@ from pathlib import Path
 
 from lqo.book.book import PlanBook
 from lqo.tune.trials import variant
-from lqo.tune.tuner import HISTORY_FILE, TuneConfig, Tuner
+from lqo.model_dir import ModelDir
+from lqo.tune.config import TuneConfig
+from lqo.tune.tuner import Tuner
 from lqo.engine.harness import median_latency, run_interleaved
 from lqo.optimizer import Optimizer
 from lqo.workloads.workload import Workload
@@ -53,7 +55,7 @@ def tune(workload: Workload, out: Path, seed: int, strategy: str, budget: float)
               log=lambda line: print(f"[{strategy} {seed}] {line}", flush=True)).run()
     return {"dir": str(out), "strategy": strategy, "seed": seed, "elapsed_s": round(time.perf_counter() - t0, 1),
             "screened": r.screened, "tested": r.tested, "adopted": r.adopted, "wrong": r.wrong,
-            "history": json.loads((out / HISTORY_FILE).read_text())}
+            "history": ModelDir(out).read_tune_history()}
 
 
 def held_out(workload: Workload, model: Path, rounds: int) -> dict:
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         d = out / f"{strategy}-seed{seed}"
         if args.skip_tune:
             tunes.append({"dir": str(d), "strategy": strategy, "seed": seed, "skipped": True,
-                          "history": json.loads((d / HISTORY_FILE).read_text())})
+                          "history": ModelDir(d).read_tune_history()})
         else:
             tunes.append(tune(wl, d, seed, strategy, args.budget))
     results = {"command": " ".join(["python", *sys.argv]), "workload": str(wl.root), "budget_min": args.budget, "rounds": args.rounds, "tunes": tunes,

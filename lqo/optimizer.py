@@ -15,7 +15,6 @@ unless the model predicts a clear, confident gain; the reason is recorded.
 from __future__ import annotations
 
 import dataclasses
-import json
 import threading
 import time
 import weakref
@@ -29,7 +28,7 @@ import duckdb
 from lqo.decision import DecisionConfig, gate
 from lqo.sql.catalog import Catalog
 from lqo.errors import InvalidSQLError, LqoError, MissingFileError, NotSelectError, SchemaMismatchError
-from lqo.book.book import BOOK_FILE, FEEDBACK_FILE, PlanBook
+from lqo.book.book import PlanBook
 from lqo.book.serve import BookServer
 from lqo.book.template import tokens
 from lqo.optimized import Optimized
@@ -45,10 +44,8 @@ from lqo.search import SearchConfig, SearchResult, beam_search, star_plan
 from lqo.sql.syntax import describe_parser_error
 from lqo.triage import Triage
 from lqo.estimates.stats import DatabaseStats
+from lqo.model_dir import ModelDir
 
-MODEL_FILE = "model.lqo"
-STATS_FILE = "stats.json"
-CONFIG_FILE = "optimizer.json"
 _SELECT = duckdb.StatementType.SELECT  # looked up once: the check runs on every first-seen text
 SHARED_SUBPLAN_REASON = ("DuckDB computes a join shared by several blocks once (a common-subplan CTE); "
                          "the chosen tree would compute it per block")
@@ -92,24 +89,25 @@ class Optimizer:
              record: bool = False) -> "Optimizer":
         """Load a model directory; with ``con``, check it was trained for that schema.
         With ``record``, executions of plans served from its plan book append their
-        latency to ``feedback.jsonl`` there (``lqo tune`` re-checks drifting choices)."""
-        root = Path(path)
+        latency to its feedback file (``lqo tune`` re-checks drifting choices)."""
+        md = ModelDir(path)
+        root = md.root
         if not root.exists():
             raise MissingFileError(f"model not found: {root}")
-        book = PlanBook.load(root / BOOK_FILE) if (root / BOOK_FILE).is_file() else None
-        if book is not None and not (root / MODEL_FILE).is_file():
+        book = PlanBook.load(md.book) if md.has_book() else None
+        if book is not None and not md.has_model():
             # A tuned plan book without a model: known templates from the book, the
             # rest run as written.
-            opt = cls(None, None, book.schema, book=book, feedback=root / FEEDBACK_FILE if record else None)
+            opt = cls(None, None, book.schema, book=book, feedback=md.feedback if record else None)
             if con is not None:
                 opt.check_schema(con)
             return opt
-        for name in (MODEL_FILE, STATS_FILE, CONFIG_FILE):
-            if not (root / name).is_file():
-                raise MissingFileError(f"model directory {root} lacks {name} (not trained, or trained elsewhere)")
-        config = json.loads((root / CONFIG_FILE).read_text())
-        model = load_model(root / MODEL_FILE)
-        stats = DatabaseStats.load(root / STATS_FILE)
+        missing = md.missing_model_files()
+        if missing:
+            raise MissingFileError(f"model directory {root} lacks {missing[0]} (not trained, or trained elsewhere)")
+        config = md.read_config()
+        model = load_model(md.model)
+        stats = DatabaseStats.load(md.stats)
         featurizer = Featurizer(stats, model.vocabulary_ or None,
                                 forced_flag=model.n_query_ == len(Featurizer.query_feature_names()))
         schema = model.schema_ or config.get("schema", "")
@@ -119,22 +117,20 @@ class Optimizer:
         ranges = FeatureRanges.from_json(config["feature_ranges"]) if config.get("feature_ranges") else None
         opt = cls(model, featurizer, schema,
                   SearchConfig(**config.get("search", {})), DecisionConfig(**config.get("decision", {})), book=book,
-                  feedback=root / FEEDBACK_FILE if record else None, triage=triage, ranges=ranges)
+                  feedback=md.feedback if record else None, triage=triage, ranges=ranges)
         if con is not None:
             opt.check_schema(con)
         return opt
 
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
-        root = Path(path)
-        root.mkdir(parents=True, exist_ok=True)
-        self.model.save(root / MODEL_FILE, vocabulary=self.featurizer.vocabulary, schema=self.schema)
-        self.featurizer.stats.save(root / STATS_FILE)
+        md = ModelDir(path)
+        md.root.mkdir(parents=True, exist_ok=True)
+        self.model.save(md.model, vocabulary=self.featurizer.vocabulary, schema=self.schema)
+        self.featurizer.stats.save(md.stats)
         config = {"schema": self.schema, "search": vars(self.search), "decision": vars(self.decision),
                   "triage": self.triage.to_json() if self.triage is not None else None,
                   "feature_ranges": self.ranges.to_json() if self.ranges is not None else None, **(extra or {})}
-        tmp = root / (CONFIG_FILE + ".tmp")
-        tmp.write_text(json.dumps(config, indent=2, default=str))
-        tmp.replace(root / CONFIG_FILE)
+        md.write_config(config)
 
     def check_schema(self, con: duckdb.DuckDBPyConnection) -> Catalog:
         catalog = Catalog.from_connection(con)

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from conftest import tpc_queries
 from lqo.tune.accept import AcceptRule, judge
-from lqo.book.book import BOOK_FILE, Candidate, PlanBook
+from lqo.book.book import Candidate, PlanBook
+from lqo.model_dir import BOOK_FILE
 from lqo.book.ranges import LiteralRanges
 from lqo.book.slots import SlotRendering
 from lqo.tune.trials import COMBINED
@@ -358,7 +359,7 @@ def test_kill_during_tune_then_resume(varied, tmp_path):
 def test_feedback_records_and_drift_triggers_a_recheck(varied, tmp_path):
     import shutil
 
-    from lqo.book.book import FEEDBACK_FILE
+    from lqo.model_dir import FEEDBACK_FILE
     from lqo.tune.config import TuneConfig
     from lqo.tune.tuner import Tuner
 

@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"errors"},
     {"config", "lock", "sql", "engine", "decision", "triage"},
     {"trees", "estimates", "workloads", "distributed", "store"},
-    {"learn", "search", "plots", "optimized"},
+    {"learn", "search", "plots", "optimized", "model_dir"},
     {"book"},  # serving: the plan book, template keys, slot renderings
     {"optimizer"},
     {"tune", "train", "sched"},  # offline: tuning the book, training the model; scheduling

@@ -1,6 +1,6 @@
 """The plan book: per template, its candidate plans, their verdicts and the verified choice.
 
-One small JSON file (``book.json`` in the model directory), loaded without torch or
+One small JSON file (:attr:`lqo.model_dir.ModelDir.book`), loaded without torch or
 sqlglot in milliseconds and schema-fingerprinted like a model. A template's choice is
 ``native`` unless a candidate passed the acceptance rule (:mod:`lqo.tune.accept`); the
 figures of that verdict are kept with the choice.
@@ -26,9 +26,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from lqo.errors import BookError, SchemaMismatchError
+from lqo.model_dir import BOOK_FILE, book_file  # noqa: F401 (BOOK_FILE: re-exported for scripts)
 
-BOOK_FILE = "book.json"
-FEEDBACK_FILE = "feedback.jsonl"  # served latencies, written by Optimizer.load(..., record=True)
 FORMAT = "lqo-plan-book/2"  # /2: typed template keys and slot renderings with list slots
 
 
@@ -153,6 +152,10 @@ class PlanBook:
             self.entries[key] = BookEntry(key, template, sample_sql)
         return self.entries[key]
 
+    def held_out_ids(self) -> set[str]:
+        """Every template's held-out instances (query ids never run while tuning)."""
+        return {i for e in self.entries.values() for i in e.held_out}
+
     def by_template(self) -> dict[str, BookEntry]:
         return {e.template: e for e in self.entries.values()}
 
@@ -186,11 +189,10 @@ class PlanBook:
 
     @classmethod
     def load(cls, path: str | os.PathLike, expected_schema: str | None = None) -> "PlanBook":
-        """Read a book; ``BookError`` if missing or corrupt, ``SchemaMismatchError`` if
-        it was tuned for another schema than ``expected_schema``."""
-        p = Path(path)
-        if p.is_dir():
-            p = p / BOOK_FILE
+        """Read a book (``path``: the file, or a model directory holding one); ``BookError``
+        if missing or corrupt, ``SchemaMismatchError`` if it was tuned for another schema
+        than ``expected_schema``."""
+        p = book_file(path)
         if not p.is_file():
             raise BookError(f"plan book not found: {p}")
         try:

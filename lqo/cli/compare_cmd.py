@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-from pathlib import Path
 
 from lqo.errors import LqoError
+from lqo.model_dir import SPLITS, ModelDir
 from lqo.workloads.workload import Workload
 from lqo.cli.output import add_json_flag, emit, progress
 
@@ -23,7 +22,7 @@ def register(sub) -> None:
     )
     p.add_argument("workload", help="workload directory")
     p.add_argument("--model", required=True, help="model directory written by lqo train and/or lqo tune (a plan book)")
-    p.add_argument("--split", choices=["all", "train", "test", "instances"], default="all",
+    p.add_argument("--split", choices=list(SPLITS), default="all",
                    help="which queries to compare: all; the model's train or test templates; or 'instances', "
                    "the held-out instances of the templates `lqo tune` tuned (never run while tuning) (default all)")
     p.add_argument("--repeat", type=int, default=5, help="interleaved runs per plan (default 5)")
@@ -36,25 +35,14 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     # torch is imported only when a command needs it: the CLI starts fast.
     from lqo.evaluate.compare import CompareConfig, compare_workload
-    from lqo.optimizer import CONFIG_FILE, Optimizer
+    from lqo.book.book import PlanBook
+    from lqo.optimizer import Optimizer
     if args.repeat < 1:
         raise LqoError("--repeat must be >= 1")
     workload = Workload.load(args.workload)
-    queries = list(workload)
-    if args.split == "instances":
-        from lqo.book.book import PlanBook
-
-        held = {i for e in PlanBook.load(args.model).entries.values() for i in e.held_out}
-        queries = [q for q in queries if q.id in held]
-        if not queries:
-            raise LqoError("the plan book holds no held-out instance of this workload (tune with --tune-instances "
-                           "below the instances per template)")
-    elif args.split != "all":
-        cfg_path = Path(args.model) / CONFIG_FILE
-        templates = set(json.loads(cfg_path.read_text()).get(f"{args.split}_templates", [])) if cfg_path.is_file() else set()
-        queries = [q for q in queries if q.template in templates]
-        if not queries:
-            raise LqoError(f"the model's {args.split} split has no query in this workload")
+    model = ModelDir(args.model)
+    held_out = PlanBook.load(args.model).held_out_ids() if args.split == "instances" else None
+    queries = model.split_queries(workload, args.split, held_out)
     con = workload.connect()
     try:
         optimizer = Optimizer.load(args.model, con)

@@ -8,7 +8,7 @@ import random
 from lqo.sql.catalog import Catalog
 from lqo.errors import LqoError
 from lqo.store.experience import ExperienceStore
-from lqo.evaluate.explore import default_store_path
+from lqo.model_dir import STORE_FILE, workload_store
 from lqo.engine.harness import Harness, error_line, is_user_interrupt, median_latency
 from lqo.trees.query import prepare_named
 from lqo.workloads.workload import Workload
@@ -27,7 +27,7 @@ def register(sub) -> None:
     p.add_argument("--repeat", type=int, default=1, help="runs per query (default 1)")
     p.add_argument("--timeout", type=float, default=300.0, help="per-run timeout in seconds (default 300)")
     p.add_argument("--seed", type=int, default=0, help="random seed for --plan random")
-    p.add_argument("--store", help="experience store file (default WORKLOAD/experience.duckdb)")
+    p.add_argument("--store", help=f"experience store file (default WORKLOAD/{STORE_FILE})")
     add_json_flag(p)
     p.set_defaults(handler=run)
 
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         # Bind every query first: a bad one fails the command before anything is written.
         prepared = {q.id: prepare_named(f"{q.id} ({q.path})", q.sql, con, catalog) for q in workload}
-        store = ExperienceStore.open(args.store or default_store_path(workload))  # BusyError if another writer has it
+        store = ExperienceStore.open(args.store or workload_store(workload.root))  # BusyError if another writer has it
     except BaseException:
         con.close()
         raise

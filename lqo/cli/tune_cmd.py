@@ -7,6 +7,7 @@ import argparse
 from lqo.cli.output import add_json_flag, emit
 from lqo.cli.ray_opts import add_ray_flags, format_nodes, ray_pool
 from lqo.errors import LqoError
+from lqo.model_dir import BOOK_FILE
 
 
 def register(sub) -> None:
@@ -16,12 +17,12 @@ def register(sub) -> None:
         description="Spend the budget on candidate plans per template (setting arms, star, build-side flips, "
         "random trees, and combinations of two that each screened faster than native), screened once and then tested in paired, interleaved rounds against the native text on "
         "the template's tuning instances. A plan is adopted only when the acceptance rule holds; the result is a "
-        "plan book (DIR/book.json) that lqo serves by template look-up. Rerun to resume; Ctrl-C keeps what was "
+        f"plan book (DIR/{BOOK_FILE}) that lqo serves by template look-up. Rerun to resume; Ctrl-C keeps what was "
         "measured.",
     )
     p.add_argument("workload", help="workload directory (several instances per template: lqo workload vary)")
     p.add_argument("--budget", type=float, required=True, metavar="MINUTES", help="wall-clock minutes for this run")
-    p.add_argument("--out", required=True, metavar="DIR", help="model directory: book.json, experience, history")
+    p.add_argument("--out", required=True, metavar="DIR", help=f"model directory: {BOOK_FILE}, experience, history")
     p.add_argument("--tune-instances", type=int, default=3,
                    help="instances per template tuned on; the others are held out (default 3)")
     p.add_argument("--rounds", type=int, default=5, help="paired rounds per instance in an acceptance test (default 5)")
@@ -42,7 +43,7 @@ def register(sub) -> None:
     bsub = b.add_subparsers(dest="book_command", metavar="COMMAND")
     bsub.required = True
     show = bsub.add_parser("show", help="per template: choice, measured ratio and interval, instances, when verified")
-    show.add_argument("model", metavar="MODEL", help="model directory (or a book.json)")
+    show.add_argument("model", metavar="MODEL", help=f"model directory (or a {BOOK_FILE})")
     add_json_flag(show)
     show.set_defaults(handler=run_show)
 
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     text = (f"tuned {result.templates} templates in {result.elapsed_s:.0f} s: {result.screened} candidates screened, "
             f"{result.tested} tested, {result.adopted} adopted, {result.wrong} wrong results; tuning instances under "
             f"the book: {'-' if ratio is None else f'{ratio:.3f}x'} native" + (" (interrupted)" if result.interrupted else "")
-            + f"\nbook: {args.out}/book.json" + ("\n" + format_nodes(result.nodes) if result.nodes else ""))
+            + f"\nbook: {args.out}/{BOOK_FILE}" + ("\n" + format_nodes(result.nodes) if result.nodes else ""))
     payload = {"out": args.out, "templates": result.templates, "screened": result.screened,
                "tested": result.tested, "adopted": result.adopted, "wrong": result.wrong,
                "elapsed_s": round(result.elapsed_s, 1), "interrupted": result.interrupted,

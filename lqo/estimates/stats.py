@@ -13,7 +13,7 @@ Stats are JSON (never pickle) and carry a data fingerprint: row counts and DuckD
 estimated table sizes, plus the schema fingerprint. ``load_or_build`` rebuilds when it
 differs. Updates that keep every row count are not detected: delete the cache file.
 
->>> stats = DatabaseStats.load_or_build(con, Catalog.from_connection(con), "stats.json")  # doctest: +SKIP
+>>> stats = DatabaseStats.load_or_build(con, Catalog.from_connection(con), cache_path)  # doctest: +SKIP
 >>> stats.column("orders", "o_orderdate").le_frac(9000.0)  # doctest: +SKIP
 0.43
 """

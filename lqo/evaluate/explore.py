@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Callable
 import duckdb
 
 from lqo.sql.catalog import Catalog
+from lqo.model_dir import workload_store
 from lqo.store.experience import ExperienceStore
 from lqo.store.keys import query_key
 from lqo.store.journal import Journal, replay
@@ -106,10 +107,6 @@ class ExploreReport:
         return out
 
 
-def default_store_path(workload: Workload) -> Path:
-    return workload.root / "experience.duckdb"
-
-
 def explore_workload(
     workload: Workload,
     config: ExploreConfig | None = None,
@@ -132,7 +129,7 @@ def explore_workload(
     try:
         # Bind every query first: a bad one fails the command before anything is written.
         prepared = {q.id: prepare_named(f"{q.id} ({q.path})", q.sql, con, catalog) for q in queries}
-        store = ExperienceStore.open(store_path or default_store_path(workload))  # BusyError if another writer has it
+        store = ExperienceStore.open(store_path or workload_store(workload.root))  # BusyError if another writer has it
     except BaseException:
         con.close()
         raise

@@ -22,13 +22,11 @@ from typing import Any, Callable
 from lqo.engine.profile import profile_json
 from lqo.engine.settings import forced_settings
 from lqo.errors import LqoError, MissingFileError
+from lqo.model_dir import ModelDir, workload_store
 from lqo.trees.native import PNode, explain_json, read_native_trees
 from lqo.trees.physical import profile_nodes
 from lqo.trees.plan import Join, Leaf, Plan, Tree, tree_to_json
 from lqo.workloads.workload import Query, Workload
-
-HISTORY_FILE = "history.jsonl"
-CONFIG_FILE = "optimizer.json"
 
 
 # ----- inputs --------------------------------------------------------------------------
@@ -60,23 +58,13 @@ def load_schedule(path: str | Path) -> dict:
 
 
 def load_history(model: str | Path) -> list[dict]:
-    """``history.jsonl`` of a model directory: one dict per training iteration."""
-    path = Path(model) / HISTORY_FILE
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """A model directory's training history: one dict per training iteration."""
+    return ModelDir(model).read_train_history()
 
 
 def split_queries(workload: Workload, model: str | Path, split: str) -> list[Query]:
     """The workload's queries in the model's ``train``/``test`` split (or ``all``)."""
-    if split == "all":
-        return list(workload)
-    cfg = Path(model) / CONFIG_FILE
-    templates = set(json.loads(cfg.read_text()).get(f"{split}_templates", [])) if cfg.is_file() else set()
-    queries = [q for q in workload if q.template in templates]
-    if not queries:
-        raise LqoError(f"the model's {split} split has no query in this workload")
-    return queries
+    return ModelDir(model).split_queries(workload, split)
 
 
 def run_compare(workload: str | Path | Workload, model: str | Path, split: str = "test", repeats: int = 5,
@@ -234,7 +222,7 @@ def compare_lr_schedules(workload: str | Path | Workload, model: str | Path, tim
 
     wl = workload if isinstance(workload, Workload) else Workload.load(workload)
     root = Path(model)
-    cfg = json.loads((root / CONFIG_FILE).read_text()) if (root / CONFIG_FILE).is_file() else {}
+    cfg = ModelDir(root).read_config()
     recipe = cfg.get("recipe") or {}
     m = ModelConfig(**{k: v for k, v in (recipe.get("model") or {}).items() if k in vars(ModelConfig())})
     seed = int(recipe.get("seed", 0)) + int(cfg.get("iteration", 0))
@@ -248,7 +236,7 @@ def compare_lr_schedules(workload: str | Path | Workload, model: str | Path, tim
                 pq = prepare(q.sql, con, catalog)
                 if pq.forceable and pq.free_blocks:
                     usable[q.id] = pq
-    samples = collect_samples([root / "experience.duckdb", wl.root / "experience.duckdb"], usable)
+    samples = collect_samples([ModelDir(root).store, workload_store(wl.root)], usable)
     qids = sorted({s.query_id for s in samples})
     if len(samples) < 4 or len(qids) < 2:
         return {"skipped": f"too little experience to refit ({len(samples)} samples of {len(qids)} queries)"}

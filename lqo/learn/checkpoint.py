@@ -103,9 +103,9 @@ def save_checkpoint(path: str | os.PathLike[str], ckpt: Checkpoint) -> Path:
         >>> tmp = tempfile.TemporaryDirectory()
         >>> ckpt = Checkpoint(kind="tree_conv", params={"epochs": 5}, dims={"n_features": 2},
         ...                   tensors={"w": torch.ones(2)}, vocabulary={"orders": 1})
-        >>> path = save_checkpoint(Path(tmp.name) / "model.lqo", ckpt)
+        >>> path = save_checkpoint(Path(tmp.name) / "example.lqo", ckpt)
         >>> path.name, sorted(p.name for p in path.parent.iterdir())  # no temp file left behind
-        ('model.lqo', ['model.lqo'])
+        ('example.lqo', ['example.lqo'])
         >>> tmp.cleanup()
     """
     path = Path(path)
@@ -158,7 +158,7 @@ def load_checkpoint(path: str | os.PathLike[str], expected_schema: str | None = 
 
         >>> import tempfile, torch
         >>> tmp = tempfile.TemporaryDirectory()
-        >>> path = save_checkpoint(f"{tmp.name}/model.lqo", Checkpoint(
+        >>> path = save_checkpoint(f"{tmp.name}/example.lqo", Checkpoint(
         ...     kind="tree_conv", params={}, dims={}, tensors={"w": torch.ones(1)}, schema="abc"))
         >>> load_checkpoint(path, expected_schema="abc").schema  # e.g. Catalog.fingerprint
         'abc'

@@ -8,7 +8,7 @@ Example::
     >>> model = make_model("tree_conv", loss="combined", epochs=50)
     >>> type(model).__name__, model.epochs
     ('TreeConvModel', 50)
-    >>> model = load_model("model.lqo", expected_schema=catalog.fingerprint)  # doctest: +SKIP
+    >>> model = load_model("example.lqo", expected_schema=catalog.fingerprint)  # doctest: +SKIP
 """
 
 from __future__ import annotations

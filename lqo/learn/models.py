@@ -24,8 +24,8 @@ Example (toy plans; real ones come from :class:`lqo.learn.features.Featurizer`):
     ((2,), True)
     >>> import tempfile
     >>> tmp = tempfile.TemporaryDirectory()
-    >>> model.save(f"{tmp.name}/model.lqo", vocabulary={"a": 1, "b": 2}, schema="abc")
-    >>> again = load_model(f"{tmp.name}/model.lqo", expected_schema="abc")
+    >>> model.save(f"{tmp.name}/example.lqo", vocabulary={"a": 1, "b": 2}, schema="abc")
+    >>> again = load_model(f"{tmp.name}/example.lqo", expected_schema="abc")
     >>> np.array_equal(again.predict(plans), model.predict(plans)), again.vocabulary_
     (True, {'a': 1, 'b': 2})
     >>> tmp.cleanup()
@@ -348,7 +348,7 @@ class PlanModel:
 
         Example (needs a fitted model or its file; the module example runs them)::
 
-            >>> model.save("model.lqo", vocabulary={"title": 1, "cast_info": 2}, schema="sha1:...")  # doctest: +SKIP
+            >>> model.save("example.lqo", vocabulary={"title": 1, "cast_info": 2}, schema="sha1:...")  # doctest: +SKIP
         """
         if not hasattr(self, "net_"):
             raise LqoError(f"{type(self).__name__} is not fitted; nothing to save")
@@ -370,7 +370,7 @@ class PlanModel:
 
         Example (needs a fitted model or its file; the module example runs them)::
 
-            >>> model = TreeConvModel.load("model.lqo", expected_schema=catalog.fingerprint)  # doctest: +SKIP
+            >>> model = TreeConvModel.load("example.lqo", expected_schema=catalog.fingerprint)  # doctest: +SKIP
         """
         return cls.from_checkpoint(load_checkpoint(path, expected_schema), path)
 

@@ -1,7 +1,7 @@
 """Figures comparing lqo with DuckDB's native optimizer, and scheduling policies.
 
 Every helper takes plain data (what ``lqo compare --json``, ``lqo schedule --json``,
-``history.jsonl`` and ``lqo.evaluate.report`` hold, or the objects behind them) and returns a
+a model directory's training history and ``lqo.evaluate.report`` hold, or the objects behind them) and returns a
 matplotlib ``Figure``; nothing is shown or saved here. Importing selects the headless Agg
 backend unless one is already chosen (a notebook keeps its inline backend).
 

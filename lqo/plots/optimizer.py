@@ -137,7 +137,7 @@ def _epochs(history: Sequence[Mapping]) -> tuple[list[float], list[dict], list[f
 
 
 def training_curve(history: Sequence[Mapping]) -> Figure:
-    """Training from ``history.jsonl`` lines: workload time per iteration (lqo vs native),
+    """Training from a model directory's history lines (``ModelDir.read_train_history``): workload time per iteration (lqo vs native),
     train/val loss per epoch and learning rate per epoch (iterations separated).
 
     >>> h = [{"iteration": 1, "workload_ms": 80, "native_ms": 100, "model_history":

@@ -27,7 +27,7 @@ run completed. Everything is append-only: a wrong plan gets a row in ``wrong_pla
 instead of an UPDATE, so history is never rewritten. Each write is one transaction:
 a process killed at any point loses nothing committed and leaves no partial rows.
 
->>> with ExperienceStore.open("experience.duckdb") as store:           # doctest: +SKIP
+>>> with ExperienceStore.open(ModelDir(out).store) as store:  # doctest: +SKIP
 ...     qk = store.add_query(sql, database="tpch.duckdb", workload="tpch", query_id="q05")
 ...     pk = store.add_plan(qk, "native", None, None)
 ...     store.record_run(pk, Harness(con).run(sql))

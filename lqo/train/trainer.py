@@ -14,7 +14,6 @@ A checkpoint is written after every iteration; rerunning the same command resume
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from lqo.engine.harness import Harness, error_line, median_latency
 from lqo.learn.features import Featurizer
 from lqo.learn.ranges import FeatureRanges
 from lqo.lock import WriterLock, acquire
+from lqo.model_dir import ModelDir, workload_store
 from lqo.learn.model_kinds import make_model
 from lqo.optimizer import Optimizer
 from lqo.triage import Triage, TriageConfig
@@ -41,9 +41,6 @@ from lqo.estimates.stats import DatabaseStats
 from lqo.train.samples import Sample, collect_samples
 from lqo.train.transfer import TransferredSamples, load_transferred
 from lqo.workloads.workload import Query, Workload
-
-STATE_FILE = "state.json"
-HISTORY_FILE = "history.jsonl"
 
 
 def split_templates(workload: Workload, test_fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -71,6 +68,7 @@ class Trainer:
         self.log = log
         self.progress = progress or (lambda items, desc="": items)
         self.out = Path(recipe.out)
+        self.dir = ModelDir(recipe.out)
         self.start = time.perf_counter()
         self._held: WriterLock | None = None
 
@@ -102,7 +100,7 @@ class Trainer:
             raise LqoError(f"{self.out} holds training for workload {state.get('workload')}; use another --out")
         con = workload.connect()
         catalog = Catalog.from_connection(con)
-        stats = DatabaseStats.load_or_build(con, catalog, self.out / "stats.json")
+        stats = DatabaseStats.load_or_build(con, catalog, self.dir.stats)
         if state:
             train_t, test_t = state["train_templates"], state["test_templates"]
         elif r.split.by == "template":
@@ -119,13 +117,10 @@ class Trainer:
         return workload, con, catalog, stats, state or {}, train_t, test_t, queries, usable
 
     def _read_state(self) -> dict | None:
-        path = self.out / STATE_FILE
-        return json.loads(path.read_text()) if path.is_file() else None
+        return self.dir.read_train_state()
 
     def _write_state(self, state: dict) -> None:
-        tmp = self.out / (STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        tmp.replace(self.out / STATE_FILE)
+        self.dir.write_train_state(state)
 
     def _elapsed_min(self) -> float:
         return (time.perf_counter() - self.start) / 60
@@ -138,7 +133,7 @@ class Trainer:
         r = self.recipe
         workload, con, catalog, stats, state, train_t, test_t, queries, usable = self._setup()
         rng = random.Random(r.seed + int(state.get("iteration", 0)))
-        store_paths = [self.out / "experience.duckdb", workload.root / "experience.duckdb"]
+        store_paths = [self.dir.store, workload_store(workload.root)]
         featurizer = Featurizer(stats, None)
         transferred = (load_transferred(r.transfer, catalog.fingerprint, featurizer.vocabulary, self.log,
                                         held_out=set(test_t)) if r.transfer.from_models else None)
@@ -174,7 +169,7 @@ class Trainer:
                                  "elapsed_min": round(self._elapsed_min(), 2)})
                     extra = {"recipe": r.to_dict(), "iteration": it,
                              "train_templates": train_t, "test_templates": test_t}
-                    optimizer.save(self.out / "iterations" / f"{it:03d}", extra=extra)
+                    optimizer.save(self.dir.iteration(it), extra=extra)
                     # The model directory holds the best model so far, judged by what its
                     # decisions did to the training workload (Bao keeps a model only if it
                     # is not worse): a retrain that got worse does not replace it.
@@ -183,8 +178,7 @@ class Trainer:
                     if line["selected"]:
                         optimizer.save(self.out, extra=extra)
                         state["best_ratio"], state["best_iteration"] = line["ratio"] or 9.0, it
-                    with open(self.out / HISTORY_FILE, "a") as fh:
-                        fh.write(json.dumps(line) + "\n")
+                    self.dir.append_train_history(line)
                     state.update({"workload": str(workload.root), "iteration": it,
                                   "train_templates": train_t, "test_templates": test_t})
                     self._write_state(state)
@@ -194,7 +188,7 @@ class Trainer:
         finally:
             con.close()
             self._release()
-        if not (self.out / "model.lqo").exists():
+        if not self.dir.model.exists():
             raise LqoError("training stopped before the first model was fitted (raise time_budget_min)")
         return result
 

@@ -21,9 +21,7 @@ they no longer match its data); nothing is written there.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Collection
 
 import numpy as np
@@ -32,6 +30,7 @@ from lqo.errors import LqoError, MissingFileError
 from lqo.estimates.stats import DatabaseStats
 from lqo.learn.featurized import FlatPlan
 from lqo.learn.features import Featurizer
+from lqo.model_dir import ModelDir, workload_store
 from lqo.sql.catalog import Catalog
 from lqo.train.samples import collect_samples
 from lqo.trees.query import prepare_named
@@ -71,16 +70,16 @@ def load_transferred(config: TransferConfig, target_schema: str, target_vocab: d
     query: list[str] = []
     lines: list[str] = []
     for src in config.from_models:
-        root = Path(src)
-        state_path = root / "state.json"
-        if not state_path.is_file():
-            raise MissingFileError(f"transfer: {root} is not a trained model directory (no state.json)")
-        state = json.loads(state_path.read_text())
+        md = ModelDir(src)
+        root = md.root
+        state = md.read_train_state()
+        if state is None:
+            raise MissingFileError(f"transfer: {root} is not a trained model directory (no {md.train_state.name})")
         workload = Workload.load(state["workload"])
         con = workload.connect()
         try:
             catalog = Catalog.from_connection(con)
-            stats = DatabaseStats.load_or_build(con, catalog, root / "stats.json", save=False)
+            stats = DatabaseStats.load_or_build(con, catalog, md.stats, save=False)
             same_schema = catalog.fingerprint == target_schema
             featurizer = Featurizer(stats, dict(target_vocab) if same_schema else {})
             prepared = {}
@@ -93,7 +92,7 @@ def load_transferred(config: TransferConfig, target_schema: str, target_vocab: d
                     continue
                 if pq.forceable and pq.free_blocks:
                     prepared[q.id] = pq
-            samples = collect_samples([root / "experience.duckdb", workload.root / "experience.duckdb"], prepared)
+            samples = collect_samples([md.store, workload_store(workload.root)], prepared)
         finally:
             con.close()
         for s in samples:

@@ -36,8 +36,6 @@ step under way, and a rerun resumes.
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import statistics
 import time
@@ -46,7 +44,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from lqo.book.book import BOOK_FILE, FEEDBACK_FILE, Candidate, PlanBook
+from lqo.book.book import Candidate, PlanBook
 from lqo.book.ranges import LiteralRanges
 from lqo.book.serve import read_feedback
 from lqo.book.template import template_key
@@ -54,6 +52,7 @@ from lqo.engine.harness import is_user_interrupt
 from lqo.errors import LqoError
 from lqo.estimates.stats import DatabaseStats
 from lqo.lock import writer_lock
+from lqo.model_dir import ModelDir
 from lqo.sql.catalog import Catalog
 from lqo.store.experience import ExperienceStore
 from lqo.tune.config import TemplateInstances, TuneConfig
@@ -65,9 +64,7 @@ from lqo.workloads.workload import Query, Workload
 if TYPE_CHECKING:
     from lqo.distributed.pool import ExecutorPool
 
-HISTORY_FILE = "tune_history.json"
 DRIFT = 1.5  # served latency above this x the verified figure triggers a re-check
-STORE_FILE = "experience.duckdb"
 
 
 @dataclass
@@ -91,6 +88,7 @@ class Tuner:
         """``pool`` (:class:`lqo.distributed.ExecutorPool`): run the measuring steps on Ray
         executors; this process still decides the order and alone writes book and store."""
         self.pool, self.workload, self.out = pool, workload, Path(out)
+        self.dir = ModelDir(out)
         self.config = config or TuneConfig()
         self.config.validate()
         self.log = log
@@ -121,16 +119,15 @@ class Tuner:
         deadline = start + cfg.budget_min * 60
         con = self.workload.connect()
         catalog = Catalog.from_connection(con)
-        book_path = self.out / BOOK_FILE
+        book_path = self.dir.book
         book = PlanBook.load(book_path, catalog.fingerprint) if book_path.is_file() else PlanBook(catalog.fingerprint)
         book.meta.update({"workload": str(self.workload.root), "tune_instances": cfg.tune_instances,
                           "range_guard": cfg.range_guard})
-        history_path = self.out / HISTORY_FILE
-        history = json.loads(history_path.read_text()) if history_path.is_file() else []
+        history = self.dir.read_tune_history()
         offset = history[-1]["elapsed_s"] if history else 0.0
         result = TuneResult(history=history)
-        stats = DatabaseStats.load_or_build(con, catalog, self.out / "stats.json")
-        store = ExperienceStore.open(self.out / STORE_FILE)
+        stats = DatabaseStats.load_or_build(con, catalog, self.dir.stats)
+        store = ExperienceStore.open(self.dir.store)
         rng = random.Random(cfg.seed)
         origins = OriginStats()
         for e in book.entries.values():  # what earlier runs learned
@@ -213,7 +210,7 @@ class Tuner:
                                  f"(95% interval {verdict.ci_low:.3f}-{verdict.ci_high:.3f})")
                 book.save(book_path)
                 _record(history, offset, start, book, result)
-                _write_atomic(history_path, json.dumps(history))
+                self.dir.write_tune_history(history)
         except (KeyboardInterrupt, RuntimeError) as err:
             if not is_user_interrupt(err):
                 raise
@@ -221,7 +218,7 @@ class Tuner:
         finally:
             book.save(book_path)
             _record(history, offset, start, book, result)
-            _write_atomic(history_path, json.dumps(history))
+            self.dir.write_tune_history(history)
             store.close()
             con.close()
             if self.pool is not None:
@@ -265,7 +262,7 @@ class Tuner:
     def _recheck(self, steps: Steps, templates: list[TemplateInstances], book: PlanBook, result: TuneResult) -> None:
         """Test again a verified choice whose recorded latencies (``Optimizer.load(...,
         record=True)``) drift above its verified figures; back to native if it fails."""
-        feedback = read_feedback(self.out / FEEDBACK_FILE)
+        feedback = read_feedback(self.dir.feedback)
         by_key = {t.key: t for t in templates}
         for e in book.entries.values():
             v = e.verdicts.get(e.choice)
@@ -288,16 +285,6 @@ class Tuner:
             if not verdict.accepted:
                 e.note = f"{e.choice} dropped after re-check: {verdict.reason}"
                 e.adopt("native")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename: a kill mid-write leaves the old file whole."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _record(history: list, offset: float, start: float, book: PlanBook, result: TuneResult) -> None:
