@@ -48,16 +48,24 @@ def fingerprint_difference(reference: dict[str, Any], other: dict[str, Any]) -> 
     return None
 
 
+FAULT_RESTART_S = 2.0  # how long an executor restarted after an injected crash takes to start
+
+
 class Executor:
     """Holds one read-only connection (``threads`` DuckDB threads) and runs tasks on it.
 
     ``fault_file`` is for fault tests only: the first task run while that file does not
     exist creates it and ends this process before the task's result goes back, as a
-    crash mid-task would; the restarted executor finds the file and runs normally.
+    crash mid-task would; the restarted executor finds the file and runs normally, after
+    a slow start (``FAULT_RESTART_S``, as on a loaded node): the window in which the
+    driver could send work to an executor still restarting is then wide, not a matter
+    of timing luck.
     """
 
     def __init__(self, database: str, threads: int | None = None, fault_file: str | None = None) -> None:
         self.database = database
+        if fault_file and os.path.exists(fault_file):
+            time.sleep(FAULT_RESTART_S)  # restarted after the injected crash
         self.con = connect_read_only(database, threads=threads)
         self.catalog = Catalog.from_connection(self.con)
         self.threads = int(self.con.execute("SELECT current_setting('threads')").fetchone()[0])

@@ -7,7 +7,9 @@ the workload names. A node whose database differs from the driver's (schema fing
 row counts) is refused before any task runs.
 
 Faults: an actor that dies mid-task is restarted by Ray (``max_restarts``) and the task
-is sent once more; a task that loses its executor twice comes back as an ``Outcome``
+is sent once more; the restarted actor gets work only once it answers again (a task sent
+to an actor still restarting fails without running, which would count as a second
+death); a task that loses its executor twice comes back as an ``Outcome``
 with ``error`` set (the caller reports it failed and goes on). A task may have run on
 a dead actor without its result arriving, so callers record an outcome under its task
 id, once (:func:`lqo.store.journal.replay`). ``close()`` kills every actor: Ctrl-C on
@@ -71,7 +73,7 @@ class _Slot:
     threads: int = 0
     host: str = ""
     alive: bool = True
-    busy: bool = False
+    busy: bool = False  # a task in flight on it, or it is restarting (its ready probe in flight)
     stats: dict[str, float] = field(default_factory=lambda: {"tasks": 0, "runs": 0, "retries": 0, "busy_s": 0.0})
 
 
@@ -176,7 +178,7 @@ class ExecutorPool:
         self._started = connect(address)
         self._slots: list[_Slot] = []
         self._queue: deque[_Task] = deque()
-        self._flight: dict[Any, tuple[_Slot, _Task]] = {}
+        self._flight: dict[Any, tuple[_Slot, _Task | None]] = {}  # None: a restarted executor's ready probe
         try:
             if reference is None:
                 con = connect_read_only(self.database)
@@ -238,7 +240,7 @@ class ExecutorPool:
         return max(0, sum(1 for s in self._slots if s.alive and not s.busy) - len(self._queue))
 
     def pending(self) -> int:
-        return len(self._queue) + len(self._flight)
+        return len(self._queue) + sum(1 for _, task in self._flight.values() if task is not None)
 
     def submit(self, task_id: str, fn: Callable[..., Any], *args: Any) -> None:
         """Queue ``fn(con, catalog, *args)``; it runs on the next idle executor."""
@@ -261,20 +263,26 @@ class ExecutorPool:
 
         while True:
             self._dispatch()
+            if not self.pending():
+                return None  # ready probes still in flight are waited for with the next task
             if not self._flight:
-                if self._queue:
-                    raise ClusterError("every Ray executor is lost; what finished is recorded")
-                return None
+                raise ClusterError("every Ray executor is lost; what finished is recorded")
             ready, _ = ray.wait(list(self._flight), num_returns=1)
             slot, task = self._flight.pop(ready[0])
-            slot.busy = False
-            self._dispatch()  # the executor takes its next task while the driver records this one
+            if task is None:
+                self._back(slot, ready[0])
+                continue
+            # The slot stays busy until its task's outcome is known: an executor that died
+            # must not be handed the next task while Ray is still restarting it.
             try:
                 value, seconds = ray.get(ready[0])
             except ray.exceptions.RayActorError as err:
                 slot.stats["retries"] += 1
                 if isinstance(err, ray.exceptions.ActorDiedError):
                     slot.alive = False  # no restart left (or its node is gone): others take its work
+                    slot.busy = False
+                else:
+                    self._await_restart(slot)
                 if task.attempts >= MAX_ATTEMPTS:
                     self.log(f"ray: task {task.task_id} lost its executor twice (node {slot.node}); reported failed")
                     return Outcome(task.task_id, None, slot.node, slot.index, task.attempts, 0.0,
@@ -284,14 +292,36 @@ class ExecutorPool:
                 self._queue.appendleft(task)
                 continue
             except ray.exceptions.RayTaskError as err:
+                slot.busy = False
                 cause = getattr(err, "cause", None)
                 if isinstance(cause, BaseException) and not isinstance(cause, ray.exceptions.RayError):
                     raise cause from None  # e.g. an LqoError inside the task: the same one line as locally
                 raise ClusterError(f"task {task.task_id} failed on node {slot.node}: {_cause_line(err)}") from None
+            slot.busy = False
+            self._dispatch()  # the executor takes its next task while the driver records this one
             slot.stats["tasks"] += 1
             slot.stats["busy_s"] += seconds
             slot.stats["runs"] += getattr(value[-1], "n_runs", 0) if isinstance(value, tuple) and value else 0
             return Outcome(task.task_id, value, slot.node, slot.index, task.attempts, seconds)
+
+    def _await_restart(self, slot: _Slot) -> None:
+        """Keep a died executor out of dispatch until Ray has restarted it: a probe that Ray
+        holds (retries) while the actor restarts, answered by the restarted actor. A task
+        sent in the meantime would fail without running (``ActorUnavailableError``: the
+        actor is restarting), and be counted as its second death."""
+        slot.busy = True
+        self._flight[slot.handle.describe.options(max_task_retries=-1).remote()] = (slot, None)
+
+    def _back(self, slot: _Slot, probe: Any) -> None:
+        import ray
+
+        try:
+            ray.get(probe)
+        except ray.exceptions.RayError as err:  # no restart left, or it could not start again
+            slot.alive = False
+            self.log(f"ray: executor {slot.index} on node {slot.node} did not come back "
+                     f"({_cause_line(err)}); the others take its work")
+        slot.busy = False
 
     def results(self) -> "_Results":
         """Every pending task's outcome as it finishes (sized, for a progress bar)."""
