@@ -32,11 +32,12 @@ from typing import Any
 
 import duckdb
 
-from lqo.book.book import BOOK_FILE, PlanBook
+from lqo.book.book import PlanBook
 from lqo.book.serve import BookServer
 from lqo.book.template import literal_free_text
 from lqo.engine.settings import disabled_optimizers
 from lqo.errors import MissingFileError, SchemaMismatchError
+from lqo.model_dir import BOOK_FILE, book_file
 from lqo.optimized import Optimized
 
 
@@ -62,7 +63,7 @@ def _load(path: str | os.PathLike, con: duckdb.DuckDBPyConnection) -> BookServer
     root = Path(path)
     if not root.exists():
         raise MissingFileError(f"model directory not found: {root}")
-    file = root / BOOK_FILE if root.is_dir() else root
+    file = book_file(root)
     if not file.is_file():
         raise MissingFileError(f"{root} holds no plan book ({BOOK_FILE}): tune one with `lqo tune`")
     plans = PlanBook.load(file)

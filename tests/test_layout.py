@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"trees", "estimates", "workloads", "distributed", "store"},
     {"learn", "search", "plots", "optimized", "model_dir"},
     {"book"},  # serving: the plan book, template keys, slot renderings
-    {"optimizer"},
+    {"optimizer", "connection"},  # serving: the learned optimizer; the drop-in connection
     {"tune", "train", "sched"},  # offline: tuning the book, training the model; scheduling
     {"evaluate"},
     {"cli"},
@@ -144,7 +144,7 @@ def test_tuning_serving_and_training_are_apart():
     assert {"book", "optimizer", "store"} <= packages["tune"]
     assert {"optimizer", "store"} <= packages["train"] and "tune" not in packages["train"]
     assert "book" in packages["optimizer"]
-    for serving in ("book", "optimizer", "optimized"):
+    for serving in ("book", "optimizer", "optimized", "connection"):
         assert not packages.get(serving, set()) & {"tune", "train", "store", "evaluate", "sched"}, serving
 
 
