@@ -37,7 +37,7 @@ from lqo.book.serve import BookServer
 from lqo.book.template import literal_free_text
 from lqo.engine.settings import disabled_optimizers
 from lqo.errors import MissingFileError, SchemaMismatchError
-from lqo.model_dir import BOOK_FILE, book_file
+from lqo.model_dir import BOOK_FILE, ModelDir, book_file
 from lqo.optimized import Optimized
 
 
@@ -54,21 +54,31 @@ def connect(database: str | os.PathLike = ":memory:", book: str | os.PathLike | 
 
 
 def wrap(con: duckdb.DuckDBPyConnection, book: str | os.PathLike | None) -> "Connection":
-    """``con`` serving the plan book of the model directory ``book`` (None: nothing)."""
-    server = _load(book, con) if book is not None else None
-    return Connection(con, server)
-
-
-def _load(path: str | os.PathLike, con: duckdb.DuckDBPyConnection) -> BookServer:
-    root = Path(path)
+    """``con`` serving the model directory ``book`` (None: nothing): its plan book for
+    known templates and, where it holds a trained model, the learned optimizer for the
+    other SELECTs (this imports torch)."""
+    if book is None:
+        return Connection(con, None)
+    root = Path(book)
     if not root.exists():
         raise MissingFileError(f"model directory not found: {root}")
     file = book_file(root)
-    if not file.is_file():
-        raise MissingFileError(f"{root} holds no plan book ({BOOK_FILE}): tune one with `lqo tune`")
-    plans = PlanBook.load(file)
+    server = _load(file, con) if file.is_file() else None
+    planner = None
+    if root.is_dir() and ModelDir(root).model.is_file():
+        from lqo.optimizer import Optimizer
+
+        planner = Optimizer.load(root, con)
+    if server is None and planner is None:
+        raise MissingFileError(f"{root} holds neither a plan book ({BOOK_FILE}) nor a model: "
+                               "tune one with `lqo tune`")
+    return Connection(con, server, planner)
+
+
+def _load(file: Path, con: duckdb.DuckDBPyConnection) -> BookServer:
     from lqo.sql.catalog import Catalog
 
+    plans = PlanBook.load(file)
     found = Catalog.from_connection(con).fingerprint
     if plans.schema and plans.schema != found:
         raise SchemaMismatchError(f"plan book {file} was tuned for schema {plans.schema}, "
@@ -101,9 +111,10 @@ class Connection:
     ``last`` is the decision behind the latest ``execute`` (None when it went to DuckDB
     unchanged)."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, server: BookServer | None) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, server: BookServer | None, planner: Any = None) -> None:
         self._con = con
         self._server = server
+        self._planner = planner  # an Optimizer with a trained model, for SELECTs the book does not know
         self.last: Optimized | None = None
         # Texts whose literal-free form matched no template of the book: straight to
         # DuckDB without the key (a false match here can only run a text as written).
@@ -111,19 +122,34 @@ class Connection:
 
     # ----- deciding --------------------------------------------------------------------
     def _decide(self, query: Any, parameters: Any) -> Optimized | None:
-        if self._server is None or not isinstance(query, str):
+        if not isinstance(query, str) or self._server is None and (self._planner is None or parameters):
             return None
         shape = literal_free_text(query)
-        if shape in self._unknown:
-            return None
-        served = self._server.serve(query)
-        if served is None:
-            if len(self._unknown) < 100_000:
+        served = None
+        if self._server is not None and shape not in self._unknown:
+            served = self._server.serve(query)
+            if served is None and len(self._unknown) < 100_000:
                 self._unknown.add(shape)
-            return None
-        if served.forced and parameters:
+        if served is None and self._planner is not None and not parameters:
+            served = self._planned(query)
+        if served is None or served.forced and parameters:
             return None  # a rendered tree may move a parameter: bound texts run as written
         return served if served.forced or served.disabled else None
+
+    def _planned(self, query: str) -> Optimized | None:
+        """The learned optimizer's decision for a SELECT (None for anything else: DuckDB's)."""
+        try:
+            statements = self._con.extract_statements(query)
+        except duckdb.Error:
+            return None
+        if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+            return None
+        from lqo.errors import LqoError
+
+        try:
+            return self._planner.optimize(query, self._con)
+        except LqoError:
+            return None  # lqo cannot plan it: DuckDB runs it (and reports its own errors)
 
     def execute(self, query: Any, parameters: Any = None) -> "Connection":
         """DuckDB's ``execute``: the verified plan for a known SELECT template, else
@@ -154,7 +180,7 @@ class Connection:
 
     def cursor(self) -> "Connection":
         """A new cursor of the same database for another thread, serving the same book."""
-        out = Connection(self._con.cursor(), self._server)
+        out = Connection(self._con.cursor(), self._server, self._planner)
         out._unknown = self._unknown
         return out
 

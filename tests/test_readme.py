@@ -81,7 +81,11 @@ def test_block_runs(workload, model, capsys):
         assert res.original_sql == sql and (res.fallback is None) == res.forced
         assert fingerprint_rows(ns["rows"]) == native.fingerprint
         assert con.execute("SELECT current_setting('disabled_optimizers')").fetchone()[0] == ""
-        assert len(printed) == 3
+        assert len(printed) == 4
+        # the drop-in connection: DuckDB's API, the optimizer's decision behind it
+        app = ns["app"]
+        assert isinstance(app, lqo.Connection)
+        assert fingerprint_rows(app.execute(sql).fetchall()) == native.fingerprint
         # the loaded Optimizer decides the same
         again = ns["again"]
         assert isinstance(ns["opt"], lqo.Optimizer)
