@@ -47,7 +47,7 @@ def decisions(con: duckdb.DuckDBPyConnection, texts: list[str]) -> list[Optimize
         if kind == 2:
             pq = prepare(sql, con, catalog)
             if pq.forceable and pq.free_blocks:
-                out.append(Optimized(sql, pq.render(pq.native_plan), True, None, None, None, None, None, 0.0))
+                out.append(Optimized.planned(sql, None, None, 0.0, forced_sql=pq.render(pq.native_plan)))
                 continue
             kind = 1
         out.append(Optimized.as_written(sql, None, 0.0, disabled=("join_filter_pushdown",) if kind == 1 else ()))

@@ -5,7 +5,7 @@ Imports neither torch nor sqlglot: a plan book serves without them.
 
 >>> import duckdb
 >>> con = duckdb.connect()
->>> o = Optimized("SELECT 42", "SELECT 42", False, None, None, None, None, "no joins", 0.01)
+>>> o = Optimized.as_written("SELECT 42", "no joins", 0.01)
 >>> o.execute(con)
 [(42,)]
 """
@@ -53,6 +53,23 @@ class Optimized:
         """The text run as written: natively (``why`` says why), or under a setting arm."""
         return cls(sql, sql, False, None, None, None, predicted_native_ms, why, planning_ms,
                    disabled=disabled, source=source)
+
+    @classmethod
+    def from_book(cls, sql: str, text: str, plan: Plan | None, planning_ms: float, *,
+                  disabled: tuple[str, ...] = ()) -> "Optimized":
+        """A verified plan served from the plan book: ``text`` (the tree filled with this
+        instance's literals) runs forced, with the candidate's extra ``disabled`` rules."""
+        return cls(sql, text, True, plan, None, None, None, None, planning_ms, disabled=disabled, source="book")
+
+    @classmethod
+    def planned(cls, sql: str, chosen: Plan | None, native: Plan | None, planning_ms: float, *,
+                forced_sql: str | None = None, predicted_ms: float | None = None,
+                predicted_native_ms: float | None = None, fallback: str | None = None,
+                candidates: int = 0) -> "Optimized":
+        """Planned now (``source="model"``): with ``forced_sql`` (``chosen`` rendered) that
+        text runs forced; without, ``sql`` runs as written and ``fallback`` says why."""
+        return cls(sql, sql if forced_sql is None else forced_sql, forced_sql is not None, chosen, native,
+                   predicted_ms, predicted_native_ms, fallback, planning_ms, candidates)
 
     @property
     def rules(self) -> tuple[str, ...]:

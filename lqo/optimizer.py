@@ -257,18 +257,18 @@ class Optimizer:
               search: SearchConfig | None = None) -> Optimized:
         pq = self.prepare(sql, con)
         if not pq.forceable:
-            return Optimized(sql, sql, False, None, None, None, None, pq.reason, _ms(start))
+            return Optimized.planned(sql, None, None, _ms(start), fallback=pq.reason)
         native = pq.native_plan
         if not pq.free_blocks:
-            return Optimized(sql, sql, False, native, native, None, None, "no block lqo may reorder", _ms(start))
+            return Optimized.planned(sql, native, native, _ms(start), fallback="no block lqo may reorder")
         result, fallback = self.decide(pq, search)
         best, native_ms, best_ms = result.best, result.native_score, result.best_score
         forced_sql = None if fallback else pq.render(best)
         if forced_sql is not None and pq.native.shared_subplan and not _keeps_shared_subplan(con, pq, forced_sql):
             fallback = SHARED_SUBPLAN_REASON
-        if fallback:
-            return Optimized(sql, sql, False, best, native, best_ms, native_ms, fallback, _ms(start), len(result.scored))
-        return Optimized(sql, forced_sql, True, best, native, best_ms, native_ms, None, _ms(start), len(result.scored))
+        return Optimized.planned(sql, best, native, _ms(start), forced_sql=None if fallback else forced_sql,
+                                 predicted_ms=best_ms, predicted_native_ms=native_ms, fallback=fallback or None,
+                                 candidates=len(result.scored))
 
     def decide(self, pq: PreparedQuery, search: SearchConfig | None = None) -> tuple[SearchResult, str | None]:
         """Search plans of a forceable ``pq``; the fallback reason is None when the best

@@ -409,11 +409,11 @@ def test_a_verified_plan_that_no_longer_binds_runs_native(varied):
     try:
         q = next(iter(varied))
         broken = q.sql.replace("lineitem", "lineitem_gone", 1) if "lineitem" in q.sql else q.sql + " gone"
-        res = Optimized(q.sql, broken, True, None, None, None, None, None, 0.1, source="book")
+        res = Optimized.from_book(q.sql, broken, None, 0.1)
         rows = res.execute(con)
         assert fingerprint_rows(rows) == fingerprint_rows(con.execute(q.sql).fetchall())
         assert "no longer binds" in res.fallback and res.sql == q.sql and not res.forced
-        model_made = Optimized(q.sql, broken, True, None, None, None, None, None, 0.1, source="model")
+        model_made = Optimized.planned(q.sql, None, None, 0.1, forced_sql=broken)
         with pytest.raises(QueryRuntimeError):
             model_made.execute(con)  # only a book's verified plan falls back; a fresh plan is a bug
     finally:

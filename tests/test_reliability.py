@@ -141,8 +141,9 @@ def test_optimized_execute_raises_query_runtime_error(db, case, forced):
         if case == "out-of-memory":
             con.execute(f"SET memory_limit = '{SMALL_MEMORY}'")
         limit = current_setting(con, "memory_limit")
-        plan = Optimized(sql, sql, forced, None, None, None, None, None if forced else "kept", 0.1,
-                         disabled=("join_filter_pushdown",))
+        arm = ("join_filter_pushdown",)
+        plan = (Optimized.from_book(sql, sql, None, 0.1, disabled=arm) if forced
+                else Optimized.as_written(sql, "kept", 0.1, disabled=arm, source="model"))
         timer = _interrupt_soon(con) if case == "interrupt" else None
         with pytest.raises(QueryRuntimeError) as info:
             plan.execute(con)
@@ -478,12 +479,12 @@ def test_forced_plans_run_under_the_users_memory_limit(db):
                        {"forced": False, "disabled": ("join_filter_pushdown",)}):
             r = harness.run(probe, **kwargs)
             assert r.ok and r.fingerprint == fingerprint_rows([(limit, 25)]), kwargs
-        assert Optimized(probe, probe, True, None, None, None, None, None, 0.1).execute(con) == [(limit, 25)]
+        assert Optimized.planned(probe, None, None, 0.1, forced_sql=probe).execute(con) == [(limit, 25)]
         # ... and is held to it: a forced plan that needs more fails, out of memory
         r = harness.run(MEMORY_HOG, forced=True)
         assert r.error is not None and "Out of Memory" in r.error
         with pytest.raises(QueryRuntimeError, match="memory_limit"):
-            Optimized(MEMORY_HOG, MEMORY_HOG, True, None, None, None, None, None, 0.1).execute(con)
+            Optimized.planned(MEMORY_HOG, None, None, 0.1, forced_sql=MEMORY_HOG).execute(con)
         # after: still the user's limit
         assert current_setting(con, "memory_limit") == limit
         assert current_setting(con, "disabled_optimizers") == ""

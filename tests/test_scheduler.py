@@ -254,8 +254,8 @@ class FakeModel:
 
         pq = prepare(sql, con)
         if not pq.forceable or not pq.free_blocks:
-            return Optimized(sql, sql, False, None, None, None, None, "not forceable", 0.0)
-        return Optimized(sql, pq.render(pq.native_plan), True, None, None, None, None, None, 0.0)
+            return Optimized.planned(sql, None, None, 0.0, fallback="not forceable")
+        return Optimized.planned(sql, None, None, 0.0, forced_sql=pq.render(pq.native_plan))
 
 
 @pytest.mark.parametrize("policy,arrivals,workers,plan", [
@@ -290,6 +290,12 @@ def test_real_executor_runs_every_query_consistently(workloads, policy, arrivals
     assert res.p50_s <= res.p95_s <= max(r.completion_s for r in res.records)
 
 
+def _from_book(sql: str, forced: bool, disabled: tuple[str, ...]) -> Optimized:
+    """A book's decision for ``sql`` run as its own text: forced or not, with ``disabled`` rules."""
+    return (Optimized.from_book(sql, sql, None, 0.0, disabled=disabled) if forced
+            else Optimized.as_written(sql, None, 0.0, disabled=disabled, source="book"))
+
+
 class DecisionModel:
     """Stands in for a tuned model: plans each query (by its text) to the decision given,
     (forced, disabled rules), as a plan book serves it: the text as written."""
@@ -299,7 +305,7 @@ class DecisionModel:
 
     def optimize(self, sql, con):
         forced, disabled = self.decisions[sql.strip()]  # a workload file ends its text with a newline
-        return Optimized(sql, sql, forced, None, None, None, None, None, 0.0, disabled=disabled, source="book")
+        return _from_book(sql, forced, disabled)
 
 
 SEEN_RULES = "SELECT current_setting('disabled_optimizers') AS s, count(*) AS n FROM {}"
@@ -341,7 +347,7 @@ def test_real_executor_runs_each_decision_under_its_rules(tmp_path, tpch_db, tpc
     for r in res.records:
         sql = by_idx[r.idx].sql.strip()
         forced, disabled = decisions[sql]
-        want[r.idx] = Optimized(sql, sql, forced, None, None, None, None, None, 0.0, disabled=disabled).rules
+        want[r.idx] = _from_book(sql, forced, disabled).rules
         assert r.ok, r.error
         assert r.fingerprint == fingerprint_rows([(",".join(want[r.idx]), counts[sql])]), (sql, want[r.idx])
     for r in res.records:  # what the record says it ran with

@@ -200,7 +200,7 @@ def test_eight_threads_with_forced_arm_and_native_statements_run_each_under_its_
             m = (2, 3, 5, 7)[(tid * 7 + i) % 4]
             sql = SETTING.format(m)
             rules, want = kinds[kind]
-            res = (Optimized(sql, sql, True, None, None, None, None, None, 0.0) if rules is None
+            res = (Optimized.planned(sql, None, None, 0.0, forced_sql=sql) if rules is None
                    else Optimized.as_written(sql, None, 0.0, disabled=rules))
             (s, n), = res.execute(cur)
             seen[kind] += 1

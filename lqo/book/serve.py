@@ -131,8 +131,7 @@ class BookServer:
                    if slots is not None else "the verified plan has no slot rendering")
             return Optimized.as_written(sql, f"plan book: {why}, and rendering the plan anew needs a "
                                         f"model directory with a model: run as written", _ms(start), source="book")
-        return Optimized(sql, text, True, plan, None, None, None, None, _ms(start), disabled=c.disabled,
-                         source="book")
+        return Optimized.from_book(sql, text, plan, _ms(start), disabled=c.disabled)
 
 
     def _record(self, res: Optimized, ms: float) -> None:
