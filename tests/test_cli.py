@@ -497,3 +497,15 @@ def test_workload_query_unknown_name(capsys, tpch_wl, tmp_path, what, sql, comma
     before = tree(w)
     assert_error(lqo(capsys, *WORKLOAD_COMMANDS[command](w, tmp_path)), "nosuch")
     assert tree(w) == before
+
+
+def test_version_names_lqo_and_duckdb(capsys):
+    import duckdb
+
+    import lqo
+    from lqo.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as stop:
+        cli_main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"lqo {lqo.__version__} (duckdb {duckdb.__version__})"

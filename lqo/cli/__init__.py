@@ -20,7 +20,12 @@ _COMMAND_MODULES = ["workload_cmd", "explain_cmd", "run_cmd", "explore_cmd", "tr
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
+    import duckdb
+
+    from lqo import __version__
+
     parser = argparse.ArgumentParser(prog="lqo", description="A learned query optimizer and scheduler for DuckDB.")
+    parser.add_argument("--version", action="version", version=f"lqo {__version__} (duckdb {duckdb.__version__})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in _COMMAND_MODULES:
