@@ -116,19 +116,19 @@ class Connection:
         self._server = server
         self._planner = planner  # an Optimizer with a trained model, for SELECTs the book does not know
         self.last: Optimized | None = None
-        # Texts whose literal-free form matched no template of the book: straight to
+        # Hashes of literal-free texts that matched no template of the book: straight to
         # DuckDB without the key (a false match here can only run a text as written).
-        self._unknown: set[str] = set()
+        self._unknown: set[int] = set()
 
     # ----- deciding --------------------------------------------------------------------
     def _decide(self, query: Any, parameters: Any) -> Optimized | None:
         if not isinstance(query, str) or self._server is None and (self._planner is None or parameters):
             return None
-        shape = literal_free_text(query)
+        shape = hash(literal_free_text(query))
         served = None
         if self._server is not None and shape not in self._unknown:
             served = self._server.serve(query)
-            if served is None and len(self._unknown) < 100_000:
+            if served is None and len(self._unknown) < 100_000 and shape not in self._server.sample_shapes:
                 self._unknown.add(shape)
         if served is None and self._planner is not None and not parameters:
             served = self._planned(query)

@@ -145,3 +145,13 @@ def test_book_only_use_imports_neither_torch_nor_sqlglot(tpch_db, book_dir):
     out = subprocess.run([sys.executable, "-c", code, str(tpch_db), str(book_dir), TREE.format("'F', 'O'", 7)],
                          capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"], out.stderr
+
+
+def test_a_text_the_book_does_not_know_never_hides_a_template_it_knows(tpch_db, book_dir):
+    with lqo.connect(tpch_db, book=book_dir) as con:
+        # the same text but for a literal's type: another template, and the same literal-free text
+        other = TREE.format("'F', 'O'", "'100'")
+        con.execute(other).fetchall()
+        assert con.last is None
+        con.execute(TREE.format("'O', 'P'", 250)).fetchall()
+        assert con.last is not None and con.last.source == "book"
