@@ -28,7 +28,7 @@ from pathlib import Path
 from lqo.book.book import PlanBook
 from lqo.tune.trials import variant
 from lqo.model_dir import ModelDir
-from lqo.tune.config import TuneConfig
+from lqo.tune.inputs import TuneConfig
 from lqo.tune.tuner import Tuner
 from lqo.engine.harness import median_latency, run_interleaved
 from lqo.optimizer import Optimizer

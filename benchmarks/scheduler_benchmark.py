@@ -124,7 +124,7 @@ def print_table(summary: list[dict], policies: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from lqo.sched.jobs import build_knowledge
-    from lqo.sched.profile import ThreadProfile
+    from lqo.sched.thread_profile import ThreadProfile
     from lqo.sched.result import per_query_errors
     from lqo.sched.scheduler import Scheduler
     from lqo.sched.split import split_workloads
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({seen} with a text identical to a training query), knowledge from {len(train_keys)} training queries",
           flush=True)
     if args.calibrate:
-        from lqo.sched.profile import save_calibration
+        from lqo.sched.thread_profile import save_calibration
 
         cal = Scheduler("fifo", args.workers, args.cores, profile, timeout_s=args.timeout)
         streams = [cal.make_stream(train_wls, args.calibrate, a, 999) for a in ("batch", "util:0.7")]

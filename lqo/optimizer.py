@@ -35,7 +35,7 @@ from lqo.optimized import Optimized
 from lqo.learn.features import Featurizer
 from lqo.learn.model_kinds import load_model
 from lqo.learn.models import PlanModel
-from lqo.learn.ranges import FeatureRanges
+from lqo.learn.feature_ranges import FeatureRanges
 from lqo.engine.settings import forced_settings
 from lqo.trees.native import explain_json, read_native_trees
 from lqo.trees.plan import Plan

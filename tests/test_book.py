@@ -360,7 +360,7 @@ def test_feedback_records_and_drift_triggers_a_recheck(varied, tmp_path):
     import shutil
 
     from lqo.model_dir import FEEDBACK_FILE
-    from lqo.tune.config import TuneConfig
+    from lqo.tune.inputs import TuneConfig
     from lqo.tune.tuner import Tuner
 
     out = tmp_path / "m"
@@ -370,9 +370,9 @@ def test_feedback_records_and_drift_triggers_a_recheck(varied, tmp_path):
     arm = next(c.id for c in e.candidates.values() if c.kind == "arm")
     inst = [varied.query(i) for i in e.instances]
     # Pretend the arm was verified as 0.5x native (so served latencies will look drifted).
-    from lqo.book.book import Verdict
+    from lqo.book.book import AcceptanceVerdict
 
-    fake = Verdict(True, "accepted", 0.5, 0.4, 0.6, 0.55, 3, 15)
+    fake = AcceptanceVerdict(True, "accepted", 0.5, 0.4, 0.6, 0.55, 3, 15)
     e.verdicts[arm] = fake
     e.adopt(arm)
     book.save(out / BOOK_FILE)

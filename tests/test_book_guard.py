@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from lqo.book.book import Verdict
+from lqo.book.book import AcceptanceVerdict
 from lqo.book.book import Candidate, PlanBook
 from lqo.book.ranges import LiteralRanges
 from lqo.book.serve import BookServer
@@ -31,7 +31,7 @@ def _book(native_ms: list[float]) -> PlanBook:
     e.native_ms = dict(zip(e.instances, native_ms))
     arm = Candidate("arm:join_order", "arm", ("join_order",), origin="arm:join_order")
     e.candidates[arm.id] = arm
-    e.verdicts[arm.id] = Verdict(True, "accepted", median_ratio=0.6, ci_low=0.55, ci_high=0.65, worst_instance=0.7)
+    e.verdicts[arm.id] = AcceptanceVerdict(True, "accepted", median_ratio=0.6, ci_low=0.55, ci_high=0.65, worst_instance=0.7)
     e.adopt(arm.id)
     e.ranges = LiteralRanges.build(keys).to_json()
     return book
@@ -72,7 +72,7 @@ def test_a_candidate_screened_far_above_the_current_choice_gets_no_acceptance_te
     e = _book([80.0, 95.0, 120.0]).by_template()["q10"]  # adopted at 0.6x native
     tested = []
     ctx = SimpleNamespace(config=SimpleNamespace(screen_below=0.95),
-                          accept=lambda t, entry, c: tested.append(c.id) or Verdict(False, "slower"))
+                          accept=lambda t, entry, c: tested.append(c.id) or AcceptanceVerdict(False, "slower"))
     for ratio, expect_test in ((0.9, False), (0.64, True)):
         ctx.screen = lambda t, entry, c, r=ratio: (r, 0)
         _, _, verdict = trial_step(ctx, None, e, Candidate(f"arm:x{ratio}", "arm", ("x",)))

@@ -23,7 +23,8 @@ LAYERS: list[set[str]] = [
     {"trees", "estimates", "workloads", "distributed", "store"},
     {"learn", "search", "plots", "optimized", "model_dir"},
     {"book"},  # serving: the plan book, template keys, slot renderings
-    {"optimizer", "connection"},  # serving: the learned optimizer; the drop-in connection
+    {"optimizer"},  # serving: the learned optimizer (a tuned book first)
+    {"connection"},  # serving: the drop-in connection (book and optimizer behind DuckDB's API)
     {"tune", "train", "sched"},  # offline: tuning the book, training the model; scheduling
     {"evaluate"},
     {"cli"},
@@ -165,3 +166,26 @@ def test_plan_model_knows_no_model_kinds():
 def test_public_api_importable_from_lqo():
     for name in lqo.__all__:
         assert getattr(lqo, name) is not None
+
+
+def _public_definitions() -> dict[str, list[str]]:
+    """Public top-level class and function names (outside the CLI) -> modules defining them."""
+    out: dict[str, list[str]] = {}
+    for path in ROOT.rglob("*.py"):
+        module = _module_name(path)
+        if module.startswith("lqo.cli"):
+            continue
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, (ast.ClassDef, ast.FunctionDef)) and not node.name.startswith("_"):
+                out.setdefault(node.name, []).append(module)
+    return out
+
+
+def test_one_meaning_per_name():
+    """No two modules share a file name, and no two define the same public class or function."""
+    names: dict[str, list[str]] = {}
+    for path in ROOT.rglob("*.py"):
+        if path.name != "__init__.py":
+            names.setdefault(path.name, []).append(_module_name(path))
+    assert {n: ms for n, ms in names.items() if len(ms) > 1} == {}
+    assert {n: ms for n, ms in _public_definitions().items() if len(ms) > 1} == {}

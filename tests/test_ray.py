@@ -22,7 +22,7 @@ ray = pytest.importorskip("ray", reason="the Ray extra is not installed: pip ins
 
 from conftest import tpc_queries  # noqa: E402
 from lqo.book.book import PlanBook  # noqa: E402
-from lqo.tune.config import TuneConfig  # noqa: E402
+from lqo.tune.inputs import TuneConfig  # noqa: E402
 from lqo.tune.trials import COMBINED  # noqa: E402
 from lqo.tune.tuner import Tuner  # noqa: E402
 from lqo.cli import main  # noqa: E402

@@ -19,7 +19,7 @@ from lqo.sched.jobs import Job, PlanGraph, QueryFeatures, build_jobs, build_know
 
 from lqo.sched.policies import get_policy
 from lqo.sched.policy import Load
-from lqo.sched.profile import ThreadProfile
+from lqo.sched.thread_profile import ThreadProfile
 from lqo.sched.simulator import SimConfig, simulate
 from lqo.sched.split import check_holdout, split_workload
 from lqo.sched.stream import StreamQuery, make_stream

@@ -26,7 +26,7 @@ from lqo.errors import LqoError
 from lqo.engine.harness import fingerprint_rows
 from lqo.engine.settings import FORCE_DISABLED_OPTIMIZERS
 from lqo.optimized import Optimized
-from lqo.sched.executor import Executor
+from lqo.sched.workers import Workers
 from lqo.sched.jobs import Job, PlanGraph, QueryFeatures, build_jobs
 from lqo.sched.gnn_policy import LearnedPolicy
 from lqo.sched.policies import get_policy
@@ -373,7 +373,7 @@ def test_real_executor_applies_each_querys_thread_budget(tmp_path, tpch_db):
     sql = "SELECT current_setting('threads') AS t"
     write_workload(wl, "thr", tpch_db, [("t", "t", sql)])
     stream = make_stream(Workload.load(wl), n=6, seed=0)
-    with Executor(stream.databases, workers=1, cores=2) as ex:
+    with Workers(stream.databases, workers=1, cores=2) as ex:
         res = ex.run(build_jobs(stream), AlternatingThreads())
     for r in res.records:
         assert r.threads == (2 if r.idx % 2 == 0 else 1)

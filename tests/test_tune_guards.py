@@ -18,7 +18,7 @@ import lqo.tune.trials as trials
 import lqo.tune.tuner as tune
 from lqo.book.book import PlanBook
 from lqo.tune.trials import Trials
-from lqo.tune.config import TuneConfig
+from lqo.tune.inputs import TuneConfig
 from lqo.tune.tuner import Tuner
 from lqo.engine.harness import fingerprint_rows
 from lqo.workloads.workload import Workload, write_workload

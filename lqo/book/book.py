@@ -32,7 +32,7 @@ FORMAT = "lqo-plan-book/2"  # /2: typed template keys and slot renderings with l
 
 
 @dataclass(frozen=True)
-class Verdict:
+class AcceptanceVerdict:
     """The figures of one acceptance test (:func:`lqo.tune.accept.judge`), kept in the book."""
 
     accepted: bool
@@ -49,7 +49,7 @@ class Verdict:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: Mapping) -> "Verdict":
+    def from_json(cls, data: Mapping) -> "AcceptanceVerdict":
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
@@ -89,7 +89,7 @@ class BookEntry:
     fingerprints: dict[str, str] = field(default_factory=dict)  # per tuning instance: native result
     choice: str = "native"
     candidates: dict[str, Candidate] = field(default_factory=dict)
-    verdicts: dict[str, Verdict] = field(default_factory=dict)
+    verdicts: dict[str, AcceptanceVerdict] = field(default_factory=dict)
     screened: dict[str, float] = field(default_factory=dict)  # candidate -> screening ratio (inf: timed out)
     verified_at: str | None = None
     note: str | None = None  # e.g. why the template is left native without trying anything
@@ -124,7 +124,7 @@ class BookEntry:
         e.native_ms = {k: float(v) for k, v in d.get("native_ms", {}).items()}
         e.fingerprints = dict(d.get("fingerprints", {}))
         e.candidates = {c["id"]: Candidate.from_json(c) for c in d.get("candidates", [])}
-        e.verdicts = {k: Verdict.from_json(v) for k, v in d.get("verdicts", {}).items()}
+        e.verdicts = {k: AcceptanceVerdict.from_json(v) for k, v in d.get("verdicts", {}).items()}
         e.screened = {k: (float("inf") if v is None else float(v)) for k, v in d.get("screened", {}).items()}
         e.verified_at, e.note, e.ranges = d.get("verified_at"), d.get("note"), d.get("ranges")
         for cid in [e.choice, *e.verdicts]:

@@ -39,7 +39,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from lqo.sched.profile import ThreadProfile, default_profile_path, parse_threads, profile_workload, save_calibration
+    from lqo.sched.thread_profile import ThreadProfile, default_profile_path, parse_threads, profile_workload, save_calibration
     from lqo.workloads.workload import Workload
 
     threads = parse_threads(args.threads)

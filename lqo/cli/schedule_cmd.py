@@ -86,7 +86,7 @@ class Counter:
 def resolve_profiles(explicit: list[str] | None, workloads) -> list[str]:
     """Explicit profile files (each must exist), else the workloads' default files that exist."""
     from lqo.errors import MissingFileError
-    from lqo.sched.profile import default_profile_path
+    from lqo.sched.thread_profile import default_profile_path
 
     if explicit:
         for path in explicit:

@@ -35,8 +35,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lqo.sched.pool import training_pool
-    from lqo.sched.profile import ThreadProfile
+    from lqo.sched.training_pool import training_pool
+    from lqo.sched.thread_profile import ThreadProfile
     from lqo.sched.simulator import SimConfig
     from lqo.sched.split import split_workloads
     from lqo.sched.train_policy import SchedRecipe, train_policy

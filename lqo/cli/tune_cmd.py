@@ -49,7 +49,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lqo.tune.config import TuneConfig
+    from lqo.tune.inputs import TuneConfig
     from lqo.tune.tuner import Tuner
     from lqo.workloads.workload import Workload
 

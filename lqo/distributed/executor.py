@@ -51,7 +51,7 @@ def fingerprint_difference(reference: dict[str, Any], other: dict[str, Any]) -> 
 FAULT_RESTART_S = 2.0  # how long an executor restarted after an injected crash takes to start
 
 
-class Executor:
+class MeasureExecutor:
     """Holds one read-only connection (``threads`` DuckDB threads) and runs tasks on it.
 
     ``fault_file`` is for fault tests only: the first task run while that file does not

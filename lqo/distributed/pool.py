@@ -1,7 +1,7 @@
 """The driver's side of ``--ray``: connect, place executors, dispatch tasks, retry once.
 
 Ray is imported here only, and only when a pool is made. One
-:class:`~lqo.distributed.executor.Executor` actor per node (``slots`` per node if asked),
+:class:`~lqo.distributed.executor.MeasureExecutor` actor per node (``slots`` per node if asked),
 pinned to its node, each with its own read-only connection to the database at the path
 the workload names. A node whose database differs from the driver's (schema fingerprint,
 row counts) is refused before any task runs.
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from lqo.distributed.executor import Executor, database_fingerprint, fingerprint_difference
+from lqo.distributed.executor import MeasureExecutor, database_fingerprint, fingerprint_difference
 from lqo.engine.db import connect_read_only
 from lqo.engine.harness import error_line
 from lqo.errors import ClusterError
@@ -89,7 +89,7 @@ def parse_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def connect(address: str = "local") -> bool:
+def connect_ray(address: str = "local") -> bool:
     """Join a Ray cluster: ``local`` starts one on this machine, ``auto`` finds the one
     ``ray start`` runs here (or ``RAY_ADDRESS``), ``HOST:PORT`` is its head. Returns
     whether this call started Ray (then it is also the one to shut it down). An
@@ -175,7 +175,7 @@ class ExecutorPool:
             raise ClusterError("--ray-slots and --ray-threads must be >= 1")
         self.database = str(Path(database).absolute())
         self.log = log
-        self._started = connect(address)
+        self._started = connect_ray(address)
         self._slots: list[_Slot] = []
         self._queue: deque[_Task] = deque()
         self._flight: dict[Any, tuple[_Slot, _Task | None]] = {}  # None: a restarted executor's ready probe
@@ -196,7 +196,7 @@ class ExecutorPool:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        remote = ray.remote(Executor)
+        remote = ray.remote(MeasureExecutor)
         nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
         if not nodes:
             raise ClusterError("the Ray cluster has no live node with CPUs")

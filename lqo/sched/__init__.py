@@ -21,7 +21,7 @@ _EXPORTS = {
     "Scheduler": "scheduler", "ScheduleResult": "result", "QueryRecord": "result",
     "make_stream": "stream", "Stream": "stream", "StreamQuery": "stream", "parse_arrivals": "stream",
     "get_policy": "policies", "POLICIES": "policies", "Policy": "policy", "Assignment": "policy",
-    "SimConfig": "simulator", "ThreadProfile": "profile",
+    "SimConfig": "simulator", "ThreadProfile": "thread_profile",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -19,11 +19,11 @@ from typing import Any, Callable, Sequence
 
 from lqo.errors import LqoError, MissingFileError
 from lqo.workloads.workload import Workload
-from lqo.sched.executor import Executor
+from lqo.sched.workers import Workers
 from lqo.sched.jobs import Job, build_jobs
 from lqo.sched.policies import POLICIES, get_policy
 from lqo.sched.policy import Policy, PolicyError
-from lqo.sched.profile import ThreadProfile
+from lqo.sched.thread_profile import ThreadProfile
 from lqo.sched.result import QueryRecord, ScheduleResult, compare
 from lqo.sched.simulator import SimConfig, calibrate, simulate
 from lqo.sched.stream import Stream, make_stream, parse_arrivals, rate_for_utilisation
@@ -176,7 +176,7 @@ class Scheduler:
         stream, planning_ms = self._planned(stream)
         jobs = self.jobs(stream)
         modes = sorted({q.rules for q in stream} | {()})  # one shared worker per mode
-        with Executor(stream.databases, self.workers, self.cores, self.timeout_s,
+        with Workers(stream.databases, self.workers, self.cores, self.timeout_s,
                       shared=self.policy.shared, modes=modes, warmup=self.warmup) as ex:
             result = ex.run(jobs, self.policy, on_done)
         result.meta.update(self._meta(stream), planning_ms=round(planning_ms, 3))

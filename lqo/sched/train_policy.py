@@ -42,7 +42,7 @@ from lqo.sched.jobs import Job
 from lqo.sched.gnn_policy import LearnedPolicy, SchedNet
 from lqo.sched.policies import get_policy, wide_oracle
 from lqo.sched.knowledge import LatencyKnowledge
-from lqo.sched.pool import TrainingPool
+from lqo.sched.training_pool import TrainingPool
 from lqo.sched.simulator import SimConfig, simulate
 from lqo.sched.split import check_holdout
 from lqo.sched.stream import parse_arrivals

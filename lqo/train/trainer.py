@@ -27,7 +27,7 @@ from lqo.errors import LqoError, WorkloadError
 from lqo.store.experience import ExperienceStore
 from lqo.engine.harness import Harness, error_line, median_latency
 from lqo.learn.features import Featurizer
-from lqo.learn.ranges import FeatureRanges
+from lqo.learn.feature_ranges import FeatureRanges
 from lqo.lock import WriterLock, acquire
 from lqo.model_dir import ModelDir, workload_store
 from lqo.learn.model_kinds import make_model

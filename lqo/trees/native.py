@@ -20,7 +20,7 @@ from itertools import permutations
 from sqlglot import exp
 
 from lqo.sql.join_graph import JoinBlock, QueryGraph
-from lqo.trees.physical import JOIN_OPERATORS, JTree, PNode, cte_tables, explain_json, join_trees
+from lqo.trees.physical import JOIN_OPERATORS, JTree, PNode, cte_tables, explain_json, list_join_trees
 from lqo.trees.plan import Join, Leaf, Plan, Tree
 
 __all__ = ["JOIN_OPERATORS", "NativeTrees", "PNode", "explain_json", "read_native_trees"]
@@ -46,7 +46,7 @@ class NativeTrees:
 def read_native_trees(graph: QueryGraph, roots: list[PNode]) -> NativeTrees:
     """Match every reorderable block of ``graph`` to a join tree in the physical plan."""
     ctes = cte_tables(roots)
-    candidates = [t for r in roots for t in join_trees(r)]
+    candidates = [t for r in roots for t in list_join_trees(r)]
     out = NativeTrees(shared_subplan=ctes.shared_subplan)
     used: set[int] = set()
     for block in graph.reorderable:

@@ -1,14 +1,14 @@
 """DuckDB's physical plan as lqo reads it: operator nodes and their inner-join trees.
 
 ``PNode`` wraps a node of ``EXPLAIN (FORMAT JSON)`` or of the profiling JSON (which has
-the same shape plus ``operator_cardinality``). ``join_trees`` lists every inner-join
+the same shape plus ``operator_cardinality``). ``list_join_trees`` lists every inner-join
 tree of a plan, outermost first. Operators that do not change a block's join tree are
 read through: filters and projections, semi/anti/mark joins from WHERE subqueries,
 decorrelation (delim) joins, scalar-subquery comparisons, and the CTEs DuckDB's
 common-subplan optimizer materializes for joins shared by two blocks.
 
 >>> roots = explain_json(con, sql)        # doctest: +SKIP
->>> [t.tables for t in join_trees(roots[0])]  # doctest: +SKIP
+>>> [t.tables for t in list_join_trees(roots[0])]  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def _build_jtree(node: PNode, ctes: Ctes, aside: list[PNode]) -> JTree:
     return JTree(node, (), tuple(sorted(_scanned_tables(node, ctes))), " ".join(filters))
 
 
-def join_trees(root: PNode) -> list[JTree]:
+def list_join_trees(root: PNode) -> list[JTree]:
     """Every inner-join subtree, outermost first (a subtree may be a block of its own)."""
     ctes = cte_tables([root])
     out: list[JTree] = []

@@ -27,7 +27,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from lqo.book.book import Verdict
+from lqo.book.book import AcceptanceVerdict
 
 
 @dataclass(frozen=True)
@@ -41,17 +41,17 @@ class AcceptRule:
 
 
 def judge(pairs: Mapping[str, Sequence[tuple[float, float]]], rule: AcceptRule = AcceptRule(),
-          failed: str | None = None) -> Verdict:
+          failed: str | None = None) -> AcceptanceVerdict:
     """Apply ``rule`` to paired rounds per instance; ``failed`` rejects outright."""
     if failed:
-        return Verdict(False, failed)
+        return AcceptanceVerdict(False, failed)
     if not pairs:
-        return Verdict(False, "no paired runs")
+        return AcceptanceVerdict(False, "no paired runs")
     ratios = {}
     for inst, rounds in pairs.items():
         r = [c / n for n, c in rounds if n > 0]
         if len(r) < rule.min_rounds:
-            return Verdict(False, f"instance {inst} has {len(r)} paired rounds, fewer than {rule.min_rounds}")
+            return AcceptanceVerdict(False, f"instance {inst} has {len(r)} paired rounds, fewer than {rule.min_rounds}")
         ratios[inst] = r
     per_instance = {i: statistics.median(r) for i, r in ratios.items()}
     med = statistics.median(per_instance.values())
@@ -60,12 +60,12 @@ def judge(pairs: Mapping[str, Sequence[tuple[float, float]]], rule: AcceptRule =
     figures = dict(median_ratio=med, ci_low=lo, ci_high=hi, worst_instance=worst,
                    instances=len(ratios), rounds=sum(len(r) for r in ratios.values()))
     if worst > rule.max_instance:
-        return Verdict(False, f"instance {worst_inst} runs {worst:.2f}x native", **figures)
+        return AcceptanceVerdict(False, f"instance {worst_inst} runs {worst:.2f}x native", **figures)
     if med > rule.max_median:
-        return Verdict(False, f"median ratio {med:.3f} is above {rule.max_median}", **figures)
+        return AcceptanceVerdict(False, f"median ratio {med:.3f} is above {rule.max_median}", **figures)
     if hi >= rule.max_upper:
-        return Verdict(False, f"95% interval reaches {hi:.3f} (must stay below {rule.max_upper})", **figures)
-    return Verdict(True, "accepted", **figures)
+        return AcceptanceVerdict(False, f"95% interval reaches {hi:.3f} (must stay below {rule.max_upper})", **figures)
+    return AcceptanceVerdict(True, "accepted", **figures)
 
 
 def _bootstrap(ratios: list[list[float]], rule: AcceptRule) -> tuple[float, float]:

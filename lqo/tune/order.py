@@ -19,7 +19,7 @@ from collections import defaultdict
 from typing import Sequence
 
 from lqo.book.book import Candidate, PlanBook
-from lqo.tune.config import TemplateInstances, TuneConfig
+from lqo.tune.inputs import TemplateInstances, TuneConfig
 
 
 class OriginStats:

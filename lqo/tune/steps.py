@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import duckdb
 
-from lqo.book.book import BookEntry, Candidate, PlanBook, Verdict
+from lqo.book.book import BookEntry, Candidate, PlanBook, AcceptanceVerdict
 from lqo.sql.catalog import Catalog
 from lqo.store.experience import ExperienceStore
 from lqo.store.journal import Journal, replay
-from lqo.tune.config import TemplateInstances, TuneConfig
+from lqo.tune.inputs import TemplateInstances, TuneConfig
 from lqo.tune.trials import Trials, acceptance_bar
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def baseline_step(ctx: Trials, t: TemplateInstances, entry: BookEntry) -> dict[s
             "weight_ms": entry.weight_ms, "note": entry.note}
 
 
-def trial_step(ctx: Trials, t: TemplateInstances, entry: BookEntry, c: Candidate) -> tuple[float, int, Verdict | None]:
+def trial_step(ctx: Trials, t: TemplateInstances, entry: BookEntry, c: Candidate) -> tuple[float, int, AcceptanceVerdict | None]:
     """(screening ratio, wrong results, the acceptance verdict or None if not tested)."""
     ratio, wrong = ctx.screen(t, entry, c)
     if ratio < acceptance_bar(entry, ctx.config.screen_below) and not wrong:
@@ -55,12 +55,12 @@ def trial_step(ctx: Trials, t: TemplateInstances, entry: BookEntry, c: Candidate
     return ratio, wrong, None
 
 
-def retest_step(ctx: Trials, t: TemplateInstances, entry: BookEntry, c: Candidate) -> tuple[float, int, Verdict]:
+def retest_step(ctx: Trials, t: TemplateInstances, entry: BookEntry, c: Candidate) -> tuple[float, int, AcceptanceVerdict]:
     """The acceptance test ``trial_step`` put off (``trials.acceptance_bar``), in its shape."""
     return entry.screened.get(c.id, float("inf")), 0, ctx.accept(t, entry, c)
 
 
-def accept_step(ctx: Trials, t: TemplateInstances, entry: BookEntry, c: Candidate) -> Verdict:
+def accept_step(ctx: Trials, t: TemplateInstances, entry: BookEntry, c: Candidate) -> AcceptanceVerdict:
     return ctx.accept(t, entry, c)
 
 

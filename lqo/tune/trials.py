@@ -11,7 +11,7 @@ import random
 from dataclasses import replace
 from functools import partial
 
-from lqo.book.book import BookEntry, Candidate, PlanBook, Verdict
+from lqo.book.book import BookEntry, Candidate, PlanBook, AcceptanceVerdict
 from lqo.book.slots import SlotRendering
 from lqo.book.template import template_key
 from lqo.engine.harness import error_line, median_latency, run_interleaved
@@ -31,7 +31,7 @@ from lqo.trees.plan import Plan
 from lqo.trees.query import prepare
 from lqo.trees.render import render
 from lqo.tune.accept import judge
-from lqo.tune.config import TemplateInstances, TuneConfig
+from lqo.tune.inputs import TemplateInstances, TuneConfig
 from lqo.workloads.workload import Query
 
 # DuckDB optimizer rules whose removal won on TPC-DS SF1 (see docs/duckdb-plan-control.md).
@@ -179,7 +179,7 @@ class Trials:
             return float("inf"), 0
         return r.latency_ms / native_ms, 0
 
-    def accept(self, t: TemplateInstances, entry: BookEntry, c: Candidate) -> Verdict:
+    def accept(self, t: TemplateInstances, entry: BookEntry, c: Candidate) -> AcceptanceVerdict:
         pairs = {}
         failed = None
         for q in t.tune:
@@ -256,7 +256,7 @@ def acceptance_bar(entry: BookEntry, screen_below: float) -> float:
     >>> e = BookEntry("k", "q1", "SELECT 1")
     >>> acceptance_bar(e, 0.95)
     0.95
-    >>> e.verdicts["arm:x"] = Verdict(True, "accepted", median_ratio=0.6); e.adopt("arm:x")
+    >>> e.verdicts["arm:x"] = AcceptanceVerdict(True, "accepted", median_ratio=0.6); e.adopt("arm:x")
     >>> round(acceptance_bar(e, 0.95), 3)
     0.66
     """

@@ -55,7 +55,7 @@ from lqo.lock import writer_lock
 from lqo.model_dir import ModelDir
 from lqo.sql.catalog import Catalog
 from lqo.store.experience import ExperienceStore
-from lqo.tune.config import TemplateInstances, TuneConfig
+from lqo.tune.inputs import TemplateInstances, TuneConfig
 from lqo.tune.order import OriginStats, pick, relative
 from lqo.tune.steps import LocalSteps, PoolSteps, Steps, accept_step, baseline_step, retest_step, trial_step
 from lqo.tune.trials import COMBINED, Trials, combinations

@@ -33,7 +33,7 @@ SIGINT; the dispatcher tells them to stop (they interrupt running queries), then
 terminates and finally kills any that linger, and always joins them: no orphans.
 A worker also exits when its pipe to the dispatcher closes (the dispatcher died).
 
->>> with Executor(databases=["tpch.duckdb"], workers=2, cores=2) as ex:   # doctest: +SKIP
+>>> with Workers(databases=["tpch.duckdb"], workers=2, cores=2) as ex:   # doctest: +SKIP
 ...     result = ex.run(jobs, get_policy("fifo"))
 """
 
@@ -195,7 +195,7 @@ class _Worker:
         self.pid: int | None = None
 
 
-class Executor:
+class Workers:
     """Worker processes plus the dispatch loop. Use as a context manager: workers are
     always stopped and reaped on exit, also on Ctrl-C and errors.
 
@@ -262,7 +262,7 @@ class Executor:
         missing = {j.q.rules for j in pending} - set(self._shared_for) if self.shared else set()
         if missing:
             raise ExecutorError(f"queries run with rules {sorted(map(list, missing))} disabled but no shared "
-                                "worker holds them (Executor modes)")
+                                "worker holds them (Workers modes)")
         records: list[QueryRecord] = []
         dispatched: dict[int, tuple[float, int]] = {}
         set_ms: list[float] = []
@@ -332,7 +332,7 @@ class Executor:
             w.conn.close()
         self._pool = []
 
-    def __enter__(self) -> "Executor":
+    def __enter__(self) -> "Workers":
         return self
 
     def __exit__(self, *exc: object) -> None:
