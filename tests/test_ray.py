@@ -156,7 +156,9 @@ def test_tune_on_ray(cluster, wl, tmp_path):
     assert main(["workload", "vary", str(wl.root), "--per-template", "3", "--seed", "3", "--out", str(tmp_path / "v"), "--json"]) == 0
     varied = Workload.load(tmp_path / "v")
     varied = varied.subset(q.id for q in varied if q.template in ("q03", "q05", "q10"))
-    config = dict(budget_min=2, tune_instances=2, random_trees=1, moves=2)
+    # A budget that does not run out: every candidate is tried in both runs, however slow the
+    # machine (2 minutes did not cover a loaded one: the two runs screened different sets).
+    config = dict(budget_min=120, tune_instances=2, random_trees=1, moves=2)
     seq = Tuner(varied, tmp_path / "seq", TuneConfig(**config), log=lambda _: None).run()
     with ExecutorPool(varied.database, slots=2) as pool:
         par = Tuner(varied, tmp_path / "ray", TuneConfig(**config), log=lambda _: None, pool=pool).run()
