@@ -34,7 +34,6 @@ import duckdb
 
 from lqo.book.book import PlanBook
 from lqo.book.serve import BookServer
-from lqo.book.template import literal_free_text
 from lqo.engine.settings import disabled_optimizers
 from lqo.errors import MissingFileError, SchemaMismatchError
 from lqo.model_dir import BOOK_FILE, ModelDir, book_file
@@ -116,20 +115,15 @@ class Connection:
         self._server = server
         self._planner = planner  # an Optimizer with a trained model, for SELECTs the book does not know
         self.last: Optimized | None = None
-        # Hashes of literal-free texts that matched no template of the book: straight to
-        # DuckDB without the key (a false match here can only run a text as written).
-        self._unknown: set[int] = set()
+        # DuckDB finds a query's Python variables (``FROM df``) in the calling frame,
+        # which is lqo's here: let it look further up, to the application's.
+        con.execute("SET python_scan_all_frames = true")
 
     # ----- deciding --------------------------------------------------------------------
     def _decide(self, query: Any, parameters: Any) -> Optimized | None:
         if not isinstance(query, str) or self._server is None and (self._planner is None or parameters):
             return None
-        shape = hash(literal_free_text(query))
-        served = None
-        if self._server is not None and shape not in self._unknown:
-            served = self._server.serve(query)
-            if served is None and len(self._unknown) < 100_000 and shape not in self._server.sample_shapes:
-                self._unknown.add(shape)
+        served = self._server.serve(query) if self._server is not None else None
         if served is None and self._planner is not None and not parameters:
             served = self._planned(query)
         if served is None or served.forced and parameters:
@@ -164,25 +158,30 @@ class Connection:
         return self
 
     def sql(self, query: str, params: Any = None) -> Any:
-        """DuckDB's ``sql``: a known SELECT template runs its verified plan now (fetch
-        with ``df()``, ``fetchall()``, ``arrow()`` ...); anything else returns DuckDB's
-        relation, planned when fetched, never while lqo has other rules set."""
+        """DuckDB's ``sql``. A known SELECT template gives a relation of its verified
+        plan whose every call (``df()``, ``fetchall()``, ``limit()``, ...) runs under
+        the plan's rules; anything else gives DuckDB's own relation, unchanged (planned
+        when you fetch it: under DuckDB's own rules unless another thread's lqo
+        statement has rules set at that moment, which can cost speed, never rows; use
+        ``execute`` where that matters)."""
         decision = self._decide(query, params)
         self.last = decision
-        if decision is not None:
-            decision.start(self._con, params)
-            return self
-        with disabled_optimizers(self._con, ()):
-            rel = self._con.sql(query, params=params)
-        return None if rel is None else _Guarded(rel, self._con)
+        if decision is None:
+            return self._con.sql(query, params=params)
+        try:
+            with disabled_optimizers(self._con, decision.rules):
+                rel = self._con.sql(decision.sql, params=params)
+        except (duckdb.BinderException, duckdb.CatalogException):
+            if decision.sql == decision.original_sql:
+                raise
+            return self._con.sql(query, params=params)  # the verified plan no longer binds
+        return _Guarded(rel, self._con, decision.rules)
 
     query = sql
 
     def cursor(self) -> "Connection":
         """A new cursor of the same database for another thread, serving the same book."""
-        out = Connection(self._con.cursor(), self._server, self._planner)
-        out._unknown = self._unknown
-        return out
+        return Connection(self._con.cursor(), self._server, self._planner)
 
     def close(self) -> None:
         self._con.close()
@@ -208,11 +207,11 @@ class Connection:
 
 
 class _Guarded:
-    """A DuckDB relation whose every call runs with DuckDB's own optimizer rules, never
-    while lqo has rules set for another thread (a relation is planned when fetched)."""
+    """A DuckDB relation of a verified plan whose every call runs under the plan's rules
+    (a relation is planned when it is fetched)."""
 
-    def __init__(self, rel: duckdb.DuckDBPyRelation, con: duckdb.DuckDBPyConnection) -> None:
-        self._rel, self._con = rel, con
+    def __init__(self, rel: duckdb.DuckDBPyRelation, con: duckdb.DuckDBPyConnection, rules: tuple[str, ...]) -> None:
+        self._rel, self._con, self._rules = rel, con, rules
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._rel, name)
@@ -220,13 +219,13 @@ class _Guarded:
             return value
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            with disabled_optimizers(self._con, ()):
+            with disabled_optimizers(self._con, self._rules):
                 out = value(*args, **kwargs)
-            return _Guarded(out, self._con) if isinstance(out, duckdb.DuckDBPyRelation) else out
+            return _Guarded(out, self._con, self._rules) if isinstance(out, duckdb.DuckDBPyRelation) else out
         return call
 
     def __repr__(self) -> str:
-        with disabled_optimizers(self._con, ()):
+        with disabled_optimizers(self._con, self._rules):
             return repr(self._rel)
 
     def __len__(self) -> int:

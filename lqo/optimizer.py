@@ -36,7 +36,7 @@ from lqo.learn.features import Featurizer
 from lqo.learn.model_kinds import load_model
 from lqo.learn.models import PlanModel
 from lqo.learn.feature_ranges import FeatureRanges
-from lqo.engine.settings import forced_settings
+from lqo.engine.settings import disabled_optimizers, forced_settings
 from lqo.trees.native import explain_json, read_native_trees
 from lqo.trees.plan import Plan
 from lqo.trees.query import PreparedQuery, prepare
@@ -155,7 +155,8 @@ class Optimizer:
             if pq is not None:
                 self._cache.move_to_end(sql)
                 return pq
-        pq = prepare(sql, con, self._catalog, explain_unforceable=False)
+        with disabled_optimizers(con, ()):  # DuckDB's own trees: never read under another thread's rules
+            pq = prepare(sql, con, self._catalog, explain_unforceable=False)
         with self._lock:
             self._cache[sql] = pq
             if len(self._cache) > self._cache_size:

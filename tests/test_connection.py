@@ -155,3 +155,26 @@ def test_a_text_the_book_does_not_know_never_hides_a_template_it_knows(tpch_db, 
         assert con.last is None
         con.execute(TREE.format("'O', 'P'", 250)).fetchall()
         assert con.last is not None and con.last.source == "book"
+
+
+def test_sql_of_a_known_template_is_a_relation_and_leaves_a_pending_result_alone(tpch_db, book_dir):
+    native = duckdb.connect(str(tpch_db), read_only=True)
+    with lqo.connect(tpch_db, book=book_dir) as con:
+        con.execute("SELECT 'first query'")
+        sql = TREE.format("'F'", 10)
+        rel = con.sql(sql)
+        assert con.last.source == "book"
+        assert con.fetchall() == [("first query",)]  # as DuckDB: sql() does not run on the connection
+        assert rel.columns == ["n_name", "n"]
+        assert rel.limit(2).fetchall() == native.execute(sql).fetchall()[:2]
+        assert rel.fetchall() == native.execute(sql).fetchall()
+    native.close()
+
+
+def test_python_variables_are_tables_through_the_wrapper():
+    con = lqo.wrap(duckdb.connect(), book=None)
+    rel = con.sql("SELECT 42 AS x")  # noqa: F841 - DuckDB finds it by name
+    assert con.execute("SELECT * FROM rel").fetchall() == [(42,)]
+    cur = con.cursor()
+    mine = cur.sql("SELECT 43 AS y")  # noqa: F841 - a cursor's own relation, as DuckDB requires
+    assert cur.execute("SELECT * FROM mine").fetchall() == [(43,)]

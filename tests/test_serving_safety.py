@@ -218,3 +218,27 @@ def test_eight_threads_with_forced_arm_and_native_statements_run_each_under_its_
     assert sum(seen.values()) == 240 and min(seen.values()) >= 70
     assert current_setting(con, "disabled_optimizers") == "late_materialization"
     con.close()
+
+
+def test_the_last_statement_of_a_mode_restores_the_rules_even_if_the_first_cursor_closed():
+    from lqo.engine.settings import RuleModes
+
+    modes = RuleModes()
+    con = duckdb.connect()
+    a, b = con.cursor(), con.cursor()
+    inside, go = threading.Event(), threading.Event()
+
+    def joiner():
+        with modes.hold(b, ("join_order",)):
+            inside.set()
+            go.wait(10)
+
+    with modes.hold(a, ("join_order",)):
+        t = threading.Thread(target=joiner)
+        t.start()
+        assert inside.wait(10)
+    # the first statement left at once: it does not wait for the joiner
+    a.close()  # a per-request cursor, closed after its statement
+    go.set()
+    t.join(10)
+    assert current_setting(con, "disabled_optimizers") == ""

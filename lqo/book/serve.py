@@ -69,9 +69,6 @@ class BookServer:
         sharing: dict[str, list[BookEntry]] = {}
         for e in book.entries.values():
             sharing.setdefault(literal_free_text(e.sample_sql), []).append(e)
-        # Hashes of the literal-free texts of the book's samples: a caller that remembers
-        # texts the book did not know never remembers one of these (``lqo.connection``).
-        self.sample_shapes = frozenset(hash(text) for text in sharing)
         self._native_by_text = {text: es[0] for text, es in sharing.items()
                                 if len(es) == 1 and es[0].chosen.kind == "native"}
 

@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # building a rendering parses (sqlglot); serving one only fil
     from lqo.trees.shared import SharedJoin
 
 _SENTINEL = re.compile(r"'lqoslot(\d{4})x'|7531(\d{4})97")
+_OPERATOR_CHARS = set("-+*/%^~!@#&|<>=")
 # Sentinels of the extra list items a rendering is checked with (beyond any literal index).
 _EXTRA = 9000
 
@@ -93,14 +94,18 @@ class SlotRendering:
         for n in shape:
             starts.append(pos)
             pos += n
-        out = []
+        out: list[str] = []
         for p in self.parts:
             if isinstance(p, str):
                 out.append(p)
-            elif p[1] < 0:
-                out.append(", ".join(literals[starts[p[0]]:starts[p[0]] + shape[p[0]]]))
+                continue
+            if p[1] < 0:
+                text = ", ".join(literals[starts[p[0]]:starts[p[0]] + shape[p[0]]])
             else:
-                out.append(literals[starts[p[0]] + p[1]])
+                text = literals[starts[p[0]] + p[1]]
+            if text[:1] == "-" and out and out[-1][-1:] in _OPERATOR_CHARS:
+                text = " " + text  # ``~ -5``, ``a - -5``: never one operator ``~-`` or a comment ``--``
+            out.append(text)
         return "".join(out)
 
     def to_json(self) -> list:
@@ -183,18 +188,9 @@ def _sentinel_text(sql: str, literals: list, lengths: dict[int, int]) -> str:
 
 
 def _by_slot(flat: "SlotRendering", shape: tuple[int, ...]) -> tuple[Part, ...]:
-    """Flat literal references (ints) as ``(slot, member)``; a text part before a
-    negative literal that ends in '-' gets a space (``a - -5``, never ``a --5``)."""
+    """Flat literal references (ints) as ``(slot, member)``."""
     where = [(j, m) for j, n in enumerate(shape) for m in range(n)]
-    parts = list(flat.parts)
-    out: list[Part] = []
-    for k, p in enumerate(parts):
-        if isinstance(p, int):
-            out.append(where[p])
-        else:
-            nxt = parts[k + 1] if k + 1 < len(parts) else None
-            out.append(p + " " if p.endswith("-") and nxt is not None else p)
-    return tuple(out)
+    return tuple(where[p] if isinstance(p, int) else p for p in flat.parts)
 
 
 def _with_lists(sr: "SlotRendering", sql: str, literals: list, catalog: Catalog, plan: Plan) -> "SlotRendering":

@@ -2,8 +2,8 @@
 
 ``template_key(sql)`` reads DuckDB's own tokens (no parse) and returns a stable key plus
 the literal tokens in order. Instances of a template that differ only in constants
-share the key; whitespace, comments, a trailing ``;`` and the case of keywords, function
-and type names do not matter. Everything else does: identifiers (quoted or not, with their
+share the key; whitespace, comments, a trailing ``;`` and the case of reserved words,
+function and type names do not matter. Everything else does: identifiers (quoted or not, with their
 case: an alias is a result column's name, ``sum(Foo)`` another column than ``sum(foo)``),
 operators, and the *type* of every literal. A slot is typed by its literal's lexical
 form: ``i`` integer, ``d`` decimal, ``e`` scientific, ``s`` string; ``x = 5`` and
@@ -104,7 +104,9 @@ def _scan(sql: str) -> list[_Scanned] | None:
         c = seg[:1]
         if c in ("'", '"') or (k == _STR):
             text = _quoted(seg, k)
-            if text is None:
+            # DuckDB joins 'a' 'b' written on two lines into one string token: a quote
+            # after the closing one means the token is more than lqo read
+            if text is None or "'" in seg[len(text):] or '"' in seg[len(text):]:
                 return None
         elif comments:
             m = _GAP.search(seg, 1)
@@ -220,15 +222,33 @@ def _items(toks: list[_Scanned]) -> tuple[list[_Item], list[int]]:
                     opens.append(len(items) - 1)
                 items.append((s, e, text, typ))
                 continue
-        if k == _KEYWORD and text.isalpha() or k == _IDENT and i + 1 < n and text[0] != '"' and (
-                toks[i + 1][2] == "(" or toks[i + 1][3] == _STR):
-            # keywords, function names and type names (DATE '...'): DuckDB's result names
-            # spell them its own way, so their case never shows
+        if (k == _KEYWORD and text.lower() in _reserved() or k == _IDENT and i + 1 < n and text[0] != '"'
+                and (toks[i + 1][2] == "(" or toks[i + 1][3] == _STR)) and not (
+                items and items[-1][2] in ("as", ".") or i + 1 < n and toks[i + 1][2] in (":", ":=")):
+            # reserved words, function names and type names (DATE '...'): DuckDB's result
+            # names spell them its own way, so their case never shows; an unreserved word
+            # (Name, Value, Year) may be a column or an alias, whose case does show
             text = text.lower()
         items.append((s, e, text, None))
     while items and items[-1][2] == ";" and items[-1][3] is None:  # a trailing ';' ends the one statement
         items.pop()
     return items, opens
+
+
+def _reserved() -> frozenset[str]:
+    """DuckDB's reserved keywords, read once."""
+    global _RESERVED
+    if _RESERVED is None:
+        con = duckdb.connect()
+        try:
+            _RESERVED = frozenset(r[0].lower() for r in con.execute(
+                "SELECT keyword_name FROM duckdb_keywords() WHERE keyword_category = 'reserved'").fetchall())
+        finally:
+            con.close()
+    return _RESERVED
+
+
+_RESERVED: frozenset[str] | None = None
 
 
 def _is_sign(toks: list[_Scanned], minus: int) -> bool:

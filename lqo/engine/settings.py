@@ -58,8 +58,8 @@ class RuleModes:
     the wrong rules, or leave rules disabled for good. The rule here: a statement runs
     in a *mode* (the rules it needs disabled; DuckDB's own rules are mode ``()``).
     Statements of one mode run together; a statement of another mode waits until they
-    have finished, then its first statement sets the rules and, once every statement of
-    its mode has finished, restores what it found. Modes take turns in arrival order, so
+    have finished, then its first statement sets the rules, and the last statement of
+    the mode to finish restores what the first found. Modes take turns in arrival order, so
     a stream of one mode never starves another. A statement joins a running mode only
     where its own connection shows that mode's rules (another database instance that
     happens to hold the same rules may join; one that does not waits its turn). A
@@ -80,6 +80,10 @@ class RuleModes:
         self._mode: tuple[str, ...] = ()
         self._value: frozenset[str] = frozenset()  # the rules disabled while a non-empty mode runs
         self._active = 0
+        # How to undo the running mode: a cursor of the instance it was set on (its own,
+        # so a statement's unfetched result and a closed caller's cursor do not matter)
+        # and the value found there. The last statement of the mode to leave undoes it.
+        self._undo: tuple[duckdb.DuckDBPyConnection, Any] | None = None
         self._queue: list[tuple[int, tuple[str, ...]]] = []
         self._tickets = itertools.count()
         self._local = threading.local()
@@ -93,64 +97,71 @@ class RuleModes:
             with self._nested(con, held, mode):
                 yield
             return
-        restore = self._enter(con, mode)
+        self._enter(con, mode)
         self._local.held = mode
         try:
             yield
         finally:
             self._local.held = None
-            self._leave(restore)
+            self._leave(con)
 
-    def _enter(self, con: duckdb.DuckDBPyConnection, mode: tuple[str, ...]) -> tuple | None:
+    def _enter(self, con: duckdb.DuckDBPyConnection, mode: tuple[str, ...]) -> None:
         with self._cond:
             if not mode and not self._queue and (self._active == 0 or not self._mode):
                 self._active += 1  # the common case: DuckDB's own rules, nothing waiting
                 self._mode = ()
-                return None
+                return
             ticket = next(self._tickets)
             self._queue.append((ticket, mode))
             try:
                 while True:
                     first = not any(m != mode for t, m in self._queue if t < ticket)
                     if first and self._active == 0:
-                        restore = self._apply(con, mode)
+                        self._undo = self._apply(con, mode)
                         self._active, self._mode = 1, mode
-                        return restore
+                        return
                     if first and self._active and self._mode == mode and (
-                            not mode or _rule_set(current_setting(con, "disabled_optimizers")) == self._value):
+                            not mode or _rule_set(_setting_aside(con)) == self._value):
                         self._active += 1
-                        return None
+                        return
                     self._cond.wait()
             finally:
                 self._queue.remove((ticket, mode))
                 self._cond.notify_all()
 
     def _apply(self, con: duckdb.DuckDBPyConnection, mode: tuple[str, ...]) -> tuple | None:
-        """Set ``mode``'s rules on ``con``; what to restore, or None if nothing changed."""
+        """Set ``mode``'s rules on ``con``'s instance; how to undo it, or None if nothing changed."""
         if not mode:
             return None
-        previous = current_setting(con, "disabled_optimizers")
-        already = [o.strip() for o in str(previous or "").split(",") if o.strip()]
-        wanted = ",".join(already + [o for o in mode if o not in already])
-        self._value = _rule_set(wanted)
-        if self._value == _rule_set(previous):
-            return None
-        con.execute(f"SET disabled_optimizers = {_sql_str(wanted)}")
-        return (con, previous)
+        cur = con.cursor()  # not ``con``: it may hold a result its caller has yet to fetch
+        try:
+            previous = current_setting(cur, "disabled_optimizers")
+            already = [o.strip() for o in str(previous or "").split(",") if o.strip()]
+            wanted = ",".join(already + [o for o in mode if o not in already])
+            self._value = _rule_set(wanted)
+            if self._value == _rule_set(previous):
+                cur.close()
+                return None
+            cur.execute(f"SET disabled_optimizers = {_sql_str(wanted)}")
+        except BaseException:
+            cur.close()
+            raise
+        return (cur, previous)
 
-    def _leave(self, restore: tuple | None) -> None:
+    def _leave(self, con: duckdb.DuckDBPyConnection) -> None:
         with self._cond:
-            try:
-                if self._mode:
-                    # the statement that set the rules restores them, once its mode has run
-                    while restore is not None and self._active > 1:
-                        self._cond.wait()
-                    if restore is not None:
-                        _restore_aside(restore[0], restore[1])
-            finally:
-                self._active -= 1
-                if self._active == 0:
-                    self._mode = ()
+            self._active -= 1
+            if self._active == 0:
+                undo, self._undo, self._mode = self._undo, None, ()
+                self._cond.notify_all()
+                if undo is not None:
+                    try:
+                        _undo(undo)
+                    except duckdb.ConnectionException:
+                        # the cursor that set the rules was closed (a cursor of a cursor
+                        # closes with it): undo through this statement's, which saw them
+                        _undo((con.cursor(), undo[1]))
+            else:
                 self._cond.notify_all()
 
     @contextmanager
@@ -162,7 +173,8 @@ class RuleModes:
             if self._active != 1 or not mode:
                 raise LqoError("lqo changed DuckDB's optimizer rules inside a statement while others ran, "
                                "or asked for DuckDB's own rules inside changed ones")
-            restore, outer_value = self._apply(con, mode), self._value
+            outer_value = self._value
+            undo = self._apply(con, mode)
             outer_mode, self._mode = self._mode, mode
         self._local.held = mode
         try:
@@ -170,19 +182,29 @@ class RuleModes:
         finally:
             self._local.held = held
             with self._cond:
-                if restore is not None:
-                    _restore_aside(restore[0], restore[1])
+                if undo is not None:
+                    _undo(undo)
                 self._mode, self._value = outer_mode, outer_value
 
 
-def _restore_aside(con: duckdb.DuckDBPyConnection, previous: Any) -> None:
-    """Restore the rules through another cursor of ``con``'s instance: ``con`` may hold
-    the result of the statement that ran under them, not yet fetched."""
+def _setting_aside(con: duckdb.DuckDBPyConnection) -> Any:
+    """The rules disabled on ``con``'s instance, read through another cursor."""
     cur = con.cursor()
+    try:
+        return current_setting(cur, "disabled_optimizers")
+    finally:
+        cur.close()
+
+
+def _undo(undo: tuple[duckdb.DuckDBPyConnection, Any]) -> None:
+    cur, previous = undo
     try:
         _restore(cur, "disabled_optimizers", previous)
     finally:
-        cur.close()
+        try:
+            cur.close()
+        except duckdb.Error:
+            pass
 
 
 def _rule_set(value: Any) -> frozenset[str]:
