@@ -242,3 +242,23 @@ def test_the_last_statement_of_a_mode_restores_the_rules_even_if_the_first_curso
     go.set()
     t.join(10)
     assert current_setting(con, "disabled_optimizers") == ""
+
+
+@pytest.mark.parametrize("a, b", [
+    ("SELECT count(*) FROM region WHERE r_name = 'AS'\n'IA'", "SELECT count(*) FROM region WHERE r_name = 'AS'"),
+    ("SELECT count(*) FROM region WHERE r_name = 'AS' -- c\n'IA'", "SELECT count(*) FROM region WHERE r_name = 'AS'"),
+    ("SELECT r_name AS Name FROM region", "SELECT r_name AS name FROM region"),
+    ("SELECT {Name: r_name} FROM region", "SELECT {name: r_name} FROM region"),
+    ("SELECT -2 ^ 2 FROM t", "SELECT 2 ^ 2 FROM t"),
+])
+def test_texts_that_mean_other_things_have_other_keys(a, b):
+    assert template_key(a).key != template_key(b).key
+
+
+def test_a_negative_literal_after_an_operator_stays_a_literal(tmp_path, con):
+    sql = ("SELECT n_name, count(*) AS n FROM customer, nation WHERE c_nationkey = n_nationkey "
+           "AND n_nationkey > ~ {} GROUP BY n_name ORDER BY n_name")
+    opt = _tree_book(tmp_path, con, sql.format(20))
+    res, rows = _served_rows(opt, sql.format(-5), con)
+    assert res.source == "book" and res.forced and res.fallback is None, res.sql
+    assert rows == con.execute(sql.format(-5)).fetchall()
