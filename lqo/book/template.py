@@ -2,8 +2,9 @@
 
 ``template_key(sql)`` reads DuckDB's own tokens (no parse) and returns a stable key plus
 the literal tokens in order. Instances of a template that differ only in constants
-share the key; whitespace, comments, a trailing ``;`` and the case of reserved words,
-function and type names do not matter. Everything else does: identifiers (quoted or not, with their
+share the key; whitespace, comments, a trailing ``;`` and the case of keywords (but
+unreserved ones such as ``Name``, which can be aliases), function and type names do not
+matter. Everything else does: identifiers (quoted or not, with their
 case: an alias is a result column's name, ``sum(Foo)`` another column than ``sum(foo)``),
 operators, and the *type* of every literal. A slot is typed by its literal's lexical
 form: ``i`` integer, ``d`` decimal, ``e`` scientific, ``s`` string; ``x = 5`` and
@@ -225,9 +226,9 @@ def _items(toks: list[_Scanned]) -> tuple[list[_Item], list[int]]:
         if (k == _KEYWORD and text.lower() in _reserved() or k == _IDENT and i + 1 < n and text[0] != '"'
                 and (toks[i + 1][2] == "(" or toks[i + 1][3] == _STR)) and not (
                 items and items[-1][2] in ("as", ".") or i + 1 < n and toks[i + 1][2] in (":", ":=")):
-            # reserved words, function names and type names (DATE '...'): DuckDB's result
-            # names spell them its own way, so their case never shows; an unreserved word
-            # (Name, Value, Year) may be a column or an alias, whose case does show
+            # keywords, function names and type names (DATE '...'): DuckDB's result names
+            # spell them its own way, so their case never shows; an unreserved word (Name,
+            # Value, Year) may be a column or an alias, whose case does show
             text = text.lower()
         items.append((s, e, text, None))
     while items and items[-1][2] == ";" and items[-1][3] is None:  # a trailing ';' ends the one statement
@@ -236,13 +237,15 @@ def _items(toks: list[_Scanned]) -> tuple[list[_Item], list[int]]:
 
 
 def _reserved() -> frozenset[str]:
-    """DuckDB's reserved keywords, read once."""
+    """DuckDB's keywords that cannot stand as a bare column name or alias (reserved,
+    type and function, column-name-only: GROUP BY, IS, JOIN, BETWEEN, ...), read once.
+    Unreserved ones (Name, Value, Year) can, and their case shows in result names."""
     global _RESERVED
     if _RESERVED is None:
         con = duckdb.connect()
         try:
             _RESERVED = frozenset(r[0].lower() for r in con.execute(
-                "SELECT keyword_name FROM duckdb_keywords() WHERE keyword_category = 'reserved'").fetchall())
+                "SELECT keyword_name FROM duckdb_keywords() WHERE keyword_category <> 'unreserved'").fetchall())
         finally:
             con.close()
     return _RESERVED
