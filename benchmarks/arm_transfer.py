@@ -28,7 +28,8 @@ import sys
 import time
 
 from lqo.tune.trials import ARMS
-from lqo.engine.harness import median_latency, run_interleaved
+from lqo.engine.harness import run_interleaved
+from lqo.engine.run_result import median_latency
 from lqo.sql.catalog import Catalog
 from lqo.workloads.workload import Workload
 

@@ -29,7 +29,8 @@ import statistics
 import sys
 import time
 
-from lqo.engine.harness import median_latency, run_interleaved
+from lqo.engine.harness import run_interleaved
+from lqo.engine.run_result import median_latency
 from lqo.optimizer import Optimizer
 from lqo.triage import NOT_WORTH_PLANNING
 from lqo.workloads.workload import Workload

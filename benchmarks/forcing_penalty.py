@@ -21,7 +21,8 @@ import statistics
 import sys
 import time
 
-from lqo.engine.harness import median_latency, run_interleaved
+from lqo.engine.harness import run_interleaved
+from lqo.engine.run_result import median_latency
 from lqo.sql.catalog import Catalog
 from lqo.trees.query import PreparedQuery, prepare
 from lqo.trees.render import render

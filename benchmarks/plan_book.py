@@ -30,7 +30,8 @@ from lqo.tune.trials import variant
 from lqo.model_dir import ModelDir
 from lqo.tune.inputs import TuneConfig
 from lqo.tune.tuner import Tuner
-from lqo.engine.harness import median_latency, run_interleaved
+from lqo.engine.harness import run_interleaved
+from lqo.engine.run_result import median_latency
 from lqo.optimizer import Optimizer
 from lqo.workloads.workload import Workload
 

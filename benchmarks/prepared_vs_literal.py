@@ -22,7 +22,7 @@ from collections import defaultdict
 import duckdb
 
 from lqo.book.template import template_key, tokens
-from lqo.engine.harness import fingerprint_rows
+from lqo.engine.run_result import fingerprint_rows
 from lqo.workloads.workload import Workload
 
 

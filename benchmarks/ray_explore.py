@@ -38,7 +38,8 @@ from pathlib import Path
 import duckdb
 
 import lqo.evaluate.explore as explore_mod
-from lqo.engine.harness import median_latency, run_interleaved
+from lqo.engine.harness import run_interleaved
+from lqo.engine.run_result import median_latency
 from lqo.evaluate.explore import ExploreConfig, explore_workload
 from lqo.sql.catalog import Catalog
 from lqo.trees.query import prepare

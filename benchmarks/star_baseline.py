@@ -20,7 +20,8 @@ import statistics
 
 from lqo.estimates.cardinality import Estimator
 from lqo.sql.catalog import Catalog
-from lqo.engine.harness import median_latency, run_interleaved
+from lqo.engine.harness import run_interleaved
+from lqo.engine.run_result import median_latency
 from lqo.trees.query import prepare
 from lqo.search import star_plan
 from lqo.estimates.stats import DatabaseStats

@@ -37,7 +37,7 @@ _LAZY = {
     "Join": ("lqo.trees.plan", "Join"),
     "Leaf": ("lqo.trees.plan", "Leaf"),
     "Harness": ("lqo.engine.harness", "Harness"),
-    "RunResult": ("lqo.engine.harness", "RunResult"),
+    "RunResult": ("lqo.engine.run_result", "RunResult"),
     "forced_settings": ("lqo.engine.settings", "forced_settings"),
     "connect_read_only": ("lqo.engine.db", "connect_read_only"),
     "Workload": ("lqo.workloads.workload", "Workload"),

@@ -184,6 +184,7 @@ class Connection:
         return Connection(self._con.cursor(), self._server, self._planner)
 
     def close(self) -> None:
+        """Close the underlying DuckDB connection."""
         self._con.close()
 
     def __enter__(self) -> "Connection":
@@ -194,6 +195,7 @@ class Connection:
 
     @property
     def description(self) -> Any:
+        """The last result's column description, as DuckDB gives it."""
         return self._con.description
 
     @property

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 @dataclass
 class DecisionConfig:
+    """When a planned tree replaces native: the predicted gain and confidence it needs."""
+
     min_gain: float = 0.10  # predicted gain needed to leave native (0.10 = 10% faster)
     z: float = 1.0  # and the gain must exceed z x the ensemble's uncertainty (log space)
 

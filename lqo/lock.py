@@ -53,6 +53,7 @@ class WriterLock:
         self._key: str | None = key
 
     def release(self) -> None:
+        """Release the lock (idempotent)."""
         key, self._key = self._key, None
         if key is None:
             return

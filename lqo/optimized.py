@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import duckdb
 
-from lqo.engine.harness import RESULT_CONVERSION_ERRORS, is_user_interrupt, runtime_error
+from lqo.engine.failures import RESULT_CONVERSION_ERRORS, runtime_error
+from lqo.engine.interrupt import is_user_interrupt
 from lqo.engine.settings import FORCE_DISABLED_OPTIMIZERS, disabled_optimizers
 
 if TYPE_CHECKING:
@@ -128,6 +129,7 @@ class Optimized:
             return con.execute(self.original_sql, parameters)
 
     def to_json(self) -> dict[str, Any]:
+        """The decision as plain JSON data (plans as text)."""
         return {
             "sql": self.sql, "forced": self.forced,
             "chosen": str(self.chosen) if self.chosen else None,

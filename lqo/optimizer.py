@@ -123,6 +123,7 @@ class Optimizer:
         return opt
 
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+        """Write the model, its statistics and settings (plus ``extra``) as a model directory."""
         md = ModelDir(path)
         md.root.mkdir(parents=True, exist_ok=True)
         self.model.save(md.model, vocabulary=self.featurizer.vocabulary, schema=self.schema)
@@ -133,6 +134,7 @@ class Optimizer:
         md.write_config(config)
 
     def check_schema(self, con: duckdb.DuckDBPyConnection) -> Catalog:
+        """The connection's catalog; ``SchemaMismatchError`` if the model was trained for another schema."""
         catalog = Catalog.from_connection(con)
         if self.schema and catalog.fingerprint != self.schema:
             raise SchemaMismatchError(
@@ -149,6 +151,7 @@ class Optimizer:
 
     # ----- planning --------------------------------------------------------------------
     def prepare(self, sql: str, con: duckdb.DuckDBPyConnection) -> PreparedQuery:
+        """``sql`` parsed, with DuckDB's native trees (cached per text)."""
         self._check_once(con)
         with self._lock:
             pq = self._cache.get(sql)

@@ -32,6 +32,8 @@ Scorer = Callable[[Sequence[Plan]], np.ndarray]
 
 @dataclass
 class SearchConfig:
+    """Beam search settings: width, rounds, random seeds, time budget."""
+
     width: int = 4  # plans kept per round (the beam)
     max_steps: int = 3  # rounds of local moves
     random_seeds: int = 0  # random trees added to the first round
@@ -42,6 +44,8 @@ class SearchConfig:
 
 @dataclass
 class SearchResult:
+    """The best plan found, its score, native's score and every plan scored."""
+
     best: Plan
     best_score: float
     native_score: float

@@ -60,6 +60,8 @@ def query_facts(sql: str, table_rows: Mapping[str, int]) -> tuple[float, ...]:
 
 @dataclass
 class TriageConfig:
+    """When a first-seen query is planned: the gain expected and the safety margin it needs."""
+
     enabled: bool = True  # False: plan every first-seen query (the search still runs)
     expected_gain: float = 0.10  # share of native time planning is expected to save where it is worth it
     safety: float = 2.0  # plan only where expected gain >= safety x predicted planning cost
@@ -112,6 +114,7 @@ class Triage:
         self._short: tuple | None = None  # judge's length cut-off, cached: (inputs, limit, verdict)
 
     def judge(self, sql: str) -> Verdict:
+        """Whether to plan ``sql``, with the predicted native and planning ms."""
         if not self.config.enabled:
             return Verdict(True, *self.predict(sql), None)
         limit, short = self._length_cutoff()
@@ -158,13 +161,16 @@ class Triage:
         return limit, short
 
     def search_budget_ms(self, native_ms: float, cap_ms: float) -> float:
+        """The search's time budget for a query of ``native_ms``, at most ``cap_ms``."""
         return max(1.0, min(cap_ms, self.config.search_share * native_ms))
 
     def to_json(self) -> dict:
+        """The fitted triage as plain JSON data."""
         return asdict(self)
 
     @classmethod
     def from_json(cls, d: dict) -> "Triage":
+        """A triage from its JSON."""
         return cls(dict(d["table_rows"]), list(d["latency_weights"]), list(d["planning_weights"]),
                    TriageConfig(**d.get("config", {})), int(d.get("fitted_on", 0)), d.get("envelope"),
                    d.get("planning_floor_ms"))

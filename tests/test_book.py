@@ -26,7 +26,7 @@ from lqo.tune.trials import COMBINED
 from lqo.book.serve import BookServer
 from lqo.book.template import literal_free_text, template_key, tokens
 from lqo.cli import main
-from lqo.engine.harness import fingerprint_rows
+from lqo.engine.run_result import fingerprint_rows
 from lqo.errors import BookError, QueryRuntimeError, SchemaMismatchError
 from lqo.optimizer import Optimizer
 from lqo.sql.catalog import Catalog

@@ -14,7 +14,8 @@ import pytest
 
 from lqo.errors import LqoError, PlanError
 from lqo.store.experience import SCHEMA_VERSION, ExperienceStore
-from lqo.engine.harness import Harness, RunResult
+from lqo.engine.harness import Harness
+from lqo.engine.run_result import RunResult
 
 SQL = "SELECT n_name, count(*) FROM nation JOIN customer ON c_nationkey = n_nationkey GROUP BY 1"
 OPS = [{"type": "HASH_JOIN", "rows": 1500, "est": 1442, "ms": 0.4, "depth": 0, "parent": -1}]
@@ -168,7 +169,7 @@ def test_open_refuses_foreign_files_and_other_versions(tmp_path):
 CHILD = r"""
 import sys
 from lqo.store.experience import ExperienceStore
-from lqo.engine.harness import RunResult
+from lqo.engine.run_result import RunResult
 
 path, small_checkpoints = sys.argv[1], sys.argv[2] == "1"
 store = ExperienceStore.open(path, session="child")

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from conftest import tpc_queries
 from lqo.engine.db import connect_read_only
-from lqo.engine.harness import Harness, RunResult, fingerprint_rows, median_latency, run_interleaved
+from lqo.engine.harness import Harness, run_interleaved
+from lqo.engine.run_result import RunResult, fingerprint_rows, median_latency
 from lqo.engine.settings import FORCE_SETTINGS, forced_settings
 
 SLOW_SQL = "SELECT sum(a.range * b.range) FROM range(1000000000) a, range(1000) b"

@@ -189,3 +189,39 @@ def test_one_meaning_per_name():
             names.setdefault(path.name, []).append(_module_name(path))
     assert {n: ms for n, ms in names.items() if len(ms) > 1} == {}
     assert {n: ms for n, ms in _public_definitions().items() if len(ms) > 1} == {}
+
+
+def test_public_definitions_have_docstrings():
+    """Every public class, function and method outside the CLI says what it is for."""
+    missing = []
+    for path in ROOT.rglob("*.py"):
+        module = _module_name(path)
+        if module.startswith("lqo.cli"):
+            continue
+        tree = ast.parse(path.read_text())
+        if ast.get_docstring(tree) is None:
+            missing.append(module)
+        stack = [(tree.body, module)]
+        while stack:
+            body, prefix = stack.pop()
+            for node in body:
+                if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and not node.name.startswith("_"):
+                    if ast.get_docstring(node) is None:
+                        missing.append(f"{prefix}.{node.name}")
+                    if isinstance(node, ast.ClassDef):
+                        stack.append((node.body, f"{prefix}.{node.name}"))
+    assert sorted(missing) == []
+
+
+def test_no_private_names_cross_modules():
+    """A module imports only public names from another lqo module (a private helper two
+    modules need is public, with a docstring, in the module that owns it)."""
+    bad = []
+    for path in ROOT.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lqo"):
+                bad += [f"{_module_name(path)}: {node.module}.{a.name}" for a in node.names
+                        if a.name.startswith("_") and a.name != "__version__"]
+                if any(part.startswith("_") for part in node.module.split(".")):
+                    bad.append(f"{_module_name(path)}: {node.module}")
+    assert bad == []

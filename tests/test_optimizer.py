@@ -20,7 +20,7 @@ from lqo.sql.catalog import Catalog
 from lqo.cli import main
 from lqo.errors import InvalidSQLError, LqoError, MissingFileError, NotSelectError, QueryRuntimeError, SchemaMismatchError
 from lqo.decision import DecisionConfig
-from lqo.engine.harness import fingerprint_rows
+from lqo.engine.run_result import fingerprint_rows
 from lqo.evaluate.compare import CompareConfig, compare_workload
 from lqo.learn.featurized import JOIN, N_KINDS, SCAN
 from lqo.learn.features import Featurizer
@@ -101,7 +101,8 @@ def test_loss_falls_and_held_out_queries_are_ranked(trained, workload):
     queries, over 14 training runs the model scored 0.10 below to 0.05 above it. Against
     the plan-blind guesses its margin was 0.16 to 0.36.
     """
-    from lqo.engine.harness import median_latency, run_interleaved
+    from lqo.engine.harness import run_interleaved
+    from lqo.engine.run_result import median_latency
     from lqo.train.samples import collect_samples
 
     con = workload.connect()

@@ -13,7 +13,7 @@ import pytest
 
 import lqo
 from lqo.cli import main
-from lqo.engine.harness import fingerprint_rows
+from lqo.engine.run_result import fingerprint_rows
 from lqo.train.recipe import Recipe
 from lqo.train.trainer import Trainer
 

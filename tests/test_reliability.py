@@ -22,7 +22,8 @@ import pytest
 
 import lqo.cli as cli
 from lqo.engine.db import connect_read_only
-from lqo.engine.harness import Harness, fingerprint_rows
+from lqo.engine.harness import Harness
+from lqo.engine.run_result import fingerprint_rows
 from lqo.engine.settings import current_setting
 from lqo.errors import BusyError, InvalidSQLError, LqoError, NotSelectError, QueryRuntimeError
 from lqo.optimized import Optimized

@@ -23,7 +23,7 @@ import pytest
 
 import lqo.cli as cli
 from lqo.errors import LqoError
-from lqo.engine.harness import fingerprint_rows
+from lqo.engine.run_result import fingerprint_rows
 from lqo.engine.settings import FORCE_DISABLED_OPTIMIZERS
 from lqo.optimized import Optimized
 from lqo.sched.workers import Workers

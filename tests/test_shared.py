@@ -9,7 +9,7 @@ import pytest
 
 from conftest import tpc_queries
 from lqo.engine.db import connect_read_only
-from lqo.engine.harness import fingerprint_rows
+from lqo.engine.run_result import fingerprint_rows
 from lqo.engine.settings import forced_settings
 from lqo.sql.catalog import Catalog
 from lqo.sql.join_graph import build_query_graph

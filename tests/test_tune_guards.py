@@ -20,7 +20,7 @@ from lqo.book.book import PlanBook
 from lqo.tune.trials import Trials
 from lqo.tune.inputs import TuneConfig
 from lqo.tune.tuner import Tuner
-from lqo.engine.harness import fingerprint_rows
+from lqo.engine.run_result import fingerprint_rows
 from lqo.workloads.workload import Workload, write_workload
 
 SQL = """SELECT n_name, count(*) AS lines

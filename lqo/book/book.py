@@ -46,10 +46,12 @@ class AcceptanceVerdict:
     node: str | None = None  # the Ray node all paired rounds ran on (``--ray``); None: the tuning machine
 
     def to_json(self) -> dict:
+        """The verdict as plain JSON data."""
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: Mapping) -> "AcceptanceVerdict":
+        """A verdict from its JSON (keys it does not know are ignored)."""
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
@@ -66,11 +68,13 @@ class Candidate:
     origin: str = ""  # how it was proposed: "arm", "star", "random", "model", ...
 
     def to_json(self) -> dict:
+        """The candidate as plain JSON data."""
         return {"id": self.id, "kind": self.kind, "disabled": list(self.disabled), "plan": self.plan,
                 "slots": self.slots, "origin": self.origin}
 
     @classmethod
     def from_json(cls, d: dict) -> "Candidate":
+        """A candidate from its JSON."""
         return cls(d["id"], d["kind"], tuple(d.get("disabled") or ()), d.get("plan"), d.get("slots"), d.get("origin", ""))
 
 
@@ -79,6 +83,8 @@ NATIVE = Candidate("native", "native")
 
 @dataclass
 class BookEntry:
+    """One template key's page of the book: its instances, native figures, candidates, verdicts and choice."""
+
     key: str
     template: str
     sample_sql: str
@@ -103,9 +109,11 @@ class BookEntry:
 
     @property
     def chosen(self) -> Candidate:
+        """The adopted candidate (``NATIVE`` while the choice is native)."""
         return self.candidates.get(self.choice, NATIVE)
 
     def to_json(self) -> dict:
+        """The entry as plain JSON data (an unbounded screening ratio as null)."""
         return {
             "key": self.key, "template": self.template, "sample_sql": self.sample_sql,
             "instances": self.instances, "held_out": self.held_out, "weight_ms": self.weight_ms,
@@ -118,6 +126,7 @@ class BookEntry:
 
     @classmethod
     def from_json(cls, d: dict) -> "BookEntry":
+        """An entry from its JSON; ``BookError`` if its choice is not among its candidates."""
         e = cls(d["key"], d["template"], d["sample_sql"], instances=list(d.get("instances", [])),
                 held_out=list(d.get("held_out", [])), weight_ms=float(d.get("weight_ms", 0.0)),
                 choice=d.get("choice", "native"))
@@ -137,17 +146,21 @@ class BookEntry:
         return e
 
     def adopt(self, candidate_id: str) -> None:
+        """Make ``candidate_id`` the choice, stamped with the time (UTC)."""
         self.choice = candidate_id
         self.verified_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 @dataclass
 class PlanBook:
+    """The plan book: per template key an entry, the schema fingerprint it was tuned for, and run metadata."""
+
     schema: str = ""
     entries: dict[str, BookEntry] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 
     def entry(self, key: str, template: str, sample_sql: str) -> BookEntry:
+        """The entry of template key ``key``, created (with its label and a sample text) if new."""
         if key not in self.entries:
             self.entries[key] = BookEntry(key, template, sample_sql)
         return self.entries[key]
@@ -157,14 +170,17 @@ class PlanBook:
         return {i for e in self.entries.values() for i in e.held_out}
 
     def by_template(self) -> dict[str, BookEntry]:
+        """Entries by template label."""
         return {e.template: e for e in self.entries.values()}
 
     def to_json(self) -> dict:
+        """The book as plain JSON data (what its file holds)."""
         return {"format": FORMAT, "schema": self.schema, "meta": self.meta,
                 "templates": [e.to_json() for e in self.entries.values()]}
 
     @classmethod
     def from_json(cls, d: Any) -> "PlanBook":
+        """A book from its JSON; ``BookError`` for another format or a malformed entry."""
         if isinstance(d, dict) and d.get("format") == "lqo-plan-book/1":
             raise BookError("a plan book from an older lqo, whose template keys no longer match: "
                             "run lqo tune again")

@@ -78,6 +78,7 @@ class LiteralRanges:
 
     @classmethod
     def build(cls, keys: Sequence[TemplateKey]) -> "LiteralRanges":
+        """The ranges spanned by the literals of ``keys`` (one template's tuning instances)."""
         per_slot: list[list[float | None]] = []
         for k in keys:
             for i, values in enumerate(_slots(k)):
@@ -99,10 +100,12 @@ class LiteralRanges:
         return None
 
     def to_json(self) -> list:
+        """The ranges as plain JSON data."""
         return [None if s is None else [s[0], s[1]] for s in self.spans]
 
     @classmethod
     def from_json(cls, data: list) -> "LiteralRanges":
+        """Ranges from their JSON."""
         return cls(tuple(None if s is None else (float(s[0]), float(s[1])) for s in data))
 
 

@@ -39,6 +39,8 @@ FullRenderer = Callable[[str, Plan], str]
 
 
 class BookServer:
+    """Serves known template keys from a plan book, with a cache of recent texts; thread-safe."""
+
     def __init__(self, book: PlanBook, render_full: FullRenderer | None = None, cache_size: int = 4096,
                  feedback: str | os.PathLike | None = None) -> None:
         self.book = book

@@ -66,6 +66,7 @@ class SlotRendering:
 
     @property
     def n_literals(self) -> int:
+        """How many literals an instance must bring (every slot's length summed)."""
         return sum(self.shape)
 
     def fits(self, shape: tuple[int, ...]) -> bool:
@@ -109,6 +110,7 @@ class SlotRendering:
         return "".join(out)
 
     def to_json(self) -> list:
+        """The rendering as plain JSON data (stored with its candidate in the book)."""
         out: list = [list(self.shape), [p if isinstance(p, str) else list(p) for p in self.parts]]
         if self.plain is not None:
             out += [[list(t) for t in self.twins], self.plain.to_json()]
@@ -116,6 +118,7 @@ class SlotRendering:
 
     @classmethod
     def from_json(cls, data: list) -> "SlotRendering":
+        """A rendering from its JSON; ``PlanError`` for one an older lqo wrote."""
         shape, parts = data[0], data[1]
         if not isinstance(shape, list):
             raise PlanError("a slot rendering from an older lqo (re-tune the plan book)")

@@ -8,6 +8,7 @@ import gc
 from lqo.errors import LqoError
 from lqo.model_dir import SPLITS, ModelDir
 from lqo.workloads.workload import Workload
+from lqo.cli.options import add_model, add_repeat
 from lqo.cli.output import add_json_flag, emit, progress
 
 
@@ -21,11 +22,11 @@ def register(sub) -> None:
         "regressions, planning median and p99.",
     )
     p.add_argument("workload", help="workload directory")
-    p.add_argument("--model", required=True, help="model directory written by lqo train and/or lqo tune (a plan book)")
+    add_model(p, "model directory written by lqo train and/or lqo tune (a plan book)", required=True)
     p.add_argument("--split", choices=list(SPLITS), default="all",
                    help="which queries to compare: all; the model's train or test templates; or 'instances', "
                    "the held-out instances of the templates `lqo tune` tuned (never run while tuning) (default all)")
-    p.add_argument("--repeat", type=int, default=5, help="interleaved runs per plan (default 5)")
+    add_repeat(p, 5, "interleaved runs per plan (default 5)")
     p.add_argument("--csv", help="also write the per-query table to this CSV file")
     p.add_argument("--plot", metavar="PNG", help="also write the per-query speedup plot (native / lqo) to this file")
     add_json_flag(p)

@@ -8,7 +8,8 @@ import json
 import duckdb
 
 from lqo.engine.db import connect_read_only
-from lqo.engine.harness import RESULT_CONVERSION_ERRORS, is_user_interrupt, runtime_error
+from lqo.engine.failures import RESULT_CONVERSION_ERRORS, runtime_error
+from lqo.engine.interrupt import is_user_interrupt
 from lqo.engine.settings import profiling_settings
 from lqo.trees.native import PNode, read_native_trees
 from lqo.trees.plan import joins

@@ -7,6 +7,7 @@ import argparse
 from lqo.evaluate.explore import ExploreConfig, explore_workload
 from lqo.model_dir import STORE_FILE
 from lqo.workloads.workload import Workload
+from lqo.cli.options import add_seed
 from lqo.cli.output import add_json_flag, emit, progress
 from lqo.cli.ray_opts import add_ray_flags, format_nodes, ray_pool
 
@@ -24,7 +25,7 @@ def register(sub) -> None:
     p.add_argument("--plans", type=int, default=20, help="random trees per query (default 20)")
     p.add_argument("--timeout-factor", type=float, default=3.0, help="timeout as a multiple of native latency (default 3)")
     p.add_argument("--confirm", type=int, default=5, help="interleaved re-measurement rounds of the best tree (default 5)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_seed(p)
     p.add_argument("--store", help=f"experience store file (default WORKLOAD/{STORE_FILE})")
     p.add_argument("--queries", help="comma-separated query ids to explore (default all)")
     add_ray_flags(p)

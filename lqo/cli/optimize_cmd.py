@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lqo.engine.db import connect_read_only
+from lqo.cli.options import add_model
 from lqo.cli.output import add_json_flag, emit
 
 
@@ -21,7 +22,7 @@ def register(sub) -> None:
     )
     p.add_argument("sql", help="a SELECT query (quote it)")
     p.add_argument("--db", required=True, help="DuckDB database file (opened read-only)")
-    p.add_argument("--model", required=True, help="model directory written by lqo train")
+    add_model(p, "model directory written by lqo train", required=True)
     p.add_argument("--no-triage", action="store_true",
                    help="plan the query even where the model's first stage predicts that planning costs "
                         "more than it is likely to save (by default such a query runs as written)")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from lqo.errors import LqoError
-from lqo.engine.harness import is_user_interrupt
+from lqo.engine.interrupt import is_user_interrupt
+from lqo.cli.options import add_repeat, add_seed, add_timeout
 from lqo.cli.output import add_json_flag, emit
 from lqo.cli.schedule_cmd import Counter
 
@@ -23,15 +24,15 @@ def register(sub) -> None:
     )
     p.add_argument("workload", help="workload directory (with workload.toml)")
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
-    p.add_argument("--repeat", type=int, default=3, help="measured runs per query and thread count (default 3)")
+    add_repeat(p, 3, "measured runs per query and thread count (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="unrecorded warm-up rounds per query (default 1)")
-    p.add_argument("--timeout", type=float, default=300.0, help="per-run timeout in seconds (default 300)")
+    add_timeout(p)
     p.add_argument("--store", help="profile file (default WORKLOAD/scheduler-profile.duckdb)")
     p.add_argument("--queries", help="comma-separated query ids (default all)")
     p.add_argument("--calibrate", type=int, default=0, metavar="N",
                    help="after profiling, fit the simulator on a real batch of N queries run three ways (default off)")
     p.add_argument("--workers", type=int, help="workers for --calibrate (default: the number of cores)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the --calibrate streams (default 0)")
+    add_seed(p, "seed of the --calibrate streams (default 0)")
     add_json_flag(p)
     p.set_defaults(handler=run)
 

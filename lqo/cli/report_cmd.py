@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from lqo.cli.options import add_model, add_out, add_repeat
 from lqo.cli.output import add_json_flag, emit, progress
 from lqo.errors import LqoError
 
@@ -23,12 +24,11 @@ def register(sub) -> None:
         "regression, optionally GreedyLR vs cosine refits and scheduler plots, plus report.md and report.json.",
     )
     p.add_argument("workload", help="workload directory")
-    p.add_argument("--model", required=True, help="model directory written by lqo train")
-    p.add_argument("--out", required=True, metavar="DIR",
-                   help="report directory (created; an earlier report there is replaced)")
+    add_model(p, "model directory written by lqo train", required=True)
+    add_out(p, "report directory (created; an earlier report there is replaced)", required=True, metavar="DIR")
     p.add_argument("--split", choices=["all", "train", "test"], default="test",
                    help="which templates of the model's split to compare (default test)")
-    p.add_argument("--repeat", type=int, default=5, help="interleaved runs per plan in the comparison (default 5)")
+    add_repeat(p, 5, "interleaved runs per plan in the comparison (default 5)")
     p.add_argument("--compare-json", metavar="FILE",
                    help="reuse this `lqo compare --json` output instead of running the comparison")
     p.add_argument("--scheduler-json", metavar="FILE", nargs="+", action="extend", default=[],

@@ -9,9 +9,13 @@ from lqo.sql.catalog import Catalog
 from lqo.errors import LqoError
 from lqo.store.experience import ExperienceStore
 from lqo.model_dir import STORE_FILE, workload_store
-from lqo.engine.harness import Harness, error_line, is_user_interrupt, median_latency
+from lqo.engine.failures import error_line
+from lqo.engine.harness import Harness
+from lqo.engine.interrupt import is_user_interrupt
+from lqo.engine.run_result import median_latency
 from lqo.trees.query import prepare_named
 from lqo.workloads.workload import Workload
+from lqo.cli.options import add_repeat, add_seed, add_timeout
 from lqo.cli.output import add_json_flag, emit, progress
 
 
@@ -24,9 +28,9 @@ def register(sub) -> None:
     )
     p.add_argument("workload", help="workload directory (with workload.toml)")
     p.add_argument("--plan", choices=["native", "random"], default="native", help="which plan to run (default native)")
-    p.add_argument("--repeat", type=int, default=1, help="runs per query (default 1)")
-    p.add_argument("--timeout", type=float, default=300.0, help="per-run timeout in seconds (default 300)")
-    p.add_argument("--seed", type=int, default=0, help="random seed for --plan random")
+    add_repeat(p, 1, "runs per query (default 1)")
+    add_timeout(p)
+    add_seed(p, "random seed for --plan random")
     p.add_argument("--store", help=f"experience store file (default WORKLOAD/{STORE_FILE})")
     add_json_flag(p)
     p.set_defaults(handler=run)

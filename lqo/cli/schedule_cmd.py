@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from lqo.errors import LqoError
+from lqo.cli.options import add_model, add_seed, add_timeout
 from lqo.cli.output import add_json_flag, emit
 
 
@@ -29,15 +30,15 @@ def register(sub) -> None:
     p.add_argument("--queries", type=int, help="stream length (default: every query once)")
     p.add_argument("--workers", type=int, help="worker processes (default: the number of cores)")
     p.add_argument("--cores", type=int, help="cores to schedule for (default: this machine's)")
-    p.add_argument("--seed", type=int, default=0, help="stream seed: which queries, arrival times (default 0)")
-    p.add_argument("--model", help="optimizer model (for sjf-model and --plan optimized)")
+    add_seed(p, "stream seed: which queries, arrival times (default 0)")
+    add_model(p, "optimizer model (for sjf-model and --plan optimized)")
     p.add_argument("--scheduler-model", help="learned scheduler checkpoint (for --policy learned)")
     p.add_argument("--profile", action="append",
                    help="thread profile file(s) (default: WORKLOAD/scheduler-profile.duckdb where present)")
     p.add_argument("--book", help="a tuned model (lqo tune --out DIR): its plan book's template latencies inform "
                    "sjf-known and learned where the profile knows neither the query nor its template")
     p.add_argument("--plan", default="native", help="native | optimized: run each query's native or optimized plan")
-    p.add_argument("--timeout", type=float, default=300.0, help="per-query timeout in seconds (default 300)")
+    add_timeout(p, "per-query timeout in seconds (default 300)")
     p.add_argument("--simulate", action="store_true", help="only simulate the stream (needs a profile)")
     p.add_argument("--per-query", action="store_true", help="also print one line per query")
     add_json_flag(p)

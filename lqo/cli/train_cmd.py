@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lqo.errors import LqoError
+from lqo.cli.options import add_out, add_seed
 from lqo.cli.output import add_json_flag, emit, progress
 
 
@@ -18,10 +19,10 @@ def register(sub) -> None:
     )
     p.add_argument("recipe", help="TOML recipe (see training/README.md)")
     p.add_argument("--workload", help="override the recipe's workload directory")
-    p.add_argument("--out", help="override the model directory")
+    add_out(p, "override the model directory")
     p.add_argument("--time-budget", type=float, metavar="MINUTES", help="override the time budget")
     p.add_argument("--iterations", type=int, help="override the number of iterations")
-    p.add_argument("--seed", type=int, help="override the seed")
+    add_seed(p, "override the seed", default=None)
     add_json_flag(p)
     p.set_defaults(handler=run)
 

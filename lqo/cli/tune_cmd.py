@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from lqo.cli.options import add_model, add_out, add_seed
 from lqo.cli.output import add_json_flag, emit
 from lqo.cli.ray_opts import add_ray_flags, format_nodes, ray_pool
 from lqo.errors import LqoError
@@ -22,15 +23,15 @@ def register(sub) -> None:
     )
     p.add_argument("workload", help="workload directory (several instances per template: lqo workload vary)")
     p.add_argument("--budget", type=float, required=True, metavar="MINUTES", help="wall-clock minutes for this run")
-    p.add_argument("--out", required=True, metavar="DIR", help=f"model directory: {BOOK_FILE}, experience, history")
+    add_out(p, f"model directory: {BOOK_FILE}, experience, history", required=True, metavar="DIR")
     p.add_argument("--tune-instances", type=int, default=3,
                    help="instances per template tuned on; the others are held out (default 3)")
     p.add_argument("--rounds", type=int, default=5, help="paired rounds per instance in an acceptance test (default 5)")
     p.add_argument("--strategy", choices=["learned", "random"], default="learned",
                    help="what to try next: learned from screening so far, or uniformly random (default learned)")
-    p.add_argument("--model", metavar="DIR", help="a model trained by `lqo train`: its ensemble scores tree "
-                   "candidates (spread = uncertainty) and its search proposes one more per template")
-    p.add_argument("--seed", type=int, default=0)
+    add_model(p, "a model trained by `lqo train`: its ensemble scores tree candidates (spread = uncertainty) "
+              "and its search proposes one more per template", metavar="DIR")
+    add_seed(p, None)
     p.add_argument("--range-guard", action="store_true",
                    help="serve the plan of a constant-sensitive template (tuning instances' native times more "
                    "than 2x apart) only inside the literal ranges it was verified on (off by default: measured "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lqo.cli.options import add_out, add_seed
 from lqo.cli.output import add_json_flag, emit, progress
 
 
@@ -22,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     create = sub.add_parser("create", help="generate a TPC-H or TPC-DS database and its queries")
     create.add_argument("kind", metavar="KIND", help="tpch or tpcds")
     create.add_argument("--sf", type=float, default=1.0, help="scale factor (default 1)")
-    create.add_argument("--out", required=True, help="output directory (absent or empty)")
+    add_out(create, "output directory (absent or empty)", required=True)
     create.add_argument("--force", action="store_true", help="replace an existing workload directory")
     add_json_flag(create)
     create.set_defaults(handler=_create)
@@ -30,8 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     vary = sub.add_parser("vary", help="new instances of each query with resampled constants")
     vary.add_argument("workload", metavar="WORKLOAD", help="workload directory")
     vary.add_argument("--per-template", type=int, required=True, help="instances per query")
-    vary.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    vary.add_argument("--out", required=True, help="output directory (absent or empty)")
+    add_seed(vary)
+    add_out(vary, "output directory (absent or empty)", required=True)
     vary.add_argument("--force", action="store_true", help="replace an existing workload directory")
     add_json_flag(vary)
     vary.set_defaults(handler=_vary)

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator
 
 from lqo.distributed.executor import MeasureExecutor, database_fingerprint, fingerprint_difference
 from lqo.engine.db import connect_read_only
-from lqo.engine.harness import error_line
+from lqo.engine.failures import error_line
 from lqo.errors import ClusterError
 
 MAX_ATTEMPTS = 2  # a task is retried once after its executor died
@@ -240,6 +240,7 @@ class ExecutorPool:
         return max(0, sum(1 for s in self._slots if s.alive and not s.busy) - len(self._queue))
 
     def pending(self) -> int:
+        """Tasks queued or running (a restarted executor's ready probe does not count)."""
         return len(self._queue) + sum(1 for _, task in self._flight.values() if task is not None)
 
     def submit(self, task_id: str, fn: Callable[..., Any], *args: Any) -> None:

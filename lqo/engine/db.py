@@ -57,4 +57,5 @@ def connect_writable(db_path: str | os.PathLike, read_only: bool = False) -> duc
 
 
 def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Load the bundled DuckDB extension ``name`` into ``con`` (never downloads)."""
     con.execute(f"LOAD '{extension_path(name)}'")

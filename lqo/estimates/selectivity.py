@@ -196,6 +196,7 @@ class Scope:
         self.derived = derived
 
     def lookup(self, e: exp.Expression) -> tuple[tuple[str, str], ColumnStats] | None:
+        """The (table, column) and statistics of a column reference, through parentheses and casts; None otherwise."""
         while isinstance(e, (exp.Paren, exp.Cast)):
             e = e.this
         if not isinstance(e, exp.Column):
@@ -229,6 +230,7 @@ def _like_regex(pattern: str, ilike: bool) -> re.Pattern:
 
 
 def predicate_selectivity(scope: Scope, e: exp.Expression) -> float:
+    """The estimated fraction of rows predicate ``e`` keeps (AND, OR, NOT, comparisons, IN, LIKE, ...)."""
     if isinstance(e, exp.Paren):
         return predicate_selectivity(scope, e.this)
     if isinstance(e, exp.And):

@@ -82,11 +82,13 @@ class ColumnStats:
             self.lo, self.hi = float(min(ends)), float(max(ends))
 
     def to_json(self) -> dict:
+        """The column's statistics as plain JSON data."""
         return {"kind": self.kind, "null_frac": self.null_frac, "ndv": self.ndv,
                 "mcv": self.mcv, "mcv_freq": self.mcv_freq, "hist": self.hist}
 
     @classmethod
     def from_json(cls, d: dict) -> "ColumnStats":
+        """Column statistics from their JSON."""
         return cls(d["kind"], d["null_frac"], d["ndv"], d["mcv"], d["mcv_freq"], d["hist"])
 
     def eq_frac(self, v) -> float:
@@ -152,16 +154,20 @@ def _hist_cdf(h: list, v, strict: bool) -> float:
 
 @dataclass
 class TableStats:
+    """One table's row count and per-column statistics."""
+
     rows: int
     sampled: int  # rows the per-column figures come from (== rows: complete)
     columns: dict[str, ColumnStats]
 
     def to_json(self) -> dict:
+        """The table's statistics as plain JSON data."""
         return {"rows": self.rows, "sampled": self.sampled,
                 "columns": {c: s.to_json() for c, s in self.columns.items()}}
 
     @classmethod
     def from_json(cls, d: dict) -> "TableStats":
+        """Table statistics from their JSON."""
         return cls(d["rows"], d["sampled"], {c: ColumnStats.from_json(s) for c, s in d["columns"].items()})
 
 
@@ -180,10 +186,12 @@ class DatabaseStats:
     build_seconds: float = 0.0
 
     def rows(self, table: str) -> int | None:
+        """A table's row count, None for a table it does not know."""
         t = self.tables.get(table.lower())
         return None if t is None else t.rows
 
     def column(self, table: str, column: str) -> ColumnStats | None:
+        """A column's statistics, None for one it does not know."""
         t = self.tables.get(table.lower())
         return None if t is None else t.columns.get(column.lower())
 
@@ -221,6 +229,7 @@ class DatabaseStats:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "DatabaseStats":
+        """Read statistics saved by :meth:`save`; ``ValueError`` for another format version."""
         data = json.loads(Path(path).read_text())
         if data.get("version") != FORMAT_VERSION:
             raise ValueError(f"stats file {path}: version {data.get('version')}, expected {FORMAT_VERSION}")

@@ -15,7 +15,10 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lqo.engine.harness import error_line, is_user_interrupt, median_latency, run_interleaved
+from lqo.engine.failures import error_line
+from lqo.engine.harness import run_interleaved
+from lqo.engine.interrupt import is_user_interrupt
+from lqo.engine.run_result import median_latency
 from lqo.errors import LqoError
 from lqo.optimizer import Optimizer
 from lqo.triage import NOT_WORTH_PLANNING
@@ -24,6 +27,8 @@ from lqo.workloads.workload import Query, Workload
 
 @dataclass
 class CompareConfig:
+    """How ``lqo compare`` measures: interleaved repeats, warm-up, timeout, what counts as a regression."""
+
     repeats: int = 5
     warmup: int = 1
     timeout_factor: float = 5.0  # lqo's plan may run this many times native before it is cut
@@ -32,6 +37,8 @@ class CompareConfig:
 
 @dataclass
 class QueryComparison:
+    """One query compared: native and lqo latencies (ms, medians), planning, the decision."""
+
     id: str
     template: str
     native_ms: float
@@ -55,12 +62,15 @@ class QueryComparison:
 
 @dataclass
 class CompareReport:
+    """Every query compared, and the totals over them."""
+
     queries: list[QueryComparison] = field(default_factory=list)
     interrupted: bool = False
     regression: float = 1.2
 
     @property
     def totals(self) -> dict:
+        """Totals over the queries that ran: ratio of sums, geometric mean, worst, regressions, planning."""
         qs = [q for q in self.queries if q.error is None]  # a failed query has no latencies
         native = sum(q.native_ms for q in qs)
         lqo = sum(q.lqo_ms for q in qs)
@@ -95,9 +105,11 @@ class CompareReport:
         }
 
     def to_json(self) -> dict:
+        """``lqo compare --json``: the queries and the totals."""
         return {"queries": [asdict(q) for q in self.queries], "totals": self.totals}
 
     def write_csv(self, path: str | Path) -> None:
+        """Write the per-query table to ``path``."""
         rows = [asdict(q) for q in self.queries]
         with open(path, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["id"])
@@ -111,6 +123,7 @@ def _p99(values: list[float]) -> float:
 
 def compare_workload(workload: Workload, optimizer: Optimizer, config: CompareConfig | None = None,
                      queries: list[Query] | None = None, progress=None) -> CompareReport:
+    """Compare lqo with native on ``queries`` (default: all of ``workload``); Ctrl-C keeps what was compared."""
     config = config or CompareConfig()
     report = CompareReport(regression=config.regression)
     con = workload.connect()
@@ -129,6 +142,7 @@ def compare_workload(workload: Workload, optimizer: Optimizer, config: CompareCo
 
 
 def compare_query(con, optimizer: Optimizer, q: Query, config: CompareConfig) -> QueryComparison:
+    """Plan ``q`` cold and warm, then run native, lqo's plan and native's forced tree interleaved."""
     optimizer.forget(q.sql)  # cold planning: what a first sight of the query costs
     try:
         res = optimizer.optimize(q.sql, con)

@@ -27,7 +27,10 @@ from lqo.store.experience import ExperienceStore
 from lqo.store.keys import query_key
 from lqo.store.journal import Journal, replay
 from lqo.store.recorder import RunRecorder
-from lqo.engine.harness import Harness, RunResult, error_line, is_user_interrupt, median_latency, run_interleaved
+from lqo.engine.failures import error_line
+from lqo.engine.harness import Harness, run_interleaved
+from lqo.engine.interrupt import is_user_interrupt
+from lqo.engine.run_result import RunResult, median_latency
 from lqo.trees.query import PreparedQuery, prepare_named
 from lqo.workloads.workload import Query, Workload
 
@@ -74,6 +77,8 @@ class QueryResult:
 
 @dataclass
 class ExploreReport:
+    """Every query explored, with the time it took."""
+
     queries: list[QueryResult] = field(default_factory=list)
     elapsed_s: float = 0.0
     interrupted: bool = False
@@ -81,6 +86,7 @@ class ExploreReport:
 
     @property
     def totals(self) -> dict:
+        """Totals: native and best time, the headroom, wrong results and timeouts."""
         native = sum(q.native_ms for q in self.queries)
         best = sum(q.best_ms for q in self.queries)
         # A query whose native run failed has no latency: it counts as failed, not as 1.0x.
@@ -101,6 +107,7 @@ class ExploreReport:
         }
 
     def to_json(self) -> dict:
+        """``lqo explore --json``: the queries, the totals and (``--ray``) the nodes."""
         out = {"queries": [asdict(q) for q in self.queries], "totals": self.totals}
         if self.nodes is not None:
             out["nodes"] = self.nodes
@@ -202,6 +209,9 @@ def explore_query(
     config: ExploreConfig,
     rng: random.Random,
 ) -> QueryResult:
+    """Native runs, then forced native plus ``config.plans`` random trees (each once, cut
+    at ``timeout_factor`` x native), then the fastest re-measured against native,
+    interleaved. Every run goes to ``store``."""
     harness = Harness(con)
     qk = store.add_query(query.sql, str(workload.database), workload.name, query.id, query.template)
     native_key = store.add_plan(qk, "native", None, None)
@@ -210,7 +220,6 @@ def explore_query(
     native_runs = [harness.run(query.sql, profile=(i == 0)) for i in range(config.native_repeats)]
     store.record_runs([(native_key, r) for r in native_runs])
     native_ms = median_latency(native_runs) or 0.0
-    reference = native_runs[0].fingerprint
     result = QueryResult(query.id, query.template, native_ms, native_ms, 1.0, reason=reason)
     failed = next((r for r in native_runs if r.error is not None), None)
     if failed is not None:
@@ -222,8 +231,18 @@ def explore_query(
     if reason is not None or any(not r.ok for r in native_runs):
         result.reason = reason or "native run failed"
         return result
-
     timeout_s = max(config.min_timeout_s, config.timeout_factor * native_ms / 1000.0)
+    tried = _try_plans(harness, store, qk, pq, config, rng, timeout_s, native_runs[0].fingerprint, result)
+    if tried:
+        _confirm_best(con, store, query.sql, native_key, native_runs, tried, config.confirm, timeout_s, result)
+    return result
+
+
+def _try_plans(harness: Harness, store: RunRecorder, qk: str, pq: PreparedQuery, config: ExploreConfig,
+               rng: random.Random, timeout_s: float, reference: str | None,
+               result: QueryResult) -> list[tuple[float, str, str, object]]:
+    """One forced run of native's tree and of each random tree: the ones that completed
+    with native's result, as (ms, plan key, sql, plan); wrong ones are marked so."""
     candidates = [("forced_native", pq.native_plan)] + [("random", p) for p in pq.random_plans(config.plans, rng)]
     tried: list[tuple[float, str, str, object]] = []
     for kind, plan in candidates:
@@ -246,17 +265,20 @@ def explore_query(
         if kind == "forced_native":
             result.forced_native_ms = run.latency_ms
         tried.append((run.latency_ms, pk, sql, plan))
-    if not tried:
-        return result
+    return tried
 
-    # Re-measure the single-run winner against native, interleaved.
+
+def _confirm_best(con: duckdb.DuckDBPyConnection, store: RunRecorder, native_sql: str, native_key: str,
+                  native_runs: list[RunResult], tried: list[tuple[float, str, str, object]], rounds: int,
+                  timeout_s: float, result: QueryResult) -> None:
+    """Re-measure the single-run winner against native, interleaved; the figures into ``result``."""
     _, pk, sql, plan = min(tried, key=lambda t: t[0])
     native_conf, best_conf = run_interleaved(
-        con, [(query.sql, False), (sql, True)], repeats=config.confirm, warmup=0, timeout_s=timeout_s
+        con, [(native_sql, False), (sql, True)], repeats=rounds, warmup=0, timeout_s=timeout_s
     )
     store.record_runs([(native_key, r) for r in native_conf] + [(pk, r) for r in best_conf])
-    wrong = _check_confirm(store, pk, best_conf, reference, result)
-    native_ms = median_latency(native_runs + native_conf) or native_ms
+    wrong = _check_confirm(store, pk, best_conf, native_runs[0].fingerprint, result)
+    native_ms = median_latency(native_runs + native_conf) or result.native_ms
     best_forced = median_latency(best_conf)
     result.native_ms = native_ms
     result.best_forced_ms = best_forced
@@ -266,7 +288,6 @@ def explore_query(
     else:
         result.best_ms = native_ms
     result.ratio = result.best_ms / native_ms if native_ms else 1.0
-    return result
 
 
 def _check_confirm(store: RunRecorder, pk: str, runs: list[RunResult], reference, result: QueryResult) -> bool:

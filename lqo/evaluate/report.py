@@ -306,6 +306,7 @@ class Report:
     compare_command: str = ""
 
     def to_json(self) -> dict:
+        """The report as plain JSON data, with its summaries."""
         d = asdict(self)
         d["summary"] = optimizer_summary(self.compare)
         d["scheduler"] = schedule_summary(self.schedules)

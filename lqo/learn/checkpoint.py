@@ -47,6 +47,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 
 def lqo_version() -> str:
+    """The installed lqo's version ("unknown" when not installed)."""
     try:
         from importlib.metadata import version
 
@@ -70,6 +71,7 @@ class Checkpoint:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def metadata(self) -> dict[str, Any]:
+        """The checkpoint's JSON header: everything but the tensors."""
         return {
             "format": FORMAT, "kind": self.kind, "params": self.params, "dims": self.dims,
             "vocabulary": self.vocabulary, "schema": self.schema, "label_stats": self.label_stats,

@@ -46,6 +46,8 @@ __all__ = ["FeatureRanges"]
 
 @dataclass
 class FeatureRanges:
+    """Per feature, the range the training plans spanned (widened): where the model was trained."""
+
     node_names: list[str]
     node_low: list[float]
     node_high: list[float]
@@ -61,6 +63,7 @@ class FeatureRanges:
     @classmethod
     def fit(cls, plans: Sequence[FlatPlan], node_names: Sequence[str], query_names: Sequence[str],
             tolerance: float = 0.10, groups: Sequence[str] | None = None) -> "FeatureRanges":
+        """The ranges of ``plans``' node and query features, widened by ``tolerance``."""
         nodes = np.concatenate([p.x[1:] for p in plans])  # row 0 is the null node
         queries = np.stack([p.query for p in plans])
         r = cls(list(node_names), nodes.min(0).tolist(), nodes.max(0).tolist(),
@@ -112,8 +115,10 @@ class FeatureRanges:
         return None
 
     def to_json(self) -> dict:
+        """The ranges as plain JSON data."""
         return asdict(self)
 
     @classmethod
     def from_json(cls, d: dict) -> "FeatureRanges":
+        """Ranges from their JSON."""
         return cls(**d)

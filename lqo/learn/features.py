@@ -138,6 +138,7 @@ class Featurizer:
 
     @property
     def vocabulary(self) -> dict[str, int]:
+        """The table vocabulary (name -> embedding index), a copy."""
         return dict(self._vocab)
 
     @staticmethod
@@ -174,15 +175,7 @@ class Featurizer:
         Raises ``ValueError`` if a tree names an unknown block or does not cover its block.
         """
         info = self._info(graph)
-        blocks: list[JoinBlock] = []
-        for index, tree in plan.trees:
-            block = info.blocks.get(index)
-            if block is None or block.unsafe:
-                raise ValueError(f"plan names block {index}, which is not a reorderable block of the query")
-            names = leaves(tree)
-            if len(names) != len(block.relations) or set(names) != set(block.aliases):
-                raise ValueError(f"tree {tree} does not cover block {index} ({', '.join(block.aliases)})")
-            blocks.append(block)
+        blocks = _plan_blocks(info, plan)
         k = len(blocks)
         # Nodes: 0 null, 1..k the BLOCK chain (1 = root = last block), then each block's
         # tree in pre-order. A block's tree is a cached fragment: search scores many
@@ -213,13 +206,7 @@ class Featurizer:
             left[node] = node + 1 if pos > 0 else 0
             right[node] = base
             chain_cost += cost
-            x = [0.0] * N_NODE_FEATURES
-            x[BLOCK] = 1.0
-            x[_F["log_rows"]] = _lg(est.block_rows(block))
-            x[_F["log_cost"]] = _lg(chain_cost)
-            x[_F["block_n_relations"]] = float(len(block.relations))
-            x[_F["block_n_key_classes"]] = float(len(block.classes))
-            xs[node] = x
+            xs[node] = _block_features(est.block_rows(block), chain_cost, block)
         edges = [(vertex[(b.index, x)], vertex[(b.index, y)]) for b in blocks for x, y in info.pairs[b.index]]
         edge_arr = np.array(edges + [(v, u) for u, v in edges], dtype=np.int64).reshape(-1, 2).T
         return FlatPlan(
@@ -289,3 +276,29 @@ class Featurizer:
 
 # The kind one-hot columns are indexed by featurized's kind constants.
 assert N_KINDS == 4 and [_F["kind_scan"], _F["kind_join"], _F["kind_block"]] == [SCAN, JOIN, BLOCK]
+
+
+def _plan_blocks(info: "_GraphInfo", plan: Plan) -> list[JoinBlock]:
+    """The reorderable blocks ``plan``'s trees stand for, in its order; ``ValueError`` if a
+    tree names an unknown block or does not cover its block."""
+    blocks: list[JoinBlock] = []
+    for index, tree in plan.trees:
+        block = info.blocks.get(index)
+        if block is None or block.unsafe:
+            raise ValueError(f"plan names block {index}, which is not a reorderable block of the query")
+        names = leaves(tree)
+        if len(names) != len(block.relations) or set(names) != set(block.aliases):
+            raise ValueError(f"tree {tree} does not cover block {index} ({', '.join(block.aliases)})")
+        blocks.append(block)
+    return blocks
+
+
+def _block_features(rows: float, chain_cost: float, block: JoinBlock) -> list[float]:
+    """A BLOCK chain node: its estimated rows, the cost of the chain so far, its size."""
+    x = [0.0] * N_NODE_FEATURES
+    x[BLOCK] = 1.0
+    x[_F["log_rows"]] = _lg(rows)
+    x[_F["log_cost"]] = _lg(chain_cost)
+    x[_F["block_n_relations"]] = float(len(block.relations))
+    x[_F["block_n_key_classes"]] = float(len(block.classes))
+    return x

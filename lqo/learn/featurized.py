@@ -46,9 +46,11 @@ class FlatPlan:
 
     @property
     def n_nodes(self) -> int:
+        """Nodes in the flattened plan, the null node included."""
         return int(self.x.shape[0])
 
     def validate(self) -> None:
+        """Assert the arrays' shapes, types and links are consistent (for tests and debugging)."""
         n = self.n_nodes
         assert self.x.ndim == 2 and self.x.dtype == np.float32 and not self.x[0].any()
         for a in (self.left, self.right, self.table):

@@ -159,6 +159,7 @@ class GraphConvNet(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """Re-initialise every layer."""
         self.encoder.reset_parameters()
         for conv, norm in zip(self.convs, self.norms):
             conv.reset_parameters()
@@ -169,9 +170,11 @@ class GraphConvNet(nn.Module):
                 layer.reset_parameters()
 
     def set_scaling(self, x_mean: Tensor, x_std: Tensor, q_mean: Tensor, q_std: Tensor) -> None:
+        """Set the feature standardisation (means and deviations of the training data)."""
         self.encoder.set_scaling(x_mean, x_std, q_mean, q_std)
 
     def forward(self, batch: Batch) -> Tensor:
+        """One score per plan of ``batch``."""
         n_plans = int(batch.num_graphs)
         h = self.encoder(batch.x, batch.table, batch.query, batch.batch)[0]
         for conv, norm in zip(self.convs, self.norms):
@@ -193,8 +196,10 @@ class GraphConvEnsemble(nn.ModuleList):
         super().__init__(GraphConvNet(n_features, n_query, n_tables, **kwargs) for _ in range(members))
 
     def set_scaling(self, x_mean: Tensor, x_std: Tensor, q_mean: Tensor, q_std: Tensor) -> None:
+        """Set the feature standardisation of every member."""
         for net in self:
             net.set_scaling(x_mean, x_std, q_mean, q_std)
 
     def forward(self, batch: Batch) -> Tensor:
+        """Every member's scores, stacked (members x plans)."""
         return torch.stack([net(batch) for net in self])

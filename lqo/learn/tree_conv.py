@@ -104,11 +104,13 @@ class StackedLinear(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """Re-initialise weights and biases uniformly (as ``nn.Linear`` does)."""
         bound = 1.0 / math.sqrt(self.in_features)
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
+        """One linear map per ensemble member, batched."""
         return torch.baddbmm(self.bias, x, self.weight)
 
 
@@ -134,16 +136,19 @@ class NodeEncoder(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """Re-initialise the table embedding (small, on the scale of the standardised features)."""
         # A small init keeps the embedding on the scale of the standardized features.
         nn.init.normal_(self.table_emb, std=0.1)
 
     def set_scaling(self, x_mean: Tensor, x_std: Tensor, q_mean: Tensor, q_std: Tensor) -> None:
+        """Set the feature standardisation (means and deviations of the training data)."""
         self.x_mean.copy_(x_mean)
         self.x_std.copy_(x_std)
         self.q_mean.copy_(q_mean)
         self.q_std.copy_(q_std)
 
     def forward(self, x: Tensor, table: Tensor, query: Tensor, plan: Tensor) -> Tensor:
+        """Node embeddings: standardised node and query features plus the table embedding."""
         table = torch.where(table < self.n_tables, table, torch.zeros_like(table))
         q = (query - self.q_mean) / self.q_std
         shared = torch.cat([(x - self.x_mean) / self.x_std, q.index_select(0, plan)], dim=1)
@@ -181,12 +186,14 @@ class TreeConv(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """Re-initialise the layer."""
         self.lin.reset_parameters()
         if self.norm_weight is not None:
             nn.init.ones_(self.norm_weight)
             nn.init.zeros_(self.norm_bias)
 
     def forward(self, x: Tensor, nbr: Tensor, null: Tensor | None = None) -> Tensor:
+        """One tree convolution: each node with its two children, normalised and activated."""
         flat = x.dim() == 2
         x = x.unsqueeze(0) if flat else x
         # One flat gather viewed as [N, 3C] is concat(x_node, x_left, x_right); index_select
@@ -250,6 +257,7 @@ class TreeConvNet(nn.Module):
         )
 
     def reset_parameters(self) -> None:
+        """Re-initialise every layer."""
         self.encoder.reset_parameters()
         for conv in self.convs:
             conv.reset_parameters()
@@ -258,9 +266,11 @@ class TreeConvNet(nn.Module):
                 layer.reset_parameters()
 
     def set_scaling(self, x_mean: Tensor, x_std: Tensor, q_mean: Tensor, q_std: Tensor) -> None:
+        """Set the feature standardisation (means and deviations of the training data)."""
         self.encoder.set_scaling(x_mean, x_std, q_mean, q_std)
 
     def forward(self, batch: TreeBatch) -> Tensor:
+        """Every member's score per plan of ``batch`` (members x plans)."""
         h = self.encoder(batch.x, batch.table, batch.query, batch.plan).index_fill_(1, batch.null, 0.0)
         for i, conv in enumerate(self.convs):
             # The last layer's null rows are never read: pooling skips them.

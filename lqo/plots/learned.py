@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
-from lqo.plots._base import LOSS, LQO_C, NATIVE_C, NEUTRAL, WIN, Figure, _auto_scale, _cdf, _empty, _log_axis, _q, plt
+from lqo.plots.style import LOSS, LQO_C, NATIVE_C, NEUTRAL, WIN, Figure, auto_scale, step_cdf, empty_axes, log_axis, as_record, plt
 
 
 def speedup_bars(queries: Iterable[Any], regression: float = 1.2, title: str = "lqo vs DuckDB native") -> Figure:
@@ -22,10 +22,10 @@ def speedup_bars(queries: Iterable[Any], regression: float = 1.2, title: str = "
     >>> speedup_bars([{"id": "q1", "native_ms": 9.0, "lqo_ms": 3.0}]).axes[0].get_ylabel()
     'speedup native / lqo (log)'
     """
-    rows = sorted((_q(q) for q in queries), key=lambda q: q["native_ms"] / max(q["lqo_ms"], 1e-9), reverse=True)
+    rows = sorted((as_record(q) for q in queries), key=lambda q: q["native_ms"] / max(q["lqo_ms"], 1e-9), reverse=True)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.32 * len(rows) + 2), 4.2), layout="constrained")
     if not rows:
-        _empty(ax, "no queries")
+        empty_axes(ax, "no queries")
         return fig
     speed = [q["native_ms"] / max(q["lqo_ms"], 1e-9) for q in rows]
     colors = [LOSS if 1 / s > regression else WIN if s > 1 else NEUTRAL for s in speed]
@@ -41,7 +41,7 @@ def speedup_bars(queries: Iterable[Any], regression: float = 1.2, title: str = "
                         textcoords="offset points", ha="center", va="top", fontsize=7 if len(rows) < 25 else 6,
                         color=LOSS)
     ax.axhline(1.0, color="black", lw=0.8)
-    _log_axis(ax, "y", "x")
+    log_axis(ax, "y", "x")
     ax.set_ylim(lo / 2.2, hi * 1.6)
     ax.set_xticks(range(len(rows)), [q["id"] for q in rows], rotation=90, fontsize=8)
     ax.set_xlim(-0.6, len(rows) - 0.4)
@@ -65,19 +65,19 @@ def ratio_cdf(queries: Iterable[Any], regression: float = 1.2) -> Figure:
     >>> ratio_cdf([{"id": "q1", "native_ms": 9.0, "lqo_ms": 3.0, "ratio": 0.33}]).axes[0].get_xscale()
     'log'
     """
-    rows = [_q(q) for q in queries]
+    rows = [as_record(q) for q in queries]
     fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
     ratios = [q.get("ratio") or q["lqo_ms"] / q["native_ms"] for q in rows if q["native_ms"] > 0]
     if not ratios:
-        _empty(ax, "no queries")
+        empty_axes(ax, "no queries")
         return fig
-    _cdf(ax, ratios, color=LQO_C, lw=2, label=f"lqo / native (n={len(ratios)})")
+    step_cdf(ax, ratios, color=LQO_C, lw=2, label=f"lqo / native (n={len(ratios)})")
     forced = [q["forced_native_ms"] / q["native_ms"] for q in rows if q.get("forced_native_ms") and q["native_ms"] > 0]
     if forced:
-        _cdf(ax, forced, color=NATIVE_C, lw=1.2, ls="--", label="forced native tree / native")
+        step_cdf(ax, forced, color=NATIVE_C, lw=1.2, ls="--", label="forced native tree / native")
     ax.axvline(1.0, color="black", lw=0.8)
     ax.axvline(regression, color=LOSS, lw=0.8, ls=":", label=f"regression threshold {regression:g}x")
-    _log_axis(ax, "x", "x")
+    log_axis(ax, "x", "x")
     ax.set_xlabel("time ratio to native (log; < 1 = faster)")
     ax.set_ylabel("fraction of queries")
     ax.set_ylim(0, 1.02)
@@ -92,10 +92,10 @@ def planning_overhead(queries: Iterable[Any]) -> Figure:
     >>> planning_overhead([{"id": "q1", "native_ms": 90.0, "planning_ms": 3.0}]).axes[0].get_xscale()
     'log'
     """
-    rows = [_q(q) for q in queries]
+    rows = [as_record(q) for q in queries]
     fig, ax = plt.subplots(figsize=(8.4, 4.2), layout="constrained")
     if not rows:
-        _empty(ax, "no queries")
+        empty_axes(ax, "no queries")
         return fig
     x = [max(q["native_ms"], 1e-3) for q in rows]
     y = [max(q["planning_ms"], 1e-3) for q in rows]
@@ -108,8 +108,8 @@ def planning_overhead(queries: Iterable[Any]) -> Figure:
     ax.plot([lo, hi], [lo, hi], color="black", lw=0.8, label="planning = execution")
     ax.plot([lo, hi], [lo / 10, hi / 10], color="black", lw=0.8, ls="--", label="planning = 10% of execution")
     ax.plot([lo, hi], [lo / 100, hi / 100], color="black", lw=0.8, ls=":", label="planning = 1% of execution")
-    _log_axis(ax, "x")
-    _log_axis(ax, "y")
+    log_axis(ax, "x")
+    log_axis(ax, "y")
     ax.set_xlim(lo, hi)
     ax.set_ylim(min(y) / 3, max(y) * 3)  # the points decide; the reference lines just cross
     ax.set_xlabel("native execution time (ms, log)")
@@ -137,8 +137,8 @@ def _epochs(history: Sequence[Mapping]) -> tuple[list[float], list[dict], list[f
 
 
 def training_curve(history: Sequence[Mapping]) -> Figure:
-    """Training from a model directory's history lines (``ModelDir.read_train_history``): workload time per iteration (lqo vs native),
-    train/val loss per epoch and learning rate per epoch (iterations separated).
+    """Training from a model directory's history lines (``ModelDir.read_train_history``):
+    workload time per iteration (lqo vs native), train/val loss per epoch and learning rate per epoch (iterations separated).
 
     >>> h = [{"iteration": 1, "workload_ms": 80, "native_ms": 100, "model_history":
     ...       [{"epoch": 0, "train_loss": 1.0, "val_loss": 1.2, "lr": 1e-3}]}]
@@ -159,7 +159,7 @@ def training_curve(history: Sequence[Mapping]) -> Figure:
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=8)
     else:
-        _empty(ax, "no iterations")
+        empty_axes(ax, "no iterations")
     ax.set_xlabel("iteration")
     ax.set_ylabel("training workload time (s)")
     ax.set_title("Training workload time")
@@ -172,11 +172,11 @@ def training_curve(history: Sequence[Mapping]) -> Figure:
                 ax.plot(*zip(*pts), style, label=k.replace("_", " "))
                 shown += [v for _, v in pts]
         if not xs:
-            _empty(ax, "no per-epoch history")
+            empty_axes(ax, "no per-epoch history")
             continue
         for b in bounds:
             ax.axvline(b, color="0.8", lw=0.8)
-        scale = _auto_scale(ax, shown)
+        scale = auto_scale(ax, shown)
         ax.set_xlabel("epoch, all iterations" + (" (grey lines separate them)" if bounds else ""))
         ax.set_ylabel(label + (" (log)" if scale == "log" else ""))
         if len(keys) > 1:
@@ -209,7 +209,7 @@ def lr_schedule_curves(runs: Mapping[str, Any]) -> Figure:
         a2.plot(ep, [e["lr"] for e in hist], label=names.get(name, name), color=line.get_color())
     for ax, lab in ((a1, "validation loss"), (a2, "learning rate")):
         vals = [v for ln in ax.lines for v in ln.get_ydata()]
-        scale = _auto_scale(ax, vals)
+        scale = auto_scale(ax, vals)
         ax.set_xlabel("epoch")
         ax.set_ylabel(lab + (" (log)" if scale == "log" else ""))
         ax.legend(fontsize=8)

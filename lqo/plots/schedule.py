@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
-from lqo.plots._base import LOSS, Figure, _cdf, _cell, _log_axis, _sched, plt
+from lqo.plots.style import LOSS, Figure, step_cdf, table_cell, log_axis, as_schedule, plt
 
 
 def completion_cdf(results: Iterable[Any]) -> Figure:
@@ -20,12 +20,12 @@ def completion_cdf(results: Iterable[Any]) -> Figure:
     'completion time (s, log)'
     """
     fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
-    for res in map(_sched, results):
+    for res in map(as_schedule, results):
         comp = [q["completion_s"] for q in res["queries"]]
         if comp:
             label = f"{res['policy']}" + (f" ({res['mode']})" if res.get("mode") else "")
-            _cdf(ax, comp, lw=2, label=f"{label}: mean {sum(comp) / len(comp):.3g} s")
-    _log_axis(ax, "x")
+            step_cdf(ax, comp, lw=2, label=f"{label}: mean {sum(comp) / len(comp):.3g} s")
+    log_axis(ax, "x")
     ax.set_xlabel("completion time (s, log)")
     ax.set_ylabel("fraction of queries")
     ax.set_ylim(0, 1.02)
@@ -74,7 +74,7 @@ def gantt(results: Iterable[Any], label_min_frac: float = 0.04) -> Figure:
     >>> gantt([r]).axes[0].get_ylabel()
     'worker'
     """
-    res = [_sched(r) for r in results]
+    res = [as_schedule(r) for r in results]
     lanes = [_lanes(r["queries"]) for r in res]
     rows = [max(ls, default=0) + 1 for ls in lanes]
     fig, axes = plt.subplots(len(res) or 1, 1, figsize=(11, 1.0 + sum(0.45 * n + 0.6 for n in rows)),
@@ -119,7 +119,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
     """
     cols = list(columns or (rows[0].keys() if rows else []))
     lines = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
-    lines += ["| " + " | ".join(_cell(r.get(c)) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(table_cell(r.get(c)) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -132,7 +132,7 @@ def table_figure(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | Non
     cols = list(columns or (rows[0].keys() if rows else ["-"]))
     fig, ax = plt.subplots(figsize=(1.6 * len(cols) + 1, 0.3 * (len(rows) + 1) + 0.5), layout="constrained")
     ax.axis("off")
-    tab = ax.table(cellText=[[_cell(r.get(c)) for c in cols] for r in rows] or [["-"] * len(cols)],
+    tab = ax.table(cellText=[[table_cell(r.get(c)) for c in cols] for r in rows] or [["-"] * len(cols)],
                    colLabels=cols, loc="center", cellLoc="center")
     tab.scale(1, 1.3)
     if title:

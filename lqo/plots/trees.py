@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from lqo.trees.plan import Join, Leaf, Tree, tree_from_json
-from lqo.plots._base import LOSS, Figure, plt
+from lqo.plots.style import LOSS, Figure, plt
 
 
 def _fmt(n: float | None) -> str:

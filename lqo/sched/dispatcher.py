@@ -36,14 +36,17 @@ class Dispatcher:
 
     @property
     def used_threads(self) -> int:
+        """Threads the running queries hold."""
         return sum(t for _, t, _, _ in self.running.values())
 
     def load(self, now: float) -> Load:
+        """The state a policy decides on at time ``now``."""
         return Load(now, [(j, t, s) for j, t, s, _ in self.running.values()],
                     self.budget - self.used_threads, len(self._free_workers),
                     self.workers, self.cores, self.budget)
 
     def arrive(self, job: Job) -> None:
+        """A query arrives: it waits until the policy picks it."""
         self.waiting.append(job)
 
     def start_ready(self, now: float) -> list[tuple[Job, int, int]]:

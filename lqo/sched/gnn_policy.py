@@ -80,6 +80,7 @@ class SchedNet(nn.Module):
         self.thr = nn.Sequential(nn.Linear(hidden + N_QUERY + N_LOAD, hidden), nn.ReLU(), nn.Linear(hidden, n_threads))
 
     def params(self) -> dict[str, int]:
+        """The constructor arguments, to rebuild the network from a checkpoint."""
         return {"n_ops": self.n_ops, "hidden": self.hidden, "layers": self.layers, "n_threads": self.n_threads,
                 "use_graph": self.use_graph, "sjf_prior": self.sjf_prior,
                 "correct_known_only": self.correct_known_only}
@@ -174,6 +175,7 @@ class LearnedPolicy(Policy):
         self._measured: dict[int, float] = {}
 
     def begin(self, jobs: Sequence[Job]) -> None:
+        """Embed every query of the schedule once, before it starts."""
         feats: dict[int, QueryFeatures] = {}
         for j in jobs:
             feats.setdefault(id(j.f), j.f)
@@ -206,6 +208,7 @@ class LearnedPolicy(Policy):
         return emb, qf, ld
 
     def pick(self, waiting: Sequence[Job], load: Load) -> Assignment | None:
+        """The waiting query to start and its threads (or hold), by the network's scores."""
         if self._emb is None:
             raise LqoError("LearnedPolicy.begin() was not called")
         train = self.trace is not None

@@ -24,7 +24,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from lqo.errors import LqoError
 from lqo.sched.knowledge import LatencyKnowledge, book_latencies, template_id
@@ -98,10 +98,12 @@ class Job:
 
     @property
     def idx(self) -> int:
+        """The query's index in its stream."""
         return self.q.idx
 
     @property
     def arrival_s(self) -> float:
+        """When the query arrives (seconds from the stream's start)."""
         return self.q.arrival_s
 
 
@@ -181,17 +183,39 @@ def build_jobs(
     A query the model cannot predict (``LqoError``) gets the median of the others'
     predictions: neutral in an SJF order rather than first or last.
     """
-    from lqo.engine.db import connect_read_only
-
     needs = set(needs)
     if "known" in needs:
         needs.add("est")  # the last resort of the knowledge
     queries = list(stream)
-    feats: dict[str, QueryFeatures] = {}
-    cons: dict[str, Any] = {}
     predict = _predictor(model) if "pred" in needs and model is not None else None
     if "pred" in needs and predict is None:
         raise LqoError("this policy needs the optimizer's model (--model) for predicted latencies")
+    feats = _query_features(queries, needs, profile, predict)
+    if "lat" in needs and profile is not None:
+        missing = sorted({f.key for f in feats.values() if not f.lat_ms})
+        if missing:
+            raise LqoError(f"the thread profile has no latencies for {len(missing)} queries "
+                           f"(e.g. {missing[0]}): run `lqo profile-threads` on their workload")
+    if predict is not None:
+        known = sorted(f.pred_ms for f in feats.values() if f.pred_ms is not None)
+        fill = known[len(known) // 2] if known else 1.0
+        for f in feats.values():
+            if f.pred_ms is None:
+                f.pred_ms = fill
+    if "known" in needs:
+        _know(queries, feats, knowledge)
+    return [Job(q, feats[q.query_key]) for q in queries]
+
+
+
+def _query_features(queries: Sequence[StreamQuery], needs: set[str], profile: Any,
+                    predict: Callable[[str, Any], float] | None) -> dict[str, QueryFeatures]:
+    """Per distinct query: profiled latencies, DuckDB's estimate and plan graph (one
+    EXPLAIN on a read-only connection per database), and the model's prediction."""
+    from lqo.engine.db import connect_read_only
+
+    feats: dict[str, QueryFeatures] = {}
+    cons: dict[str, Any] = {}
     try:
         for q in queries:
             qk = q.query_key
@@ -216,20 +240,7 @@ def build_jobs(
     finally:
         for con in cons.values():
             con.close()
-    if "lat" in needs and profile is not None:
-        missing = sorted({f.key for f in feats.values() if not f.lat_ms})
-        if missing:
-            raise LqoError(f"the thread profile has no latencies for {len(missing)} queries "
-                           f"(e.g. {missing[0]}): run `lqo profile-threads` on their workload")
-    if predict is not None:
-        known = sorted(f.pred_ms for f in feats.values() if f.pred_ms is not None)
-        fill = known[len(known) // 2] if known else 1.0
-        for f in feats.values():
-            if f.pred_ms is None:
-                f.pred_ms = fill
-    if "known" in needs:
-        _know(queries, feats, knowledge)
-    return [Job(q, feats[q.query_key]) for q in queries]
+    return feats
 
 
 def _know(queries: Sequence[StreamQuery], feats: dict[str, QueryFeatures], knowledge: Any) -> None:

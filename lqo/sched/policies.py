@@ -42,6 +42,7 @@ class FifoPolicy(Policy):
     name = "fifo"
 
     def pick(self, waiting: Sequence[Job], load: Load) -> Assignment | None:
+        """The first arrived, with the default threads."""
         i = min(range(len(waiting)), key=lambda k: (waiting[k].arrival_s, waiting[k].idx))
         return Assignment(i, load.default_threads)
 
@@ -53,6 +54,7 @@ class AllAtOncePolicy(FifoPolicy):
     shared = True
 
     def pick(self, waiting: Sequence[Job], load: Load) -> Assignment | None:
+        """The first waiting, with every core."""
         return Assignment(0, load.cores)
 
 
@@ -67,6 +69,7 @@ class SjfPolicy(Policy):
         self.threads = threads  # None: the baseline cores // workers
 
     def pick(self, waiting: Sequence[Job], load: Load) -> Assignment | None:
+        """The shortest by the policy's key, with its threads."""
         t = load.default_threads if self.threads is None else max(1, min(self.threads, load.free_threads))
         i = min(range(len(waiting)), key=lambda k: (self.key(waiting[k], t), waiting[k].arrival_s, waiting[k].idx))
         return Assignment(i, t)

@@ -48,6 +48,7 @@ class Load:
 
     @property
     def default_threads(self) -> int:
+        """The cores shared evenly among the workers (at least 1)."""
         return max(1, self.cores // max(1, self.workers))
 
 
@@ -66,4 +67,5 @@ class Policy:
         """Called once before a stream starts, with all its jobs (e.g. to precompute)."""
 
     def pick(self, waiting: Sequence[Job], load: Load) -> Assignment | None:
+        """The waiting query to start and its threads, or None to wait."""
         raise NotImplementedError

@@ -43,17 +43,21 @@ class QueryRecord:
 
     @property
     def key(self) -> str:
+        """``workload/query id``."""
         return f"{self.workload}/{self.query_id}"
 
     @property
     def completion_s(self) -> float:
+        """From arrival to end."""
         return self.end_s - self.arrival_s
 
     @property
     def latency_s(self) -> float:
+        """From start to end."""
         return self.end_s - self.start_s
 
     def to_json(self) -> dict[str, Any]:
+        """The record as plain JSON data, with its derived figures."""
         d = asdict(self)
         d["key"] = self.key
         d["rules"] = list(self.rules)
@@ -87,29 +91,35 @@ class ScheduleResult:
 
     @property
     def completions(self) -> list[float]:
+        """Every query's completion time."""
         return [r.completion_s for r in self.records]
 
     @property
     def mean_s(self) -> float:
+        """Mean completion time (NaN without queries)."""
         c = self.completions
         return sum(c) / len(c) if c else float("nan")
 
     @property
     def p50_s(self) -> float:
+        """Median completion time."""
         return percentile(self.completions, 50)
 
     @property
     def p95_s(self) -> float:
+        """95th percentile of completion time."""
         return percentile(self.completions, 95)
 
     @property
     def makespan_s(self) -> float:
+        """From the first arrival to the last end."""
         if not self.records:
             return 0.0
         return max(r.end_s for r in self.records) - min(r.arrival_s for r in self.records)
 
     @property
     def errors(self) -> int:
+        """Queries that failed or timed out."""
         return sum(not r.ok for r in self.records)
 
     @property
@@ -122,6 +132,7 @@ class ScheduleResult:
         return out
 
     def figures(self) -> dict[str, float]:
+        """Mean, median, p95 and makespan."""
         return {"mean_s": self.mean_s, "p50_s": self.p50_s, "p95_s": self.p95_s, "makespan_s": self.makespan_s}
 
     def to_json(self) -> dict[str, Any]:

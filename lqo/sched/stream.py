@@ -106,6 +106,7 @@ class StreamQuery:
 
     @property
     def key(self) -> str:
+        """``workload/query id``."""
         return f"{self.workload}/{self.query_id}"
 
     @property
@@ -115,6 +116,7 @@ class StreamQuery:
 
     @property
     def exec_sql(self) -> str:
+        """The text to run: the optimizer's, else the query's own."""
         return self.run_sql if self.run_sql is not None else self.sql
 
 
@@ -135,6 +137,7 @@ class Stream:
 
     @property
     def databases(self) -> list[str]:
+        """The databases the stream's queries run on, in first-use order."""
         return list(dict.fromkeys(q.database for q in self.queries))
 
     def with_arrivals(self, times: Sequence[float]) -> "Stream":

@@ -36,7 +36,8 @@ import duckdb
 from lqo.engine.db import connect_writable
 from lqo.errors import LqoError, MissingFileError
 from lqo.store.keys import query_key
-from lqo.engine.harness import Harness, _utcnow
+from lqo.engine.harness import Harness
+from lqo.engine.run_result import utcnow
 from lqo.workloads.workload import Workload
 
 PROFILE_FILE = "scheduler-profile.duckdb"
@@ -54,6 +55,7 @@ SELECT query_key, threads, median(latency_ms) FROM latencies WHERE error IS NULL
 
 
 def default_profile_path(workload: Workload) -> Path:
+    """Where ``lqo profile-threads`` keeps a workload's profile."""
     return workload.root / PROFILE_FILE
 
 
@@ -103,6 +105,7 @@ class ThreadProfile:
     oversubscription: float | None = None
 
     def get(self, qkey: str) -> dict[int, float]:
+        """Latency per thread count of query ``qkey`` (empty if not profiled)."""
         return self.latencies.get(qkey, {})
 
     def __len__(self) -> int:
@@ -197,7 +200,7 @@ def profile_workload(
             qk = query_key(q.sql, str(wl.database))
             rows = [[qk, wl.name, q.id, str(wl.database), t, r.latency_ms if not r.timed_out else max(
                 r.latency_ms, r.timeout_ms or 0), r.ok, r.error, r.rows if r.ok else None,
-                _utcnow(), session] for t, rs in runs.items() for r in rs]
+                utcnow(), session] for t, rs in runs.items() for r in rs]
             store.execute("BEGIN TRANSACTION")
             try:
                 store.executemany("INSERT INTO latencies VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)

@@ -52,6 +52,8 @@ from lqo.sched.stream import parse_arrivals
 
 @dataclass
 class StreamSection:
+    """``[stream]``: the training streams (queries, arrivals, workers, cores, thread options)."""
+
     queries: int = 40
     arrivals: list = field(default_factory=lambda: ["batch", "util:0.7"])
     workers: int = 2
@@ -62,6 +64,8 @@ class StreamSection:
 
 @dataclass
 class ModelSection:
+    """``[model]``: the network and what latencies it reads."""
+
     hidden: int = 32
     layers: int = 2
     latency_source: str = "known"
@@ -74,18 +78,24 @@ class ModelSection:
 
 @dataclass
 class SplitSection:
+    """``[split]``: which queries are held out of training."""
+
     holdout: str = "none"
     train_instances: int = 3
 
 
 @dataclass
 class ImitationSection:
+    """``[imitation]``: episodes and learning rate of the imitation phase."""
+
     episodes: int = 100
     lr: float = 3e-3
 
 
 @dataclass
 class ReinforceSection:
+    """``[reinforce]``: episodes, rollouts, learning rate and entropy bonus of policy gradient."""
+
     episodes: int = 200
     rollouts: int = 4
     lr: float = 3e-4
@@ -94,17 +104,23 @@ class ReinforceSection:
 
 @dataclass
 class EvalSection:
+    """``[eval]``: evaluation streams and how often they are scored."""
+
     streams: int = 6
     every: int = 20
 
 
 @dataclass
 class SimulatorSection:
+    """``[simulator]``: the interference the simulator assumes."""
+
     interference: float = -1.0  # < 0: take the profile's calibrated value (0 if none)
 
 
 @dataclass
 class SchedRecipe:
+    """A scheduler training recipe (``lqo train-scheduler``), section by section."""
+
     workloads: list = field(default_factory=list)
     profiles: list = field(default_factory=list)
     out: str = "runs/scheduler"
@@ -141,6 +157,7 @@ class SchedRecipe:
         return recipe
 
     def validate(self) -> None:
+        """``RecipeError`` naming the first field out of range."""
         s, m = self.stream, self.model
         checks = [
             (bool(self.workloads) and all(isinstance(w, str) for w in self.workloads), "workloads: a non-empty list of paths"),
@@ -176,6 +193,7 @@ class SchedRecipe:
             raise RecipeError(f"split.holdout: {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
+        """The recipe as plain data."""
         return dataclasses.asdict(self)
 
 
@@ -229,96 +247,119 @@ def train_policy(
         pool = TrainingPool(list(pool), list(pool), LatencyKnowledge())
     if recipe.model.latency_source == "known" and any(j.f.known_ms is None for j in pool.known):
         raise LqoError("training jobs carry no known latencies: build the pool with pool.training_pool()")
-    s, rr = recipe.stream, recipe.reinforce
-    share = recipe.model.estimate_share
-    options = ([0] if recipe.model.hold else []) + list(s.threads)
-
-    def draw(arrivals: str, r: random.Random) -> list[Job]:
-        return pool.draw(s.queries, arrivals, s.cores, r, share)
-
-    torch.manual_seed(recipe.seed)
-    rng = random.Random(recipe.seed)
-    net = net or SchedNet(hidden=recipe.model.hidden, layers=recipe.model.layers, n_threads=len(options),
-                          use_graph=recipe.model.graph, sjf_prior=recipe.model.sjf_prior,
-                          correct_known_only=recipe.model.correct_known_only)
-    policy = LearnedPolicy(net, options, recipe.model.latency_source,
-                           meta={"workers": s.workers, "cores": s.cores, "interference": sim.interference,
-                                 "thread_budget": s.thread_budget or None})
-    oracle = get_policy("oracle")
-    # The teacher orders like the oracle; with room to oversubscribe it gives each query
-    # the most threads (in the simulator that beats both the baseline threads and
-    # all-at-once at every load); policy gradient then learns where fewer pay.
-    teacher = oracle if not s.thread_budget or s.thread_budget <= s.cores else \
-        wide_oracle(max(s.threads), s.thread_budget)
-    eval_rng = random.Random(f"eval-{recipe.seed}")
-    evals = [draw(s.arrivals[k % len(s.arrivals)], eval_rng) for k in range(recipe.eval.streams)]
-    oracle_means = [_mean_completion(e, oracle, s.workers, sim) for e in evals]
-    started = time.monotonic()
-    deadline = started + recipe.time_budget_min * 60.0
-    history: list[dict[str, Any]] = []
-    best: tuple[float, dict | None] = (math.inf, None)
-    episode = 0
+    run = _PolicyTraining(pool, recipe, sim, on_progress, net)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny graphs: threads only add overhead on a 2-core machine
+    try:
+        run.imitate()
+        run.reinforce()
+    finally:
+        torch.set_num_threads(old_threads)
+        run.policy.trace, run.policy.teacher, run.policy.greedy = None, None, True
+    return run.finish()
 
-    def evaluate(phase: str) -> None:
-        nonlocal best
+
+class _PolicyTraining:
+    """One ``train_policy`` run: the network, its policy, the evaluation streams and the
+    best state seen so far, through the two phases (imitation, then REINFORCE)."""
+
+    def __init__(self, pool: TrainingPool, recipe: SchedRecipe, sim: SimConfig,
+                 on_progress: Callable[[dict[str, Any]], None] | None, net: SchedNet | None) -> None:
+        s = recipe.stream
+        self.pool, self.recipe, self.sim, self.on_progress = pool, recipe, sim, on_progress
+        options = ([0] if recipe.model.hold else []) + list(s.threads)
+        torch.manual_seed(recipe.seed)
+        self.rng = random.Random(recipe.seed)
+        self.net = net or SchedNet(hidden=recipe.model.hidden, layers=recipe.model.layers, n_threads=len(options),
+                                   use_graph=recipe.model.graph, sjf_prior=recipe.model.sjf_prior,
+                                   correct_known_only=recipe.model.correct_known_only)
+        self.policy = LearnedPolicy(self.net, options, recipe.model.latency_source,
+                                    meta={"workers": s.workers, "cores": s.cores, "interference": sim.interference,
+                                          "thread_budget": s.thread_budget or None})
+        self.oracle = get_policy("oracle")
+        # The teacher orders like the oracle; with room to oversubscribe it gives each query
+        # the most threads (in the simulator that beats both the baseline threads and
+        # all-at-once at every load); policy gradient then learns where fewer pay.
+        self.teacher = self.oracle if not s.thread_budget or s.thread_budget <= s.cores else \
+            wide_oracle(max(s.threads), s.thread_budget)
+        eval_rng = random.Random(f"eval-{recipe.seed}")
+        self.evals = [self.draw(s.arrivals[k % len(s.arrivals)], eval_rng) for k in range(recipe.eval.streams)]
+        self.oracle_means = [_mean_completion(e, self.oracle, s.workers, sim) for e in self.evals]
+        self.started = time.monotonic()
+        self.deadline = self.started + recipe.time_budget_min * 60.0
+        self.history: list[dict[str, Any]] = []
+        self.best: tuple[float, dict | None] = (math.inf, None)
+        self.episode = 0
+
+    def draw(self, arrivals: str, r: random.Random) -> list[Job]:
+        """A training or evaluation stream from the pool."""
+        s = self.recipe.stream
+        return self.pool.draw(s.queries, arrivals, s.cores, r, self.recipe.model.estimate_share)
+
+    def evaluate(self, phase: str) -> None:
+        """Score the greedy policy on the evaluation streams; keep the best state."""
+        s, policy, net = self.recipe.stream, self.policy, self.net
         policy.trace, policy.teacher, policy.greedy = None, None, True
         net.eval()
-        ratio = sum(_mean_completion(e, policy, s.workers, sim) / o for e, o in zip(evals, oracle_means)) / len(evals)
+        ratio = sum(_mean_completion(e, policy, s.workers, self.sim) / o
+                    for e, o in zip(self.evals, self.oracle_means)) / len(self.evals)
         net.train()
-        rec = {"episode": episode, "phase": phase, "vs_oracle": ratio, "elapsed_s": round(time.monotonic() - started, 2)}
-        history.append(rec)
-        if ratio < best[0]:
-            best = (ratio, {k: v.detach().clone() for k, v in net.state_dict().items()})
-        if on_progress is not None:
-            on_progress(rec)
+        rec = {"episode": self.episode, "phase": phase, "vs_oracle": ratio,
+               "elapsed_s": round(time.monotonic() - self.started, 2)}
+        self.history.append(rec)
+        if ratio < self.best[0]:
+            self.best = (ratio, {k: v.detach().clone() for k, v in net.state_dict().items()})
+        if self.on_progress is not None:
+            self.on_progress(rec)
 
-    try:
-        opt = torch.optim.Adam(net.parameters(), lr=recipe.imitation.lr)
-        n_imit = recipe.imitation.episodes
+    def _step(self, opt: torch.optim.Optimizer, loss: torch.Tensor, clip: bool, phase: str) -> None:
+        opt.zero_grad()
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
+        opt.step()
+        self.episode += 1
+        if self.episode % self.recipe.eval.every == 0:
+            self.evaluate(phase)
+
+    def imitate(self) -> None:
+        """Phase 1: learn the teacher's choices, DAgger-style from halfway on."""
+        s, policy = self.recipe.stream, self.policy
+        opt = torch.optim.Adam(self.net.parameters(), lr=self.recipe.imitation.lr)
+        n_imit = self.recipe.imitation.episodes
         for k in range(n_imit):
-            if time.monotonic() > deadline:
+            if time.monotonic() > self.deadline:
                 break
-            jobs = draw(rng.choice(s.arrivals), rng)
-            policy.trace, policy.teacher = [], teacher
+            jobs = self.draw(self.rng.choice(s.arrivals), self.rng)
+            policy.trace, policy.teacher = [], self.teacher
             policy.student_mix = max(0.0, (k / max(1, n_imit) - 0.5)) if n_imit >= 4 else 0.0
-            simulate(jobs, policy, s.workers, sim)
-            loss = torch.stack([ce for ce, _, _ in policy.trace]).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            episode += 1
-            if episode % recipe.eval.every == 0:
-                evaluate("imitation")
-        if not history or history[-1]["episode"] != episode:
-            evaluate("imitation")
-        opt = torch.optim.Adam(net.parameters(), lr=rr.lr)
+            simulate(jobs, policy, s.workers, self.sim)
+            self._step(opt, torch.stack([ce for ce, _, _ in policy.trace]).mean(), False, "imitation")
+        if not self.history or self.history[-1]["episode"] != self.episode:
+            self.evaluate("imitation")
+
+    def reinforce(self) -> None:
+        """Phase 2: REINFORCE over sampled rollouts of each stream (time-based baseline)."""
+        s, rr, policy = self.recipe.stream, self.recipe.reinforce, self.policy
+        opt = torch.optim.Adam(self.net.parameters(), lr=rr.lr)
         for _ in range(rr.episodes):
-            if time.monotonic() > deadline:
+            if time.monotonic() > self.deadline:
                 break
-            jobs = draw(rng.choice(s.arrivals), rng)
+            jobs = self.draw(self.rng.choice(s.arrivals), self.rng)
             policy.teacher, policy.greedy, policy.student_mix = None, False, 0.0
             rollouts = []
             for _ in range(rr.rollouts):
                 policy.trace = []
-                res = simulate(jobs, policy, s.workers, sim)
+                res = simulate(jobs, policy, s.workers, self.sim)
                 rollouts.append(([(r.arrival_s, r.end_s) for r in res.records], policy.trace))
-            loss = _pg_loss(rollouts, rr.entropy)
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            episode += 1
-            if episode % recipe.eval.every == 0:
-                evaluate("reinforce")
-        if not history or history[-1]["episode"] != episode:
-            evaluate("final")
-    finally:
-        torch.set_num_threads(old_threads)
-        policy.trace, policy.teacher, policy.greedy = None, None, True
-    if best[1] is not None:
-        net.load_state_dict(best[1])
-    net.eval()
-    policy.meta["best_vs_oracle"] = best[0]
-    return policy, history
+            self._step(opt, _pg_loss(rollouts, rr.entropy), True, "reinforce")
+        if not self.history or self.history[-1]["episode"] != self.episode:
+            self.evaluate("final")
+
+    def finish(self) -> tuple[LearnedPolicy, list[dict[str, Any]]]:
+        """The best state seen, loaded into the policy, and the evaluation history."""
+        if self.best[1] is not None:
+            self.net.load_state_dict(self.best[1])
+        self.net.eval()
+        self.policy.meta["best_vs_oracle"] = self.best[0]
+        return self.policy, self.history

@@ -78,97 +78,116 @@ def _worker_main(conn: Connection, databases: list[str], threads: int, shared: b
     Every query runs under its own rules; a shared worker accepts only queries of its
     mode ``rules``, set instance-wide at start (an exclusive one ignores ``rules``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the dispatcher decides how to stop
-    import duckdb
+    _WorkerProcess(conn, databases, threads, shared, rules, timeout_s, warmup).serve()
 
-    from lqo.engine.harness import fingerprint_rows
-    from lqo.engine.settings import disabled_optimizers
 
-    cfg = {"autoinstall_known_extensions": False, "autoload_known_extensions": False, "threads": threads}
-    cons = {db: duckdb.connect(db, read_only=True, config=cfg) for db in databases}
-    if warmup:
-        for con in cons.values():
-            _warm(con)
-    mode = tuple(rules) if shared else None
-    if shared and mode:  # the instance-wide baseline: every query of this worker needs exactly these
-        value = ",".join(mode).replace("'", "''")
-        for con in cons.values():
-            con.execute(f"SET disabled_optimizers = '{value}'")
-    current = {db: threads for db in databases}
-    send_lock = threading.Lock()
-    active: dict[int, Any] = {}  # idx -> connection or cursor running it
-    threads_running: list[threading.Thread] = []
+class _WorkerProcess:
+    """The inside of one worker process: its connections, and a thread per query."""
 
-    def send(msg: tuple) -> None:
-        with send_lock:
+    def __init__(self, conn: Connection, databases: list[str], threads: int, shared: bool,
+                 rules: tuple[str, ...], timeout_s: float | None, warmup: bool) -> None:
+        import duckdb
+
+        self.conn, self.shared, self.timeout_s = conn, shared, timeout_s
+        cfg = {"autoinstall_known_extensions": False, "autoload_known_extensions": False, "threads": threads}
+        self.cons = {db: duckdb.connect(db, read_only=True, config=cfg) for db in databases}
+        if warmup:
+            for con in self.cons.values():
+                _warm(con)
+        self.mode = tuple(rules) if shared else None
+        if shared and self.mode:  # the instance-wide baseline: every query of this worker needs exactly these
+            value = ",".join(self.mode).replace("'", "''")
+            for con in self.cons.values():
+                con.execute(f"SET disabled_optimizers = '{value}'")
+        self.current = {db: threads for db in databases}
+        self.send_lock = threading.Lock()
+        self.active: dict[int, Any] = {}  # idx -> connection or cursor running it
+        self.threads_running: list[threading.Thread] = []
+
+    def send(self, msg: tuple) -> None:
+        """Answer the dispatcher (nothing if it is gone)."""
+        with self.send_lock:
             try:
-                conn.send(msg)
+                self.conn.send(msg)
             except (OSError, EOFError):
                 pass
 
-    def run_one(idx: int, db: str, sql: str, q_rules: tuple[str, ...], t: int) -> None:
-        con = cons[db].cursor() if shared else cons[db]
+    def run_one(self, idx: int, db: str, sql: str, q_rules: tuple[str, ...], t: int) -> None:
+        """Run one query with ``t`` threads under ``q_rules``; always answer "done"."""
+        con = self.cons[db].cursor() if self.shared else self.cons[db]
         set_ms = 0.0
         timer = None
         try:
-            if shared and tuple(q_rules) != mode:
-                raise RuntimeError(f"query needs rules {list(q_rules)} but this shared worker runs {list(mode)}")
-            if not shared and current[db] != t:
+            if self.shared and tuple(q_rules) != self.mode:
+                raise RuntimeError(f"query needs rules {list(q_rules)} but this shared worker runs {list(self.mode)}")
+            if not self.shared and self.current[db] != t:
                 s0 = time.monotonic()
                 con.execute(f"SET threads = {int(t)}")
-                set_ms, current[db] = (time.monotonic() - s0) * 1000.0, t
-            active[idx] = con
-            if timeout_s:
-                timer = threading.Timer(timeout_s, con.interrupt)
+                set_ms, self.current[db] = (time.monotonic() - s0) * 1000.0, t
+            self.active[idx] = con
+            if self.timeout_s:
+                timer = threading.Timer(self.timeout_s, con.interrupt)
                 timer.daemon = True
                 timer.start()
-            start = time.monotonic()
-            try:
-                if q_rules:
-                    with disabled_optimizers(con, q_rules):
-                        rows = con.execute(sql).fetchall()
-                else:  # nothing to change: even an empty context manager costs ~1% of a 3 ms query
-                    rows = con.execute(sql).fetchall()
-                end = time.monotonic()
-                send(("done", idx, start, end, True, None, len(rows), fingerprint_rows(rows), set_ms))
-            except duckdb.InterruptException:
-                send(("done", idx, start, time.monotonic(), False, f"timeout after {timeout_s} s", None, None, set_ms))
-            except duckdb.Error as exc:
-                send(("done", idx, start, time.monotonic(), False, f"{type(exc).__name__}: {exc}".splitlines()[0],
-                      None, None, set_ms))
+            self._execute(idx, con, sql, q_rules, set_ms)
         except BaseException as exc:  # never leave the dispatcher waiting for an answer
             now = time.monotonic()
-            send(("done", idx, now, now, False, f"worker: {type(exc).__name__}: {exc}", None, None, set_ms))
+            self.send(("done", idx, now, now, False, f"worker: {type(exc).__name__}: {exc}", None, None, set_ms))
         finally:
             if timer is not None:
                 timer.cancel()
-            active.pop(idx, None)
-            if shared:
+            self.active.pop(idx, None)
+            if self.shared:
                 con.close()
 
-    conn.send(("ready", os.getpid()))
-    try:
-        while True:
-            try:
-                msg = conn.recv()
-            except (EOFError, OSError):
-                break  # the dispatcher is gone: do not outlive it
-            if msg[0] == "stop":
-                break
-            # A thread per query keeps this loop free to hear "stop" while DuckDB runs.
-            # The dispatcher sends an exclusive worker its next query only after "done".
-            threads_running[:] = [t for t in threads_running if t.is_alive()]
-            th = threading.Thread(target=run_one, args=msg[1:], daemon=True)
-            threads_running.append(th)
-            th.start()
-    finally:
-        for con in list(active.values()):
-            try:
-                con.interrupt()
-            except Exception:
-                pass
-        for th in threads_running:
-            th.join(timeout=2.0)
-        os._exit(0)  # skip interpreter teardown while DuckDB threads may still unwind
+    def _execute(self, idx: int, con: Any, sql: str, q_rules: tuple[str, ...], set_ms: float) -> None:
+        import duckdb
+
+        from lqo.engine.run_result import fingerprint_rows
+        from lqo.engine.settings import disabled_optimizers
+
+        start = time.monotonic()
+        try:
+            if q_rules:
+                with disabled_optimizers(con, q_rules):
+                    rows = con.execute(sql).fetchall()
+            else:  # nothing to change: even an empty context manager costs ~1% of a 3 ms query
+                rows = con.execute(sql).fetchall()
+            end = time.monotonic()
+            self.send(("done", idx, start, end, True, None, len(rows), fingerprint_rows(rows), set_ms))
+        except duckdb.InterruptException:
+            self.send(("done", idx, start, time.monotonic(), False, f"timeout after {self.timeout_s} s", None, None,
+                       set_ms))
+        except duckdb.Error as exc:
+            self.send(("done", idx, start, time.monotonic(), False, f"{type(exc).__name__}: {exc}".splitlines()[0],
+                       None, None, set_ms))
+
+    def serve(self) -> None:
+        """Take queries until "stop" or the dispatcher is gone; then interrupt, join, exit."""
+        self.conn.send(("ready", os.getpid()))
+        try:
+            while True:
+                try:
+                    msg = self.conn.recv()
+                except (EOFError, OSError):
+                    break  # the dispatcher is gone: do not outlive it
+                if msg[0] == "stop":
+                    break
+                # A thread per query keeps this loop free to hear "stop" while DuckDB runs.
+                # The dispatcher sends an exclusive worker its next query only after "done".
+                self.threads_running[:] = [t for t in self.threads_running if t.is_alive()]
+                th = threading.Thread(target=self.run_one, args=msg[1:], daemon=True)
+                self.threads_running.append(th)
+                th.start()
+        finally:
+            for con in list(self.active.values()):
+                try:
+                    con.interrupt()
+                except Exception:
+                    pass
+            for th in self.threads_running:
+                th.join(timeout=2.0)
+            os._exit(0)  # skip interpreter teardown while DuckDB threads may still unwind
 
 
 class ExecutorError(LqoError):
@@ -233,6 +252,7 @@ class Workers:
 
     @property
     def pids(self) -> list[int]:
+        """The worker processes' ids."""
         return [w.proc.pid for w in self._pool if w.proc.pid is not None]
 
     def _await_ready(self) -> None:

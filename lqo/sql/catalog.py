@@ -25,6 +25,7 @@ class Catalog:
 
     @classmethod
     def from_connection(cls, con: duckdb.DuckDBPyConnection) -> "Catalog":
+        """The tables and columns of the connection's current schema."""
         rows = con.execute(
             "SELECT table_name, column_name, data_type FROM information_schema.columns "
             "WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position"
@@ -35,9 +36,11 @@ class Catalog:
         return cls(tables)
 
     def has_table(self, name: str) -> bool:
+        """Whether the schema has table ``name`` (any case)."""
         return name.lower() in self.tables
 
     def columns(self, table: str) -> dict[str, str]:
+        """Column name -> type of ``table``."""
         return self.tables[table.lower()]
 
     @property

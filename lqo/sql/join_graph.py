@@ -79,9 +79,11 @@ class JoinBlock:
 
     @property
     def aliases(self) -> list[str]:
+        """The block's relations' aliases, in order."""
         return [r.alias for r in self.relations]
 
     def relation(self, alias: str) -> Relation:
+        """The relation named ``alias``."""
         return next(r for r in self.relations if r.alias == alias)
 
     def connects(self, left: frozenset[str], right: frozenset[str]) -> bool:
@@ -124,6 +126,7 @@ class QueryGraph:
 
     @property
     def reorderable(self) -> list[JoinBlock]:
+        """The blocks lqo may reorder."""
         return [b for b in self.blocks if b.unsafe is None]
 
     @property

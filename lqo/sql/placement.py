@@ -41,6 +41,7 @@ __all__ = ["has_subquery", "subquery_relations"]
 
 
 def has_subquery(expr: exp.Expression) -> bool:
+    """Whether ``expr`` contains a subquery."""
     return any(isinstance(n, (exp.Select, exp.Subquery, exp.Exists)) for n in expr.walk())
 
 

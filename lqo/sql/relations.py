@@ -42,6 +42,7 @@ def from_items(select: exp.Select) -> list[exp.Expression]:
 
 
 def check_tables(items, ctes, catalog: Catalog) -> None:
+    """``UnknownTableError`` for a table of ``items`` that is neither a CTE nor in the catalog."""
     for item in items:
         if isinstance(item, exp.Table) and isinstance(item.this, exp.Identifier):
             name = item.name.lower()
@@ -50,6 +51,7 @@ def check_tables(items, ctes, catalog: Catalog) -> None:
 
 
 def unsafe_join(join: exp.Join) -> str | None:
+    """Why lqo must not reorder across ``join`` (outer, semi, anti, lateral, ...), or None."""
     kind = (join.args.get("kind") or "").upper()
     if join.args.get("side") or kind not in ("", "INNER", "CROSS"):
         return f"{' '.join(filter(None, [join.args.get('side'), kind])) or 'non-inner'} join"

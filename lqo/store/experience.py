@@ -48,7 +48,8 @@ import duckdb
 
 from lqo.engine.db import connect_writable
 from lqo.errors import LqoError, MissingFileError, PlanError
-from lqo.engine.harness import RunResult, _utcnow, error_line
+from lqo.engine.failures import error_line
+from lqo.engine.run_result import RunResult, utcnow
 from lqo.lock import WriterLock, acquire
 from lqo.store.keys import canonical_plan_json, plan_key, query_key
 
@@ -240,7 +241,7 @@ class ExperienceStore:
         with self._transaction() as con:
             con.execute(
                 "INSERT INTO queries VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                [qk, workload, query_id, template, sql, database, _utcnow()],
+                [qk, workload, query_id, template, sql, database, utcnow()],
             )
         return qk
 
@@ -260,7 +261,7 @@ class ExperienceStore:
                 raise PlanError(f"unknown query_key {query_key}: add_query first")
             con.execute(
                 "INSERT INTO plans VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                [pk, query_key, kind, canon, sql, _utcnow()],
+                [pk, query_key, kind, canon, sql, utcnow()],
             )
         return pk
 
@@ -315,7 +316,7 @@ class ExperienceStore:
         Append-only: adds a ``wrong_plans`` row (marking twice keeps both rows).
         """
         with self._transaction() as con:
-            con.execute("INSERT INTO wrong_plans VALUES (?, ?, ?)", [plan_key, reason, _utcnow()])
+            con.execute("INSERT INTO wrong_plans VALUES (?, ?, ?)", [plan_key, reason, utcnow()])
 
     def record_task(self, task_id: str, node: str, run_ids: list[int], slot: int | None = None,
                     attempts: int = 1) -> bool:
@@ -327,7 +328,7 @@ class ExperienceStore:
             if con.execute("SELECT 1 FROM tasks WHERE task_id = ?", [task_id]).fetchone() is not None:
                 return False
             con.execute("INSERT INTO tasks VALUES (?, ?, ?, ?, ?, ?)",
-                        [task_id, node, slot, attempts, len(run_ids), _utcnow()])
+                        [task_id, node, slot, attempts, len(run_ids), utcnow()])
             if run_ids:
                 con.executemany("INSERT INTO run_nodes VALUES (?, ?, ?)", [[r, task_id, node] for r in run_ids])
         return True

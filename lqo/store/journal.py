@@ -13,7 +13,7 @@ task marked itself.
 row (``tasks``: its id, node, attempts), so a task is recorded whole or not at all, and
 at most once: a task id already recorded is skipped, nothing written.
 
->>> from lqo.engine.harness import RunResult
+>>> from lqo.engine.run_result import RunResult
 >>> j = Journal()
 >>> qk = j.add_query("SELECT 1", database="db", query_id="q1")
 >>> pk = j.add_plan(qk, "native")
@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lqo.engine.harness import RunResult
+from lqo.engine.run_result import RunResult
 from lqo.store.experience import ExperienceStore
 from lqo.store.keys import canonical_plan_json, plan_key, query_key
 
@@ -44,20 +44,24 @@ class Journal:
 
     @property
     def n_runs(self) -> int:
+        """Runs held in the journal."""
         return sum(len(args[0]) for name, args in self.ops if name == "record_runs")
 
     def add_query(self, sql: str, database: str | None = None, workload: str | None = None,
                   query_id: str | None = None, template: str | None = None) -> str:
+        """Hold a query's registration; its ``query_key``."""
         self.ops.append(("add_query", (sql, database, workload, query_id, template)))
         return query_key(sql, database)
 
     def add_plan(self, query_key: str, kind: str, plan_json: Any = None, sql: str | None = None) -> str:
+        """Hold a plan's registration; its ``plan_key``."""
         canon = canonical_plan_json(plan_json)
         self.ops.append(("add_plan", (query_key, kind, canon, sql)))
         return plan_key(query_key, canon, sql)
 
     def record_run(self, plan_key: str, result: RunResult, timeout_ms: float | None = None,
                    threads: int | None = None, session: str | None = None) -> int:
+        """Hold one run; a placeholder id (-1)."""
         return self.record_runs([(plan_key, result)], timeout_ms, threads, session)[0]
 
     def record_runs(self, items: Iterable[tuple[str, RunResult]], timeout_ms: float | None = None,
@@ -68,10 +72,12 @@ class Journal:
         return [-1] * len(items)
 
     def mark_wrong(self, plan_key: str, reason: str = "fingerprint differs from native") -> None:
+        """Hold a plan's marking as wrong (and answer ``is_wrong`` for it from now on)."""
         self.wrong.add(plan_key)
         self.ops.append(("mark_wrong", (plan_key, reason)))
 
     def is_wrong(self, plan_key: str) -> bool:
+        """Whether the driver or this task marked the plan wrong."""
         return plan_key in self.wrong
 
 

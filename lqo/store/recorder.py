@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from lqo.engine.harness import RunResult
+from lqo.engine.run_result import RunResult
 
 
 class RunRecorder(Protocol):

@@ -29,6 +29,8 @@ from lqo.triage import TriageConfig
 
 @dataclass
 class SplitConfig:
+    """``[split]``: how training and test templates are chosen."""
+
     by: str = "template"  # train/test split unit: "template" (unseen templates) or "query"
     test_fraction: float = 0.3  # share of templates held out for testing
     seed: int = 0  # which templates are held out
@@ -36,6 +38,8 @@ class SplitConfig:
 
 @dataclass
 class ModelConfig:
+    """``[model]``: the model kind, loss, learning-rate schedule and size."""
+
     kind: str = "tree_conv"  # "tree_conv" | "graph_conv"
     loss: str = "combined"  # "regression" | "ranking" | "combined"
     lr_schedule: str = "greedy"  # "greedy" (GreedyLR) | "cosine"
@@ -47,6 +51,8 @@ class ModelConfig:
 
 @dataclass
 class ExplorationConfig:
+    """``[exploration]``: which plans run besides the model's choice."""
+
     bootstrap_plans: int = 10  # random trees per training query before the first model
     extra_candidates: int = 2  # besides the model's choice, best unexecuted candidates run per query
     epsilon: float = 0.1  # chance to run a random neighbour of the model's choice instead
@@ -54,12 +60,16 @@ class ExplorationConfig:
 
 @dataclass
 class TimeoutConfig:
+    """``[timeout]``: how long a run may take."""
+
     factor: float = 3.0  # a run may take this many times the best known latency
     min_s: float = 0.2  # floor for tiny queries
 
 
 @dataclass
 class Recipe:
+    """A training recipe (``lqo train``), section by section."""
+
     workload: str = ""  # workload directory (relative to the recipe file, or absolute)
     out: str = "runs/model"  # model directory: checkpoints, experience, history
     iterations: int = 10  # plan-execute-retrain rounds after the bootstrap
@@ -95,6 +105,7 @@ class Recipe:
 
     @classmethod
     def from_toml_text(cls, text: str) -> "Recipe":
+        """A recipe from TOML text; ``RecipeError`` for invalid TOML or fields."""
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
@@ -104,6 +115,7 @@ class Recipe:
         return recipe
 
     def validate(self) -> None:
+        """``RecipeError`` naming the first field out of range."""
         checks = [
             (self.split.by in ("template", "query"), "split.by must be 'template' or 'query'"),
             (0.0 <= self.split.test_fraction < 1.0, "split.test_fraction must be in [0, 1)"),
@@ -121,4 +133,5 @@ class Recipe:
                 raise RecipeError(msg)
 
     def to_dict(self) -> dict[str, Any]:
+        """The recipe as plain data."""
         return dataclasses.asdict(self)

@@ -23,6 +23,8 @@ from lqo.trees.query import PreparedQuery
 
 @dataclass
 class Sample:
+    """One measured plan of a query: its median latency over ``n_runs`` runs."""
+
     query_id: str
     plan: Plan
     latency_ms: float

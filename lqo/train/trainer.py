@@ -25,7 +25,9 @@ import numpy as np
 from lqo.sql.catalog import Catalog
 from lqo.errors import LqoError, WorkloadError
 from lqo.store.experience import ExperienceStore
-from lqo.engine.harness import Harness, error_line, median_latency
+from lqo.engine.failures import error_line
+from lqo.engine.harness import Harness
+from lqo.engine.run_result import median_latency
 from lqo.learn.features import Featurizer
 from lqo.learn.feature_ranges import FeatureRanges
 from lqo.lock import WriterLock, acquire
@@ -54,6 +56,8 @@ def split_templates(workload: Workload, test_fraction: float, seed: int) -> tupl
 
 @dataclass
 class TrainResult:
+    """What a training run did: iterations, their history, why it stopped."""
+
     out: Path
     iterations: int
     history: list[dict] = field(default_factory=list)
@@ -130,6 +134,7 @@ class Trainer:
 
     # ----- the loop ----------------------------------------------------------------------
     def run(self) -> TrainResult:
+        """Bootstrap, then plan-execute-retrain until the iterations or the time budget run out."""
         r = self.recipe
         workload, con, catalog, stats, state, train_t, test_t, queries, usable = self._setup()
         rng = random.Random(r.seed + int(state.get("iteration", 0)))
@@ -141,15 +146,7 @@ class Trainer:
         try:
             with ExperienceStore.open(store_paths[0]) as store:
                 runner = _Runner(con, store, workload, r, log=self.log)
-                for q in self.progress(queries, desc="bootstrap"):
-                    if self._out_of_time():
-                        break
-                    sources = [store, store_paths[1]]
-                    pq = usable.get(q.id)
-                    # The star-shaped plan is the structured alternative that wins most
-                    # often on star schemas: measure it for every query from the start.
-                    star = [star_plan(pq, featurizer.estimator(pq.graph))] if pq else []
-                    runner.bootstrap(q, pq, rng, collect_samples(sources, {q.id: pq}) if pq else [], star)
+                self._bootstrap(runner, [store, store_paths[1]], queries, usable, featurizer, rng)
                 start_it = int(state.get("iteration", 0))
                 for it in range(start_it + 1, r.iterations + 1):
                     if self._out_of_time():
@@ -167,21 +164,7 @@ class Trainer:
                     line = self._iterate(it, optimizer, usable, runner, rng, queries)
                     line.update({"samples": len(samples), "transferred": len(transferred) if transferred else 0,
                                  "elapsed_min": round(self._elapsed_min(), 2)})
-                    extra = {"recipe": r.to_dict(), "iteration": it,
-                             "train_templates": train_t, "test_templates": test_t}
-                    optimizer.save(self.dir.iteration(it), extra=extra)
-                    # The model directory holds the best model so far, judged by what its
-                    # decisions did to the training workload (Bao keeps a model only if it
-                    # is not worse): a retrain that got worse does not replace it.
-                    best = state.get("best_ratio")
-                    line["selected"] = best is None or (line["ratio"] or 9.0) <= best
-                    if line["selected"]:
-                        optimizer.save(self.out, extra=extra)
-                        state["best_ratio"], state["best_iteration"] = line["ratio"] or 9.0, it
-                    self.dir.append_train_history(line)
-                    state.update({"workload": str(workload.root), "iteration": it,
-                                  "train_templates": train_t, "test_templates": test_t})
-                    self._write_state(state)
+                    self._keep(it, optimizer, line, state, str(workload.root), train_t, test_t)
                     result.iterations = it
                     result.history.append(line)
                     self.log(_format_line(line))
@@ -191,6 +174,39 @@ class Trainer:
         if not self.dir.model.exists():
             raise LqoError("training stopped before the first model was fitted (raise time_budget_min)")
         return result
+
+    def _bootstrap(self, runner: "_Runner", sources: list, queries: list[Query], usable: dict[str, PreparedQuery],
+                   featurizer: Featurizer, rng: random.Random) -> None:
+        """Measure native, the star-shaped and random plans of every training query (within
+        the time budget) before the first fit."""
+        for q in self.progress(queries, desc="bootstrap"):
+            if self._out_of_time():
+                break
+            pq = usable.get(q.id)
+            # The star-shaped plan is the structured alternative that wins most
+            # often on star schemas: measure it for every query from the start.
+            star = [star_plan(pq, featurizer.estimator(pq.graph))] if pq else []
+            runner.bootstrap(q, pq, rng, collect_samples(sources, {q.id: pq}) if pq else [], star)
+
+    def _keep(self, it: int, optimizer: Optimizer, line: dict, state: dict, workload: str, train_t: list[str],
+              test_t: list[str]) -> None:
+        """Save iteration ``it``'s model, and as the directory's model if it is the best so
+        far; append its history line and write the resume state."""
+        extra = {"recipe": self.recipe.to_dict(), "iteration": it,
+                 "train_templates": train_t, "test_templates": test_t}
+        optimizer.save(self.dir.iteration(it), extra=extra)
+        # The model directory holds the best model so far, judged by what its
+        # decisions did to the training workload (Bao keeps a model only if it
+        # is not worse): a retrain that got worse does not replace it.
+        best = state.get("best_ratio")
+        line["selected"] = best is None or (line["ratio"] or 9.0) <= best
+        if line["selected"]:
+            optimizer.save(self.out, extra=extra)
+            state["best_ratio"], state["best_iteration"] = line["ratio"] or 9.0, it
+        self.dir.append_train_history(line)
+        state.update({"workload": workload, "iteration": it,
+                      "train_templates": train_t, "test_templates": test_t})
+        self._write_state(state)
 
     def _fit(self, samples: list[Sample], usable, featurizer: Featurizer, catalog: Catalog, it: int,
              transferred: TransferredSamples | None = None) -> Optimizer:

@@ -41,6 +41,8 @@ __all__ = ["TransferConfig", "TransferredSamples", "load_transferred"]
 
 @dataclass
 class TransferConfig:
+    """``[transfer]``: other model directories whose experience joins training."""
+
     from_models: list[str] = field(default_factory=list)  # other model directories whose experience joins training
 
 

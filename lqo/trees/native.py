@@ -40,6 +40,7 @@ class NativeTrees:
 
     @property
     def plan(self) -> Plan:
+        """DuckDB's trees as a Plan."""
         return Plan.of(self.trees)
 
 

@@ -42,22 +42,26 @@ class PNode:
 
     @classmethod
     def from_json(cls, node: dict) -> "PNode":
+        """A node (and its children) from DuckDB's JSON."""
         name = node.get("name") or node.get("operator_name") or node.get("operator_type") or ""
         kids = [cls.from_json(c) for c in node.get("children", [])]
         return cls(name.strip(), node.get("extra_info") or {}, kids, node.get("operator_cardinality"))
 
     @property
     def join_type(self) -> str:
+        """``INNER``, ``LEFT``, ... for a join operator (a cross product is inner); "" otherwise."""
         if self.name == "CROSS_PRODUCT":
             return "INNER"
         return str(self.info.get("Join Type", "")).upper() if self.name in JOIN_OPERATORS else ""
 
     @property
     def is_inner_join(self) -> bool:
+        """Whether the node is a binary inner join."""
         return self.name in JOIN_OPERATORS and self.join_type == "INNER" and len(self.children) == 2
 
     @property
     def estimate(self) -> float | None:
+        """DuckDB's cardinality estimate, None where it gave none."""
         est = self.info.get("Estimated Cardinality")
         try:
             return float(est) if est is not None else None
@@ -66,6 +70,7 @@ class PNode:
 
     @property
     def conditions(self) -> list[str]:
+        """The join conditions, as DuckDB prints them."""
         conds = self.info.get("Conditions", [])
         return [conds] if isinstance(conds, str) else list(conds)
 
@@ -95,6 +100,7 @@ class JTree:
 
     @property
     def filter_words(self) -> set[str]:
+        """The words of the tree's filters, lower case (computed once)."""
         if not hasattr(self, "_words"):
             self._words = set(_WORD.findall(self.filters.lower()))
         return self._words
@@ -232,6 +238,7 @@ class Ctes:
 
 
 def cte_tables(roots: list[PNode]) -> Ctes:
+    """Every CTE of the plan by table index: its body, its name and the tables it reads."""
     ctes = Ctes()
 
     def visit(node: PNode) -> None:

@@ -80,6 +80,7 @@ def joins(tree: Tree) -> Iterator[Join]:
 
 
 def is_left_deep(tree: Tree) -> bool:
+    """Whether every join's build side is a single relation."""
     return all(isinstance(j.build, Leaf) for j in joins(tree))
 
 
@@ -99,6 +100,7 @@ def tree_to_json(tree: Tree):
 
 
 def tree_from_json(data) -> Tree:
+    """A tree from its JSON (a name, or a pair)."""
     if isinstance(data, str):
         return Leaf(data)
     if isinstance(data, list) and len(data) == 2:
@@ -118,12 +120,15 @@ class Plan:
 
     @classmethod
     def of(cls, trees: dict[int, Tree]) -> "Plan":
+        """A plan from block index -> tree."""
         return cls(tuple(sorted(trees.items())))
 
     def tree(self, block: int) -> Tree:
+        """The tree of block ``block``."""
         return dict(self.trees)[block]
 
     def replace(self, block: int, tree: Tree) -> "Plan":
+        """The plan with block ``block``'s tree replaced."""
         d = dict(self.trees)
         d[block] = tree
         return Plan.of(d)
@@ -132,10 +137,12 @@ class Plan:
         return "; ".join(f"#{i} {t}" for i, t in self.trees)
 
     def to_json(self) -> str:
+        """The plan as compact JSON text (block index -> tree)."""
         return json.dumps({str(i): tree_to_json(t) for i, t in self.trees}, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> "Plan":
+        """A plan from its JSON text."""
         data = json.loads(text)
         return cls.of({int(k): tree_from_json(v) for k, v in data.items()})
 

@@ -47,13 +47,16 @@ class PreparedQuery:
 
     @property
     def forceable(self) -> bool:
+        """Whether lqo may force a tree for this query."""
         return self.reason is None
 
     @property
     def native_plan(self) -> Plan:
+        """DuckDB's own trees as a Plan."""
         return self.native.plan
 
     def render(self, plan: Plan) -> str:
+        """``plan`` as SQL that DuckDB runs as written."""
         return render(self.graph, plan)
 
     @property

@@ -56,6 +56,7 @@ class SharedJoin:
 
     @property
     def blocks(self) -> tuple[int, ...]:
+        """The blocks that compute the shared join."""
         return tuple(index for index, _ in self.sites)
 
 

@@ -32,6 +32,8 @@ from lqo.book.book import AcceptanceVerdict
 
 @dataclass(frozen=True)
 class AcceptRule:
+    """The acceptance rule's thresholds (see the module docs) and its bootstrap."""
+
     min_rounds: int = 5
     max_median: float = 0.95
     max_upper: float = 1.0

@@ -31,6 +31,7 @@ class OriginStats:
         self.gain: dict[str, float] = defaultdict(float)
 
     def update(self, origin: str, ratio: float, win: bool) -> None:
+        """Count one screening of a candidate of ``origin``: its ratio, and whether it was a win."""
         self.tries[origin] += 1
         if win:
             self.wins[origin] += 1

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 
 class Done(NamedTuple):
+    """A finished step: what it was submitted under, its value, and where it ran."""
+
     key: Any  # what the caller submitted the step under
     value: Any  # the step's return value (None when ``error``)
     node: str | None  # where it ran (None: here)
@@ -42,6 +44,7 @@ class Done(NamedTuple):
 
 
 def baseline_step(ctx: Trials, t: TemplateInstances, entry: BookEntry) -> dict[str, Any]:
+    """Native runs of a template's tuning instances: the entry's native figures."""
     ctx.baseline(t, entry)
     return {"native_ms": entry.native_ms, "fingerprints": entry.fingerprints,
             "weight_ms": entry.weight_ms, "note": entry.note}
@@ -61,6 +64,7 @@ def retest_step(ctx: Trials, t: TemplateInstances, entry: BookEntry, c: Candidat
 
 
 def accept_step(ctx: Trials, t: TemplateInstances, entry: BookEntry, c: Candidate) -> AcceptanceVerdict:
+    """An acceptance test alone (a re-check of an adopted choice)."""
     return ctx.accept(t, entry, c)
 
 
@@ -68,12 +72,15 @@ class Steps:
     """The interface the tuner drives: ``free()`` slots, ``submit``, then ``next()``."""
 
     def free(self) -> int:
+        """How many more steps may be submitted now."""
         raise NotImplementedError
 
     def submit(self, key: Any, name: str, step: Callable[..., Any], *args: Any) -> None:
+        """Run ``step(trials, *args)``; its result comes back from ``next`` under ``key``."""
         raise NotImplementedError
 
     def next(self) -> Done | None:
+        """The next finished step, or None when none is pending."""
         raise NotImplementedError
 
 
@@ -85,12 +92,15 @@ class LocalSteps(Steps):
         self._done: deque[Done] = deque()
 
     def free(self) -> int:
+        """One step at a time."""
         return 0 if self._done else 1
 
     def submit(self, key: Any, name: str, step: Callable[..., Any], *args: Any) -> None:
+        """Run the step now."""
         self._done.append(Done(key, step(self.ctx, *args), None))
 
     def next(self) -> Done | None:
+        """The step just run."""
         return self._done.popleft() if self._done else None
 
 
@@ -102,15 +112,18 @@ class PoolSteps(Steps):
         self._keys: dict[str, Any] = {}
 
     def free(self) -> int:
+        """Idle executors."""
         return self.pool.idle()
 
     def submit(self, key: Any, name: str, step: Callable[..., Any], *args: Any) -> None:
+        """Send the step to an executor, under a task id that names the session, the step and its subject."""
         # The task id is the idempotency key of what it records: session, step, subject.
         task_id = f"{self.store.session}/{name}"
         self._keys[task_id] = key
         self.pool.submit(task_id, remote_step, step, self.config, self.workload, *args)
 
     def next(self) -> Done | None:
+        """The next step to finish, its journal replayed into the store (once per task id)."""
         out = self.pool.next()
         if out is None:
             return None

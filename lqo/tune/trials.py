@@ -14,7 +14,9 @@ from functools import partial
 from lqo.book.book import BookEntry, Candidate, PlanBook, AcceptanceVerdict
 from lqo.book.slots import SlotRendering
 from lqo.book.template import template_key
-from lqo.engine.harness import error_line, median_latency, run_interleaved
+from lqo.engine.failures import error_line
+from lqo.engine.harness import run_interleaved
+from lqo.engine.run_result import median_latency
 from lqo.engine.profile import profile_json
 from lqo.errors import LqoError
 from lqo.estimates.cardinality import Estimator
@@ -74,6 +76,7 @@ class Trials:
         self.store.record_runs([(pk, r) for r in runs])
 
     def baseline(self, t: TemplateInstances, entry: BookEntry) -> None:
+        """Native runs of every tuning instance: medians, fingerprints and the template's weight."""
         for q in t.tune:
             runs = run_interleaved(self.con, [(q.sql, False)], repeats=3, warmup=1)[0]
             self._record(q, "native", None, None, runs)
@@ -180,6 +183,7 @@ class Trials:
         return r.latency_ms / native_ms, 0
 
     def accept(self, t: TemplateInstances, entry: BookEntry, c: Candidate) -> AcceptanceVerdict:
+        """Paired, interleaved rounds of ``c`` against native on every tuning instance, judged."""
         pairs = {}
         failed = None
         for q in t.tune:

@@ -44,11 +44,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+import duckdb
+
 from lqo.book.book import Candidate, PlanBook
 from lqo.book.ranges import LiteralRanges
 from lqo.book.serve import read_feedback
 from lqo.book.template import template_key
-from lqo.engine.harness import is_user_interrupt
+from lqo.engine.interrupt import is_user_interrupt
 from lqo.errors import LqoError
 from lqo.estimates.stats import DatabaseStats
 from lqo.lock import writer_lock
@@ -57,7 +59,7 @@ from lqo.sql.catalog import Catalog
 from lqo.store.experience import ExperienceStore
 from lqo.tune.inputs import TemplateInstances, TuneConfig
 from lqo.tune.order import OriginStats, pick, relative
-from lqo.tune.steps import LocalSteps, PoolSteps, Steps, accept_step, baseline_step, retest_step, trial_step
+from lqo.tune.steps import Done, LocalSteps, PoolSteps, Steps, accept_step, baseline_step, retest_step, trial_step
 from lqo.tune.trials import COMBINED, Trials, combinations
 from lqo.workloads.workload import Query, Workload
 
@@ -69,6 +71,8 @@ DRIFT = 1.5  # served latency above this x the verified figure triggers a re-che
 
 @dataclass
 class TuneResult:
+    """What a tuning run did: counts, the learning curve, and (``--ray``) the nodes."""
+
     templates: int = 0
     screened: int = 0
     tested: int = 0
@@ -82,7 +86,30 @@ class TuneResult:
     nodes: list[dict] | None = None  # per node (``--ray``): what it ran; None when sequential
 
 
+_Pair = tuple[TemplateInstances, Candidate]
+
+
+@dataclass
+class _Session:
+    """What one tuning run works on, from its resume to its close."""
+
+    start: float
+    deadline: float
+    con: duckdb.DuckDBPyConnection
+    book: PlanBook
+    history: list[dict]
+    offset: float  # the learning curve's elapsed time before this run
+    result: TuneResult
+    store: ExperienceStore
+    rng: random.Random
+    origins: OriginStats
+    ctx: Trials
+    steps: Steps
+
+
 class Tuner:
+    """Tunes a workload's plan book in a model directory (:func:`run`)."""
+
     def __init__(self, workload: Workload, out: str | Path, config: TuneConfig | None = None,
                  log: Callable[[str], None] = print, pool: "ExecutorPool | None" = None) -> None:
         """``pool`` (:class:`lqo.distributed.ExecutorPool`): run the measuring steps on Ray
@@ -114,21 +141,61 @@ class Tuner:
             return self._run()
 
     def _run(self) -> TuneResult:
+        s = self._resume()
+        try:
+            templates = self._templates()
+            s.result.templates = len(templates)
+            self._recheck(s.steps, templates, s.book, s.result)
+            s.book.save(self.dir.book)
+            ready = self._baselines(s.steps, templates, s.book, self.dir.book, s.deadline)
+            pending, deferred = self._queue(s, ready)
+            self.log(f"tune: {len(templates)} templates, {len(pending)} candidates to try "
+                     f"({self.config.strategy} order, budget {self.config.budget_min:g} min"
+                     + ("" if self.pool is None else f", {self.pool.size} Ray executors") + ")")
+            _record(s.history, s.offset, s.start, s.book, s.result)
+            while True:
+                # As many (template, candidate) pairs in flight as there are executors
+                # (one without Ray): each is screened and, if it passes, tested on the
+                # executor that screened it, and the next pick sees every result so far. Then
+                # the tests put off, the best screening relative to its template's choice first.
+                self._dispatch(s, pending, deferred)
+                done = s.steps.next()
+                if done is None:
+                    break
+                self._absorb(s, done, pending, deferred)
+                s.book.save(self.dir.book)
+                _record(s.history, s.offset, s.start, s.book, s.result)
+                self.dir.write_tune_history(s.history)
+        except (KeyboardInterrupt, RuntimeError) as err:
+            if not is_user_interrupt(err):
+                raise
+            s.result.interrupted = True
+        finally:
+            s.book.save(self.dir.book)
+            _record(s.history, s.offset, s.start, s.book, s.result)
+            self.dir.write_tune_history(s.history)
+            s.store.close()
+            s.con.close()
+            if self.pool is not None:
+                s.result.nodes = self.pool.summary()
+        s.result.elapsed_s = time.perf_counter() - s.start
+        return s.result
+
+    def _resume(self) -> _Session:
+        """Open what a run works on and read what earlier runs left: the book, the
+        learning curve, the statistics, the store, and the origins' screening record."""
         cfg = self.config
         start = time.perf_counter()
-        deadline = start + cfg.budget_min * 60
         con = self.workload.connect()
         catalog = Catalog.from_connection(con)
-        book_path = self.dir.book
-        book = PlanBook.load(book_path, catalog.fingerprint) if book_path.is_file() else PlanBook(catalog.fingerprint)
+        book = (PlanBook.load(self.dir.book, catalog.fingerprint) if self.dir.has_book()
+                else PlanBook(catalog.fingerprint))
         book.meta.update({"workload": str(self.workload.root), "tune_instances": cfg.tune_instances,
                           "range_guard": cfg.range_guard})
         history = self.dir.read_tune_history()
         offset = history[-1]["elapsed_s"] if history else 0.0
-        result = TuneResult(history=history)
         stats = DatabaseStats.load_or_build(con, catalog, self.dir.stats)
         store = ExperienceStore.open(self.dir.store)
-        rng = random.Random(cfg.seed)
         origins = OriginStats()
         for e in book.entries.values():  # what earlier runs learned
             for cid, ratio in e.screened.items():
@@ -142,89 +209,71 @@ class Tuner:
             optimizer = Optimizer.load(cfg.model, con)
         ctx = Trials(con, catalog, stats, store, book, cfg, optimizer)
         steps = LocalSteps(ctx) if self.pool is None else PoolSteps(self.pool, store, cfg, str(book.meta["workload"]))
-        try:
-            templates = self._templates()
-            result.templates = len(templates)
-            self._recheck(steps, templates, book, result)
-            book.save(book_path)
-            ready = self._baselines(steps, templates, book, book_path, deadline)
-            pending: list[tuple[TemplateInstances, Candidate]] = []
-            for t in ready:
-                entry = book.entries[t.key]
-                fresh = ctx.candidates(t, entry, random.Random(f"{cfg.seed}/{t.key}"))
-                # combinations proposed by an earlier run and not screened before it stopped
-                fresh += [c for c in entry.candidates.values() if c.origin in COMBINED and c not in fresh]
-                pending += [(t, c) for c in fresh if c.id not in entry.screened]
-            self.log(f"tune: {len(templates)} templates, {len(pending)} candidates to try "
-                     f"({cfg.strategy} order, budget {cfg.budget_min:g} min"
-                     + ("" if self.pool is None else f", {self.pool.size} Ray executors") + ")")
-            _record(history, offset, start, book, result)
-            # Screened as wins but not tested: the bar was the template's adopted plan.
-            deferred = [(t, e.candidates[k]) for t in ready for e in [book.entries[t.key]]
-                        for k, r in e.screened.items() if r < cfg.screen_below and k not in e.verdicts and k in e.candidates]
-            while True:
-                # As many (template, candidate) pairs in flight as there are executors
-                # (one without Ray): each is screened and, if it passes, tested on the
-                # executor that screened it, and the next pick sees every result so far. Then
-                # the tests put off, the best screening relative to its template's choice first.
-                while steps.free() and (pending or deferred) and time.perf_counter() < deadline:
-                    if pending:
-                        t, c = pending.pop(pick(pending, book, origins, rng, ctx.predicted, cfg))
-                        steps.submit((t, c, True), f"tune/{t.key}/{c.id}", trial_step, t, book.entries[t.key], c)
-                    else:
-                        t, c = deferred.pop(min(range(len(deferred)), key=lambda k: relative(book, *deferred[k])))
-                        steps.submit((t, c, False), f"retest/{t.key}/{c.id}", retest_step, t, book.entries[t.key], c)
-                done = steps.next()
-                if done is None:
-                    break
-                t, c, screening = done.key
-                if done.error is not None:  # its executor was lost twice: counted as not a win
-                    self.log(f"tune: {t.label}: {c.id} not tried: {done.error}")
-                    ratio, wrong, verdict = float("inf"), 0, None
-                else:
-                    ratio, wrong, verdict = done.value
-                if verdict is not None and done.node is not None:
-                    verdict = replace(verdict, node=done.node)  # paired rounds ran there, all of them
-                entry = book.entries[t.key]
-                if screening:
-                    result.screened += 1
-                    result.wrong += wrong
-                    entry.screened[c.id] = ratio
-                    origins.update(c.origin, ratio, ratio < cfg.screen_below)
-                    for extra in combinations(entry, c):  # parts that each helped, tried together
-                        entry.candidates.setdefault(extra.id, extra)
-                        pending.append((t, extra))
-                    if verdict is None and not wrong and ratio < cfg.screen_below:
-                        deferred.append((t, c))
-                else:
-                    result.retested += 1
-                if verdict is not None:
-                    result.tested += 1
-                    entry.verdicts[c.id] = verdict
-                    current = entry.verdicts.get(entry.choice)
-                    if verdict.accepted and (current is None or entry.choice == "native"
-                                             or verdict.median_ratio < current.median_ratio):
-                        entry.adopt(c.id)
-                        result.adopted += 1
-                        self.log(f"tune: {t.label} adopts {c.id}: {verdict.median_ratio:.3f}x native "
-                                 f"(95% interval {verdict.ci_low:.3f}-{verdict.ci_high:.3f})")
-                book.save(book_path)
-                _record(history, offset, start, book, result)
-                self.dir.write_tune_history(history)
-        except (KeyboardInterrupt, RuntimeError) as err:
-            if not is_user_interrupt(err):
-                raise
-            result.interrupted = True
-        finally:
-            book.save(book_path)
-            _record(history, offset, start, book, result)
-            self.dir.write_tune_history(history)
-            store.close()
-            con.close()
-            if self.pool is not None:
-                result.nodes = self.pool.summary()
-        result.elapsed_s = time.perf_counter() - start
-        return result
+        return _Session(start, start + cfg.budget_min * 60, con, book, history, offset, TuneResult(history=history),
+                        store, random.Random(cfg.seed), origins, ctx, steps)
+
+    def _queue(self, s: _Session, ready: list[TemplateInstances]) -> tuple[list[_Pair], list[_Pair]]:
+        """The (template, candidate) pairs to screen, and the acceptance tests put off:
+        candidates that screened as wins but were not tested (the bar was the template's
+        adopted plan)."""
+        cfg = self.config
+        pending: list[_Pair] = []
+        for t in ready:
+            entry = s.book.entries[t.key]
+            fresh = s.ctx.candidates(t, entry, random.Random(f"{cfg.seed}/{t.key}"))
+            # combinations proposed by an earlier run and not screened before it stopped
+            fresh += [c for c in entry.candidates.values() if c.origin in COMBINED and c not in fresh]
+            pending += [(t, c) for c in fresh if c.id not in entry.screened]
+        deferred = [(t, e.candidates[k]) for t in ready for e in [s.book.entries[t.key]]
+                    for k, r in e.screened.items() if r < cfg.screen_below and k not in e.verdicts and k in e.candidates]
+        return pending, deferred
+
+    def _dispatch(self, s: _Session, pending: list[_Pair], deferred: list[_Pair]) -> None:
+        """Submit pairs while executors are free and the budget lasts: the next pick by the
+        exploration order, then the put-off tests, best relative screening first."""
+        while s.steps.free() and (pending or deferred) and time.perf_counter() < s.deadline:
+            if pending:
+                t, c = pending.pop(pick(pending, s.book, s.origins, s.rng, s.ctx.predicted, self.config))
+                s.steps.submit((t, c, True), f"tune/{t.key}/{c.id}", trial_step, t, s.book.entries[t.key], c)
+            else:
+                t, c = deferred.pop(min(range(len(deferred)), key=lambda k: relative(s.book, *deferred[k])))
+                s.steps.submit((t, c, False), f"retest/{t.key}/{c.id}", retest_step, t, s.book.entries[t.key], c)
+
+    def _absorb(self, s: _Session, done: Done, pending: list[_Pair], deferred: list[_Pair]) -> None:
+        """Record one finished step in the book: its screening (and the combinations it
+        proposes), its verdict, and the adoption a better verdict earns."""
+        cfg = self.config
+        t, c, screening = done.key
+        if done.error is not None:  # its executor was lost twice: counted as not a win
+            self.log(f"tune: {t.label}: {c.id} not tried: {done.error}")
+            ratio, wrong, verdict = float("inf"), 0, None
+        else:
+            ratio, wrong, verdict = done.value
+        if verdict is not None and done.node is not None:
+            verdict = replace(verdict, node=done.node)  # paired rounds ran there, all of them
+        entry = s.book.entries[t.key]
+        if screening:
+            s.result.screened += 1
+            s.result.wrong += wrong
+            entry.screened[c.id] = ratio
+            s.origins.update(c.origin, ratio, ratio < cfg.screen_below)
+            for extra in combinations(entry, c):  # parts that each helped, tried together
+                entry.candidates.setdefault(extra.id, extra)
+                pending.append((t, extra))
+            if verdict is None and not wrong and ratio < cfg.screen_below:
+                deferred.append((t, c))
+        else:
+            s.result.retested += 1
+        if verdict is not None:
+            s.result.tested += 1
+            entry.verdicts[c.id] = verdict
+            current = entry.verdicts.get(entry.choice)
+            if verdict.accepted and (current is None or entry.choice == "native"
+                                     or verdict.median_ratio < current.median_ratio):
+                entry.adopt(c.id)
+                s.result.adopted += 1
+                self.log(f"tune: {t.label} adopts {c.id}: {verdict.median_ratio:.3f}x native "
+                         f"(95% interval {verdict.ci_low:.3f}-{verdict.ci_high:.3f})")
 
     def _baselines(self, steps: Steps, templates: list[TemplateInstances], book: PlanBook, book_path: Path,
                    deadline: float) -> list[TemplateInstances]:

@@ -268,4 +268,5 @@ def _token_matches(sql: str, site: Site) -> bool:
 
 
 def render_string(text: str) -> str:
+    """A SQL string literal of ``text``."""
     return "'" + text.replace("'", "''") + "'"

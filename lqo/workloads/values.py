@@ -151,6 +151,7 @@ def _joint_sql(fact: tuple[str, str], members: tuple[tuple[tuple[Hop, ...], Colu
 
 
 def value_category(value: Any) -> str | None:
+    """The kind of literal a value is (number, string, date, timestamp); None for others, booleans too."""
     if isinstance(value, bool):
         return None
     if isinstance(value, dt.datetime):
@@ -168,6 +169,7 @@ def value_category(value: Any) -> str | None:
 
 
 def usable_value(value: Any, category: str) -> bool:
+    """Whether ``value`` can replace a literal of ``category`` (finite, same kind)."""
     if value_category(value) != category:
         return False
     return not (isinstance(value, float) and not math.isfinite(value))

@@ -31,7 +31,7 @@ import shutil
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import duckdb
 
@@ -126,72 +126,90 @@ class Workload:
         'tpch'
         """
         root = Path(root).expanduser().absolute()
-        if not root.exists():
-            raise MissingFileError(f"workload directory not found: {root}")
-        if not root.is_dir():
-            raise WorkloadError(f"workload path is not a directory: {root}")
-        manifest = root / MANIFEST
-        if not manifest.is_file():
-            raise MissingFileError(f"workload manifest not found: {manifest}")
-        try:
-            data = tomllib.loads(manifest.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-            raise WorkloadError(f"malformed manifest {manifest}: {err}") from None
-
-        def bad(msg: str) -> WorkloadError:
-            return WorkloadError(f"malformed manifest {manifest}: {msg}")
-
-        name = data.get("name", root.name)
-        if not isinstance(name, str) or not name:
-            raise bad("'name' must be a non-empty string")
-        db = data.get("database")
-        if not isinstance(db, str) or not db:
-            raise bad("'database' (path of the DuckDB file) is required and must be a string")
-        kind = data.get("kind", "custom")
-        if kind not in KINDS:
-            raise bad(f"'kind' must be one of {', '.join(KINDS)}, not {kind!r}")
-        sf = data.get("scale_factor")
-        if sf is not None and (isinstance(sf, bool) or not isinstance(sf, (int, float)) or sf <= 0):
-            raise bad("'scale_factor' must be a positive number")
-
-        entries = data.get("queries")
-        if entries is None:
-            files = sorted(root.glob("*.sql"), key=lambda p: _natural_key(p.stem))
-            entries = [{"id": p.stem, "file": p.name} for p in files]
-        elif not isinstance(entries, list):
-            raise bad("'queries' must be an array of tables ([[queries]])")
-        if not entries:
-            raise WorkloadError(f"workload {root} has no queries")
-
-        checker = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
-        queries: list[Query] = []
-        seen: set[str] = set()
-        try:
-            for i, entry in enumerate(entries):
-                if not isinstance(entry, dict):
-                    raise bad(f"queries[{i}] must be a table")
-                qid, qfile = entry.get("id"), entry.get("file")
-                template = entry.get("template", qid)
-                for key, val in (("id", qid), ("file", qfile), ("template", template)):
-                    if not isinstance(val, str) or not val:
-                        raise bad(f"queries[{i}].{key} must be a non-empty string")
-                if not _ID_RE.match(qid):
-                    raise bad(f"query id {qid!r} may only use letters, digits, '_', '.', '-'")
-                if qid in seen:
-                    raise bad(f"duplicate query id {qid!r}")
-                seen.add(qid)
-                path = _resolve(root, qfile)
-                if not path.is_file():
-                    raise MissingFileError(f"query file not found: {path} (query {qid!r} in {manifest})")
-                sql = _read_select(path, checker)
-                queries.append(Query(qid, template, sql, path))
-        finally:
-            checker.close()
-
+        manifest, data = _read_manifest(root)
+        name, db, kind, sf = _manifest_fields(root, manifest, data)
+        queries = _load_queries(root, manifest, _query_entries(root, manifest, data))
         database = _resolve(root, db)
         if not database.is_file():
             raise MissingFileError(f"database file not found: {database} (named in {manifest})")
         return cls(root, database, queries, name=name, kind=kind, scale_factor=sf)
+
+
+def _malformed(manifest: Path, msg: str) -> WorkloadError:
+    return WorkloadError(f"malformed manifest {manifest}: {msg}")
+
+
+def _read_manifest(root: Path) -> tuple[Path, dict[str, Any]]:
+    """``root``'s manifest path and its TOML, or the error naming what is missing or wrong."""
+    if not root.exists():
+        raise MissingFileError(f"workload directory not found: {root}")
+    if not root.is_dir():
+        raise WorkloadError(f"workload path is not a directory: {root}")
+    manifest = root / MANIFEST
+    if not manifest.is_file():
+        raise MissingFileError(f"workload manifest not found: {manifest}")
+    try:
+        return manifest, tomllib.loads(manifest.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise WorkloadError(f"malformed manifest {manifest}: {err}") from None
+
+
+def _manifest_fields(root: Path, manifest: Path, data: dict[str, Any]) -> tuple[str, str, str, Any]:
+    """The manifest's checked ``name``, ``database``, ``kind`` and ``scale_factor``."""
+    name = data.get("name", root.name)
+    if not isinstance(name, str) or not name:
+        raise _malformed(manifest, "'name' must be a non-empty string")
+    db = data.get("database")
+    if not isinstance(db, str) or not db:
+        raise _malformed(manifest, "'database' (path of the DuckDB file) is required and must be a string")
+    kind = data.get("kind", "custom")
+    if kind not in KINDS:
+        raise _malformed(manifest, f"'kind' must be one of {', '.join(KINDS)}, not {kind!r}")
+    sf = data.get("scale_factor")
+    if sf is not None and (isinstance(sf, bool) or not isinstance(sf, (int, float)) or sf <= 0):
+        raise _malformed(manifest, "'scale_factor' must be a positive number")
+    return name, db, kind, sf
+
+
+def _query_entries(root: Path, manifest: Path, data: dict[str, Any]) -> list[Any]:
+    """The ``[[queries]]`` tables, or one per ``*.sql`` file (natural order) without them."""
+    entries = data.get("queries")
+    if entries is None:
+        files = sorted(root.glob("*.sql"), key=lambda p: _natural_key(p.stem))
+        entries = [{"id": p.stem, "file": p.name} for p in files]
+    elif not isinstance(entries, list):
+        raise _malformed(manifest, "'queries' must be an array of tables ([[queries]])")
+    if not entries:
+        raise WorkloadError(f"workload {root} has no queries")
+    return entries
+
+
+def _load_queries(root: Path, manifest: Path, entries: list[Any]) -> list[Query]:
+    """Every entry checked (id, file, template; unique ids) and its file read as one SELECT."""
+    checker = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    queries: list[Query] = []
+    seen: set[str] = set()
+    try:
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                raise _malformed(manifest, f"queries[{i}] must be a table")
+            qid, qfile = entry.get("id"), entry.get("file")
+            template = entry.get("template", qid)
+            for key, val in (("id", qid), ("file", qfile), ("template", template)):
+                if not isinstance(val, str) or not val:
+                    raise _malformed(manifest, f"queries[{i}].{key} must be a non-empty string")
+            if not _ID_RE.match(qid):
+                raise _malformed(manifest, f"query id {qid!r} may only use letters, digits, '_', '.', '-'")
+            if qid in seen:
+                raise _malformed(manifest, f"duplicate query id {qid!r}")
+            seen.add(qid)
+            path = _resolve(root, qfile)
+            if not path.is_file():
+                raise MissingFileError(f"query file not found: {path} (query {qid!r} in {manifest})")
+            queries.append(Query(qid, template, _read_select(path, checker), path))
+    finally:
+        checker.close()
+    return queries
 
 
 def _resolve(root: Path, name: str) -> Path:

@@ -24,17 +24,17 @@ WIN, LOSS, NEUTRAL = "#2a9d4b", "#d62728", "#9e9e9e"
 NATIVE_C, LQO_C = "#4c72b0", "#dd8452"
 
 
-def _q(x: Any) -> dict:
+def as_record(x: Any) -> dict:
     """A per-query record as a dict (dataclass instances and dicts alike)."""
     return x if isinstance(x, Mapping) else vars(x)
 
 
-def _sched(x: Any) -> dict:
+def as_schedule(x: Any) -> dict:
     """A schedule result as its ``--json`` dict (a ``ScheduleResult`` or the dict itself)."""
     return x.to_json() if hasattr(x, "to_json") else dict(x)
 
 
-def _log_axis(ax, axis: str = "y", suffix: str = "") -> None:
+def log_axis(ax, axis: str = "y", suffix: str = "") -> None:
     """Log scale with plain labels at 1-2-5 steps (``0.5x``, ``2x``) instead of ``5x10^-1``."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
@@ -45,28 +45,31 @@ def _log_axis(ax, axis: str = "y", suffix: str = "") -> None:
     target.set_minor_formatter(NullFormatter())
 
 
-def _auto_scale(ax, values: Sequence[float], axis: str = "y") -> str:
+def auto_scale(ax, values: Sequence[float], axis: str = "y") -> str:
     """Log (plain labels) when values span 10x or more, else linear; the scale chosen."""
     vals = [v for v in values if v and v > 0]
     if vals and max(vals) / min(vals) >= 10:
-        _log_axis(ax, axis)
+        log_axis(ax, axis)
         return "log"
     return "linear"
 
 
-def _empty(ax, text: str) -> None:
+def empty_axes(ax, text: str) -> None:
+    """An axes with nothing to show: ``text`` in its middle, no ticks."""
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
     ax.set_xticks([])
     ax.set_yticks([])
 
 
-def _cdf(ax, values: Sequence[float], **kw) -> None:
+def step_cdf(ax, values: Sequence[float], **kw) -> None:
+    """The empirical CDF of ``values`` as a step line on ``ax``."""
     xs = sorted(values)
     ys = [(i + 1) / len(xs) for i in range(len(xs))]
     ax.step(xs, ys, where="post", **kw)
 
 
-def _cell(v: Any) -> str:
+def table_cell(v: Any) -> str:
+    """A value as a table cell: 4 significant digits, ``-`` for None or NaN."""
     if isinstance(v, float):
         return "-" if math.isnan(v) else f"{v:.4g}"
     return "-" if v is None else str(v)
