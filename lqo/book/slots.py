@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lqo.book.template import scan_literals, template_key
 from lqo.errors import PlanError
@@ -160,6 +159,14 @@ def _sentinel(i: int, typ: str) -> str:
     return f"'lqoslot{i:04d}x'" if typ == "s" else f"7531{i:04d}97"
 
 
+def _list_sentinels(first: int, typ: str, k: int, members: int, extra: int) -> tuple[list[str], int]:
+    """The sentinels of a list of ``k`` items whose first literal has index ``first``:
+    its own ``members`` first, then extras numbered from ``extra`` (returned advanced)."""
+    own = min(k, members)
+    items = [_sentinel(first + m, typ) for m in range(own)] + [_sentinel(extra + m, typ) for m in range(k - own)]
+    return items, extra + k - own
+
+
 def _sentinel_text(sql: str, literals: list, lengths: dict[int, int]) -> str:
     """``sql`` with every literal replaced by its sentinel; the list whose first literal
     has index ``i`` gets ``lengths[i]`` items instead (extra items numbered from _EXTRA)."""
@@ -172,13 +179,7 @@ def _sentinel_text(sql: str, literals: list, lengths: dict[int, int]) -> str:
         pieces.append(sql[pos:start])
         if i in lengths:
             k, members = lengths[i]
-            items = []
-            for m in range(k):
-                if m < members:
-                    items.append(_sentinel(i + m, typ))
-                else:
-                    items.append(_sentinel(extra, typ))
-                    extra += 1
+            items, extra = _list_sentinels(i, typ, k, members, extra)
             skip.update(range(i + 1, i + members))
             last = literals[i + members - 1][1]
             pieces.append(", ".join(items))
@@ -229,13 +230,8 @@ def _with_lists(sr: "SlotRendering", sql: str, literals: list, catalog: Catalog,
             first = sum(sr.shape[:j])
             typ = literals[first][3]
             if j in lists:
-                k, members = lengths[first]
-                for m in range(k):
-                    if m < members:
-                        expected_literals.append(_sentinel(first + m, typ))
-                    else:
-                        expected_literals.append(_sentinel(extra, typ))
-                        extra += 1
+                items, extra = _list_sentinels(first, typ, *lengths[first], extra)
+                expected_literals += items
             else:
                 expected_literals += [_sentinel(first + m, literals[first + m][3]) for m in range(n)]
         if candidate.fill(expected_literals, shape) != rendered:
@@ -325,5 +321,5 @@ def _twins(graph: QueryGraph, sentinel: QueryGraph, shared: list[SharedJoin]) ->
     return tuple(out)
 
 
-def _slots(e) -> list[int]:
+def _slots(e: Any) -> list[int]:
     return [int(m.group(1) or m.group(2)) for m in _SENTINEL.finditer(e.sql(dialect="duckdb"))]
