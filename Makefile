@@ -2,7 +2,7 @@
 #   make demo   set up .venv; generate a small TPC-H workload with varied instances, tune a
 #               plan book on some instances of each template, then compare lqo with DuckDB
 #               native on the held-out instances (table + speedup plot)
-#   make test   set up .venv (with test tools and the Ray extra) and run the test suite
+#   make test   set up .venv (with test tools and the Ray extra), lint (ruff, mypy), run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -14,7 +14,7 @@ DEMO_SF  ?= 0.1
 DEMO_INSTANCES ?= 5
 DEMO_BUDGET ?= 4
 
-.PHONY: setup demo test clean-demo
+.PHONY: setup demo lint test clean-demo
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,7 +38,11 @@ demo: setup
 		--repeat 5 --plot $(DEMO_DIR)-speedup.png
 	@echo "speedup plot: $(DEMO_DIR)-speedup.png"
 
-test: $(VENV)/.installed-ray
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check lqo
+	$(VENV)/bin/mypy
+
+test: $(VENV)/.installed-ray lint
 	$(PY) -m pytest -q
 
 clean-demo:

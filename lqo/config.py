@@ -16,11 +16,12 @@ lqo.errors.RecipeError: unknown key widht
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from lqo.errors import RecipeError
 
 
-def dataclass_from_toml(cls, data: dict, prefix: str = ""):
+def dataclass_from_toml(cls: Any, data: dict, prefix: str = "") -> Any:
     """Build dataclass ``cls`` (nested dataclasses included) from parsed TOML, checking
     keys and types against the fields' defaults; ``RecipeError`` names the bad key."""
     if not isinstance(data, dict):
@@ -38,7 +39,7 @@ def dataclass_from_toml(cls, data: dict, prefix: str = ""):
     return cls(**kwargs)
 
 
-def _coerce(value, default, name: str):
+def _coerce(value: Any, default: Any, name: str):
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, float):

@@ -89,7 +89,7 @@ def _render_for(con: duckdb.DuckDBPyConnection):
     """The full renderer for instances no slot rendering fits (parses: sqlglot, lazily)."""
     catalog = None
 
-    def render_full(sql: str, plan) -> str:
+    def render_full(sql: str, plan: Any) -> str:
         nonlocal catalog
         from lqo.sql.catalog import Catalog
         from lqo.sql.join_graph import build_query_graph

@@ -1,6 +1,8 @@
 """Typed exceptions. Every error a user can cause is an ``LqoError``; the CLI turns
 one into a single line on stderr and exit code 2."""
 
+from typing import Any
+
 
 class LqoError(Exception):
     """Base class of every error lqo raises on bad input."""
@@ -54,7 +56,7 @@ class QueryRuntimeError(LqoError):
         self.query = query
         self.detail = detail
 
-    def __reduce__(self):  # picklable with its extra fields (worker processes)
+    def __reduce__(self) -> Any:  # picklable with its extra fields (worker processes)
         return (type(self), (str(self), self.query, self.detail))
 
 

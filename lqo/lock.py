@@ -39,7 +39,7 @@ _guard = threading.Lock()
 _held: dict[str, list[int]] = {}  # lock file (real path) -> [fd, holders in this process]
 
 
-def lock_file_for(path: str | os.PathLike) -> Path:
+def lock_file_for(path: str | os.PathLike[str]) -> Path:
     """The lock file guarding ``path``: ``DIR/.lqo.lock`` for a directory, else
     ``FILE.lock`` next to the file (an experience store)."""
     p = Path(path)
@@ -67,7 +67,7 @@ class WriterLock:
                 os.close(entry[0])  # closing the descriptor drops the flock
 
 
-def acquire(path: str | os.PathLike, what: str, instead: str = "another directory") -> WriterLock:
+def acquire(path: str | os.PathLike[str], what: str, instead: str = "another directory") -> WriterLock:
     """Take the writer lock of ``path`` (a directory or a store file) or raise
     ``BusyError``; ``what`` names it in the message (e.g. "model directory runs/x"),
     ``instead`` what the user may use instead."""
@@ -104,7 +104,7 @@ def acquire(path: str | os.PathLike, what: str, instead: str = "another director
 
 
 @contextmanager
-def writer_lock(path: str | os.PathLike, what: str, instead: str = "another directory") -> Iterator[None]:
+def writer_lock(path: str | os.PathLike[str], what: str, instead: str = "another directory") -> Iterator[None]:
     """``acquire`` for the duration of a ``with`` block."""
     held = acquire(path, what, instead)
     try:

@@ -72,12 +72,12 @@ class _Instance(Protocol):
 Q = TypeVar("Q", bound=_Instance)
 
 
-def workload_store(workload_root: str | os.PathLike) -> Path:
+def workload_store(workload_root: str | os.PathLike[str]) -> Path:
     """A workload directory's own experience store (``lqo explore``, ``lqo run``)."""
     return Path(workload_root) / STORE_FILE
 
 
-def book_file(path: str | os.PathLike) -> Path:
+def book_file(path: str | os.PathLike[str]) -> Path:
     """The plan book a user named: a model directory's ``book.json``, or the file itself."""
     p = Path(path)
     return p / BOOK_FILE if p.is_dir() else p
@@ -96,7 +96,7 @@ def write_atomic(path: Path, text: str) -> None:
 class ModelDir:
     """A model directory at ``root`` (which need not exist yet): its files and their contents."""
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
 
     def __fspath__(self) -> str:

@@ -19,32 +19,31 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from lqo.decision import DecisionConfig, gate
-from lqo.sql.catalog import Catalog
-from lqo.errors import InvalidSQLError, LqoError, MissingFileError, NotSelectError, SchemaMismatchError
 from lqo.book.book import PlanBook
 from lqo.book.serve import BookServer
 from lqo.book.template import tokens
-from lqo.optimized import Optimized
+from lqo.decision import DecisionConfig, gate
+from lqo.engine.settings import disabled_optimizers, forced_settings
+from lqo.errors import InvalidSQLError, LqoError, MissingFileError, NotSelectError, SchemaMismatchError
+from lqo.estimates.stats import DatabaseStats
+from lqo.learn.feature_ranges import FeatureRanges
 from lqo.learn.features import Featurizer
 from lqo.learn.model_kinds import load_model
 from lqo.learn.models import PlanModel
-from lqo.learn.feature_ranges import FeatureRanges
-from lqo.engine.settings import disabled_optimizers, forced_settings
+from lqo.model_dir import ModelDir
+from lqo.optimized import Optimized
+from lqo.search import SearchConfig, SearchResult, beam_search, star_plan
+from lqo.sql.catalog import Catalog
+from lqo.sql.syntax import describe_parser_error
 from lqo.trees.native import explain_json, read_native_trees
 from lqo.trees.plan import Plan
 from lqo.trees.query import PreparedQuery, prepare
-from lqo.search import SearchConfig, SearchResult, beam_search, star_plan
-from lqo.sql.syntax import describe_parser_error
 from lqo.triage import Triage
-from lqo.estimates.stats import DatabaseStats
-from lqo.model_dir import ModelDir
 
 _SELECT = duckdb.StatementType.SELECT  # looked up once: the check runs on every first-seen text
 SHARED_SUBPLAN_REASON = ("DuckDB computes a join shared by several blocks once (a common-subplan CTE); "
@@ -170,7 +169,7 @@ class Optimizer:
         """Starting points besides native: the star-shaped plan from lqo's estimates."""
         return [star_plan(pq, self.featurizer.estimator(pq.graph))]
 
-    def scorer(self, pq: PreparedQuery, spread: dict[Plan, float] | None = None):
+    def scorer(self, pq: PreparedQuery, spread: dict[Plan, float] | None = None) -> Any:
         """Predicted latency (ms) of plans of ``pq``, batched: the search's scorer.
 
         With ``spread``, the ensemble's spread of each scored plan is recorded there too,
@@ -178,7 +177,7 @@ class Optimizer:
         """
         native = pq.native_plan  # the one candidate not forced: keeping it runs the text
 
-        def score(plans):
+        def score(plans: Any):
             ms, std = self.model.predict_with_uncertainty(
                 [self.featurizer.featurize(pq.graph, p, p != native) for p in plans])
             if spread is not None:

@@ -17,12 +17,12 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from lqo.trees.enumerate import exhaustive_trees, random_tree
 from lqo.sql.join_graph import JoinBlock
+from lqo.trees.enumerate import exhaustive_trees, random_tree
 from lqo.trees.plan import Join, Leaf, Plan, Tree
 from lqo.trees.query import PreparedQuery
 
@@ -93,7 +93,7 @@ def beam_search(pq: PreparedQuery, scorer: Scorer, config: SearchConfig | None =
     return SearchResult(best, scored[best], scored[native], scored, steps, (time.perf_counter() - start) * 1000)
 
 
-def star_tree(block: JoinBlock, estimator) -> Tree:
+def star_tree(block: JoinBlock, estimator: Any) -> Tree:
     """A left-deep tree that probes with the largest relation and builds hash tables on
     the others, adding next the connected relation that keeps the estimated
     intermediate result smallest: the shape that wins most often on star schemas."""
@@ -111,7 +111,7 @@ def star_tree(block: JoinBlock, estimator) -> Tree:
     return tree
 
 
-def star_plan(pq: PreparedQuery, estimator) -> Plan:
+def star_plan(pq: PreparedQuery, estimator: Any) -> Plan:
     """The native plan with every free block replaced by its ``star_tree``."""
     plan = pq.native_plan
     for b in pq.free_blocks:
@@ -143,7 +143,7 @@ def tree_moves(block: JoinBlock, tree: Tree) -> list[Tree]:
     """Cross-product-free trees one move from ``tree``: swap, rotate, exchange."""
     out: list[Tree] = []
 
-    def rebuild(t: Tree, replace) -> None:
+    def rebuild(t: Tree, replace: Any) -> None:
         # For every join node, try each local move there, rebuilding the path to the root.
         if isinstance(t, Leaf):
             return

@@ -97,7 +97,7 @@ def _scan(sql: str) -> list[_Scanned] | None:
     comments = "--" in sql or "/*" in sql
     out: list[_Scanned] = []
     bounds = starts[1:] + [len(sql)]
-    for (start, kind), s, e in zip(raw, starts, bounds):
+    for (_start, kind), s, e in zip(raw, starts, bounds):
         k = kind.value
         if k == _COMMENT:
             continue

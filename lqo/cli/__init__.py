@@ -10,11 +10,12 @@ import argparse
 import os
 import sys
 
-from lqo.errors import LqoError
 from lqo.engine.interrupt import install_sigint_latch, is_user_interrupt
+from lqo.errors import LqoError
 
 # Modules that add sub-commands; each has register(subparsers).
-_COMMAND_MODULES = ["workload_cmd", "explain_cmd", "run_cmd", "explore_cmd", "train_cmd", "optimize_cmd", "compare_cmd", "schedule_cmd", "train_scheduler_cmd", "profile_cmd", "report_cmd", "tune_cmd"]
+_COMMAND_MODULES = ["workload_cmd", "explain_cmd", "run_cmd", "explore_cmd", "train_cmd", "optimize_cmd", "compare_cmd",
+                    "schedule_cmd", "train_scheduler_cmd", "profile_cmd", "report_cmd", "tune_cmd"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import argparse
 import gc
+from typing import Any
 
+from lqo.cli.options import add_model, add_repeat
+from lqo.cli.output import add_json_flag, emit, progress
 from lqo.errors import LqoError
 from lqo.model_dir import SPLITS, ModelDir
 from lqo.workloads.workload import Workload
-from lqo.cli.options import add_model, add_repeat
-from lqo.cli.output import add_json_flag, emit, progress
 
 
-def register(sub) -> None:
+def register(sub: Any) -> None:
     p = sub.add_parser(
         "compare",
         help="run native and lqo plans interleaved and compare them per query",
-        description="For every query (or a split): plan with the directory's plan book (known templates) or model, then run native, "
+        description="For every query (or a split): plan with the directory's plan book (known templates) or model, "
+        "then run native, "
         "lqo's plan and the forced native tree interleaved with repeats. Prints per query native ms, "
         "lqo ms (planning included), ratio, and totals: ratio of sums, geometric mean, worst ratio, "
         "regressions, planning median and p99.",
@@ -35,8 +37,8 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # torch is imported only when a command needs it: the CLI starts fast.
-    from lqo.evaluate.compare import CompareConfig, compare_workload
     from lqo.book.book import PlanBook
+    from lqo.evaluate.compare import CompareConfig, compare_workload
     from lqo.optimizer import Optimizer
     if args.repeat < 1:
         raise LqoError("--repeat must be >= 1")
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     return 130 if report.interrupted else 0
 
 
-def format_report(report) -> str:
+def format_report(report: Any) -> str:
     lines = [f"{'query':<10} {'native ms':>10} {'lqo ms':>10} {'plan ms':>8} {'ratio':>7}  decision"]
     for q in report.queries:
         if q.error is not None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 import duckdb
 
+from lqo.cli.output import add_json_flag, emit
 from lqo.engine.db import connect_read_only
 from lqo.engine.failures import RESULT_CONVERSION_ERRORS, runtime_error
 from lqo.engine.interrupt import is_user_interrupt
@@ -14,10 +16,9 @@ from lqo.engine.settings import profiling_settings
 from lqo.trees.native import PNode, read_native_trees
 from lqo.trees.plan import joins
 from lqo.trees.query import PreparedQuery, prepare
-from lqo.cli.output import add_json_flag, emit
 
 
-def register(sub) -> None:
+def register(sub: Any) -> None:
     p = sub.add_parser(
         "explain",
         help="show a query's join graph, DuckDB's native join trees and per-join cardinalities",
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def explain_payload(pq: PreparedQuery, actuals) -> dict:
+def explain_payload(pq: PreparedQuery, actuals: Any) -> dict:
     blocks = []
     for b in pq.graph.blocks:
         entry = {
@@ -100,7 +101,9 @@ def format_explain(p: dict) -> str:
         out.append("shared subplan: DuckDB computes a join shared by several blocks once (a forced plan may lose it)")
     for b in p["blocks"]:
         out.append(f"\nblock {b['block']}" + (f"  [left as written: {b['unsafe']}]" if b["unsafe"] else ""))
-        out.append("  relations: " + ", ".join(f"{r['alias']} ({r['kind']}{' ' + r['name'] if r['name'] and r['name'] != r['alias'] else ''})" for r in b["relations"]))
+        out.append("  relations: " + ", ".join(
+            f"{r['alias']} ({r['kind']}{' ' + r['name'] if r['name'] and r['name'] != r['alias'] else ''})"
+            for r in b["relations"]))
         for cls in b["key_classes"]:
             out.append("  keys: " + " = ".join(cls))
         for alias, fs in b["filters"].items():

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from lqo.evaluate.explore import ExploreConfig, explore_workload
-from lqo.model_dir import STORE_FILE
-from lqo.workloads.workload import Workload
 from lqo.cli.options import add_seed
 from lqo.cli.output import add_json_flag, emit, progress
 from lqo.cli.ray_opts import add_ray_flags, format_nodes, ray_pool
+from lqo.evaluate.explore import ExploreConfig, explore_workload
+from lqo.model_dir import STORE_FILE
+from lqo.workloads.workload import Workload
 
 
-def register(sub) -> None:
+def register(sub: Any) -> None:
     p = sub.add_parser(
         "explore",
         help="try native plus N random join trees per query and report the headroom",
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     return 130 if report.interrupted else 0
 
 
-def format_report(report) -> str:
+def format_report(report: Any) -> str:
     lines = [f"{'query':<10} {'native ms':>10} {'best ms':>10} {'best/nat':>9} {'plans':>6} {'t/o':>4}  note"]
     for q in report.queries:
         lines.append(

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from lqo.engine.db import connect_read_only
 from lqo.cli.options import add_model
 from lqo.cli.output import add_json_flag, emit
+from lqo.engine.db import connect_read_only
 
 
-def register(sub) -> None:
+def register(sub: Any) -> None:
     p = sub.add_parser(
         "optimize",
         help="plan one query with a trained model and print the chosen plan and its SQL",
@@ -55,5 +56,5 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fmt(v) -> str:
+def _fmt(v: Any) -> str:
     return "-" if v is None else f"{v:.1f}"

@@ -21,7 +21,7 @@ def emit(args: argparse.Namespace, text: str, payload: Any) -> None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
-def progress(iterable: Iterable, total: int | None = None, desc: str = "", enabled: bool = True):
+def progress(iterable: Iterable, total: int | None = None, desc: str = "", enabled: bool = True) -> Any:
     """A progress bar on stderr; without a terminal, a plain line every 10 s instead."""
     if not enabled:
         return iterable

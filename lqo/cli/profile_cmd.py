@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from lqo.errors import LqoError
-from lqo.engine.interrupt import is_user_interrupt
 from lqo.cli.options import add_repeat, add_seed, add_timeout
 from lqo.cli.output import add_json_flag, emit
 from lqo.cli.schedule_cmd import Counter
+from lqo.engine.interrupt import is_user_interrupt
+from lqo.errors import LqoError
 
 
-def register(sub) -> None:
+def register(sub: Any) -> None:
     p = sub.add_parser(
         "profile-threads",
         help="measure every query's latency at each thread count (for the scheduler and its simulator)",
@@ -40,7 +41,13 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from lqo.sched.thread_profile import ThreadProfile, default_profile_path, parse_threads, profile_workload, save_calibration
+    from lqo.sched.thread_profile import (
+        ThreadProfile,
+        default_profile_path,
+        parse_threads,
+        profile_workload,
+        save_calibration,
+    )
     from lqo.workloads.workload import Workload
 
     threads = parse_threads(args.threads)

@@ -14,7 +14,7 @@ from lqo.cli.output import add_json_flag, emit, progress
 from lqo.errors import LqoError
 
 
-def register(sub) -> None:
+def register(sub: Any) -> None:
     p = sub.add_parser(
         "report",
         help="write plots and a results page comparing lqo with DuckDB's native optimizer",
@@ -43,9 +43,9 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # torch and matplotlib are imported only when this command runs: the CLI starts fast.
-    from lqo.optimizer import Optimizer
     from lqo.evaluate.report import build_report, load_compare, load_schedule, optimizer_summary
     from lqo.evaluate.report_page import check_out, write_report
+    from lqo.optimizer import Optimizer
     from lqo.workloads.workload import Workload
 
     if args.repeat < 1:

@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import argparse
 import random
+from typing import Any
 
-from lqo.sql.catalog import Catalog
-from lqo.errors import LqoError
-from lqo.store.experience import ExperienceStore
-from lqo.model_dir import STORE_FILE, workload_store
+from lqo.cli.options import add_repeat, add_seed, add_timeout
+from lqo.cli.output import add_json_flag, emit, progress
 from lqo.engine.failures import error_line
 from lqo.engine.harness import Harness
 from lqo.engine.interrupt import is_user_interrupt
 from lqo.engine.run_result import median_latency
+from lqo.errors import LqoError
+from lqo.model_dir import STORE_FILE, workload_store
+from lqo.sql.catalog import Catalog
+from lqo.store.experience import ExperienceStore
 from lqo.trees.query import prepare_named
 from lqo.workloads.workload import Workload
-from lqo.cli.options import add_repeat, add_seed, add_timeout
-from lqo.cli.output import add_json_flag, emit, progress
 
 
-def register(sub) -> None:
+def register(sub: Any) -> None:
     p = sub.add_parser(
         "run",
         help="execute a workload's queries natively or with random join trees and record the runs",
@@ -97,5 +98,5 @@ def run(args: argparse.Namespace) -> int:
     return 130 if interrupted else 0
 
 
-def _ms(value) -> str:
+def _ms(value: Any) -> str:
     return "-" if value is None else f"{value:.1f}"

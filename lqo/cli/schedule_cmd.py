@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Any
 
-from lqo.errors import LqoError
 from lqo.cli.options import add_model, add_seed, add_timeout
 from lqo.cli.output import add_json_flag, emit
+from lqo.errors import LqoError
 
 
-def register(sub) -> None:
+def register(sub: Any) -> None:
     p = sub.add_parser(
         "schedule",
         help="run a stream of queries on worker processes under a scheduling policy",
@@ -62,7 +63,7 @@ class Counter:
 
             self._bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
 
-    def update(self, n: int = 1, **postfix) -> None:
+    def update(self, n: int = 1, **postfix: Any) -> None:
         import sys
         import time
 
@@ -84,7 +85,7 @@ class Counter:
             self._bar.close()
 
 
-def resolve_profiles(explicit: list[str] | None, workloads) -> list[str]:
+def resolve_profiles(explicit: list[str] | None, workloads: Any) -> list[str]:
     """Explicit profile files (each must exist), else the workloads' default files that exist."""
     from lqo.errors import MissingFileError
     from lqo.sched.thread_profile import default_profile_path
@@ -139,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _simulate_if_covered(sched, stream):
+def _simulate_if_covered(sched: Any, stream: Any):
     """The simulated twin of a real run, when the profile covers every query; else None."""
     if sched.profile is None:
         return None
@@ -149,7 +150,7 @@ def _simulate_if_covered(sched, stream):
         return None
 
 
-def format_result(result, sim: dict | None, per_query: bool) -> str:
+def format_result(result: Any, sim: dict | None, per_query: bool) -> str:
     m = result.meta
     lines = [
         f"policy {result.policy} ({result.mode}): {m.get('queries')} queries, arrivals {m.get('arrivals')}, "
@@ -163,7 +164,8 @@ def format_result(result, sim: dict | None, per_query: bool) -> str:
     if sim is not None:
         e = sim["error"]
         lines.append(f"simulated: mean {sim['mean_s']:.3f} s  p95 {sim['p95_s']:.3f} s  makespan "
-                     f"{sim['makespan_s']:.3f} s  (per-query error median {e['per_query_median']:.0%}, p90 {e['per_query_p90']:.0%}; mean "
+                     f"{sim['makespan_s']:.3f} s  (per-query error median {e['per_query_median']:.0%}, "
+                     f"p90 {e['per_query_p90']:.0%}; mean "
                      f"{e['mean_err']:+.0%})")
     if per_query:
         lines.append(f"{'idx':>4} {'query':<22} {'arrival':>8} {'start':>8} {'end':>8} {'thr':>3} {'wkr':>3} "

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from lqo.errors import LqoError
 from lqo.cli.options import add_out, add_seed
 from lqo.cli.output import add_json_flag, emit, progress
+from lqo.errors import LqoError
 
 
-def register(sub) -> None:
+def register(sub: Any) -> None:
     p = sub.add_parser(
         "train",
         help="train the learned optimizer on a workload (resumes where it stopped)",

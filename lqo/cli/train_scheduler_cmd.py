@@ -8,15 +8,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lqo.errors import LqoError
 from lqo.cli.options import add_out, add_seed
 from lqo.cli.output import add_json_flag, emit
+from lqo.errors import LqoError
 
 CHECKPOINT = "scheduler.lqo"
 LOG = "train_log.json"
 
 
-def register(sub) -> None:
+def register(sub: Any) -> None:
     p = sub.add_parser(
         "train-scheduler",
         help="train the learned scheduler (graph network) in the simulator from a recipe",
@@ -135,7 +135,8 @@ def _train(setup: dict[str, Any], recipe: Any) -> tuple[Any, list[dict]]:
         bar.close()
 
 
-def simulated_figures(workloads, profile, knowledge, policy, recipe, sim, streams: int = 4) -> dict[str, float]:
+def simulated_figures(workloads: Any, profile: Any, knowledge: Any, policy: Any, recipe: Any, sim: Any,
+                      streams: int = 4) -> dict[str, float]:
     """Mean completion time per policy over ``streams`` simulated streams of ``workloads``
     (another seed than training and model selection)."""
     from lqo.sched.jobs import build_jobs

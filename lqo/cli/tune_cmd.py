@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from lqo.cli.options import add_model, add_out, add_seed
 from lqo.cli.output import add_json_flag, emit
@@ -11,12 +12,13 @@ from lqo.errors import LqoError
 from lqo.model_dir import BOOK_FILE
 
 
-def register(sub) -> None:
+def register(sub: Any) -> None:
     p = sub.add_parser(
         "tune",
         help="explore plans per query template and adopt only those measured faster than native",
         description="Spend the budget on candidate plans per template (setting arms, star, build-side flips, "
-        "random trees, and combinations of two that each screened faster than native), screened once and then tested in paired, interleaved rounds against the native text on "
+        "random trees, and combinations of two that each screened faster than native), screened once and then tested "
+        "in paired, interleaved rounds against the native text on "
         "the template's tuning instances. A plan is adopted only when the acceptance rule holds; the result is a "
         f"plan book (DIR/{BOOK_FILE}) that lqo serves by template look-up. Rerun to resume; Ctrl-C keeps what was "
         "measured.",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from lqo.cli.options import add_out, add_seed
 from lqo.cli.output import add_json_flag, emit, progress
@@ -43,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.set_defaults(handler=_info)
 
 
-def _summary(w) -> dict:
+def _summary(w: Any) -> dict:
     return {
         "workload": str(w.root),
         "name": w.name,

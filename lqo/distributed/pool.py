@@ -204,7 +204,7 @@ class ExecutorPool:
             cpus = int(n["Resources"]["CPU"])
             per = threads or max(1, cpus // slots)
             label = f"{n.get('NodeManagerAddress', '?')}/{n['NodeID'][:8]}"
-            for k in range(slots):
+            for _ in range(slots):
                 # num_cpus=0: placement is explicit (one per node or per slot), and a node
                 # with fewer CPUs than slots must still get its executors.
                 handle = remote.options(

@@ -9,6 +9,7 @@ checks it (:func:`sigint_seen`), so such a Ctrl-C still stops the work.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import duckdb
 
@@ -21,7 +22,7 @@ def install_sigint_latch() -> None:
     import signal
 
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        def _handler(signum, frame):
+        def _handler(signum: Any, frame: Any) -> None:
             _SIGINT_SEEN.set()
             raise KeyboardInterrupt
 

@@ -236,7 +236,8 @@ def forced_settings(con: duckdb.DuckDBPyConnection, also: Sequence[str] = ()) ->
     >>> with forced_settings(con):                      # doctest: +SKIP
     ...     con.execute(rendered_sql).fetchall()
     """
-    with disabled_optimizers(con, tuple(FORCE_DISABLED_OPTIMIZERS) + tuple(o for o in also if o not in FORCE_DISABLED_OPTIMIZERS)):
+    with disabled_optimizers(con, tuple(FORCE_DISABLED_OPTIMIZERS)
+                             + tuple(o for o in also if o not in FORCE_DISABLED_OPTIMIZERS)):
         yield
 
 

@@ -24,10 +24,18 @@ from __future__ import annotations
 
 from sqlglot import exp
 
-from lqo.sql.join_graph import JoinBlock, QueryGraph, Relation, from_items, select_nodes
-from lqo.estimates.selectivity import (DEFAULT_EQ, DEFAULT_OTHER, DEFAULT_QUERY_ROWS, DEFAULT_RANGE, Scope,
-                          fold_constant, predicate_selectivity, selectivity)
+from lqo.estimates.selectivity import (
+    DEFAULT_EQ,
+    DEFAULT_OTHER,
+    DEFAULT_QUERY_ROWS,
+    DEFAULT_RANGE,
+    Scope,
+    fold_constant,
+    predicate_selectivity,
+    selectivity,
+)
 from lqo.estimates.stats import ColumnStats, DatabaseStats
+from lqo.sql.join_graph import JoinBlock, QueryGraph, Relation, from_items, select_nodes
 
 
 class Estimator:
@@ -38,7 +46,7 @@ class Estimator:
     (1500.0, 15000.0)
     """
 
-    def __init__(self, stats: DatabaseStats, graph: QueryGraph):
+    def __init__(self, stats: DatabaseStats, graph: QueryGraph) -> None:
         self.stats = stats
         self.graph = graph
         self._scan: dict[tuple[int, str], tuple[float, float, float]] = {}

@@ -14,12 +14,12 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from functools import lru_cache
-from typing import Callable
+from typing import Any, Callable
 
 from sqlglot import exp
 
-from lqo.sql.join_graph import Relation
 from lqo.estimates.stats import ColumnStats, DatabaseStats
+from lqo.sql.join_graph import Relation
 
 DEFAULT_EQ = 0.1  # equality the stats cannot see into (functions of columns, CTE columns)
 DEFAULT_RANGE = 0.33
@@ -92,7 +92,7 @@ def _bound_side(scope: Scope, e: exp.Expression):
 
 
 # ------------------------------------------------------------------ constant folding
-def fold_constant(e: exp.Expression):
+def fold_constant(e: exp.Expression) -> Any:
     """A constant as ("num", float) | ("str", str) | ("date", days) | ("ival", days), or None."""
     if isinstance(e, (exp.Paren, exp.Collate)):
         return fold_constant(e.this)
@@ -150,7 +150,7 @@ def fold_constant(e: exp.Expression):
     return None
 
 
-def _as_num(v):
+def _as_num(v: Any):
     if v[0] in ("num", "ival"):
         return ("num", v[1])
     if v[0] == "str":
@@ -168,7 +168,7 @@ def _days(text: str) -> float | None:
         return None
 
 
-def _to_domain(v, kind: str):
+def _to_domain(v: Any, kind: str):
     """A folded constant as a value comparable with the column's stored values."""
     if v is None:
         return None
@@ -190,7 +190,7 @@ def _to_domain(v, kind: str):
 class Scope:
     """Resolves column references to stats: in one relation, or in any table of a block."""
 
-    def __init__(self, stats: DatabaseStats, rels: list[Relation], derived=None):
+    def __init__(self, stats: DatabaseStats, rels: list[Relation], derived: Any = None) -> None:
         self.stats = stats
         self.rels = rels
         self.derived = derived

@@ -27,7 +27,7 @@ import time
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import duckdb
 import numpy as np
@@ -91,7 +91,7 @@ class ColumnStats:
         """Column statistics from their JSON."""
         return cls(d["kind"], d["null_frac"], d["ndv"], d["mcv"], d["mcv_freq"], d["hist"])
 
-    def eq_frac(self, v) -> float:
+    def eq_frac(self, v: Any) -> float:
         """Fraction of rows with ``col = v`` (``v`` already in the column's domain)."""
         if v in self._mcv_map:
             return self._mcv_map[v]
@@ -100,15 +100,15 @@ class ColumnStats:
             return 0.0
         return self.rest / others
 
-    def le_frac(self, v) -> float:
+    def le_frac(self, v: Any) -> float:
         """Fraction of rows with ``col <= v``."""
         return self._cdf(v, strict=False)
 
-    def lt_frac(self, v) -> float:
+    def lt_frac(self, v: Any) -> float:
         """Fraction of rows with ``col < v``."""
         return self._cdf(v, strict=True)
 
-    def _cdf(self, v, strict: bool) -> float:
+    def _cdf(self, v: Any, strict: bool) -> float:
         try:
             mcv = sum(f for m, f in zip(self.mcv, self.mcv_freq) if (m < v if strict else m <= v))
             return mcv + self.rest * _hist_cdf(self.hist, v, strict)
@@ -125,7 +125,7 @@ class ColumnStats:
         return mcv + self.rest * max(hits, 0.5) / len(self.hist)
 
 
-def _hist_cdf(h: list, v, strict: bool) -> float:
+def _hist_cdf(h: list, v: Any, strict: bool) -> float:
     """Fraction of the histogram's values below ``v`` (``<=`` unless strict)."""
     n = len(h)
     if n == 0:
@@ -288,7 +288,7 @@ def _select_expr(col: str, kind: str) -> str:
     return f"CASE WHEN {c} IS NULL THEN NULL ELSE 0 END"  # only the null fraction
 
 
-def _hll(cur, table: str, col: str) -> float | None:
+def _hll(cur: Any, table: str, col: str) -> float | None:
     """HyperLogLog distinct count over the full table (None for types it rejects)."""
     try:
         return float(cur.execute(f"SELECT approx_count_distinct({_q(col)}) FROM {_q(table)}").fetchone()[0])
@@ -296,7 +296,7 @@ def _hll(cur, table: str, col: str) -> float | None:
         return None
 
 
-def _table_stats(cur, table: str, columns: dict[str, str], sample_rows: int, seed: int,
+def _table_stats(cur: Any, table: str, columns: dict[str, str], sample_rows: int, seed: int,
                  buckets: int, max_mcv: int) -> TableStats:
     rows = int(cur.execute(f"SELECT count(*) FROM {_q(table)}").fetchone()[0])
     cols = list(columns)
@@ -321,7 +321,7 @@ def _table_stats(cur, table: str, columns: dict[str, str], sample_rows: int, see
     return TableStats(rows, n, stats)
 
 
-def _column_stats(arr, kind: str, n: int, rows: int, complete: bool, hll: Callable[[], float | None],
+def _column_stats(arr: Any, kind: str, n: int, rows: int, complete: bool, hll: Callable[[], float | None],
                   buckets: int, max_mcv: int) -> ColumnStats:
     if n == 0:
         return ColumnStats(kind, 0.0, 0.0)
@@ -376,7 +376,7 @@ def _column_stats(arr, kind: str, n: int, rows: int, complete: bool, hll: Callab
     return ColumnStats(kind, null_frac, ndv, mcv, mcv_freq, hist)
 
 
-def _py(v):
+def _py(v: Any):
     if isinstance(v, (np.floating, float)):
         return float(v)
     if isinstance(v, np.integer):

@@ -14,6 +14,7 @@ import csv
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lqo.engine.failures import error_line
 from lqo.engine.harness import run_interleaved
@@ -122,7 +123,7 @@ def _p99(values: list[float]) -> float:
 
 
 def compare_workload(workload: Workload, optimizer: Optimizer, config: CompareConfig | None = None,
-                     queries: list[Query] | None = None, progress=None) -> CompareReport:
+                     queries: list[Query] | None = None, progress: Any = None) -> CompareReport:
     """Compare lqo with native on ``queries`` (default: all of ``workload``); Ctrl-C keeps what was compared."""
     config = config or CompareConfig()
     report = CompareReport(regression=config.regression)
@@ -141,7 +142,7 @@ def compare_workload(workload: Workload, optimizer: Optimizer, config: CompareCo
     return report
 
 
-def compare_query(con, optimizer: Optimizer, q: Query, config: CompareConfig) -> QueryComparison:
+def compare_query(con: Any, optimizer: Optimizer, q: Query, config: CompareConfig) -> QueryComparison:
     """Plan ``q`` cold and warm, then run native, lqo's plan and native's forced tree interleaved."""
     optimizer.forget(q.sql)  # cold planning: what a first sight of the query costs
     try:

@@ -17,20 +17,20 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import duckdb
 
-from lqo.sql.catalog import Catalog
-from lqo.model_dir import workload_store
-from lqo.store.experience import ExperienceStore
-from lqo.store.keys import query_key
-from lqo.store.journal import Journal, replay
-from lqo.store.recorder import RunRecorder
 from lqo.engine.failures import error_line
 from lqo.engine.harness import Harness, run_interleaved
 from lqo.engine.interrupt import is_user_interrupt
 from lqo.engine.run_result import RunResult, median_latency
+from lqo.model_dir import workload_store
+from lqo.sql.catalog import Catalog
+from lqo.store.experience import ExperienceStore
+from lqo.store.journal import Journal, replay
+from lqo.store.keys import query_key
+from lqo.store.recorder import RunRecorder
 from lqo.trees.query import PreparedQuery, prepare_named
 from lqo.workloads.workload import Query, Workload
 
@@ -165,8 +165,8 @@ def explore_workload(
     return report
 
 
-def _explore_on_pool(pool, store: ExperienceStore, workload: Workload, queries: list[Query], config: ExploreConfig,
-                     report: ExploreReport, on_query, progress) -> None:
+def _explore_on_pool(pool: Any, store: ExperienceStore, workload: Workload, queries: list[Query], config: ExploreConfig,
+                     report: ExploreReport, on_query: Any, progress: Any) -> None:
     """One task per query, any node; results recorded as they arrive (one transaction each)."""
     database = str(workload.database)
     by_task = {}
@@ -290,7 +290,7 @@ def _confirm_best(con: duckdb.DuckDBPyConnection, store: RunRecorder, native_sql
     result.ratio = result.best_ms / native_ms if native_ms else 1.0
 
 
-def _check_confirm(store: RunRecorder, pk: str, runs: list[RunResult], reference, result: QueryResult) -> bool:
+def _check_confirm(store: RunRecorder, pk: str, runs: list[RunResult], reference: Any, result: QueryResult) -> bool:
     for r in runs:
         if r.ok and r.fingerprint != reference:
             store.mark_wrong(pk, "fingerprint differs from native on re-run")

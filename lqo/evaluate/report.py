@@ -28,7 +28,6 @@ from lqo.trees.physical import profile_nodes
 from lqo.trees.plan import Join, Leaf, Plan, Tree, tree_to_json
 from lqo.workloads.workload import Query, Workload
 
-
 # ----- inputs --------------------------------------------------------------------------
 
 def load_json(path: str | Path, what: str, keys: tuple[str, ...]) -> dict:
@@ -125,13 +124,13 @@ def _parse_tree(toks: list[str]) -> tuple[Tree, list[str]]:
     return Join(a, b), rest[1:]
 
 
-def _cards(graph, roots: list[PNode], block: int) -> list[list]:
+def _cards(graph: Any, roots: list[PNode], block: int) -> list[list]:
     nt = read_native_trees(graph, roots)
     est, act = nt.estimates.get(block, {}), nt.actuals.get(block, {})
     return [[sorted(r), est.get(r), act.get(r)] for r in est]
 
 
-def _side(con, pq, plan: Plan, forced: bool, block: int, timeout_s: float) -> dict:
+def _side(con: Any, pq: Any, plan: Plan, forced: bool, block: int, timeout_s: float) -> dict:
     sql = pq.render(plan) if forced else pq.sql
     roots = profile_nodes(profile_json(con, sql, forced, timeout_s))
     if roots is None:  # timed out: estimates from EXPLAIN under the same settings, no actuals
@@ -183,7 +182,7 @@ def tree_cases(workload: str | Path | Workload, model: str | Path, compare: dict
     return out
 
 
-def _chosen(row: dict, native: Plan, model, pq, con) -> Plan:
+def _chosen(row: dict, native: Plan, model: Any, pq: Any, con: Any) -> Plan:
     """The plan lqo ran for this query in the comparison (native when it fell back)."""
     if row.get("fallback") is not None or not row.get("chosen"):
         return native
@@ -213,12 +212,12 @@ def compare_lr_schedules(workload: str | Path | Workload, model: str | Path, tim
     """
     import numpy as np
 
-    from lqo.sql.catalog import Catalog
     from lqo.learn.model_kinds import make_model
     from lqo.optimizer import Optimizer
-    from lqo.trees.query import prepare
+    from lqo.sql.catalog import Catalog
     from lqo.train.recipe import ModelConfig
     from lqo.train.samples import collect_samples
+    from lqo.trees.query import prepare
 
     wl = workload if isinstance(workload, Workload) else Workload.load(workload)
     root = Path(model)

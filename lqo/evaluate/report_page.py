@@ -37,8 +37,9 @@ def write_report(report: Report, out: str | Path, dpi: int = 120) -> list[str]:
 
     >>> write_report(build_report("data/tpcds-sf1", "runs/tpcds"), "results")  # doctest: +SKIP
     """
-    from lqo import plots  # noqa: F401  (first: it picks the headless backend before pyplot loads)
     import matplotlib.pyplot as plt
+
+    from lqo import plots  # noqa: F401  (first: it picks the headless backend before pyplot loads)
 
     out = check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)

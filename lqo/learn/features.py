@@ -25,10 +25,10 @@ from collections import OrderedDict
 import numpy as np
 
 from lqo.estimates.cardinality import Estimator
-from lqo.sql.join_graph import JoinBlock, QueryGraph
-from lqo.trees.plan import Join, Leaf, Plan, Tree, leaves
 from lqo.estimates.stats import DatabaseStats
 from lqo.learn.featurized import BLOCK, JOIN, N_KINDS, SCAN, FlatPlan
+from lqo.sql.join_graph import JoinBlock, QueryGraph
+from lqo.trees.plan import Join, Leaf, Plan, Tree, leaves
 
 _NODE_FEATURES = [
     "kind_null", "kind_scan", "kind_join", "kind_block",
@@ -60,7 +60,7 @@ def _lg(rows: float) -> float:
 class _GraphInfo:
     """What featurizing any plan of one graph shares: the estimator and per-block facts."""
 
-    def __init__(self, graph: QueryGraph, est: Estimator, vocab: dict[str, int]):
+    def __init__(self, graph: QueryGraph, est: Estimator, vocab: dict[str, int]) -> None:
         self.graph = graph
         self.est = est
         self.blocks = {b.index: b for b in graph.blocks}
@@ -125,7 +125,7 @@ class Featurizer:
     """
 
     def __init__(self, stats: DatabaseStats, table_vocab: dict[str, int] | None = None,
-                 forced_flag: bool = True):
+                 forced_flag: bool = True) -> None:
         self.stats = stats
         # Models trained before the ``forced`` query feature existed read one entry less.
         self.forced_flag = forced_flag

@@ -48,8 +48,8 @@ from lqo.errors import LqoError, SchemaMismatchError
 from lqo.learn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from lqo.learn.featurized import FlatPlan
 from lqo.learn.greedy_lr import GreedyLR
-from lqo.learn.torch_env import torch_env
 from lqo.learn.losses import LOSS_KINDS, group_batches, plan_loss, ranking_pairs, split_groups
+from lqo.learn.torch_env import torch_env
 
 LR_SCHEDULES = ("greedy", "cosine")
 _PREDICT_CHUNK = 2048  # plans per forward pass when predicting, to bound memory

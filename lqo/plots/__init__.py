@@ -13,9 +13,9 @@ backend unless one is already chosen (a notebook keeps its inline backend).
 >>> fig.savefig("/tmp/speedup.png")  # doctest: +SKIP
 """
 
-from lqo.plots.style import LOSS, LQO_C, NATIVE_C, NEUTRAL, WIN
 from lqo.plots.learned import lr_schedule_curves, planning_overhead, ratio_cdf, speedup_bars, training_curve
 from lqo.plots.schedule import completion_cdf, gantt, markdown_table, table_figure
+from lqo.plots.style import LOSS, LQO_C, NATIVE_C, NEUTRAL, WIN
 from lqo.plots.trees import draw_tree, join_trees, tree_case
 
 __all__ = [

@@ -10,7 +10,20 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
-from lqo.plots.style import LOSS, LQO_C, NATIVE_C, NEUTRAL, WIN, Figure, auto_scale, step_cdf, empty_axes, log_axis, as_record, plt
+from lqo.plots.style import (
+    LOSS,
+    LQO_C,
+    NATIVE_C,
+    NEUTRAL,
+    WIN,
+    Figure,
+    as_record,
+    auto_scale,
+    empty_axes,
+    log_axis,
+    plt,
+    step_cdf,
+)
 
 
 def speedup_bars(queries: Iterable[Any], regression: float = 1.2, title: str = "lqo vs DuckDB native") -> Figure:

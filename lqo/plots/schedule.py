@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
-from lqo.plots.style import LOSS, Figure, step_cdf, table_cell, log_axis, as_schedule, plt
+from lqo.plots.style import LOSS, Figure, as_schedule, log_axis, plt, step_cdf, table_cell
 
 
 def completion_cdf(results: Iterable[Any]) -> Figure:

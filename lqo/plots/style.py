@@ -34,7 +34,7 @@ def as_schedule(x: Any) -> dict:
     return x.to_json() if hasattr(x, "to_json") else dict(x)
 
 
-def log_axis(ax, axis: str = "y", suffix: str = "") -> None:
+def log_axis(ax: Any, axis: str = "y", suffix: str = "") -> None:
     """Log scale with plain labels at 1-2-5 steps (``0.5x``, ``2x``) instead of ``5x10^-1``."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
@@ -45,7 +45,7 @@ def log_axis(ax, axis: str = "y", suffix: str = "") -> None:
     target.set_minor_formatter(NullFormatter())
 
 
-def auto_scale(ax, values: Sequence[float], axis: str = "y") -> str:
+def auto_scale(ax: Any, values: Sequence[float], axis: str = "y") -> str:
     """Log (plain labels) when values span 10x or more, else linear; the scale chosen."""
     vals = [v for v in values if v and v > 0]
     if vals and max(vals) / min(vals) >= 10:
@@ -54,14 +54,14 @@ def auto_scale(ax, values: Sequence[float], axis: str = "y") -> str:
     return "linear"
 
 
-def empty_axes(ax, text: str) -> None:
+def empty_axes(ax: Any, text: str) -> None:
     """An axes with nothing to show: ``text`` in its middle, no ticks."""
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
     ax.set_xticks([])
     ax.set_yticks([])
 
 
-def step_cdf(ax, values: Sequence[float], **kw) -> None:
+def step_cdf(ax: Any, values: Sequence[float], **kw: Any) -> None:
     """The empirical CDF of ``values`` as a step line on ``ax``."""
     xs = sorted(values)
     ys = [(i + 1) / len(xs) for i in range(len(xs))]

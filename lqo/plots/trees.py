@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from lqo.trees.plan import Join, Leaf, Tree, tree_from_json
 from lqo.plots.style import LOSS, Figure, plt
+from lqo.trees.plan import Join, Leaf, Tree, tree_from_json
 
 
 def _fmt(n: float | None) -> str:
@@ -53,7 +53,7 @@ def _qerr(est: float | None, act: float | None) -> float | None:
     return max(e, a) / min(e, a)
 
 
-def draw_tree(ax, tree: Any, cards: Mapping[frozenset, tuple[float | None, float | None]] | None = None,
+def draw_tree(ax: Any, tree: Any, cards: Mapping[frozenset, tuple[float | None, float | None]] | None = None,
               names: Mapping[str, str] | None = None, title: str = "") -> None:
     """Draw one binary join tree on ``ax``: leaves are relations (alias, table when it
     differs), join nodes show ``est N / act M`` rows; probe side left, build side right.

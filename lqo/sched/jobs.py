@@ -28,8 +28,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 from lqo.errors import LqoError
 from lqo.sched.knowledge import LatencyKnowledge, book_latencies, template_id
-from lqo.trees.native import JOIN_OPERATORS, PNode, explain_json
 from lqo.sched.stream import Stream, StreamQuery
+from lqo.trees.native import JOIN_OPERATORS, PNode, explain_json
 
 # Physical operators DuckDB 1.5 shows in EXPLAIN; anything else maps to OTHER. The order
 # is part of a learned policy's checkpoint (its vocabulary): append, never reorder.
@@ -271,7 +271,7 @@ def knowledge_rows(jobs: Sequence[Job]) -> dict[str, tuple]:
     return rows
 
 
-def build_knowledge(queries: Iterable, profile, book: str | None = None) -> LatencyKnowledge:
+def build_knowledge(queries: Iterable, profile: Any, book: str | None = None) -> LatencyKnowledge:
     """What lqo knows after running ``queries`` (``StreamQuery``-like: ``sql``,
     ``database``, ``query_key``): their profiled one-thread latencies, their templates'
     medians, the estimate line over them (one ``EXPLAIN`` each), and a tuned model's plan

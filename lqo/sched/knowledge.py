@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from lqo.book.template import template_key
 
@@ -155,7 +155,7 @@ def template_samples(rows: Iterable[Row]) -> dict[TemplateId, dict[str, tuple[fl
     return out
 
 
-def book_latencies(book: str, profile=None) -> dict[TemplateId, float]:
+def book_latencies(book: str, profile: Any = None) -> dict[TemplateId, float]:
     """Per template of a plan book, the median native latency of its tuning instances,
     scaled to one thread by the profile's median speed-up (the book measured with
     DuckDB's default thread count)."""

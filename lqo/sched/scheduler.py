@@ -18,15 +18,15 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from lqo.errors import LqoError, MissingFileError
-from lqo.workloads.workload import Workload
-from lqo.sched.workers import Workers
 from lqo.sched.jobs import Job, build_jobs
 from lqo.sched.policies import POLICIES, get_policy
 from lqo.sched.policy import Policy, PolicyError
-from lqo.sched.thread_profile import ThreadProfile
 from lqo.sched.result import QueryRecord, ScheduleResult, compare
 from lqo.sched.simulator import SimConfig, calibrate, simulate
 from lqo.sched.stream import Stream, make_stream, parse_arrivals, rate_for_utilisation
+from lqo.sched.thread_profile import ThreadProfile
+from lqo.sched.workers import Workers
+from lqo.workloads.workload import Workload
 
 PLANS = ("native", "optimized")
 

@@ -34,8 +34,8 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from lqo.sched.jobs import Job
 from lqo.sched.dispatcher import Dispatcher
+from lqo.sched.jobs import Job
 from lqo.sched.policy import Policy, PolicyError
 from lqo.sched.result import QueryRecord, ScheduleResult, per_query_errors, percentile
 

@@ -29,15 +29,15 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import duckdb
 
 from lqo.engine.db import connect_writable
-from lqo.errors import LqoError, MissingFileError
-from lqo.store.keys import query_key
 from lqo.engine.harness import Harness
 from lqo.engine.run_result import utcnow
+from lqo.errors import LqoError, MissingFileError
+from lqo.store.keys import query_key
 from lqo.workloads.workload import Workload
 
 PROFILE_FILE = "scheduler-profile.duckdb"
@@ -133,7 +133,7 @@ class ThreadProfile:
         return prof
 
 
-def save_calibration(path: str | os.PathLike, config, fit: dict) -> None:
+def save_calibration(path: str | os.PathLike, config: Any, fit: dict) -> None:
     """Record the fitted simulator ``config`` (a ``SimConfig``: interference and scale) and
     how it was fitted in the profile."""
     con = _open(path, read_only=False)
@@ -209,7 +209,7 @@ def profile_workload(
                 store.execute("ROLLBACK")
                 raise
             med: dict[int, float | None] = {}
-            for t, rs in runs.items():
+            for t in runs:
                 ms = sorted(row[5] for row in rows if row[4] == t and row[7] is None)
                 med[t] = ms[len(ms) // 2] if len(ms) % 2 else (sum(ms[len(ms) // 2 - 1: len(ms) // 2 + 1]) / 2 if ms else None)
             out[q.id] = med

@@ -36,18 +36,16 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from lqo.errors import LqoError, MissingFileError, RecipeError
 from lqo.config import dataclass_from_toml
-from lqo.sched.jobs import Job
+from lqo.errors import LqoError, MissingFileError, RecipeError
 from lqo.sched.gnn_policy import LearnedPolicy, SchedNet
-from lqo.sched.policies import get_policy, wide_oracle
+from lqo.sched.jobs import Job
 from lqo.sched.knowledge import LatencyKnowledge
-from lqo.sched.training_pool import TrainingPool
+from lqo.sched.policies import get_policy, wide_oracle
 from lqo.sched.simulator import SimConfig, simulate
 from lqo.sched.split import check_holdout
 from lqo.sched.stream import parse_arrivals
-
-
+from lqo.sched.training_pool import TrainingPool
 
 
 @dataclass
@@ -199,7 +197,7 @@ class SchedRecipe:
 
 # --------------------------------------------------------------------------- episodes
 
-def _mean_completion(jobs: Sequence[Job], policy, workers: int, cfg: SimConfig) -> float:
+def _mean_completion(jobs: Sequence[Job], policy: Any, workers: int, cfg: SimConfig) -> float:
     return simulate(jobs, policy, workers, cfg).mean_s
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 from lqo.errors import LqoError
 from lqo.sched.jobs import Job, QueryFeatures, build_jobs, knowledge_rows
@@ -61,7 +61,7 @@ def episode_jobs(pool: Sequence[Job], n: int, arrivals: str, cores: int, rng: ra
     return [Job(dataclasses.replace(j.q, idx=i, arrival_s=t), j.f) for i, (j, t) in enumerate(zip(picks, times))]
 
 
-def training_pool(workloads: Sequence, profile, seed: int = 0, graph: bool = True) -> TrainingPool:
+def training_pool(workloads: Sequence, profile: Any, seed: int = 0, graph: bool = True) -> TrainingPool:
     """Every query of ``workloads`` once, with plan graphs (if ``graph``), measured
     latencies and both views of what is known (one ``EXPLAIN`` per distinct query)."""
     stream = make_stream(list(workloads), None, "batch", seed)

@@ -18,16 +18,24 @@ resolved with certainty stays in WHERE, where it is always correct.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
-from lqo.sql.catalog import Catalog
 from lqo.errors import InvalidSQLError, NotSelectError
-from lqo.sql.relations import (Relation, check_tables, from_items, lateral_reference, relation, star_expansion,
-                                unsafe_join)
+from lqo.sql.catalog import Catalog
 from lqo.sql.placement import has_subquery, subquery_relations
+from lqo.sql.relations import (
+    Relation,
+    check_tables,
+    from_items,
+    lateral_reference,
+    relation,
+    star_expansion,
+    unsafe_join,
+)
 from lqo.sql.syntax import syntax_error
 
 __all__ = ["Column", "JoinBlock", "QueryGraph", "Relation", "Residual", "block_conjuncts",
@@ -197,7 +205,7 @@ def build_query_graph(sql: str | exp.Expression, catalog: Catalog) -> QueryGraph
     return QueryGraph(sql=text, ast=ast, blocks=blocks, n_selects=len(selects))
 
 
-def _build_block(index: int, select: exp.Select, items, ctes, catalog: Catalog) -> JoinBlock:
+def _build_block(index: int, select: exp.Select, items: Any, ctes: Any, catalog: Catalog) -> JoinBlock:
     block = JoinBlock(index=index, relations=[])
     for join in select.args.get("joins") or []:
         reason = unsafe_join(join)
@@ -301,7 +309,7 @@ def _resolve(block: JoinBlock, col: exp.Column):
     return _UNKNOWN  # ambiguous, a SELECT-list alias, or a relation with unknown columns
 
 
-def _place(block: JoinBlock, select: exp.Select, conjuncts: list[exp.Expression], ctes, catalog: Catalog) -> None:
+def _place(block: JoinBlock, select: exp.Select, conjuncts: list[exp.Expression], ctes: Any, catalog: Catalog) -> None:
     """Record the predicates a forced tree must render inside their relation."""
     aliases = set(block.aliases)
     outputs = {e.alias.lower() for e in select.expressions if e.alias}

@@ -15,11 +15,12 @@ physical plan).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlglot import exp
 
-from lqo.sql.catalog import Catalog
 from lqo.errors import UnknownTableError
+from lqo.sql.catalog import Catalog
 
 
 @dataclass
@@ -41,7 +42,7 @@ def from_items(select: exp.Select) -> list[exp.Expression]:
     return [frm.this] + [j.this for j in select.args.get("joins") or []]
 
 
-def check_tables(items, ctes, catalog: Catalog) -> None:
+def check_tables(items: Any, ctes: Any, catalog: Catalog) -> None:
     """``UnknownTableError`` for a table of ``items`` that is neither a CTE nor in the catalog."""
     for item in items:
         if isinstance(item, exp.Table) and isinstance(item.this, exp.Identifier):
@@ -70,7 +71,7 @@ def star_expansion(select: exp.Select) -> str | None:
     and a ``*`` inside an expression (other than ``count(*)``) cannot be kept so.
     """
     for e in select.expressions:
-        for node in e.walk(prune=lambda n: n is not e and isinstance(n, (exp.Query, exp.Subquery))):
+        for node in e.walk(prune=lambda n, e=e: n is not e and isinstance(n, (exp.Query, exp.Subquery))):
             if isinstance(node, exp.Columns):
                 return "COLUMNS(...) in the SELECT list expands columns in FROM order"
             if not isinstance(node, exp.Star) or isinstance(node.parent, (exp.Column, exp.Count)):
@@ -80,7 +81,7 @@ def star_expansion(select: exp.Select) -> str | None:
     return None
 
 
-def lateral_reference(items, relations: list[Relation], ctes, catalog: Catalog) -> str | None:
+def lateral_reference(items: Any, relations: list[Relation], ctes: Any, catalog: Catalog) -> str | None:
     """Why a derived table of the block refers to a sibling FROM item, or None.
 
     DuckDB binds a derived table's column that its own FROM items lack to an earlier
@@ -116,7 +117,7 @@ def lateral_reference(items, relations: list[Relation], ctes, catalog: Catalog) 
     return None
 
 
-def _inner_columns(query: exp.Expression, ctes, catalog: Catalog) -> set[str]:
+def _inner_columns(query: exp.Expression, ctes: Any, catalog: Catalog) -> set[str]:
     """Column names the relations and SELECT aliases inside ``query`` are known to
     provide (a relation with unknown columns adds none)."""
     names: set[str] = set()
@@ -163,7 +164,7 @@ def limit_in_from(ast: exp.Expression) -> bool:
         has_limit(c.this) for c in ast.find_all(exp.CTE))
 
 
-def relation(item: exp.Expression, ctes, catalog: Catalog) -> Relation | str:
+def relation(item: exp.Expression, ctes: Any, catalog: Catalog) -> Relation | str:
     """A Relation for a FROM item, or the reason it cannot be reordered."""
     alias = item.alias_or_name.lower()
     if isinstance(item, exp.Table) and isinstance(item.this, exp.Identifier):
@@ -195,7 +196,7 @@ def _alias_columns(alias: exp.TableAlias | None) -> dict[str, str] | None:
     return {c.name.lower(): "" for c in alias.columns}
 
 
-def _output_columns(query: exp.Expression, ctes=None, catalog: Catalog | None = None,
+def _output_columns(query: exp.Expression, ctes: Any = None, catalog: Catalog | None = None,
                     seen: frozenset[str] = frozenset()) -> dict[str, str] | None:
     """Output column -> type of a query; the type is "" unless certain (a plain column of
     a relation whose type is known, the same in every branch of a set operation): an
@@ -224,7 +225,7 @@ def _output_columns(query: exp.Expression, ctes=None, catalog: Catalog | None = 
     return cols
 
 
-def _columns_of(alias: exp.TableAlias | None, query: exp.Expression, ctes, catalog: Catalog,
+def _columns_of(alias: exp.TableAlias | None, query: exp.Expression, ctes: Any, catalog: Catalog,
                 seen: set[str] | frozenset[str]) -> dict[str, str] | None:
     """A CTE's or derived table's columns with their types (see ``_output_columns``);
     a column alias list renames them by position."""
@@ -237,7 +238,7 @@ def _columns_of(alias: exp.TableAlias | None, query: exp.Expression, ctes, catal
     return dict(zip(names, out.values()))
 
 
-def _column_type(col: exp.Column, select: exp.Select, ctes, catalog: Catalog, seen: frozenset[str]) -> str:
+def _column_type(col: exp.Column, select: exp.Select, ctes: Any, catalog: Catalog, seen: frozenset[str]) -> str:
     """The type of a plain column of ``select``'s FROM items, or "" if not certain."""
     if col.args.get("db"):
         return ""
@@ -265,7 +266,7 @@ def _column_type(col: exp.Column, select: exp.Select, ctes, catalog: Catalog, se
     return found[0] if len(found) == 1 else ""
 
 
-def _base_tables(query: exp.Expression, ctes, catalog: Catalog, seen: set[str]) -> tuple[str, ...]:
+def _base_tables(query: exp.Expression, ctes: Any, catalog: Catalog, seen: set[str]) -> tuple[str, ...]:
     """Base tables on ``query``'s data path (FROM items, CTEs expanded; not tables of
     subqueries in expressions, which DuckDB turns into filtering joins), sorted."""
     names: list[str] = []

@@ -47,9 +47,9 @@ from typing import Any
 import duckdb
 
 from lqo.engine.db import connect_writable
-from lqo.errors import LqoError, MissingFileError, PlanError
 from lqo.engine.failures import error_line
 from lqo.engine.run_result import RunResult, utcnow
+from lqo.errors import LqoError, MissingFileError, PlanError
 from lqo.lock import WriterLock, acquire
 from lqo.store.keys import canonical_plan_json, plan_key, query_key
 
@@ -146,7 +146,8 @@ class ExperienceStore:
 
     @staticmethod
     def _check_or_create(con: duckdb.DuckDBPyConnection, path: str, read_only: bool) -> None:
-        tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()").fetchall()}
+        tables = {r[0] for r in con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()").fetchall()}
         if "meta" in tables:
             row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             version = row[0] if row else None

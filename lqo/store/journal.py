@@ -40,7 +40,7 @@ class Journal:
     """The store writes of one task, in order (plain data: it travels back to the driver)."""
 
     wrong: set[str] = field(default_factory=set)
-    ops: list[tuple[str, tuple]] = field(default_factory=list)
+    ops: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
 
     @property
     def n_runs(self) -> int:

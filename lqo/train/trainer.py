@@ -18,30 +18,30 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from lqo.sql.catalog import Catalog
-from lqo.errors import LqoError, WorkloadError
-from lqo.store.experience import ExperienceStore
 from lqo.engine.failures import error_line
 from lqo.engine.harness import Harness
 from lqo.engine.run_result import median_latency
-from lqo.learn.features import Featurizer
+from lqo.errors import LqoError, WorkloadError
+from lqo.estimates.stats import DatabaseStats
 from lqo.learn.feature_ranges import FeatureRanges
+from lqo.learn.features import Featurizer
+from lqo.learn.model_kinds import make_model
 from lqo.lock import WriterLock, acquire
 from lqo.model_dir import ModelDir, workload_store
-from lqo.learn.model_kinds import make_model
 from lqo.optimizer import Optimizer
-from lqo.triage import Triage, TriageConfig
-from lqo.trees.plan import Plan
-from lqo.trees.query import PreparedQuery, prepare_named
-from lqo.train.recipe import Recipe
 from lqo.search import neighbours, star_plan
-from lqo.estimates.stats import DatabaseStats
+from lqo.sql.catalog import Catalog
+from lqo.store.experience import ExperienceStore
+from lqo.train.recipe import Recipe
 from lqo.train.samples import Sample, collect_samples
 from lqo.train.transfer import TransferredSamples, load_transferred
+from lqo.trees.plan import Plan
+from lqo.trees.query import PreparedQuery, prepare_named
+from lqo.triage import Triage, TriageConfig
 from lqo.workloads.workload import Query, Workload
 
 
@@ -67,7 +67,7 @@ class TrainResult:
 class Trainer:
     """Runs a recipe; ``log`` receives one line per step (the CLI prints them)."""
 
-    def __init__(self, recipe: Recipe, log: Callable[[str], None] = print, progress=None) -> None:
+    def __init__(self, recipe: Recipe, log: Callable[[str], None] = print, progress: Any = None) -> None:
         self.recipe = recipe
         self.log = log
         self.progress = progress or (lambda items, desc="": items)
@@ -208,7 +208,7 @@ class Trainer:
                       "train_templates": train_t, "test_templates": test_t})
         self._write_state(state)
 
-    def _fit(self, samples: list[Sample], usable, featurizer: Featurizer, catalog: Catalog, it: int,
+    def _fit(self, samples: list[Sample], usable: Any, featurizer: Featurizer, catalog: Catalog, it: int,
              transferred: TransferredSamples | None = None) -> Optimizer:
         m = self.recipe.model
         plans = [featurizer.featurize(usable[s.query_id].graph, s.plan, s.forced) for s in samples]
@@ -274,7 +274,7 @@ class Trainer:
                 "model_history": getattr(opt.model, "history_", [])}
 
 
-def fit_triage(optimizer: Optimizer, con, measured: list[tuple[str, float]], stats,
+def fit_triage(optimizer: Optimizer, con: Any, measured: list[tuple[str, float]], stats: Any,
                config: TriageConfig) -> Triage | None:
     """The first-stage predictors, fitted on the training queries' measured native
     latencies and on this optimizer's planning time for each (timed here, cold); None
@@ -316,7 +316,7 @@ def _format_line(line: dict) -> str:
 class _Runner:
     """Executes and records plans of training queries; knows their best latencies."""
 
-    def __init__(self, con, store: ExperienceStore, workload: Workload, recipe: Recipe,
+    def __init__(self, con: Any, store: ExperienceStore, workload: Workload, recipe: Recipe,
                  log: Callable[[str], None] = lambda line: None) -> None:
         self.con, self.store, self.workload, self.recipe = con, store, workload, recipe
         self.log = log

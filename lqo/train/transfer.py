@@ -28,8 +28,8 @@ import numpy as np
 
 from lqo.errors import LqoError, MissingFileError
 from lqo.estimates.stats import DatabaseStats
-from lqo.learn.featurized import FlatPlan
 from lqo.learn.features import Featurizer
+from lqo.learn.featurized import FlatPlan
 from lqo.model_dir import ModelDir, workload_store
 from lqo.sql.catalog import Catalog
 from lqo.train.samples import collect_samples

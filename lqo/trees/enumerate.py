@@ -36,7 +36,7 @@ def components(block: JoinBlock) -> list[list[str]]:
         comp = {start}
         frontier = [start]
         while frontier:
-            a = frontier.pop()
+            frontier.pop()
             for b in aliases:
                 if b not in comp and block.connects(frozenset(comp), frozenset((b,))):
                     comp.add(b)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from itertools import permutations
+from typing import Any
 
 from sqlglot import exp
 
@@ -71,7 +72,7 @@ def read_native_trees(graph: QueryGraph, roots: list[PNode]) -> NativeTrees:
 
 
 
-def _match_block(block: JoinBlock, jt: JTree, ctes) -> tuple[int, Tree, dict, dict, set[int]] | None:
+def _match_block(block: JoinBlock, jt: JTree, ctes: Any) -> tuple[int, Tree, dict, dict, set[int]] | None:
     """The best-scoring consistent reading of ``jt`` as ``block``'s tree, or None."""
     want = tuple(sorted(t for r in block.relations for t in r.tables))
     if jt.tables != want:
@@ -172,7 +173,7 @@ def _to_tree(jt: JTree, assign: dict[int, str]) -> Tree | None:
     return Join(a, b) if a is not None and b is not None else None
 
 
-def _rels(jt: JTree, assign) -> frozenset[str]:
+def _rels(jt: JTree, assign: Any) -> frozenset[str]:
     if id(jt) in assign:
         return frozenset((assign[id(jt)],))
     return frozenset().union(*(_rels(k, assign) for k in jt.kids))
@@ -181,7 +182,7 @@ def _rels(jt: JTree, assign) -> frozenset[str]:
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def _conditions_consistent(block: JoinBlock, jt: JTree, assign) -> bool:
+def _conditions_consistent(block: JoinBlock, jt: JTree, assign: Any) -> bool:
     """Every plain ``x = y`` join condition links the two sides by a key class."""
 
     def check(t: JTree) -> frozenset[str] | None:
@@ -217,7 +218,7 @@ def _linked(block: JoinBlock, x: str, y: str, left: frozenset[str], right: froze
     return not known  # a condition lqo cannot place (e.g. a residual) does not decide
 
 
-def _collect_cards(jt: JTree, assign, est: dict, act: dict) -> None:
+def _collect_cards(jt: JTree, assign: Any, est: dict, act: dict) -> None:
     rels = _rels(jt, assign)
     est[rels] = jt.node.estimate
     act[rels] = jt.node.actual

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Iterator, Union
+from typing import Any, Iterator, Union
 
 
 @dataclass(frozen=True)
@@ -92,14 +92,14 @@ def shape(tree: Tree) -> Tree:
     return Join(a, b) if str(a) <= str(b) else Join(b, a)
 
 
-def tree_to_json(tree: Tree):
+def tree_to_json(tree: Tree) -> Any:
     """A leaf is its alias; a join is ``[probe, build]``."""
     if isinstance(tree, Leaf):
         return tree.rel
     return [tree_to_json(tree.probe), tree_to_json(tree.build)]
 
 
-def tree_from_json(data) -> Tree:
+def tree_from_json(data: Any) -> Tree:
     """A tree from its JSON (a name, or a pair)."""
     if isinstance(data, str):
         return Leaf(data)

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import duckdb
 
-from lqo.sql.catalog import Catalog
-from lqo.trees.enumerate import random_tree
 from lqo.errors import InvalidSQLError, LqoError, UnknownTableError
+from lqo.sql.catalog import Catalog
 from lqo.sql.join_graph import QueryGraph, build_query_graph
 from lqo.sql.syntax import describe_parser_error
+from lqo.trees.enumerate import random_tree
 from lqo.trees.native import NativeTrees, explain_json, read_native_trees
 from lqo.trees.plan import Plan
 from lqo.trees.render import render

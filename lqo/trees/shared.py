@@ -88,7 +88,7 @@ def shared_joins(graph: QueryGraph, plan: Plan) -> list[SharedJoin]:
             by_signature.setdefault(sig, []).append((index, sub))
     out: list[SharedJoin] = []
     taken: dict[int, set[str]] = {}
-    for sig, sites in sorted(by_signature.items(), key=lambda kv: -len(kv[0][0])):
+    for _sig, sites in sorted(by_signature.items(), key=lambda kv: -len(kv[0][0])):
         sites = _one_per_block(sites, taken)
         if len(sites) < 2:
             continue

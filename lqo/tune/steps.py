@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import duckdb
 
-from lqo.book.book import BookEntry, Candidate, PlanBook, AcceptanceVerdict
+from lqo.book.book import AcceptanceVerdict, BookEntry, Candidate, PlanBook
 from lqo.sql.catalog import Catalog
 from lqo.store.experience import ExperienceStore
 from lqo.store.journal import Journal, replay

@@ -10,14 +10,15 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 from functools import partial
+from typing import Any
 
-from lqo.book.book import BookEntry, Candidate, PlanBook, AcceptanceVerdict
+from lqo.book.book import AcceptanceVerdict, BookEntry, Candidate, PlanBook
 from lqo.book.slots import SlotRendering
 from lqo.book.template import template_key
 from lqo.engine.failures import error_line
 from lqo.engine.harness import run_interleaved
-from lqo.engine.run_result import median_latency
 from lqo.engine.profile import profile_json
+from lqo.engine.run_result import median_latency
 from lqo.errors import LqoError
 from lqo.estimates.cardinality import Estimator
 from lqo.estimates.stats import DatabaseStats
@@ -63,14 +64,14 @@ class Trials:
     measures candidates proposed already (a remote step).
     """
 
-    def __init__(self, con, catalog: Catalog, stats: DatabaseStats | None, store: RunRecorder,
-                 book: PlanBook, config: TuneConfig, optimizer=None) -> None:
+    def __init__(self, con: Any, catalog: Catalog, stats: DatabaseStats | None, store: RunRecorder,
+                 book: PlanBook, config: TuneConfig, optimizer: Any = None) -> None:
         self.con, self.catalog, self.stats, self.store, self.book, self.config = con, catalog, stats, store, book, config
         self.optimizer = optimizer
         # (template key, candidate id) -> (predicted gain over native, ensemble spread)
         self.predicted: dict[tuple[str, str], tuple[float, float]] = {}
 
-    def _record(self, q: Query, kind: str, plan_json, sql: str | None, runs) -> None:
+    def _record(self, q: Query, kind: str, plan_json: Any, sql: str | None, runs: Any) -> None:
         qk = self.store.add_query(q.sql, str(self.book.meta.get("workload", "")), None, q.id, q.template)
         pk = self.store.add_plan(qk, kind, plan_json, sql)
         self.store.record_runs([(pk, r) for r in runs])
@@ -152,7 +153,7 @@ class Trials:
                 self.predicted[(t.key, cid)] = (1.0 - scores[plan] / scores[native], spread.get(plan, 0.0))
         return out
 
-    def _profiled_cards(self, t: TemplateInstances, entry: BookEntry, pq) -> dict | None:
+    def _profiled_cards(self, t: TemplateInstances, entry: BookEntry, pq: Any) -> dict | None:
         """Per block, the cardinalities a profiled native run of the first tuning instance
         recorded (relation set -> rows), or None if it timed out. Runtime join filters are
         off for this run: with them a probe-side scan reports the rows they let through,
@@ -267,7 +268,7 @@ def acceptance_bar(entry: BookEntry, screen_below: float) -> float:
     return min(screen_below, entry.adopted_ratio * BEAT_SLACK)
 
 
-def recorded_plan(c: Candidate):
+def recorded_plan(c: Candidate) -> Any:
     """What the experience store keeps as the candidate's plan: a tree's JSON; for an arm,
     or a tree run with rules off, a record no Plan parser takes for a plain tree (training
     reads only plain trees: the extra rule changes what the tree's runs mean)."""

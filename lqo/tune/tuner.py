@@ -51,7 +51,6 @@ from lqo.book.ranges import LiteralRanges
 from lqo.book.serve import read_feedback
 from lqo.book.template import template_key
 from lqo.engine.interrupt import is_user_interrupt
-from lqo.errors import LqoError
 from lqo.estimates.stats import DatabaseStats
 from lqo.lock import writer_lock
 from lqo.model_dir import ModelDir

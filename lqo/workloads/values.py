@@ -17,7 +17,6 @@ from typing import Any
 
 import duckdb
 
-
 Column = tuple[str, str, str]  # (schema, table, column) as named in the catalog
 Hop = tuple[Column, Column]  # equi-join ``a = b``: a of the table before, b of the next
 

@@ -53,10 +53,9 @@ from typing import Any, Callable
 import duckdb
 
 from lqo.errors import WorkloadError
-from lqo.workloads.workload import Workload, check_out_dir, staging_dir, write_workload
-
 from lqo.workloads.sites import Site, find_sites, render_string
 from lqo.workloads.values import Column, ColumnValues, Hop, usable_value
+from lqo.workloads.workload import Workload, check_out_dir, staging_dir, write_workload
 
 _MAX_ATTEMPTS = 20
 
