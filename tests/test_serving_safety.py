@@ -262,3 +262,10 @@ def test_a_negative_literal_after_an_operator_stays_a_literal(tmp_path, con):
     res, rows = _served_rows(opt, sql.format(-5), con)
     assert res.source == "book" and res.forced and res.fallback is None, res.sql
     assert rows == con.execute(sql.format(-5)).fetchall()
+
+
+def test_the_folded_keywords_are_duckdbs_own():
+    from lqo.book.template import _FOLDED_KEYWORDS
+
+    rows = duckdb.execute("SELECT keyword_name FROM duckdb_keywords() WHERE keyword_category <> 'unreserved'").fetchall()
+    assert _FOLDED_KEYWORDS == {r[0].lower() for r in rows}

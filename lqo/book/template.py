@@ -223,7 +223,7 @@ def _items(toks: list[_Scanned]) -> tuple[list[_Item], list[int]]:
                     opens.append(len(items) - 1)
                 items.append((s, e, text, typ))
                 continue
-        if (k == _KEYWORD and text.lower() in _reserved() or k == _IDENT and i + 1 < n and text[0] != '"'
+        if (k == _KEYWORD and text.lower() in _FOLDED_KEYWORDS or k == _IDENT and i + 1 < n and text[0] != '"'
                 and (toks[i + 1][2] == "(" or toks[i + 1][3] == _STR)) and not (
                 items and items[-1][2] in ("as", ".") or i + 1 < n and toks[i + 1][2] in (":", ":=")):
             # keywords, function names and type names (DATE '...'): DuckDB's result names
@@ -236,22 +236,25 @@ def _items(toks: list[_Scanned]) -> tuple[list[_Item], list[int]]:
     return items, opens
 
 
-def _reserved() -> frozenset[str]:
-    """DuckDB's keywords that cannot stand as a bare column name or alias (reserved,
-    type and function, column-name-only: GROUP BY, IS, JOIN, BETWEEN, ...), read once.
-    Unreserved ones (Name, Value, Year) can, and their case shows in result names."""
-    global _RESERVED
-    if _RESERVED is None:
-        con = duckdb.connect()
-        try:
-            _RESERVED = frozenset(r[0].lower() for r in con.execute(
-                "SELECT keyword_name FROM duckdb_keywords() WHERE keyword_category <> 'unreserved'").fetchall())
-        finally:
-            con.close()
-    return _RESERVED
-
-
-_RESERVED: frozenset[str] | None = None
+# DuckDB's keywords that cannot stand as a bare column name or alias (its categories
+# reserved, type_function and column_name; tests/test_serving_safety.py checks this list
+# against ``duckdb_keywords()``). Unreserved ones (Name, Value, Year) can, and their case
+# shows in result names.
+_FOLDED_KEYWORDS = frozenset("""
+    all analyse analyze and anti any array as asc asof asymmetric at authorization between bigint
+    binary bit boolean both by case cast char character check coalesce collate collation column
+    columns concurrently constraint create cross dec decimal default deferrable desc describe
+    distinct do else end except exists extract false fetch float for foreign freeze from full
+    generated glob group grouping grouping_id having ilike in initially inner inout int integer
+    intersect interval into is isnull join lambda lateral leading left like limit map national
+    natural nchar none not notnull null nullif numeric offset on only or order out outer overlaps
+    overlay pivot pivot_longer pivot_wider placing position positional precision primary qualify
+    real references returning right row select semi setof show similar smallint some struct
+    substring summarize symmetric table tablesample then time timestamp to trailing treat trim true
+    try_cast union unique unpack unpivot using values varchar variadic verbose when where window
+    with xmlattributes xmlconcat xmlelement xmlexists xmlforest xmlnamespaces xmlparse xmlpi xmlroot
+    xmlserialize xmltable
+""".split())
 
 
 def _is_sign(toks: list[_Scanned], minus: int) -> bool:
