@@ -31,7 +31,8 @@ def dataclass_from_toml(cls: Any, data: dict, prefix: str = "") -> Any:
     for key, value in data.items():
         if key not in fields:
             raise RecipeError(f"unknown key {prefix}{key}")
-        default = fields[key].default_factory() if fields[key].default_factory is not dataclasses.MISSING else fields[key].default
+        factory = fields[key].default_factory  # MISSING (not callable) when the field has a plain default
+        default = factory() if callable(factory) else fields[key].default
         if dataclasses.is_dataclass(default):
             kwargs[key] = dataclass_from_toml(type(default), value, f"{prefix}{key}.")
         else:

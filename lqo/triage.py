@@ -118,7 +118,7 @@ class Triage:
         if not self.config.enabled:
             return Verdict(True, *self.predict(sql), None)
         limit, short = self._length_cutoff()
-        if len(sql) < limit:
+        if short is not None and len(sql) < limit:  # short is None only when limit <= 0
             return short
         native, planning = self.predict(sql)
         gain = self.config.expected_gain * native

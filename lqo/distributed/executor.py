@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import duckdb
 
-from lqo.engine.db import connect_read_only
+from lqo.engine.db import connect_read_only, one_value
 from lqo.sql.catalog import Catalog
 
 
@@ -30,7 +30,7 @@ def database_fingerprint(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     catalog = Catalog.from_connection(con)
     rows = {}
     for table in sorted(catalog.tables):
-        rows[table] = con.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
+        rows[table] = one_value(con, f'SELECT count(*) FROM "{table}"')
     return {"schema": catalog.fingerprint, "rows": rows}
 
 
@@ -68,7 +68,7 @@ class MeasureExecutor:
             time.sleep(FAULT_RESTART_S)  # restarted after the injected crash
         self.con = connect_read_only(database, threads=threads)
         self.catalog = Catalog.from_connection(self.con)
-        self.threads = int(self.con.execute("SELECT current_setting('threads')").fetchone()[0])
+        self.threads = int(one_value(self.con, "SELECT current_setting('threads')"))
         self.fault_file = fault_file
         self.tasks = 0
 

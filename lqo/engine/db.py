@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -22,6 +23,8 @@ def extension_path(name: str) -> Path:
     import importlib
 
     pkg = importlib.import_module(_EXTENSION_PACKAGES[name])
+    if pkg.__file__ is None:  # a namespace package: no folder of its own to look in
+        raise MissingFileError(f"extension package {pkg.__name__} has no files (duckdb {duckdb.__version__})")
     path = Path(pkg.__file__).parent / "extensions" / f"v{duckdb.__version__}" / f"{name}.duckdb_extension"
     if not path.exists():
         raise MissingFileError(f"extension file not found: {path} (duckdb {duckdb.__version__})")
@@ -54,6 +57,15 @@ def connect_writable(db_path: str | os.PathLike, read_only: bool = False) -> duc
     """Open (or create) a database lqo owns: a generated TPC database, the experience
     store, a thread profile. Offline; DuckDB's own errors pass through."""
     return duckdb.connect(str(db_path), read_only=read_only, config=_offline_config())
+
+
+def one_value(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> Any:
+    """The one value of ``sql``, a query that always yields one row (an aggregate,
+    ``current_setting``, an ``INSERT .. RETURNING`` of one row)."""
+    row = con.execute(sql, params).fetchone()
+    if row is None:
+        raise LqoError(f"query returned no row: {sql}")
+    return row[0]
 
 
 def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:

@@ -19,7 +19,12 @@ def profile_json(con: duckdb.DuckDBPyConnection, sql: str, forced: bool = False,
     rules ``disabled`` off); DuckDB's profiling JSON, or None on timeout
     (``lqo.trees.physical.profile_nodes`` reads it)."""
     fired = threading.Event()
-    timer = threading.Timer(timeout_s, lambda: (fired.set(), con.interrupt()))
+
+    def interrupt() -> None:
+        fired.set()
+        con.interrupt()
+
+    timer = threading.Timer(timeout_s, interrupt)
     timer.daemon = True
     rules = forced_settings(con, disabled) if forced else disabled_optimizers(con, disabled) if disabled else nullcontext()
     with profiling_settings(con), rules:

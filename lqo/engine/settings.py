@@ -27,6 +27,7 @@ from typing import Any
 
 import duckdb
 
+from lqo.engine.db import one_value
 from lqo.errors import LqoError
 
 FORCE_DISABLED_OPTIMIZERS: tuple[str, ...] = ("join_order", "build_side_probe_side")
@@ -39,7 +40,7 @@ def _sql_str(value: str) -> str:
 
 def current_setting(con: duckdb.DuckDBPyConnection, name: str) -> Any:
     """The setting's value on ``con`` (None for a setting never set)."""
-    return con.execute(f"SELECT current_setting({_sql_str(name)})").fetchone()[0]
+    return one_value(con, f"SELECT current_setting({_sql_str(name)})")
 
 
 def _restore(con: duckdb.DuckDBPyConnection, name: str, value: Any) -> None:

@@ -46,7 +46,7 @@ from typing import Any
 
 import duckdb
 
-from lqo.engine.db import connect_writable
+from lqo.engine.db import connect_writable, one_value
 from lqo.engine.failures import error_line
 from lqo.engine.run_result import RunResult, utcnow
 from lqo.errors import LqoError, MissingFileError, PlanError
@@ -299,7 +299,8 @@ class ExperienceStore:
                 completed = not r.timed_out and r.error is None
                 tmo = timeout_ms if timeout_ms is not None else r.timeout_ms
                 thr = threads if threads is not None else r.threads
-                rid = con.execute(
+                rid = one_value(
+                    con,
                     "INSERT INTO runs (plan_key, query_key, started_at, latency_ms, timed_out, timeout_ms,"
                     " error, rows, fingerprint, operators_json, threads, session)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING run_id",
@@ -307,7 +308,7 @@ class ExperienceStore:
                      r.rows if completed else None, r.fingerprint,
                      json.dumps(r.operators, separators=(",", ":")) if r.operators else None,
                      thr, session or self.session],
-                ).fetchone()[0]
+                )
                 ids.append(int(rid))
         return ids
 
@@ -393,10 +394,11 @@ class ExperienceStore:
     def native_latency(self, query_key: str) -> float | None:
         """Median latency (ms) over all runs of the query's native plan(s), timeouts as >= timeout."""
         with self._lock:
-            m = self.con.execute(
+            m = one_value(
+                self.con,
                 "SELECT median(CASE WHEN r.timed_out THEN greatest(r.latency_ms, coalesce(r.timeout_ms, 0))"
                 " ELSE r.latency_ms END) FROM runs r JOIN plans p USING (plan_key)"
                 " WHERE p.query_key = ? AND p.kind = 'native' AND r.error IS NULL",
                 [query_key],
-            ).fetchone()[0]
+            )
         return None if m is None else float(m)
