@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import sys
+import time
+from typing import TYPE_CHECKING, Any
 
 from lqo.cli.options import add_model, add_out, add_seed
 from lqo.cli.output import add_json_flag, emit
 from lqo.cli.ray_opts import add_ray_flags, format_nodes, ray_pool
 from lqo.errors import LqoError
 from lqo.model_dir import BOOK_FILE
+
+if TYPE_CHECKING:
+    from lqo.tune.tuner import TuneProgress
 
 
 def register(sub: Any) -> None:
@@ -62,9 +67,13 @@ def run(args: argparse.Namespace) -> int:
     config = TuneConfig(budget_min=args.budget, tune_instances=args.tune_instances, rounds=args.rounds,
                         strategy=args.strategy, model=args.model, seed=args.seed,
                         range_guard=args.range_guard)
-    log = (lambda line: None) if args.json else (lambda line: print(line, flush=True))
-    with ray_pool(args, workload.database, quiet=args.json) as pool:
-        result = Tuner(workload, args.out, config, log=log, pool=pool).run()
+    bar = TuneBar()
+    log = (lambda line: None) if args.json else bar.write
+    try:
+        with ray_pool(args, workload.database, quiet=args.json) as pool:
+            result = Tuner(workload, args.out, config, log=log, pool=pool, progress=bar).run()
+    finally:
+        bar.close()
     last = result.history[-1] if result.history else {}
     ratio = last["book_ms"] / last["native_ms"] if last.get("native_ms") else None
     text = (f"tuned {result.templates} templates in {result.elapsed_s:.0f} s: {result.screened} candidates screened, "
@@ -81,17 +90,71 @@ def run(args: argparse.Namespace) -> int:
     return 130 if result.interrupted else 0
 
 
+class TuneBar:
+    """``lqo tune``'s progress on stderr, as lqo's other commands show theirs
+    (:func:`lqo.cli.output.progress`): a bar on a terminal (templates baselined, then
+    candidates screened, with tests, adoptions, the tuning instances' time under the book
+    and the budget left), else the same as a plain line every ``every_s`` seconds."""
+
+    def __init__(self, every_s: float = 10.0, tty: bool | None = None) -> None:
+        self.tty = sys.stderr.isatty() if tty is None else tty
+        self.every_s = every_s
+        self.bar: Any = None
+        self.phase = ""
+        self.last = time.perf_counter()
+
+    def __call__(self, p: TuneProgress) -> None:
+        if p.phase == "done":
+            self.close()
+            return
+        n, total, noun = ((p.baselined, p.templates, "templates baselined") if p.phase == "baseline"
+                          else (p.screened, p.screened + p.to_screen, "candidates screened"))
+        ratio = "-" if p.ratio is None else f"{p.ratio:.3f}x"
+        left = f"{int(p.left_s) // 60}:{int(p.left_s) % 60:02d}"
+        rest = f"{p.tested} tested, {p.adopted} adopted, book {ratio} native, {left} of the budget left"
+        if not self.tty:
+            now = time.perf_counter()
+            if now - self.last >= self.every_s:
+                self.last = now
+                print(f"tune: {n}/{total} {noun}, {rest}", file=sys.stderr, flush=True)
+            return
+        if self.bar is None or p.phase != self.phase:
+            from tqdm import tqdm
+
+            self.close()
+            self.bar = tqdm(total=total, desc="tune", file=sys.stderr, leave=False, dynamic_ncols=True,
+                            bar_format="{desc} |{bar:20}| {n_fmt}/{total_fmt} " + noun + "{postfix}")
+        self.phase = p.phase
+        self.bar.total, self.bar.n = total, n
+        self.bar.set_postfix_str(rest, refresh=False)
+        self.bar.refresh()
+
+    def write(self, line: str) -> None:
+        """A log line on stdout, above the bar if one is drawn."""
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stdout)
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        """Take the bar off the terminal."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def run_show(args: argparse.Namespace) -> int:
     from lqo.book.book import PlanBook
     from lqo.book.ranges import guard_for
 
     book = PlanBook.load(args.model)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for e in sorted(book.entries.values(), key=lambda e: e.template):
         v = e.verdicts.get(e.choice)
         rows.append({"template": e.template, "key": e.key, "choice": e.choice,
-                     "ratio": None if v is None else round(v.median_ratio, 4),
-                     "interval": None if v is None else [round(v.ci_low, 4), round(v.ci_high, 4)],
+                     "ratio": None if v is None or v.median_ratio is None else round(v.median_ratio, 4),
+                     "interval": (None if v is None or v.ci_low is None or v.ci_high is None
+                                  else [round(v.ci_low, 4), round(v.ci_high, 4)]),
                      "instances": len(e.instances), "held_out": len(e.held_out),
                      "screened": len(e.screened), "tested": len(e.verdicts), "verified_at": e.verified_at,
                      "in_verified_ranges_only": guard_for(book, e) is not None, "note": e.note})

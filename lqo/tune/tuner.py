@@ -32,6 +32,11 @@ one with the highest expected saving in ms (Thompson-style optimism for origins 
 tried). ``strategy="random"`` draws pairs uniformly: the baseline learned exploration
 must beat. The book is saved after every step, so Ctrl-C or a kill loses at most the
 step under way, and a rerun resumes.
+
+``Tuner(..., progress=callback)`` calls ``callback`` with a :class:`TuneProgress` after
+every step (templates baselined, candidates screened and tested, the tuning instances'
+time under the book so far, the budget left), and once more with phase ``"done"``; the
+CLI draws it as a bar.
 """
 
 from __future__ import annotations
@@ -85,6 +90,45 @@ class TuneResult:
     nodes: list[dict] | None = None  # per node (``--ray``): what it ran; None when sequential
 
 
+@dataclass(frozen=True)
+class TuneProgress:
+    """Where a tuning run stands, handed to ``Tuner(progress=...)`` after every step.
+
+    ``phase``: ``"baseline"`` (native runs of the tuning instances, ``baselined`` of
+    ``templates``), ``"tune"`` (screening and acceptance tests: ``screened`` so far in this
+    run and ``to_screen`` still queued, a number that grows as combinations are proposed),
+    then ``"done"`` once. ``book_ms`` / ``native_ms``: the tuning instances' time under the
+    book's choices and natively, over the templates baselined so far (a template without
+    an adopted plan counts at native), as in ``tune_history.json``.
+
+    >>> p = TuneProgress("tune", 22, 22, 30, 70, 4, 2, 900.0, 1000.0, 50.0, 240.0)
+    >>> round(p.ratio, 2), p.left_s
+    (0.9, 190.0)
+    """
+
+    phase: str
+    templates: int
+    baselined: int
+    screened: int
+    to_screen: int
+    tested: int
+    adopted: int
+    book_ms: float
+    native_ms: float
+    elapsed_s: float
+    budget_s: float
+
+    @property
+    def ratio(self) -> float | None:
+        """Book time / native time of the tuning instances so far (None before a baseline)."""
+        return self.book_ms / self.native_ms if self.native_ms else None
+
+    @property
+    def left_s(self) -> float:
+        """Seconds of this run's budget left."""
+        return max(0.0, self.budget_s - self.elapsed_s)
+
+
 _Pair = tuple[TemplateInstances, Candidate]
 
 
@@ -104,20 +148,24 @@ class _Session:
     origins: OriginStats
     ctx: Trials
     steps: Steps
+    baselined: int = 0  # templates whose native runs are done (or failed), for the progress
 
 
 class Tuner:
     """Tunes a workload's plan book in a model directory (:func:`run`)."""
 
     def __init__(self, workload: Workload, out: str | Path, config: TuneConfig | None = None,
-                 log: Callable[[str], None] = print, pool: "ExecutorPool | None" = None) -> None:
+                 log: Callable[[str], None] = print, pool: "ExecutorPool | None" = None,
+                 progress: Callable[[TuneProgress], None] | None = None) -> None:
         """``pool`` (:class:`lqo.distributed.ExecutorPool`): run the measuring steps on Ray
-        executors; this process still decides the order and alone writes book and store."""
+        executors; this process still decides the order and alone writes book and store.
+        ``progress``: called with a :class:`TuneProgress` after every step."""
         self.pool, self.workload, self.out = pool, workload, Path(out)
         self.dir = ModelDir(out)
         self.config = config or TuneConfig()
         self.config.validate()
         self.log = log
+        self.progress = progress
 
     # ------------------------------------------------------------------ set-up
     def _templates(self) -> list[TemplateInstances]:
@@ -141,13 +189,16 @@ class Tuner:
 
     def _run(self) -> TuneResult:
         s = self._resume()
+        pending: list[_Pair] = []
         try:
             templates = self._templates()
             s.result.templates = len(templates)
             self._recheck(s.steps, templates, s.book, s.result)
             s.book.save(self.dir.book)
-            ready = self._baselines(s.steps, templates, s.book, self.dir.book, s.deadline)
+            ready = self._baselines(s.steps, templates, s.book, self.dir.book, s.deadline,
+                                    baselined=lambda n: self._baselined(s, n))
             pending, deferred = self._queue(s, ready)
+            self._report(s, "tune", len(pending))
             self.log(f"tune: {len(templates)} templates, {len(pending)} candidates to try "
                      f"({self.config.strategy} order, budget {self.config.budget_min:g} min"
                      + ("" if self.pool is None else f", {self.pool.size} Ray executors") + ")")
@@ -162,6 +213,7 @@ class Tuner:
                 if done is None:
                     break
                 self._absorb(s, done, pending, deferred)
+                self._report(s, "tune", len(pending))
                 s.book.save(self.dir.book)
                 _record(s.history, s.offset, s.start, s.book, s.result)
                 self.dir.write_tune_history(s.history)
@@ -178,7 +230,21 @@ class Tuner:
             if self.pool is not None:
                 s.result.nodes = self.pool.summary()
         s.result.elapsed_s = time.perf_counter() - s.start
+        self._report(s, "done", len(pending))
         return s.result
+
+    def _baselined(self, s: _Session, n: int) -> None:
+        s.baselined = n
+        self._report(s, "baseline", 0)
+
+    def _report(self, s: _Session, phase: str, to_screen: int) -> None:
+        """Hand the progress callback where the run stands."""
+        if self.progress is None:
+            return
+        book_ms, native_ms = _book_time(s.book)
+        r = s.result
+        self.progress(TuneProgress(phase, r.templates, s.baselined, r.screened, to_screen, r.tested, r.adopted,
+                                   book_ms, native_ms, time.perf_counter() - s.start, self.config.budget_min * 60))
 
     def _resume(self) -> _Session:
         """Open what a run works on and read what earlier runs left: the book, the
@@ -275,10 +341,13 @@ class Tuner:
                          f"(95% interval {verdict.ci_low:.3f}-{verdict.ci_high:.3f})")
 
     def _baselines(self, steps: Steps, templates: list[TemplateInstances], book: PlanBook, book_path: Path,
-                   deadline: float) -> list[TemplateInstances]:
+                   deadline: float, baselined: Callable[[int], None] = lambda n: None) -> list[TemplateInstances]:
         """Native runs of every template's tuning instances not measured yet (one step per
-        template, as many at once as there are executors); the templates ready to try."""
+        template, as many at once as there are executors); the templates ready to try.
+        ``baselined``: called with the number of templates done so far (measured now or
+        by an earlier run, or failed) after each."""
         queue, ready, by_key = list(templates), [], {t.key: t for t in templates}
+        done_n = 0
         while True:
             while steps.free() and queue and time.perf_counter() <= deadline:
                 t = queue.pop(0)
@@ -287,6 +356,8 @@ class Tuner:
                 entry.ranges = LiteralRanges.build([template_key(q.sql) for q in t.tune]).to_json()
                 if entry.native_ms:
                     ready.append(t)
+                    done_n += 1
+                    baselined(done_n)
                 else:
                     steps.submit(t.key, f"baseline/{t.key}", baseline_step, t, entry)
             done = steps.next()
@@ -304,6 +375,8 @@ class Tuner:
                 ready.append(by_key[done.key])
             else:  # failed as written: recorded, left native, the others go on
                 self.log(f"tune: {entry.template}: {entry.note}; left native")
+            done_n += 1
+            baselined(done_n)
         order = {t.key: i for i, t in enumerate(templates)}
         return sorted(ready, key=lambda t: order[t.key])
 
@@ -315,7 +388,8 @@ class Tuner:
         for e in book.entries.values():
             v = e.verdicts.get(e.choice)
             recs = feedback.get((e.key, e.choice), [])
-            if e.choice == "native" or v is None or len(recs) < 5 or e.key not in by_key or not e.native_ms:
+            if (e.choice == "native" or v is None or v.median_ratio is None or len(recs) < 5 or e.key not in by_key
+                    or not e.native_ms):
                 continue
             expected = statistics.mean(e.native_ms.values()) * v.median_ratio
             if statistics.median(recs) <= DRIFT * expected:
@@ -323,6 +397,7 @@ class Tuner:
             result.rechecked += 1
             steps.submit(e.key, f"recheck/{e.key}", accept_step, by_key[e.key], e, e.candidates[e.choice])
             done = steps.next()
+            assert done is not None  # the step just submitted
             if done.error is not None:
                 self.log(f"tune: {e.template}: re-check not run: {done.error}")
                 continue
@@ -335,11 +410,17 @@ class Tuner:
                 e.adopt("native")
 
 
-def _record(history: list, offset: float, start: float, book: PlanBook, result: TuneResult) -> None:
-    """One point of the learning curve: the tuning instances' time under the book."""
+def _book_time(book: PlanBook) -> tuple[float, float]:
+    """The tuning instances' time (ms) under the book's choices, and natively."""
     total = native = 0.0
     for e in book.entries.values():
         native += e.weight_ms
         total += e.weight_ms * e.adopted_ratio
+    return total, native
+
+
+def _record(history: list, offset: float, start: float, book: PlanBook, result: TuneResult) -> None:
+    """One point of the learning curve: the tuning instances' time under the book."""
+    total, native = _book_time(book)
     history.append({"elapsed_s": round(offset + time.perf_counter() - start, 2), "book_ms": round(total, 3),
                     "native_ms": round(native, 3), "screened": result.screened, "adopted": result.adopted})
