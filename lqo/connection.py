@@ -27,6 +27,7 @@ Loading a book-only directory imports neither torch nor sqlglot.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,26 +39,34 @@ from lqo.engine.settings import disabled_optimizers
 from lqo.errors import MissingFileError, SchemaMismatchError
 from lqo.model_dir import BOOK_FILE, ModelDir, book_file
 from lqo.optimized import Optimized
+from lqo.workloads.query_log import QueryLog
 
 
 def connect(database: str | os.PathLike = ":memory:", book: str | os.PathLike | None = None,
-            read_only: bool | None = None, config: dict[str, Any] | None = None) -> "Connection":
+            read_only: bool | None = None, config: dict[str, Any] | None = None, *,
+            capture: str | os.PathLike | None = None, capture_limit_mb: float = 64.0) -> "Connection":
     """``duckdb.connect(database, read_only, config)`` serving ``book``'s verified plans.
 
     A database file opens read-only unless ``read_only=False`` (an application that
-    also writes; lqo itself never does); ``:memory:`` cannot be read-only.
+    also writes; lqo itself never does); ``:memory:`` cannot be read-only. ``capture``:
+    a query log (JSONL) that records every SELECT's text, parameters and latency, for
+    ``lqo tune --log`` (:mod:`lqo.workloads.query_log`); it stops growing at
+    ``capture_limit_mb``.
     """
     if read_only is None:
         read_only = str(database) != ":memory:"
-    return wrap(duckdb.connect(str(database), read_only=read_only, config=config or {}), book)
+    con = duckdb.connect(str(database), read_only=read_only, config=config or {})
+    return wrap(con, book, capture=capture, capture_limit_mb=capture_limit_mb)
 
 
-def wrap(con: duckdb.DuckDBPyConnection, book: str | os.PathLike | None) -> "Connection":
+def wrap(con: duckdb.DuckDBPyConnection, book: str | os.PathLike | None, *,
+         capture: str | os.PathLike | None = None, capture_limit_mb: float = 64.0) -> "Connection":
     """``con`` serving the model directory ``book`` (None: nothing): its plan book for
     known templates and, where it holds a trained model, the learned optimizer for the
-    other SELECTs (this imports torch)."""
+    other SELECTs (this imports torch). ``capture``: as for :func:`connect`."""
+    log = QueryLog(capture, capture_limit_mb) if capture is not None else None
     if book is None:
-        return Connection(con, None)
+        return Connection(con, None, log=log)
     root = Path(book)
     if not root.exists():
         raise MissingFileError(f"model directory not found: {root}")
@@ -71,7 +80,7 @@ def wrap(con: duckdb.DuckDBPyConnection, book: str | os.PathLike | None) -> "Con
     if server is None and planner is None:
         raise MissingFileError(f"{root} holds neither a plan book ({BOOK_FILE}) nor a model: "
                                "tune one with `lqo tune`")
-    return Connection(con, server, planner)
+    return Connection(con, server, planner, log=log)
 
 
 def _load(file: Path, con: duckdb.DuckDBPyConnection) -> BookServer:
@@ -110,10 +119,12 @@ class Connection:
     ``last`` is the decision behind the latest ``execute`` (None when it went to DuckDB
     unchanged)."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, server: BookServer | None, planner: Any = None) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, server: BookServer | None, planner: Any = None,
+                 log: QueryLog | None = None) -> None:
         self._con = con
         self._server = server
         self._planner = planner  # an Optimizer with a trained model, for SELECTs the book does not know
+        self.log = log  # the query log this connection captures into (None: no capture)
         self.last: Optimized | None = None
         # DuckDB finds a query's Python variables (``FROM df``) in the calling frame,
         # which is lqo's here: let it look further up, to the application's.
@@ -123,11 +134,14 @@ class Connection:
     def _decide(self, query: Any, parameters: Any) -> Optimized | None:
         if not isinstance(query, str) or self._server is None and (self._planner is None or parameters):
             return None
-        served = self._server.serve(query) if self._server is not None else None
-        if served is None and self._planner is not None and not parameters:
-            served = self._planned(query)
-        if served is None or served.forced and parameters:
-            return None  # a rendered tree may move a parameter: bound texts run as written
+        if parameters:
+            served = self._server.serve_bound(query, parameters) if self._server is not None else None
+        else:
+            served = self._server.serve(query) if self._server is not None else None
+            if served is None and self._planner is not None:
+                served = self._planned(query)
+        if served is None:
+            return None
         return served if served.forced or served.disabled else None
 
     def _planned(self, query: str) -> Optimized | None:
@@ -150,11 +164,14 @@ class Connection:
         the statement unchanged. Returns this connection, its result ready to fetch."""
         decision = self._decide(query, parameters)
         self.last = decision
+        start = time.perf_counter()
         if decision is not None:
             decision.start(self._con, parameters)
         else:
             with disabled_optimizers(self._con, ()):
                 self._con.execute(query, parameters)
+        if self.log is not None and QueryLog.wanted(query):
+            self.log.record(query, parameters, (time.perf_counter() - start) * 1000)
         return self
 
     def sql(self, query: str, params: Any = None) -> Any:
@@ -166,6 +183,8 @@ class Connection:
         ``execute`` where that matters)."""
         decision = self._decide(query, params)
         self.last = decision
+        if self.log is not None and QueryLog.wanted(query):
+            self.log.record(query, params, None)  # a relation runs when fetched: no latency here
         if decision is None:
             return self._con.sql(query, params=params)
         try:
@@ -181,10 +200,11 @@ class Connection:
 
     def cursor(self) -> "Connection":
         """A new cursor of the same database for another thread, serving the same book."""
-        return Connection(self._con.cursor(), self._server, self._planner)
+        return Connection(self._con.cursor(), self._server, self._planner, self.log)
 
     def close(self) -> None:
-        """Close the underlying DuckDB connection."""
+        """Close the underlying DuckDB connection (a cursor leaves the shared query log open;
+        the log's owner closes it with ``log.close()``, or it closes at exit)."""
         self._con.close()
 
     def __enter__(self) -> "Connection":

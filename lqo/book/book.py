@@ -90,7 +90,7 @@ class BookEntry:
     sample_sql: str
     instances: list[str] = field(default_factory=list)  # tuning instances (query ids)
     held_out: list[str] = field(default_factory=list)  # instances never run while tuning
-    weight_ms: float = 0.0  # native time of the template's tuning instances (priority weight)
+    weight_ms: float = 0.0  # mean native time x runs of the template in the workload (priority weight)
     native_ms: dict[str, float] = field(default_factory=dict)  # per tuning instance, median
     fingerprints: dict[str, str] = field(default_factory=dict)  # per tuning instance: native result
     choice: str = "native"

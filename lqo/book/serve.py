@@ -24,12 +24,13 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from lqo.book.book import BookEntry, PlanBook
+from lqo.book.params import BoundText, bind_literals, literal_kinds
 from lqo.book.ranges import LiteralRanges, guard_for
 from lqo.book.slots import SlotRendering
-from lqo.book.template import literal_free_text, template_key
+from lqo.book.template import TemplateKey, bind_parameters, literal_free_text, template_key
 from lqo.errors import LqoError
 from lqo.optimized import Optimized
 from lqo.trees.plan import Plan
@@ -52,6 +53,11 @@ class BookServer:
         self._texts: OrderedDict[str, Optimized | None] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()  # callers on several threads share the cache
+        # Parameterized texts: (text, literal kinds of the values) -> the literal template
+        # the values give (its key computed on the first instance) and its parameter tokens.
+        self._kinds: dict[tuple[str, tuple[object, ...]], tuple[TemplateKey, BoundText] | None] = {}
+        # (literal key, shape, parameter tokens) -> the rendering with the parameters kept.
+        self._bound: dict[tuple[str, tuple[int, ...], tuple[str, ...]], str | None] = {}
         # Everything a look-up needs is decoded once, here: plans, slot renderings.
         self._served: dict[str, tuple[BookEntry, Plan | None, SlotRendering | None]] = {}
         # ``lqo tune --range-guard``: constant-sensitive templates' verified literal ranges.
@@ -134,6 +140,70 @@ class BookServer:
             return Optimized.as_written(sql, f"plan book: {why}, and rendering the plan anew needs a "
                                         f"model directory with a model: run as written", _ms(start), source="book")
         return Optimized.from_book(sql, text, plan, _ms(start), disabled=c.disabled)
+
+    def serve_bound(self, sql: str, params: Any) -> Optimized | None:
+        """The book's verified choice for a text with bind parameters and their values
+        (:mod:`lqo.book.params`): the plan of the literal template the values give,
+        rendered with the parameters kept; None where the book does not know it."""
+        start = time.perf_counter()
+        kinds = literal_kinds(params)
+        if kinds is None:
+            return None
+        with self._lock:
+            known = self._kinds.get((sql, kinds), False)
+        if known is False:
+            bound = bind_literals(sql, params)
+            known = None if bound is None else (template_key(bound.sql), bound)
+            with self._lock:
+                self._kinds[(sql, kinds)] = known
+                if len(self._kinds) > self._cache_size:
+                    self._kinds.pop(next(iter(self._kinds)))
+        if known is None:
+            return None
+        tk, bound = known
+        hit = self._served.get(tk.key)
+        if hit is None:
+            return None
+        entry, _plan, slots = hit
+        c = entry.chosen
+        if c.kind == "native":
+            return _as_written(sql, entry, start)
+        guard = self._guards.get(tk.key)
+        if guard is not None:
+            values = bind_literals(sql, params)
+            out = guard.outside(template_key(values.sql)) if values is not None else (0, "a value")
+            if out is not None:
+                return Optimized.as_written(sql, f"plan book: template {entry.template} is constant-sensitive and "
+                                            f"{out[1]} lies outside the range its plan was verified on",
+                                            _ms(start), source="book")
+        if c.kind == "arm":
+            return Optimized.as_written(sql, None, _ms(start), disabled=c.disabled, source="book")
+        text = self._bound_rendering(tk, bound, slots)
+        if text is None:
+            return Optimized.as_written(sql, "plan book: the verified plan has no rendering that keeps these "
+                                        "parameters: run as written", _ms(start), source="book")
+        return Optimized.from_book(sql, text, _plan, _ms(start), disabled=c.disabled)
+
+    def _bound_rendering(self, tk: TemplateKey, bound: BoundText, slots: SlotRendering | None) -> str | None:
+        """The slot rendering filled with the parameters, only where every parameter is
+        in it once filled (a rendering that drops one would bind the values wrongly)."""
+        if slots is None:
+            return None
+        cache_key = (tk.key, tk.shape, bound.tokens)
+        with self._lock:
+            if cache_key in self._bound:
+                return self._bound[cache_key]
+        text = slots.fill(bound.fill(), tk.shape)
+        if text is not None:
+            found = bind_parameters(text)
+            wanted = {t[1:] for t in bound.tokens if t[:1] == "$"}
+            if found is None or {n for _, _, n in found} != wanted:
+                text = None
+        with self._lock:
+            self._bound[cache_key] = text
+            if len(self._bound) > self._cache_size:
+                self._bound.pop(next(iter(self._bound)))
+        return text
 
 
     def _record(self, res: Optimized, ms: float) -> None:

@@ -364,3 +364,35 @@ def literal_free_text(sql: str) -> str:
     True
     """
     return _LITERALS_AND_SPACE.sub("", sql)
+
+
+_NUMBERED = re.compile(r"[?$](\d+)")
+
+
+def bind_parameters(sql: str) -> list[tuple[int, int, str]] | None:
+    """The bind parameters of ``sql`` in text order as ``(start, end, name)``: name ``""``
+    for ``?``, the number for ``$1`` / ``?1``, the identifier for ``$name``. An empty
+    list for a text without any; None where the text is keyed whole or holds a ``?`` or
+    ``$`` token that is none of these (an operator such as ``?|``).
+
+    >>> bind_parameters("SELECT * FROM t WHERE a = ? AND b IN ($2, $name) AND c = 'x?'")
+    [(26, 27, ''), (38, 40, '2'), (42, 47, 'name')]
+    """
+    toks = _scan(sql)
+    if toks is None:
+        return None
+    out: list[tuple[int, int, str]] = []
+    for i, (s, e, text, kind) in enumerate(toks):
+        if kind != duckdb.token_type.operator.value or ("?" not in text and "$" not in text):
+            continue
+        if i + 1 < len(toks) and toks[i + 1][0] == e and toks[i + 1][2][0] in "?|&@#<>=~!^%*/+-":
+            return None  # run into an operator (``?|``): not a parameter lqo can be sure of
+        if text == "?":
+            out.append((s, e, ""))
+        elif (m := _NUMBERED.fullmatch(text)) is not None:
+            out.append((s, e, m.group(1)))
+        elif text == "$" and i + 1 < len(toks) and toks[i + 1][0] == e and toks[i + 1][3] in (_IDENT, _KEYWORD):
+            out.append((s, toks[i + 1][1], toks[i + 1][2]))
+        else:
+            return None
+    return out

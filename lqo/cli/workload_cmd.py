@@ -2,6 +2,7 @@
 
     lqo workload create tpch|tpcds --sf X --out DIR [--force] [--json]
     lqo workload vary WORKLOAD --per-template N [--seed S] --out DIR [--force] [--json]
+    lqo workload import LOG.sql|DIR|CAPTURE.jsonl --db DB --out DIR [--name N] [--force] [--json]
     lqo workload info WORKLOAD [--json]
 """
 
@@ -37,6 +38,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     vary.add_argument("--force", action="store_true", help="replace an existing workload directory")
     add_json_flag(vary)
     vary.set_defaults(handler=_vary)
+
+    imp = sub.add_parser("import", help="a workload from a query log: a .sql file, a directory of them, "
+                                        "or a capture (.jsonl from lqo.connect(..., capture=PATH))")
+    imp.add_argument("source", metavar="LOG", help="the query log")
+    imp.add_argument("--db", required=True, help="the DuckDB database the queries run on (opened read-only)")
+    add_out(imp, "output directory (absent or empty)", required=True)
+    imp.add_argument("--name", help="the workload's name (default: the output directory's name)")
+    imp.add_argument("--force", action="store_true", help="replace an existing workload directory")
+    add_json_flag(imp)
+    imp.set_defaults(handler=_import)
 
     info = sub.add_parser("info", help="validate a workload and summarise it")
     info.add_argument("workload", metavar="WORKLOAD", help="workload directory")
@@ -83,6 +94,25 @@ def _vary(args: argparse.Namespace) -> int:
     if unchanged:
         text += f"\nno constants to vary in: {', '.join(unchanged)}"
     emit(args, text, payload)
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from lqo.tune.log_import import import_log
+
+    res = import_log(args.source, args.db, args.out, force=args.force, name=args.name,
+                     progress=lambda sts: progress(sts, desc="import"))
+    w = res.workload
+    payload = {**_summary(w), "source": str(args.source), "statements": res.statements, "kept": res.kept,
+               "skipped": res.skipped, "skipped_examples": res.examples}
+    lines = [f"imported {res.kept} of {res.statements} statements: {len(w)} distinct queries in "
+             f"{len(w.templates)} templates, workload {w.root}"]
+    for t, qs in w.by_template().items():
+        runs = sum(q.weight for q in qs)
+        lines.append(f"  {t}: {len(qs)} instances, run {runs:g} times")
+    for why, n in res.skipped.items():
+        lines.append(f"skipped {n}: {why} (e.g. {res.examples[why][:80]!r})")
+    emit(args, "\n".join(lines), payload)
     return 0
 
 

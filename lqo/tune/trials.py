@@ -87,7 +87,10 @@ class Trials:
                 continue
             entry.native_ms[q.id] = median_latency(ok)
             entry.fingerprints[q.id] = ok[0].fingerprint
-        entry.weight_ms = sum(entry.native_ms.values())
+        # The template's share of the workload: its mean native time x how often it runs
+        # (every instance's weight, held-out ones included; 1 each unless from a query log).
+        runs = sum(q.weight for q in t.tune + t.held_out)
+        entry.weight_ms = sum(entry.native_ms.values()) / len(entry.native_ms) * runs if entry.native_ms else 0.0
 
     def candidates(self, t: TemplateInstances, entry: BookEntry, rng: random.Random) -> list[Candidate]:
         """Every candidate of ``t``, each recorded in ``entry.candidates`` (an adopted

@@ -55,6 +55,7 @@ class Query:
     template: str
     sql: str
     path: Path
+    weight: float = 1.0  # how often the application ran it (``lqo workload import``); 1 otherwise
 
 
 @dataclass
@@ -206,7 +207,10 @@ def _load_queries(root: Path, manifest: Path, entries: list[Any]) -> list[Query]
             path = _resolve(root, qfile)
             if not path.is_file():
                 raise MissingFileError(f"query file not found: {path} (query {qid!r} in {manifest})")
-            queries.append(Query(qid, template, _read_select(path, checker), path))
+            weight = entry.get("weight", 1.0)
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+                raise _malformed(manifest, f"queries[{i}].weight must be a positive number")
+            queries.append(Query(qid, template, _read_select(path, checker), path, float(weight)))
     finally:
         checker.close()
     return queries
@@ -261,11 +265,11 @@ def write_workload(
     root: str | os.PathLike,
     name: str,
     database: str | os.PathLike,
-    queries: Iterable[tuple[str, str, str]],
+    queries: Iterable[tuple[str, str, str] | tuple[str, str, str, float]],
     kind: str = "custom",
     scale_factor: float | None = None,
 ) -> Path:
-    """Write ``(id, template, sql)`` queries as ``<id>.sql`` files plus ``workload.toml``
+    """Write ``(id, template, sql[, weight])`` queries as ``<id>.sql`` files plus ``workload.toml``
     into the existing directory ``root``. A database inside ``root`` is recorded relative
     to it, any other as an absolute path. Returns the manifest path.
 
@@ -283,7 +287,7 @@ def write_workload(
     if scale_factor is not None:
         lines.append(f"scale_factor = {_toml_number(scale_factor)}")
     seen: set[str] = set()
-    for qid, template, sql in queries:
+    for qid, template, sql, *weight in queries:
         if not _ID_RE.match(qid) or qid in seen:
             raise WorkloadError(f"bad or duplicate query id {qid!r}")
         seen.add(qid)
@@ -291,6 +295,8 @@ def write_workload(
         (root / f"{qid}.sql").write_text(text, encoding="utf-8")
         lines += ["", "[[queries]]", f"id = {_toml_str(qid)}", f"template = {_toml_str(template)}",
                   f"file = {_toml_str(qid + '.sql')}"]
+        if weight and weight[0] != 1:
+            lines.append(f"weight = {_toml_number(weight[0])}")
     manifest = root / MANIFEST
     manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return manifest
