@@ -18,6 +18,7 @@ file                        what it holds
 ``state.json``              ``lqo train``'s resume state
 ``iterations/NNN/``         every training iteration's model (a model directory itself)
 ``experience.duckdb``       the experience store of what training and tuning ran here
+``workload/``               ``lqo tune --log``: the workload imported from the query log
 ==========================  ==============================================================
 
 A workload directory keeps an experience store of the same name for what ``lqo explore``
@@ -57,6 +58,7 @@ TRAIN_HISTORY_FILE = "history.jsonl"
 TRAIN_STATE_FILE = "state.json"
 ITERATIONS_DIR = "iterations"
 STORE_FILE = "experience.duckdb"
+WORKLOAD_DIR = "workload"
 
 SPLITS = ("all", "train", "test", "instances")
 
@@ -153,6 +155,11 @@ class ModelDir:
     def store(self) -> Path:
         """The experience store of what training and tuning ran for this directory."""
         return self.root / STORE_FILE
+
+    @property
+    def workload(self) -> Path:
+        """The workload ``lqo tune --log`` imported from a query log and tuned on."""
+        return self.root / WORKLOAD_DIR
 
     def iteration(self, n: int) -> ModelDir:
         """Training iteration ``n``'s model, itself a model directory."""

@@ -225,3 +225,36 @@ def test_import_groups_a_log_by_template_and_keeps_what_it_can(tpch_db, tmp_path
     assert not (tmp_path / "w2").exists()
     assert main(["workload", "import", str(tmp_path / "nope.sql"), "--db", str(tpch_db), "--out",
                  str(tmp_path / "w3")]) == 2
+
+
+def test_from_captured_traffic_to_a_served_book_in_four_commands(tpch_db, tmp_path, capsys):
+    """Capture -> lqo tune --log -> lqo book show -> lqo compare, then serve new values."""
+    cap, runs = tmp_path / "traffic.jsonl", tmp_path / "runs"
+    join = ("SELECT o_orderpriority, count(*) AS n FROM orders, lineitem WHERE o_orderkey = l_orderkey "
+            "AND l_shipdate > ? AND o_totalprice > ? GROUP BY 1 ORDER BY 1")
+    with lqo.connect(tpch_db, capture=cap) as con:
+        for i in range(6):
+            con.execute(join, [dt.date(1993 + i % 5, 1 + i, 1), 1000.0 * i]).fetchall()
+            con.execute("SELECT count(*) FROM customer WHERE c_acctbal > $b", {"b": 100 * i}).fetchall()
+        con.log.close()
+    assert main(["tune", "--log", str(cap), "--db", str(tpch_db), "--budget", "0.3", "--out", str(runs),
+                 "--tune-instances", "3", "--json"]) == 0
+    tuned = json.loads(capsys.readouterr().out)
+    assert tuned["templates"] == 2 and tuned["wrong"] == 0
+    assert main(["book", "show", str(runs)]) == 0
+    shown = capsys.readouterr().out
+    assert "t01_orders_lineitem" in shown and "t02_customer" in shown
+    assert main(["compare", str(runs / "workload"), "--model", str(runs), "--split", "instances",
+                 "--repeat", "1", "--json"]) == 0
+    compared = json.loads(capsys.readouterr().out)
+    # held out: the later instances of each template, never the three tuned on
+    assert sorted(q["id"][-3:] for q in compared["queries"]) == ["004", "004", "005", "005", "006", "006"]
+    assert compared["totals"]["wrong_results"] == 0
+    # a second --log into the same directory would re-number the instances its book was tuned on
+    assert main(["tune", "--log", str(cap), "--db", str(tpch_db), "--budget", "0.1", "--out", str(runs)]) == 2
+    native = duckdb.connect(str(tpch_db), read_only=True)
+    with lqo.connect(tpch_db, book=runs) as con:
+        for i in range(6, 9):
+            params = [dt.date(1992 + i % 6, 2, 3), 777.5 * i]
+            assert con.execute(join, params).fetchall() == native.execute(join, params).fetchall()
+    native.close()

@@ -28,7 +28,11 @@ def register(sub: Any) -> None:
         f"plan book (DIR/{BOOK_FILE}) that lqo serves by template look-up. Rerun to resume; Ctrl-C keeps what was "
         "measured.",
     )
-    p.add_argument("workload", help="workload directory (several instances per template: lqo workload vary)")
+    p.add_argument("workload", nargs="?", help="workload directory (several instances per template: lqo workload "
+                   "vary, lqo workload import); or none, with --log")
+    p.add_argument("--log", metavar="LOG", help="tune from an application's query log instead (a capture .jsonl of "
+                   "lqo.connect(..., capture=PATH), a .sql file or a directory): imported into DIR/workload first")
+    p.add_argument("--db", metavar="DB", help="with --log: the DuckDB database the logged queries ran on")
     p.add_argument("--budget", type=float, required=True, metavar="MINUTES", help="wall-clock minutes for this run")
     add_out(p, f"model directory: {BOOK_FILE}, experience, history", required=True, metavar="DIR")
     p.add_argument("--tune-instances", type=int, default=3,
@@ -63,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.budget > 0:
         raise LqoError("--budget must be > 0 minutes")
-    workload = Workload.load(args.workload)
+    workload = _log_workload(args) if args.log else Workload.load(_workload_arg(args))
     config = TuneConfig(budget_min=args.budget, tune_instances=args.tune_instances, rounds=args.rounds,
                         strategy=args.strategy, model=args.model, seed=args.seed,
                         range_guard=args.range_guard)
@@ -141,6 +145,38 @@ class TuneBar:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def _workload_arg(args: argparse.Namespace) -> str:
+    if not args.workload:
+        raise LqoError("name a workload directory, or a query log with --log LOG --db DB")
+    if args.db:
+        raise LqoError("--db goes with --log (a workload names its own database)")
+    return str(args.workload)
+
+
+def _log_workload(args: argparse.Namespace) -> Any:
+    """``--log``: the query log imported into ``DIR/workload`` (a new model directory only:
+    a book tuned before keeps the instance ids of the workload it was tuned on)."""
+    from lqo.model_dir import ModelDir
+    from lqo.tune.log_import import import_log
+
+    if args.workload:
+        raise LqoError("give a workload directory or --log, not both")
+    if not args.db:
+        raise LqoError("--log needs --db DB: the database the logged queries ran on")
+    out = ModelDir(args.out)
+    if out.has_book():
+        raise LqoError(f"{args.out} already holds a plan book; tune it again on its workload "
+                       f"(lqo tune {out.workload} --out {args.out}) or import the new log into another directory")
+    res = import_log(args.log, args.db, out.workload, force=out.workload.exists())
+    if not args.json:
+        skipped = sum(res.skipped.values())
+        print(f"imported {res.kept} of {res.statements} statements of {args.log}: {len(res.workload)} queries in "
+              f"{len(res.workload.templates)} templates" + (f" ({skipped} skipped: lqo workload import shows why)"
+                                                            if skipped else "") + f", workload {out.workload}",
+              file=sys.stderr, flush=True)
+    return res.workload
 
 
 def run_show(args: argparse.Namespace) -> int:
