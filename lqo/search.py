@@ -75,7 +75,7 @@ def beam_search(pq: PreparedQuery, scorer: Scorer, config: SearchConfig | None =
         b = rng.choice(blocks)
         first.append(native.replace(b.index, random_tree(b, rng)))
     score(first)
-    beam = sorted(scored, key=scored.get)[: config.width]
+    beam = sorted(scored, key=scored.__getitem__)[: config.width]
     steps = 0
     while blocks and steps < config.max_steps:
         if (time.perf_counter() - start) * 1000 > config.time_budget_ms:
@@ -86,10 +86,10 @@ def beam_search(pq: PreparedQuery, scorer: Scorer, config: SearchConfig | None =
         if len(fresh) > config.max_per_step:
             fresh = rng.sample(fresh, config.max_per_step)
         score(fresh)
-        beam = sorted(scored, key=scored.get)[: config.width]
+        beam = sorted(scored, key=scored.__getitem__)[: config.width]
         if scored[beam[0]] >= best_before and steps > 1:
             break
-    best = min(scored, key=scored.get)
+    best = min(scored, key=scored.__getitem__)
     return SearchResult(best, scored[best], scored[native], scored, steps, (time.perf_counter() - start) * 1000)
 
 

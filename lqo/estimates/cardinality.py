@@ -22,6 +22,8 @@ key domain of each shared key class (containment); see ``Estimator.key_domain``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlglot import exp
 
 from lqo.estimates.selectivity import (
@@ -56,7 +58,7 @@ class Estimator:
         self._residuals: dict[int, list[tuple[frozenset[str], float]]] = {}
         self._selects: list[exp.Select] | None = None
         self._select_index: dict[int, int] | None = None
-        self._ctes: dict[str, exp.Expression] | None = None
+        self._ctes: dict[str, exp.Expr] | None = None
         self._blocks = {b.index: b for b in graph.blocks}
         self._query_rows: dict[int, float] = {}
         self._active: set[int] = set()  # queries being estimated: recursive CTEs stop here
@@ -68,7 +70,7 @@ class Estimator:
         if hit is None:
             rel = block.relation(alias)
             filters = block.filters.get(alias, [])
-            if rel.kind == "table":
+            if rel.kind == "table" and rel.name is not None:
                 base = float(self.stats.rows(rel.name) or DEFAULT_QUERY_ROWS)
             else:
                 base = self._derived_rows(block, rel)
@@ -136,7 +138,7 @@ class Estimator:
         """Rows of the whole block's join (before any aggregation)."""
         return self.join_rows(block, frozenset(block.aliases))
 
-    def key_domain(self, block: JoinBlock, rel: str, name: str, keys: list[ColumnStats] = ()) -> float:
+    def key_domain(self, block: JoinBlock, rel: str, name: str, keys: Sequence[ColumnStats] = ()) -> float:
         """How many key values a join column can match, after its relation's filters.
 
         A unique (key-like) column keeps exactly the values its filtered rows hold: a
@@ -148,7 +150,7 @@ class Estimator:
         """
         r = block.relation(rel)
         base, _, rows = self.scan(block, rel)
-        if r.kind != "table":
+        if r.kind != "table" or r.name is None:
             col = self._derived_column(block, r, name)
             return max(1.0, min(col.ndv if col is not None else rows, rows))
         col = self.stats.column(r.name, name)
@@ -158,7 +160,7 @@ class Estimator:
             return max(1.0, min(col.ndv, rows))
         dom = col.ndv
         for k in keys:
-            if col.lo is not None and k.lo is not None and k.hi > k.lo:
+            if col.lo is not None and col.hi is not None and k.lo is not None and k.hi is not None and k.hi > k.lo:
                 overlap = max(0.0, min(col.hi, k.hi) - max(col.lo, k.lo) + 1.0)
                 dom = max(dom, k.ndv * min(1.0, overlap / (k.hi - k.lo + 1.0)))
         return max(1.0, dom)
@@ -200,7 +202,7 @@ class Estimator:
                 keys = []
                 for c in cls:
                     r = block.relation(c.rel)
-                    col = self.stats.column(r.name, c.name) if r.kind == "table" else None
+                    col = self.stats.column(r.name, c.name) if r.kind == "table" and r.name is not None else None
                     if col is not None and self._unique(col, self.scan(block, c.rel)[0]):
                         keys.append(col)
                 per: dict[str, float] = {}
@@ -234,7 +236,7 @@ class Estimator:
         return 1.0 / DEFAULT_EQ
 
     # -------------------------------------------------------- CTEs and derived tables
-    def _definition(self, block: JoinBlock, rel: Relation) -> exp.Expression | None:
+    def _definition(self, block: JoinBlock, rel: Relation) -> exp.Expr | None:
         if rel.kind == "cte":
             return self._cte_query(rel.name or "")
         for item in from_items(self._select_nodes()[block.index]):
@@ -251,7 +253,7 @@ class Estimator:
         q = self._definition(block, rel)
         return DEFAULT_QUERY_ROWS if q is None else self.query_rows(q)
 
-    def query_rows(self, q: exp.Expression) -> float:
+    def query_rows(self, q: exp.Expr) -> float:
         """Estimated output rows of a (sub)query of this graph's AST."""
         key = id(q)
         if key in self._query_rows:
@@ -266,7 +268,7 @@ class Estimator:
         self._query_rows[key] = rows
         return rows
 
-    def _estimate_query(self, q: exp.Expression) -> float:
+    def _estimate_query(self, q: exp.Expr) -> float:
         while isinstance(q, exp.Subquery):
             q = q.this
         if isinstance(q, exp.Union):
@@ -305,14 +307,15 @@ class Estimator:
                 rows = min(rows, n[1])
         return rows
 
-    def _item_rows(self, q: exp.Select, item: exp.Expression) -> float:
+    def _item_rows(self, q: exp.Select, item: exp.Expr) -> float:
         where = q.args.get("where")
         conds = list(where.this.flatten()) if where is not None and isinstance(where.this, exp.And) else (
             [where.this] if where is not None else [])
-        if isinstance(item, exp.Table) and self.stats.rows(item.name) is not None and not self._is_cte(item.name):
+        table_rows = self.stats.rows(item.name) if isinstance(item, exp.Table) else None
+        if table_rows is not None and not self._is_cte(item.name):
             name = item.name.lower()
             rel = Relation(item.alias_or_name.lower(), "table", name, None, (name,))
-            return self.stats.rows(name) * selectivity(self.stats, rel, conds)
+            return table_rows * selectivity(self.stats, rel, conds)
         inner = item.this if isinstance(item, exp.Subquery) else self._cte_query(item.name)
         base = self.query_rows(inner) if inner is not None else DEFAULT_QUERY_ROWS
         return base * DEFAULT_RANGE ** min(len(conds), 3)
@@ -320,14 +323,14 @@ class Estimator:
     def _is_cte(self, name: str) -> bool:
         return self._cte_query(name) is not None
 
-    def _cte_query(self, name: str) -> exp.Expression | None:
+    def _cte_query(self, name: str) -> exp.Expr | None:
         if self._ctes is None:
             self._ctes = {}
             for cte in self.graph.ast.find_all(exp.CTE):
                 self._ctes.setdefault(cte.alias_or_name.lower(), cte.this)
         return self._ctes.get(name.lower())
 
-    def _base_column(self, q: exp.Select, e: exp.Expression) -> ColumnStats | None:
+    def _base_column(self, q: exp.Select, e: exp.Expr) -> ColumnStats | None:
         """Stats of ``e`` if it is a plain column of one of ``q``'s FROM tables."""
         while isinstance(e, (exp.Alias, exp.Paren)):
             e = e.this

@@ -29,10 +29,11 @@ DEFAULT_QUERY_ROWS = 1000.0  # a subquery lqo cannot estimate at all
 _EPOCH = datetime(1970, 1, 1)
 _UNIT_DAYS = {"DAY": 1.0, "WEEK": 7.0, "MONTH": 30.4375, "QUARTER": 91.3125, "YEAR": 365.25,
               "HOUR": 1 / 24, "MINUTE": 1 / 1440, "SECOND": 1 / 86400}
-_FLIP = {exp.LT: exp.GT, exp.GT: exp.LT, exp.LTE: exp.GTE, exp.GTE: exp.LTE, exp.EQ: exp.EQ, exp.NEQ: exp.NEQ}
+_FLIP: dict[type[exp.Expr], type[exp.Expr]] = {
+    exp.LT: exp.GT, exp.GT: exp.LT, exp.LTE: exp.GTE, exp.GTE: exp.LTE, exp.EQ: exp.EQ, exp.NEQ: exp.NEQ}
 
 
-def selectivity(stats: DatabaseStats, relation: Relation, filters: list[exp.Expression],
+def selectivity(stats: DatabaseStats, relation: Relation, filters: list[exp.Expr],
                 derived: Callable[[Relation, str], ColumnStats | None] | None = None) -> float:
     """Fraction of ``relation``'s rows passing all ``filters`` (assumed independent).
 
@@ -45,7 +46,7 @@ def selectivity(stats: DatabaseStats, relation: Relation, filters: list[exp.Expr
     return min(1.0, max(0.0, _conjunction(Scope(stats, [relation], derived), filters)))
 
 
-def _conjunction(scope: Scope, conds: list[exp.Expression]) -> float:
+def _conjunction(scope: Scope, conds: list[exp.Expr]) -> float:
     """Product of the conjuncts, except that a lower and an upper bound on one column
     combine as ``P(x >= lo) + P(x <= hi) - P(x not null)``: independence would square
     a date window's selectivity."""
@@ -76,7 +77,7 @@ def _conjunction(scope: Scope, conds: list[exp.Expression]) -> float:
     return sel
 
 
-def _bound_side(scope: Scope, e: exp.Expression):
+def _bound_side(scope: Scope, e: exp.Expr):
     """``(column stats, (alias, column), is lower bound)`` for ``col <op> constant``, else None."""
     if type(e) not in (exp.LT, exp.LTE, exp.GT, exp.GTE):
         return None
@@ -92,7 +93,7 @@ def _bound_side(scope: Scope, e: exp.Expression):
 
 
 # ------------------------------------------------------------------ constant folding
-def fold_constant(e: exp.Expression) -> Any:
+def fold_constant(e: exp.Expr) -> Any:
     """A constant as ("num", float) | ("str", str) | ("date", days) | ("ival", days), or None."""
     if isinstance(e, (exp.Paren, exp.Collate)):
         return fold_constant(e.this)
@@ -120,7 +121,8 @@ def fold_constant(e: exp.Expression) -> Any:
         return _as_num(v)
     if isinstance(e, exp.Interval):
         v = fold_constant(e.this)
-        unit = e.unit.name.upper() if e.args.get("unit") else ""
+        unit_e = e.unit
+        unit = unit_e.name.upper() if unit_e else ""
         if v and v[0] == "str" and not unit:  # INTERVAL '90 days'
             parts = v[1].split()
             v, unit = (("str", parts[0]), parts[1].upper()) if len(parts) == 2 else (None, "")
@@ -195,7 +197,7 @@ class Scope:
         self.rels = rels
         self.derived = derived
 
-    def lookup(self, e: exp.Expression) -> tuple[tuple[str, str], ColumnStats] | None:
+    def lookup(self, e: exp.Expr) -> tuple[tuple[str, str], ColumnStats] | None:
         """The (table, column) and statistics of a column reference, through parentheses and casts; None otherwise."""
         while isinstance(e, (exp.Paren, exp.Cast)):
             e = e.this
@@ -218,7 +220,7 @@ class Scope:
         return None if col is None else ((rel.alias, name), col)
 
 
-def _column(scope: Scope, e: exp.Expression) -> ColumnStats | None:
+def _column(scope: Scope, e: exp.Expr) -> ColumnStats | None:
     hit = scope.lookup(e)
     return None if hit is None else hit[1]
 
@@ -229,7 +231,7 @@ def _like_regex(pattern: str, ilike: bool) -> re.Pattern:
     return re.compile(body + r"\Z", re.DOTALL | (re.IGNORECASE if ilike else 0))
 
 
-def predicate_selectivity(scope: Scope, e: exp.Expression) -> float:
+def predicate_selectivity(scope: Scope, e: exp.Expr) -> float:
     """The estimated fraction of rows predicate ``e`` keeps (AND, OR, NOT, comparisons, IN, LIKE, ...)."""
     if isinstance(e, exp.Paren):
         return predicate_selectivity(scope, e.this)
@@ -282,7 +284,7 @@ def predicate_selectivity(scope: Scope, e: exp.Expression) -> float:
     return DEFAULT_OTHER
 
 
-def _compare(scope: Scope, e: exp.Expression) -> float:
+def _compare(scope: Scope, e: exp.Expr) -> float:
     op = type(e)
     left, right = e.this, e.expression
     lcol, rcol = _column(scope, left), _column(scope, right)

@@ -26,6 +26,7 @@ import os
 import time
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -315,7 +316,7 @@ def _table_stats(cur: Any, table: str, columns: dict[str, str], sample_rows: int
     n = len(data["c0"]) if cols else 0
     # Full-table distinct counts only where the sample cannot tell (one scan per column
     # costs about what one scan for all of them does).
-    stats = {c: _column_stats(data[f"c{i}"], kinds[c], n, rows, complete, lambda c=c: _hll(cur, table, c),
+    stats = {c: _column_stats(data[f"c{i}"], kinds[c], n, rows, complete, partial(_hll, cur, table, c),
                               buckets, max_mcv)
              for i, c in enumerate(cols)}
     return TableStats(rows, n, stats)

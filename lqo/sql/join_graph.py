@@ -57,7 +57,7 @@ class Column:
 class Residual:
     """A predicate over two or more relations that is not a plain key equality."""
 
-    expr: exp.Expression
+    expr: exp.Expr
     rels: frozenset[str]
 
 
@@ -68,7 +68,7 @@ class JoinBlock:
     index: int  # position of the SELECT among all SELECT nodes of the query (DFS order)
     relations: list[Relation]
     classes: list[tuple[Column, ...]] = field(default_factory=list)
-    filters: dict[str, list[exp.Expression]] = field(default_factory=dict)
+    filters: dict[str, list[exp.Expr]] = field(default_factory=dict)
     residuals: list[Residual] = field(default_factory=list)
     # Positions (in ``block_conjuncts`` order) of predicates that stay in WHERE as
     # written: positions, because they may hold subqueries that are blocks themselves.
@@ -107,10 +107,10 @@ class JoinBlock:
             r.rels <= both and not r.rels <= left and not r.rels <= right for r in self.residuals
         )
 
-    def join_conditions(self, left: frozenset[str], right: frozenset[str]) -> list[exp.Expression]:
+    def join_conditions(self, left: frozenset[str], right: frozenset[str]) -> list[exp.Expr]:
         """Predicates that belong at the join of ``left`` and ``right``: one equality per
         key class spanning both sides, plus residuals first covered by the union."""
-        conds: list[exp.Expression] = []
+        conds: list[exp.Expr] = []
         for cls in self.classes:
             lcol = next((c for c in cls if c.rel in left), None)
             rcol = next((c for c in cls if c.rel in right), None)
@@ -128,7 +128,7 @@ class QueryGraph:
     """A parsed query and its join blocks. ``ast`` is never mutated after building."""
 
     sql: str
-    ast: exp.Expression
+    ast: exp.Expr
     blocks: list[JoinBlock]
     n_selects: int
 
@@ -154,7 +154,7 @@ def _column_expr(col: Column) -> exp.Column:
     return exp.column(col.name, table=col.rel)
 
 
-def parse_select(sql: str) -> exp.Expression:
+def parse_select(sql: str) -> exp.Expr:
     """Parse one read-only query; typed errors for anything else.
 
     A syntax error says so, with DuckDB's message and position: sqlglot reads some
@@ -182,12 +182,12 @@ def parse_select(sql: str) -> exp.Expression:
     return stmt
 
 
-def select_nodes(ast: exp.Expression) -> list[exp.Select]:
+def select_nodes(ast: exp.Expr) -> list[exp.Select]:
     """All SELECT nodes in DFS pre-order: the stable numbering blocks use."""
     return [n for n in ast.walk(bfs=False) if isinstance(n, exp.Select)]
 
 
-def build_query_graph(sql: str | exp.Expression, catalog: Catalog) -> QueryGraph:
+def build_query_graph(sql: str | exp.Expr, catalog: Catalog) -> QueryGraph:
     """Parse ``sql`` and extract every join block.
 
     Raises ``InvalidSQLError``, ``NotSelectError`` or ``UnknownTableError``.
@@ -234,9 +234,9 @@ def _build_block(index: int, select: exp.Select, items: Any, ctes: Any, catalog:
     return block
 
 
-def block_conjuncts(select: exp.Select) -> list[exp.Expression]:
+def block_conjuncts(select: exp.Select) -> list[exp.Expr]:
     """WHERE conjuncts, then inner-join ON conjuncts, in written order."""
-    conjuncts: list[exp.Expression] = []
+    conjuncts: list[exp.Expr] = []
     where = select.args.get("where")
     if where is not None:
         conjuncts += list(where.this.flatten()) if isinstance(where.this, exp.And) else [where.this]
@@ -260,14 +260,14 @@ def _outer_reference(block: JoinBlock, select: exp.Select) -> str | None:
                 return col.sql(dialect="duckdb")
         elif all(r.columns is not None for r in block.relations):
             name = col.name.lower()
-            if not any(name in r.columns for r in block.relations):
+            if not any(r.columns is not None and name in r.columns for r in block.relations):
                 aliases = {e.alias.lower() for e in select.expressions if e.alias}
                 if name not in aliases:
                     return col.sql(dialect="duckdb")
     return None
 
 
-def _nested_in(node: exp.Expression, select: exp.Select) -> bool:
+def _nested_in(node: exp.Expr, select: exp.Select) -> bool:
     parent = node.parent
     while parent is not None and parent is not select:
         if isinstance(parent, exp.Select):
@@ -276,7 +276,7 @@ def _nested_in(node: exp.Expression, select: exp.Select) -> bool:
     return False
 
 
-def _refs(block: JoinBlock, expr: exp.Expression):
+def _refs(block: JoinBlock, expr: exp.Expr):
     """Relations of ``block`` that ``expr`` references, or _UNKNOWN if unsure."""
     if any(isinstance(n, (exp.Subquery, exp.Select, exp.Exists)) for n in expr.walk()):
         return _UNKNOWN  # nested scopes: leave it in WHERE as written
@@ -309,7 +309,7 @@ def _resolve(block: JoinBlock, col: exp.Column):
     return _UNKNOWN  # ambiguous, a SELECT-list alias, or a relation with unknown columns
 
 
-def _place(block: JoinBlock, select: exp.Select, conjuncts: list[exp.Expression], ctes: Any, catalog: Catalog) -> None:
+def _place(block: JoinBlock, select: exp.Select, conjuncts: list[exp.Expr], ctes: Any, catalog: Catalog) -> None:
     """Record the predicates a forced tree must render inside their relation."""
     aliases = set(block.aliases)
     outputs = {e.alias.lower() for e in select.expressions if e.alias}
@@ -332,7 +332,7 @@ def _place(block: JoinBlock, select: exp.Select, conjuncts: list[exp.Expression]
             block.correlated.add(rel)
 
 
-def _correlated_relations(block: JoinBlock, conj: exp.Expression, outputs: set[str]) -> frozenset[str] | None:
+def _correlated_relations(block: JoinBlock, conj: exp.Expr, outputs: set[str]) -> frozenset[str] | None:
     """The block relations of a predicate that also references an enclosing query by an
     unqualified name no relation of the block has; None if it does not or if unsure."""
     if not all(r.columns is not None for r in block.relations):
@@ -343,7 +343,8 @@ def _correlated_relations(block: JoinBlock, conj: exp.Expression, outputs: set[s
         if isinstance(resolved, Column):
             rels.add(resolved.rel)
         elif resolved is None or (not col.table and col.name.lower() not in outputs
-                                  and not any(col.name.lower() in r.columns for r in block.relations)):
+                                  and not any(r.columns is not None and col.name.lower() in r.columns
+                                              for r in block.relations)):
             outer = True
         else:
             return None
@@ -355,7 +356,7 @@ def _col_type(block: JoinBlock, col: Column) -> str:
     return cols.get(col.name, "")
 
 
-def _classify(block: JoinBlock, conjuncts: list[exp.Expression]) -> None:
+def _classify(block: JoinBlock, conjuncts: list[exp.Expr]) -> None:
     parent: dict[Column, Column] = {}
 
     def find(c: Column) -> Column:

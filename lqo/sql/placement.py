@@ -40,12 +40,12 @@ from lqo.sql.relations import from_items, relation
 __all__ = ["has_subquery", "subquery_relations"]
 
 
-def has_subquery(expr: exp.Expression) -> bool:
+def has_subquery(expr: exp.Expr) -> bool:
     """Whether ``expr`` contains a subquery."""
     return any(isinstance(n, (exp.Select, exp.Subquery, exp.Exists)) for n in expr.walk())
 
 
-def subquery_relations(conj: exp.Expression, aliases: set[str], resolve: Callable[[exp.Column], str | None],
+def subquery_relations(conj: exp.Expr, aliases: set[str], resolve: Callable[[exp.Column], str | None],
                        ctes: dict, catalog: Catalog) -> frozenset[str] | None:
     """The relation aliases of the block that ``conj`` refers to, or None if unsure.
 
@@ -77,7 +77,7 @@ def subquery_relations(conj: exp.Expression, aliases: set[str], resolve: Callabl
     return frozenset(owners) if owners else None
 
 
-def _selects_between(node: exp.Expression, top: exp.Expression) -> list[exp.Select]:
+def _selects_between(node: exp.Expr, top: exp.Expr) -> list[exp.Select]:
     """SELECTs enclosing ``node`` below ``top``, innermost first."""
     out = []
     parent = node.parent

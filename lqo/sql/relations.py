@@ -34,7 +34,7 @@ class Relation:
     tables: tuple[str, ...]  # base tables read underneath, sorted (for matching EXPLAIN)
 
 
-def from_items(select: exp.Select) -> list[exp.Expression]:
+def from_items(select: exp.Select) -> list[exp.Expr]:
     """The FROM items of a SELECT in written order."""
     frm = select.args.get("from_")
     if frm is None:
@@ -117,7 +117,7 @@ def lateral_reference(items: Any, relations: list[Relation], ctes: Any, catalog:
     return None
 
 
-def _inner_columns(query: exp.Expression, ctes: Any, catalog: Catalog) -> set[str]:
+def _inner_columns(query: exp.Expr, ctes: Any, catalog: Catalog) -> set[str]:
     """Column names the relations and SELECT aliases inside ``query`` are known to
     provide (a relation with unknown columns adds none)."""
     names: set[str] = set()
@@ -148,7 +148,7 @@ def _inner_columns(query: exp.Expression, ctes: Any, catalog: Catalog) -> set[st
 LIMIT_REASON = "derived table or CTE with LIMIT (DuckDB pushes join filters below it when it is probed)"
 
 
-def has_limit(query: exp.Expression) -> bool:
+def has_limit(query: exp.Expr) -> bool:
     """Whether ``query`` (a derived table's or CTE's body) limits its rows anywhere.
 
     >>> import sqlglot
@@ -158,13 +158,13 @@ def has_limit(query: exp.Expression) -> bool:
     return query.find(exp.Limit, exp.Fetch, exp.Offset) is not None
 
 
-def limit_in_from(ast: exp.Expression) -> bool:
+def limit_in_from(ast: exp.Expr) -> bool:
     """Whether any FROM item of ``ast`` (a derived table or a CTE) holds a LIMIT."""
     return any(has_limit(s.this) for s in ast.find_all(exp.Subquery) if isinstance(s.this, exp.Query)) or any(
         has_limit(c.this) for c in ast.find_all(exp.CTE))
 
 
-def relation(item: exp.Expression, ctes: Any, catalog: Catalog) -> Relation | str:
+def relation(item: exp.Expr, ctes: Any, catalog: Catalog) -> Relation | str:
     """A Relation for a FROM item, or the reason it cannot be reordered."""
     alias = item.alias_or_name.lower()
     if isinstance(item, exp.Table) and isinstance(item.this, exp.Identifier):
@@ -196,7 +196,7 @@ def _alias_columns(alias: exp.TableAlias | None) -> dict[str, str] | None:
     return {c.name.lower(): "" for c in alias.columns}
 
 
-def _output_columns(query: exp.Expression, ctes: Any = None, catalog: Catalog | None = None,
+def _output_columns(query: exp.Expr, ctes: Any = None, catalog: Catalog | None = None,
                     seen: frozenset[str] = frozenset()) -> dict[str, str] | None:
     """Output column -> type of a query; the type is "" unless certain (a plain column of
     a relation whose type is known, the same in every branch of a set operation): an
@@ -225,7 +225,7 @@ def _output_columns(query: exp.Expression, ctes: Any = None, catalog: Catalog | 
     return cols
 
 
-def _columns_of(alias: exp.TableAlias | None, query: exp.Expression, ctes: Any, catalog: Catalog,
+def _columns_of(alias: exp.TableAlias | None, query: exp.Expr, ctes: Any, catalog: Catalog,
                 seen: set[str] | frozenset[str]) -> dict[str, str] | None:
     """A CTE's or derived table's columns with their types (see ``_output_columns``);
     a column alias list renames them by position."""
@@ -266,7 +266,7 @@ def _column_type(col: exp.Column, select: exp.Select, ctes: Any, catalog: Catalo
     return found[0] if len(found) == 1 else ""
 
 
-def _base_tables(query: exp.Expression, ctes: Any, catalog: Catalog, seen: set[str]) -> tuple[str, ...]:
+def _base_tables(query: exp.Expr, ctes: Any, catalog: Catalog, seen: set[str]) -> tuple[str, ...]:
     """Base tables on ``query``'s data path (FROM items, CTEs expanded; not tables of
     subqueries in expressions, which DuckDB turns into filtering joins), sorted."""
     names: list[str] = []

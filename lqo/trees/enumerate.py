@@ -80,10 +80,10 @@ def _random_component(block: JoinBlock, comp: list[str], rng: random.Random, bus
             if block.connects(forest[i].rels, forest[j].rels)
         ]
         i, j = rng.choice(pairs)
-        a, b = forest[i], forest[j]
+        left, right = forest[i], forest[j]
         if rng.random() < 0.5:
-            a, b = b, a
-        forest = [t for k, t in enumerate(forest) if k not in (i, j)] + [Join(a, b)]
+            left, right = right, left
+        forest = [t for k, t in enumerate(forest) if k not in (i, j)] + [Join(left, right)]
     return forest[0]
 
 

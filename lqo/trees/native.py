@@ -97,6 +97,8 @@ def _match_block(block: JoinBlock, jt: JTree, ctes: Any) -> tuple[int, Tree, dic
     if best is None:
         return None
     tree = _to_tree(jt, best[1])
+    if tree is None:  # not reached: a cut's frontier covers every branch of jt
+        return None
     est: dict[frozenset[str], float | None] = {}
     act: dict[frozenset[str], int | None] = {}
     _collect_cards(jt, best[1], est, act)

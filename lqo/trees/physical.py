@@ -128,8 +128,7 @@ def _skip(node: PNode, aside: list[PNode], filters: list[str] | None = None) -> 
             # joined to its outer input, which lqo may have placed inside one relation.
             aside.append(node.children[1])
             node = node.children[0]
-        elif _scalar_subquery_side(node) is not None:
-            side = _scalar_subquery_side(node)
+        elif (side := _scalar_subquery_side(node)) is not None:
             aside.append(node.children[side])
             node = node.children[1 - side]
         elif node.is_inner_join and any(_is_delim_scan(c) for c in node.children):

@@ -120,7 +120,7 @@ def _shared_body(block: JoinBlock, sub: Join, nodes: dict, columns: tuple[str, .
     return body
 
 
-def _with_shared(ast: exp.Expression, ctes: list[tuple[str, exp.Select]]) -> None:
+def _with_shared(ast: exp.Expr, ctes: list[tuple[str, exp.Select]]) -> None:
     defs = [exp.CTE(this=body, alias=exp.TableAlias(this=exp.to_identifier(name)), materialized=True)
             for name, body in ctes]
     with_ = ast.args.get("with_")
@@ -130,7 +130,7 @@ def _with_shared(ast: exp.Expression, ctes: list[tuple[str, exp.Select]]) -> Non
         ast.set("with_", exp.With(expressions=defs))
 
 
-def _restricted(item: exp.Expression, conds: list[exp.Expression]) -> exp.Subquery:
+def _restricted(item: exp.Expr, conds: list[exp.Expr]) -> exp.Subquery:
     """``item`` as ``(SELECT * FROM item WHERE conds) AS alias``: its subquery predicates
     then filter before any join, where DuckDB's own join order would place them."""
     inner = exp.Select(expressions=[exp.Star()], from_=exp.From(this=item))
@@ -138,7 +138,7 @@ def _restricted(item: exp.Expression, conds: list[exp.Expression]) -> exp.Subque
     return exp.Subquery(this=inner, alias=exp.TableAlias(this=exp.to_identifier(item.alias_or_name)))
 
 
-def _name_stars(select: exp.Select, items: list[exp.Expression]) -> None:
+def _name_stars(select: exp.Select, items: list[exp.Expr]) -> None:
     """``SELECT *`` lists the relations' columns in FROM order: keep the written order
     whatever the tree by writing it as each relation's star, ``a.*, b.*``."""
     if not any(type(e) is exp.Star for e in select.expressions):
@@ -147,7 +147,7 @@ def _name_stars(select: exp.Select, items: list[exp.Expression]) -> None:
     for item in items:
         alias = item.args.get("alias")
         names.append(alias.this if alias is not None and alias.this else item.this)
-    out: list[exp.Expression] = []
+    out: list[exp.Expr] = []
     for e in select.expressions:
         if type(e) is exp.Star:
             out += [exp.Column(this=exp.Star(), table=name.copy()) for name in names]
@@ -169,7 +169,7 @@ def _new_residuals(block: JoinBlock, join: Join):
     return [r for r in block.residuals if r.rels <= both and not r.rels <= left and not r.rels <= right]
 
 
-def _chain(block: JoinBlock, tree: Tree, nodes: dict, reads: dict[int, exp.Table]) -> tuple[exp.Expression, list[exp.Join]]:
+def _chain(block: JoinBlock, tree: Tree, nodes: dict, reads: dict[int, exp.Table]) -> tuple[exp.Expr, list[exp.Join]]:
     """A tree as ``head JOIN x ON .. JOIN y ON ..``: its left spine is the chain. A
     subtree in ``reads`` is a relation already (a shared join)."""
     if isinstance(tree, Leaf):
@@ -178,7 +178,7 @@ def _chain(block: JoinBlock, tree: Tree, nodes: dict, reads: dict[int, exp.Table
         return reads[id(tree)], []
     head, chain = _chain(block, tree.probe, nodes, reads)
     if isinstance(tree.build, Leaf):
-        right: exp.Expression = nodes[tree.build.rel]
+        right: exp.Expr = nodes[tree.build.rel]
     elif id(tree.build) in reads:
         right = reads[id(tree.build)]
     else:

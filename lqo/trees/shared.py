@@ -126,7 +126,7 @@ def _shape(tree: Tree) -> object:
     return "." if isinstance(tree, Leaf) else (_shape(tree.probe), _shape(tree.build))
 
 
-def canonical_sql(e: exp.Expression, pos: dict[str, int], own: str | None = None) -> str:
+def canonical_sql(e: exp.Expr, pos: dict[str, int], own: str | None = None) -> str:
     """``e``'s SQL with the aliases in ``pos`` written as their positions (``#0.x``); for
     a filter of relation ``own``, its unqualified columns too (``x`` and ``d1.x`` are
     one column there: lqo resolved the filter to that relation)."""
@@ -161,7 +161,7 @@ def _passed_columns(block: JoinBlock, sub: Join, used_names: set[str]) -> tuple[
     return tuple(out)
 
 
-def _column_names(ast: exp.Expression) -> set[str]:
+def _column_names(ast: exp.Expr) -> set[str]:
     return {c.name.lower() for c in ast.find_all(exp.Column) if c.name}
 
 
