@@ -195,10 +195,11 @@ def run_show(args: argparse.Namespace) -> int:
                      "screened": len(e.screened), "tested": len(e.verdicts), "verified_at": e.verified_at,
                      "in_verified_ranges_only": guard_for(book, e) is not None, "note": e.note})
     w = max([34, *(len(r["choice"]) for r in rows)])  # combinations name two parts
-    lines = [f"{'template':<10} {'choice':<{w}} {'ratio':>7} {'95% interval':>15} {'inst':>4} {'tried':>5}  verified"]
+    tw = max([10, *(len(r["template"]) for r in rows)])  # imported templates are named after their tables
+    lines = [f"{'template':<{tw}} {'choice':<{w}} {'ratio':>7} {'95% interval':>15} {'inst':>4} {'tried':>5}  verified"]
     for r in rows:
         iv = "-" if r["interval"] is None else f"{r['interval'][0]:.3f}-{r['interval'][1]:.3f}"
-        lines.append(f"{r['template']:<10} {r['choice']:<{w}} {'-' if r['ratio'] is None else format(r['ratio'], '.3f'):>7} "
+        lines.append(f"{r['template']:<{tw}} {r['choice']:<{w}} {'-' if r['ratio'] is None else format(r['ratio'], '.3f'):>7} "
                      f"{iv:>15} {r['instances']:>4} {r['screened']:>5}  {r['verified_at'] or '-'}"
                      + ("  (constant-sensitive: served inside its verified literal ranges only)"
                         if r["in_verified_ranges_only"] else ""))
