@@ -43,12 +43,27 @@ def from_items(select: exp.Select) -> list[exp.Expr]:
 
 
 def check_tables(items: Any, ctes: Any, catalog: Catalog) -> None:
-    """``UnknownTableError`` for a table of ``items`` that is neither a CTE nor in the catalog."""
+    """``UnknownTableError`` for a table of ``items`` that is neither a CTE nor in the
+    catalog, nor a file DuckDB reads by its path (see ``file_path``)."""
     for item in items:
         if isinstance(item, exp.Table) and isinstance(item.this, exp.Identifier):
             name = item.name.lower()
-            if name not in ctes and not catalog.has_table(name):
+            if name not in ctes and not catalog.has_table(name) and not file_path(item):
                 raise UnknownTableError(f"unknown table: {item.name}")
+
+
+def file_path(item: exp.Expr) -> bool:
+    """Whether the FROM item is a quoted name that looks like a path, one DuckDB may read
+    as a file (``FROM 'sales.parquet'``, ``'logs/*.csv'``, ``'s3://b/x.json'``) rather
+    than a table: lqo leaves it to DuckDB, which says whether it exists when it binds.
+
+    >>> import sqlglot
+    >>> [file_path(t) for t in sqlglot.parse_one("SELECT 1 FROM 'x.parquet', 'y', t", read="duckdb").find_all(exp.Table)]
+    [True, False, False]
+    """
+    if not (isinstance(item, exp.Table) and isinstance(item.this, exp.Identifier) and item.this.quoted):
+        return False
+    return not item.args.get("db") and any(ch in item.name for ch in "./\\*:")
 
 
 def unsafe_join(join: exp.Join) -> str | None:
@@ -177,6 +192,8 @@ def relation(item: exp.Expr, ctes: Any, catalog: Catalog) -> Relation | str:
                 return LIMIT_REASON
             cols = _columns_of(ctes[name].args.get("alias"), query, ctes, catalog, {name})
             return Relation(alias, "cte", name, cols, _base_tables(query, ctes, catalog, {name}))
+        if not catalog.has_table(name):
+            return f"file {item.name} in FROM (lqo has no statistics for it and cannot find it in DuckDB's plan)"
         return Relation(alias, "table", name, dict(catalog.columns(name)), (name,))
     if isinstance(item, exp.Subquery) and isinstance(item.this, exp.Query) and not item.args.get("joins"):
         if not item.alias:
@@ -187,6 +204,9 @@ def relation(item: exp.Expr, ctes: Any, catalog: Catalog) -> Relation | str:
         return Relation(alias, "derived", None, cols, _base_tables(item.this, ctes, catalog, set()))
     if isinstance(item, exp.Subquery) and not isinstance(item.this, exp.Query):
         return "parenthesized join in FROM"
+    if isinstance(item, exp.Table) and isinstance(item.this, exp.Func):
+        function = item.this.sql(dialect="duckdb").split("(")[0].lower()
+        return f"FROM item {function}(...): a table function (lqo has no statistics for it)"
     return f"FROM item {type(item).__name__} ({item.sql(dialect='duckdb')[:40]})"
 
 
