@@ -225,23 +225,6 @@ def synthetic_compare(n: int = 12, seed: int = 3) -> list[dict]:
     return out
 
 
-def test_speedup_bars_sorted_log_and_regressions_marked():
-    qs = synthetic_compare()
-    fig = plots.speedup_bars(qs, regression=1.2)
-    ax = fig.axes[0]
-    assert ax.get_yscale() == "log" and "speedup" in ax.get_ylabel()
-    bars = ax.patches
-    assert len(bars) == len(qs)
-    speed = [b.get_y() + b.get_height() for b in bars]  # bars grow from 1 to the speedup
-    assert speed == sorted(speed, reverse=True)
-    marked = [b for b in bars if b.get_hatch()]
-    assert len(marked) == sum(q["ratio"] > 1.2 for q in qs) > 0
-    assert all(b.get_y() + b.get_height() < 1 for b in marked)
-    labels = [t.get_text() for t in ax.get_xticklabels()]
-    assert set(labels) == {q["id"] for q in qs}
-    assert any("slower" in t.get_text() for t in ax.texts)
-
-
 def test_ratio_cdf_and_planning_overhead():
     qs = synthetic_compare()
     ax = plots.ratio_cdf(qs).axes[0]

@@ -8,7 +8,7 @@ backend unless one is already chosen (a notebook keeps its inline backend).
 >>> from lqo import plots
 >>> fig = plots.speedup_bars([{"id": "q1", "native_ms": 10.0, "lqo_ms": 5.0},
 ...                           {"id": "q2", "native_ms": 10.0, "lqo_ms": 20.0}])
->>> fig.axes[0].get_yscale()
+>>> fig.axes[0].get_xscale()
 'log'
 >>> fig.savefig("/tmp/speedup.png")  # doctest: +SKIP
 """

@@ -2,7 +2,7 @@
 
 >>> from lqo.plots import speedup_bars
 >>> fig = speedup_bars([{"id": "q1", "native_ms": 10.0, "lqo_ms": 5.0}])
->>> fig.axes[0].get_yscale()
+>>> fig.axes[0].get_xscale()
 'log'
 """
 
@@ -26,47 +26,99 @@ from lqo.plots.style import (
 )
 
 
-def speedup_bars(queries: Iterable[Any], regression: float = 1.2, title: str = "lqo vs DuckDB native") -> Figure:
-    """Speedup native/lqo per query, sorted best first, log scale; regressions marked.
+def speedup_bars(queries: Iterable[Any], regression: float = 1.2, title: str = "lqo vs DuckDB native",
+                 top: int = 10) -> Figure:
+    """Speedup native/lqo per query at a size that does not grow with the queries: the
+    ``top`` largest speedups (of the queries lqo made faster) and the ``top`` largest
+    slowdowns (of those it made slower) by name, every query when there are at most
+    ``2 * top``, as horizontal bars from 1 on a log axis, best first; beside them the CDF
+    of every query's speedup.
 
-    A bar above 1 is a win (lqo faster, planning included). Bars of queries whose
+    A bar right of 1 is a win (lqo faster, planning included). Bars of queries whose
     lqo/native ratio exceeds ``regression`` are red, hatched and labelled with the ratio.
 
-    >>> speedup_bars([{"id": "q1", "native_ms": 9.0, "lqo_ms": 3.0}]).axes[0].get_ylabel()
-    'speedup native / lqo (log)'
+    >>> fig = speedup_bars([{"id": "q1", "native_ms": 9.0, "lqo_ms": 3.0}])
+    >>> fig.axes[0].get_xlabel(), fig.axes[1].get_ylabel()
+    ('speedup native / lqo (log)', 'fraction of queries')
     """
     rows = sorted((as_record(q) for q in queries), key=lambda q: q["native_ms"] / max(q["lqo_ms"], 1e-9), reverse=True)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.32 * len(rows) + 2), 4.2), layout="constrained")
+    fig, (ax, cdf) = plt.subplots(1, 2, figsize=(12.0, 5.6), layout="constrained", gridspec_kw={"width_ratios": [3, 2]})
     if not rows:
         empty_axes(ax, "no queries")
+        empty_axes(cdf, "no queries")
         return fig
     speed = [q["native_ms"] / max(q["lqo_ms"], 1e-9) for q in rows]
-    colors = [LOSS if 1 / s > regression else WIN if s > 1 else NEUTRAL for s in speed]
-    # Bars grow from 1 (no change): up for wins, down for losses, so a regression is a
-    # bar hanging below the line whatever the axis limits.
-    bars = ax.bar(range(len(rows)), [s - 1 for s in speed], bottom=1.0, color=colors)
-    lo, hi = min(speed + [1.0]), max(speed + [1.0])
-    for bar, s in zip(bars, speed):
-        if 1 / s > regression:  # hatching survives grey-scale printing; colour alone does not
+    n_reg = sum(1 / v > regression for v in speed)
+    fig.suptitle(f"{title}: {len(rows)} queries, {sum(s > 1 for s in speed)} faster, "
+                 f"{n_reg} regressions (> {regression:g}x slower)", fontsize=11)
+    _top_bars(ax, [q["id"] for q in rows], speed, regression, top)
+    _speedup_cdf(cdf, speed, regression)
+    return fig
+
+
+def _top_bars(ax: Any, ids: list[str], speed: list[float], regression: float, top: int) -> None:
+    """Horizontal bars of the largest speedups and slowdowns (``speed`` sorted best first)."""
+    from matplotlib.patches import Patch
+
+    n = len(ids)
+    if n <= 2 * top:
+        wins, losses = list(range(n)), []
+    else:
+        wins = [i for i in range(n) if speed[i] > 1][:top]
+        losses = [i for i in range(n) if speed[i] < 1][-top:]
+    shown, gap = wins + losses, int(n > 2 * top)  # an empty row between the groups: queries left out
+    if not shown:
+        empty_axes(ax, "no query faster or slower")
+        return
+    ys = list(range(len(wins))) + [len(wins) + gap + k for k in range(len(losses))]
+    s = [speed[i] for i in shown]
+    colors = [LOSS if 1 / v > regression else WIN if v > 1 else NEUTRAL for v in s]
+    # Bars grow from 1 (no change): right for wins, left for losses, so a regression is a
+    # bar left of the line whatever the axis limits.
+    bars = ax.barh(ys, [v - 1 for v in s], left=1.0, color=colors, height=0.7)
+    for bar, v in zip(bars, s):
+        if 1 / v > regression:  # hatching survives grey-scale printing; colour alone does not
             bar.set_hatch("//")
             bar.set_edgecolor("black")
-            ax.annotate(f"{1 / s:.2g}x\nslower", (bar.get_x() + bar.get_width() / 2, s), xytext=(0, -2),
-                        textcoords="offset points", ha="center", va="top", fontsize=7 if len(rows) < 25 else 6,
-                        color=LOSS)
-    ax.axhline(1.0, color="black", lw=0.8)
-    log_axis(ax, "y", "x")
-    ax.set_ylim(lo / 2.2, hi * 1.6)
-    ax.set_xticks(range(len(rows)), [q["id"] for q in rows], rotation=90, fontsize=8)
-    ax.set_xlim(-0.6, len(rows) - 0.4)
-    ax.set_ylabel("speedup native / lqo (log)")
-    ax.set_xlabel("query (sorted by speedup)")
-    n_reg = sum(c == LOSS for c in colors)
-    ax.set_title(f"{title}: {sum(s > 1 for s in speed)} faster, {n_reg} regressions (> {regression:g}x slower)")
-    from matplotlib.patches import Patch
+            ax.annotate(f"{1 / v:.2g}x slower", (v, bar.get_y() + bar.get_height() / 2), xytext=(-3, 0),
+                        textcoords="offset points", ha="right", va="center", fontsize=7, color=LOSS)
+    ax.axvline(1.0, color="black", lw=0.8)
+    log_axis(ax, "x", "x")
+    lo, hi = min(s + [1.0]), max(s + [1.0])
+    ax.set_xlim(lo / (3.0 if LOSS in colors else 1.6), hi * 1.6)  # room for "slower" labels
+    ax.set_yticks(ys, [ids[i] for i in shown], fontsize=8)
+    ax.set_ylim(max(ys) + 0.6, -0.6)  # best at the top
+    if gap:
+        ax.axhline(len(wins), color="0.6", lw=0.8, ls=":")
+        ax.text(0.5, len(wins), f"{n - len(shown)} queries between these (see the CDF)",
+                transform=ax.get_yaxis_transform(), ha="center", va="center", fontsize=8, color="0.35",
+                backgroundcolor="white")
+        faster, slower = sum(v > 1 for v in speed), sum(v < 1 for v in speed)
+        ax.set_title(f"largest speedups ({len(wins)} of {faster} faster) and slowdowns "
+                     f"({len(losses)} of {slower} slower)", fontsize=10)
+    else:
+        ax.set_title("every query, sorted by speedup", fontsize=10)
+    ax.set_xlabel("speedup native / lqo (log)")
     ax.legend(handles=[Patch(color=WIN, label="lqo faster"), Patch(color=NEUTRAL, label="within threshold"),
                        Patch(facecolor=LOSS, hatch="//", edgecolor="black", label="regression")],
-              loc="upper right", fontsize=8)
-    return fig
+              loc="lower right", fontsize=8)
+
+
+def _speedup_cdf(ax: Any, speed: list[float], regression: float) -> None:
+    """The CDF of every query's speedup, wins right of 1 and the regression line left of it."""
+    step_cdf(ax, speed, color=LQO_C, lw=2, label=f"native / lqo (n={len(speed)})")
+    ax.axvline(1.0, color="black", lw=0.8)
+    ax.axvline(1 / regression, color=LOSS, lw=0.8, ls=":", label=f"regression: {regression:g}x slower")
+    log_axis(ax, "x", "x")
+    lo, hi = min(speed + [1 / regression]), max(speed + [1.0])
+    ax.set_xlim(lo / 1.3, hi * 1.3)
+    ax.set_ylim(0, 1.02)
+    n = len(speed)
+    faster, reg = sum(v > 1 for v in speed) / n, sum(1 / v > regression for v in speed) / n
+    ax.set_xlabel("speedup native / lqo (log; > 1 = lqo faster)")
+    ax.set_ylabel("fraction of queries")
+    ax.set_title(f"all queries: {faster:.0%} faster, {reg:.0%} regressions, {1 - faster - reg:.0%} between", fontsize=10)
+    ax.legend(loc="upper left", fontsize=8)
 
 
 def ratio_cdf(queries: Iterable[Any], regression: float = 1.2) -> Figure:

@@ -64,10 +64,12 @@ def _lanes(queries: Sequence[Mapping]) -> list[int]:
     return [lane_of[i] for i in range(len(queries))]
 
 
-def gantt(results: Iterable[Any], label_min_frac: float = 0.04) -> Figure:
+def gantt(results: Iterable[Any], label_min_frac: float = 0.04, max_lanes_drawn: int = 12) -> Figure:
     """One Gantt panel per policy: workers x time, one bar per query (start to end, its
     thread count as shade), a thin grey line for its wait since arrival. Shared runs
-    (``all``: no workers) get one lane per concurrently running query.
+    (``all``: no workers) get one lane per concurrently running query. A panel is as tall
+    as ``max_lanes_drawn`` lanes at most, whatever the number of queries (more lanes are
+    drawn thinner, without per-lane ticks or query names).
 
     >>> r = {"policy": "fifo", "queries": [{"query_id": "q1", "arrival_s": 0, "start_s": 0,
     ...      "end_s": 1, "worker": 0, "threads": 1}]}
@@ -77,22 +79,29 @@ def gantt(results: Iterable[Any], label_min_frac: float = 0.04) -> Figure:
     res = [as_schedule(r) for r in results]
     lanes = [_lanes(r["queries"]) for r in res]
     rows = [max(ls, default=0) + 1 for ls in lanes]
-    fig, axes = plt.subplots(len(res) or 1, 1, figsize=(11, 1.0 + sum(0.45 * n + 0.6 for n in rows)),
+    drawn = [min(n, max_lanes_drawn) for n in rows]
+    fig, axes = plt.subplots(len(res) or 1, 1, figsize=(11, 1.0 + sum(0.45 * n + 0.6 for n in drawn)),
                              sharex=True, squeeze=False, layout="constrained",
-                             gridspec_kw={"height_ratios": [n + 1 for n in rows] or [1]})
+                             gridspec_kw={"height_ratios": [n + 1 for n in drawn] or [1]})
     span = max((q["end_s"] for r in res for q in r["queries"]), default=1.0) or 1.0
     cmap = plt.get_cmap("viridis")
     max_thr = max((q.get("threads", 1) for r in res for q in r["queries"]), default=1)
-    for ax, r, ls in zip(axes[:, 0], res, lanes):
+    for ax, r, ls, n in zip(axes[:, 0], res, lanes, rows):
         for q, lane in zip(r["queries"], ls):
             ax.plot([q["arrival_s"], q["start_s"]], [lane, lane], color="0.75", lw=1, zorder=1)
             shade = cmap(0.25 + 0.6 * (q.get("threads", 1) - 1) / max(1, max_thr - 1))
             ax.barh(lane, q["end_s"] - q["start_s"], left=q["start_s"], height=0.7, zorder=2,
-                    color=shade if q.get("ok", True) else LOSS, edgecolor="white", lw=0.6)
-            if (q["end_s"] - q["start_s"]) / span >= label_min_frac:
+                    color=shade if q.get("ok", True) else LOSS, edgecolor="white",
+                    lw=0.6 if n <= 2 * max_lanes_drawn else 0)  # thin lanes: a white edge would hide the bar
+            if (q["end_s"] - q["start_s"]) / span >= label_min_frac and n <= 2 * max_lanes_drawn:
                 ax.text((q["start_s"] + q["end_s"]) / 2, lane, q.get("query_id", ""), ha="center", va="center",
                         fontsize=7, color="white", zorder=3)
-        ax.set_yticks(range(max(ls, default=0) + 1))
+        if n <= max_lanes_drawn:
+            ax.set_yticks(range(n))
+        else:
+            from matplotlib.ticker import MaxNLocator
+
+            ax.yaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
         ax.set_ylim(-0.6, max(ls, default=0) + 0.6)
         ax.invert_yaxis()
         ax.set_ylabel("concurrent\nquery" if _shared(r["queries"]) else "worker")

@@ -26,7 +26,7 @@ NATIVE_C, LQO_C = "#4c72b0", "#dd8452"
 
 def as_record(x: Any) -> dict:
     """A per-query record as a dict (dataclass instances and dicts alike)."""
-    return x if isinstance(x, Mapping) else vars(x)
+    return dict(x) if isinstance(x, Mapping) else vars(x)
 
 
 def as_schedule(x: Any) -> dict:
