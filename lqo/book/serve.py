@@ -30,7 +30,7 @@ from lqo.book.book import BookEntry, PlanBook
 from lqo.book.params import BoundText, bind_literals, literal_kinds
 from lqo.book.ranges import LiteralRanges, guard_for
 from lqo.book.slots import SlotRendering
-from lqo.book.template import TemplateKey, bind_parameters, literal_free_text, template_key
+from lqo.book.template import LONG_TEXT, TemplateKey, bind_parameters, literal_free_text, template_key
 from lqo.errors import LqoError
 from lqo.optimized import Optimized
 from lqo.trees.plan import Plan
@@ -109,7 +109,8 @@ class BookServer:
         return result
 
     def _serve(self, sql: str, start: float) -> Optimized | None:
-        native = self._native_by_text.get(literal_free_text(sql))
+        # (a long text skips the shortcut: its regular expression would cost more than the key)
+        native = self._native_by_text.get(literal_free_text(sql)) if len(sql) <= LONG_TEXT else None
         if native is not None:
             return _as_written(sql, native, start)
         tk = template_key(sql)

@@ -293,13 +293,77 @@ def scan_literals(sql: str) -> list[_Item] | None:
     return [it for it in _items(toks)[0] if it[3] is not None]
 
 
+# A literal list long enough that reading it token by token would cost more than serving
+# saves: found by a regular expression first, then confirmed by DuckDB's tokens.
+_LONG_LIST_MIN = 64
+_NUMBER_LIST = re.compile(r"\((?:[-0-9.eE+ \t\n]*,){%d,}[-0-9.eE+ \t\n]*\)" % (_LONG_LIST_MIN - 1))
+_STRING_LIST = re.compile(r"\((?:\s*'[^']*(?:''[^']*)*'\s*,){%d,}\s*'[^']*(?:''[^']*)*'\s*\)" % (_LONG_LIST_MIN - 1))
+_STRING = re.compile(r"'[^']*(?:''[^']*)*'")
+# A whole list body of one numeric slot type (signs allowed), checked in one match.
+_BODIES = (("i", re.compile(r"(?:\s*-?\d+\s*,)*\s*-?\d+\s*")),
+           ("d", re.compile(r"(?:\s*-?(?:\d+\.\d*|\.\d+)\s*,)*\s*-?(?:\d+\.\d*|\.\d+)\s*")),
+           ("e", re.compile(r"(?:\s*-?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+\s*,)*\s*-?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+\s*")))
+LONG_TEXT = 4096  # characters: shorter texts never hold such a list
+
+
 def template_key(sql: str) -> TemplateKey:
     """The template key, literals and slot shape of ``sql``.
 
-    On the serving path: one DuckDB tokenize and one pass over its tokens.
+    On the serving path: one DuckDB tokenize and one pass over its tokens. A text with a
+    list of 64 or more literals of one type (``IN (1, 2, ..., 5000)``) is keyed with each
+    such list cut to its first two items, and the key is used only where DuckDB's tokens of
+    the cut text show exactly those lists as list slots (a list inside a string, a quoted
+    name or a comment is read in full): the same key, literals and shape, at a fraction
+    of the cost (a 5,000-item list: ~0.3 ms instead of ~10).
+
+    >>> long = "SELECT * FROM t WHERE x IN ({}) AND s = 'a'".format(", ".join(map(str, range(500))))
+    >>> k = template_key(long)
+    >>> k == _template_key(long), k.shape, k.literals[-2:]
+    (True, (500, 1), ('499', "'a'"))
     """
+    if len(sql) > LONG_TEXT and (cut := _cut_lists(sql)) is not None:
+        tk = _template_key(cut[0], cut[1])
+        if tk is not None:
+            return tk
+    return _template_key(sql)
+
+
+def _cut_lists(sql: str) -> tuple[str, dict[int, list[str]]] | None:
+    """``sql`` with every long list of one literal type cut to two items, and per cut
+    list (by the position of its '(' in the cut text) its full members; None for none."""
+    found: list[tuple[int, int, list[str]]] = []
+    for m in _NUMBER_LIST.finditer(sql):
+        body = m.group(0)[1:-1]
+        members = list(map(str.strip, body.split(",")))
+        if ("-" not in body and all(map(str.isdigit, members))) or any(rx.fullmatch(body) for _, rx in _BODIES):
+            found.append((m.start(), m.end(), members))
+    if "'" in sql:
+        found.extend((m.start(), m.end(), _STRING.findall(m.group(0))) for m in _STRING_LIST.finditer(sql))
+    if not found:
+        return None
+    pieces: list[str] = []
+    cut: dict[int, list[str]] = {}
+    pos = length = 0
+    for start, end, members in sorted(found):
+        if start < pos:
+            return None  # overlapping matches (a list inside a string): read in full
+        head = sql[pos:start]
+        short = f"({members[0]}, {members[1]})"
+        cut[length + len(head)] = members
+        pieces += [head, short]
+        length += len(head) + len(short)
+        pos = end
+    pieces.append(sql[pos:])
+    return "".join(pieces), cut
+
+
+def _template_key(sql: str, cut: dict[int, list[str]] | None = None) -> TemplateKey | None:  # type: ignore[return]
+    """The key of ``sql``; with ``cut`` (lists cut to two items, by position), the key of
+    the full text, or None where a cut list is not a list slot of ``sql``."""
     toks = _scan(sql)
     if toks is None:
+        if cut is not None:
+            return None
         return TemplateKey("text:" + hashlib.sha1(sql.encode()).hexdigest()[:16], (), ())
     items, opens = _items(toks)
     lists = _lists(items, opens) if opens else {}
@@ -312,8 +376,12 @@ def template_key(sql: str) -> TemplateKey:
         if close is not None:
             members = items[i + 1:close:2]
             parts.append("(\x01" + members[0][3] + ")")  # type: ignore[operator]
-            literals.extend(m[2] for m in members)
-            shape.append(len(members))
+            full = cut.pop(items[i][0], None) if cut else None
+            if full is not None and [m[2] for m in members] != full[:2]:
+                return None
+            texts = full if full is not None else [m[2] for m in members]
+            literals.extend(texts)
+            shape.append(len(texts))
             i = close + 1
             continue
         _, _, text, typ = items[i]
@@ -324,6 +392,8 @@ def template_key(sql: str) -> TemplateKey:
             literals.append(text)
             shape.append(1)
         i += 1
+    if cut:  # a cut list that is no list slot: inside a string, a name or a comment
+        return None
     digest = hashlib.sha1(" ".join(parts).encode()).hexdigest()[:16]
     return TemplateKey(digest, tuple(literals), tuple(shape))
 
