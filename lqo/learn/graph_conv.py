@@ -26,13 +26,13 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
-from torch_geometric.nn import GATv2Conv, GINEConv, global_max_pool, global_mean_pool
+from torch_geometric.nn import GATv2Conv, GINEConv, MessagePassing, global_max_pool, global_mean_pool
 
 from lqo.learn.featurized import FlatPlan
 from lqo.learn.tree_conv import NodeEncoder
@@ -162,7 +162,7 @@ class GraphConvNet(nn.Module):
         """Re-initialise every layer."""
         self.encoder.reset_parameters()
         for conv, norm in zip(self.convs, self.norms):
-            conv.reset_parameters()
+            cast(MessagePassing, conv).reset_parameters()  # a ModuleList's items are typed Module
             if isinstance(norm, nn.LayerNorm):
                 norm.reset_parameters()
         for layer in self.head:
@@ -198,7 +198,7 @@ class GraphConvEnsemble(nn.ModuleList):
     def set_scaling(self, x_mean: Tensor, x_std: Tensor, q_mean: Tensor, q_std: Tensor) -> None:
         """Set the feature standardisation of every member."""
         for net in self:
-            net.set_scaling(x_mean, x_std, q_mean, q_std)
+            cast(GraphConvNet, net).set_scaling(x_mean, x_std, q_mean, q_std)  # a ModuleList's items are typed Module
 
     def forward(self, batch: Batch) -> Tensor:
         """Every member's scores, stacked (members x plans)."""

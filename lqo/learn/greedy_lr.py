@@ -111,7 +111,7 @@ class GreedyLR(LRScheduler):
         self.history: deque[float] = deque(maxlen=window)
         self.prev: float | None = None
         self.num_good = self.num_bad = self.cooldown_counter = self.warmup_counter = 0
-        self._last_lr: list[float] = start
+        self._last_lr = list(start)
 
     def _per_group(self, value: float | list[float], name: str) -> list[float]:
         n = len(self.optimizer.param_groups)
@@ -179,7 +179,7 @@ class GreedyLR(LRScheduler):
 
     def get_last_lr(self) -> list[float]:  # type: ignore[override]
         """The learning rate of each param group after the latest :meth:`step`."""
-        return list(self._last_lr)
+        return [float(lr) for lr in self._last_lr]  # floats only (LRScheduler's type allows tensors)
 
     def state_dict(self) -> dict[str, Any]:
         """Plain numbers, strings and lists only, so ``torch.load(weights_only=True)`` can read it."""

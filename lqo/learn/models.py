@@ -126,10 +126,14 @@ class PlanModel:
         batch_size: int = 64, epochs: int = 100, patience: int = 15, val_fraction: float = 0.1,
         n_members: int = 3, time_budget_s: float | None = None, seed: int = 0, n_threads: int | None = 1,
     ) -> None:
-        given = locals()
-        for name in self._COMMON_PARAMS:  # stored as given, scikit-learn style; checked in fit()
-            setattr(self, name, given[name])
+        # Stored as given, scikit-learn style (checked in fit()): one attribute per name of
+        # _COMMON_PARAMS, which get_params() reads back.
         self.channels = tuple(int(c) for c in channels)
+        self.hidden, self.table_dim, self.n_tables, self.dropout, self.norm = hidden, table_dim, n_tables, dropout, norm
+        self.loss, self.rank_weight, self.lr, self.weight_decay = loss, rank_weight, lr, weight_decay
+        self.lr_schedule, self.batch_size, self.epochs, self.patience = lr_schedule, batch_size, epochs, patience
+        self.val_fraction, self.n_members, self.time_budget_s = val_fraction, n_members, time_budget_s
+        self.seed, self.n_threads = seed, n_threads
         self.vocabulary_: dict[str, int] = {}
         self.schema_: str | None = None
 
@@ -293,7 +297,8 @@ class PlanModel:
         q_mean, q_std = _feature_stats([p.query[None, :] for p in plans])
         torch.manual_seed(self.seed)
         self.net_ = self._build_net()
-        self.net_.set_scaling(x_mean, x_std, q_mean, q_std)
+        # Module.__getattr__ types any attribute Tensor | Module; every kind's net defines set_scaling.
+        self.net_.set_scaling(x_mean, x_std, q_mean, q_std)  # type: ignore[operator]
 
     def _check_dims(self, plans: Sequence[FlatPlan]) -> None:
         for p in plans:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 import torch
@@ -124,6 +124,13 @@ class NodeEncoder(nn.Module):
     Each of ``members`` gets its own embedding; the output is [M, N, out_channels].
     """
 
+    # Buffers (register_buffer), declared for the type checker: Module.__getattr__ types
+    # them Tensor | Module.
+    x_mean: Tensor
+    x_std: Tensor
+    q_mean: Tensor
+    q_std: Tensor
+
     def __init__(self, n_features: int, n_query: int, n_tables: int, table_dim: int = 8, members: int = 1) -> None:
         super().__init__()
         self.n_features, self.n_query, self.n_tables = n_features, n_query, max(1, n_tables)
@@ -188,7 +195,7 @@ class TreeConv(nn.Module):
     def reset_parameters(self) -> None:
         """Re-initialise the layer."""
         self.lin.reset_parameters()
-        if self.norm_weight is not None:
+        if self.norm_weight is not None and self.norm_bias is not None:  # both or neither
             nn.init.ones_(self.norm_weight)
             nn.init.zeros_(self.norm_bias)
 
@@ -200,7 +207,7 @@ class TreeConv(nn.Module):
         # on a flat index is ~4x faster on CPU than advanced indexing with x[:, nbr].
         g = x.index_select(1, nbr.view(-1)).view(x.shape[0], nbr.shape[0], 3 * x.shape[2])
         h = self.lin(g)
-        if self.norm_weight is not None:
+        if self.norm_weight is not None and self.norm_bias is not None:
             h = torch.addcmul(self.norm_bias, F.layer_norm(h, (self.out_channels,)), self.norm_weight)
         if self.act:
             h = F.leaky_relu(h, 0.01)
@@ -260,7 +267,7 @@ class TreeConvNet(nn.Module):
         """Re-initialise every layer."""
         self.encoder.reset_parameters()
         for conv in self.convs:
-            conv.reset_parameters()
+            cast(TreeConv, conv).reset_parameters()  # a ModuleList's items are typed Module
         for layer in self.head:
             if isinstance(layer, StackedLinear):
                 layer.reset_parameters()
