@@ -12,6 +12,7 @@ from typing import Any
 from lqo.cli.options import add_model, add_out, add_repeat
 from lqo.cli.output import add_json_flag, emit, progress
 from lqo.errors import LqoError
+from lqo.model_dir import SPLITS
 
 
 def register(sub: Any) -> None:
@@ -24,10 +25,13 @@ def register(sub: Any) -> None:
         "regression, optionally GreedyLR vs cosine refits and scheduler plots, plus report.md and report.json.",
     )
     p.add_argument("workload", help="workload directory")
-    add_model(p, "model directory written by lqo train", required=True)
+    add_model(p, "model directory written by lqo train and/or lqo tune (a plan book)", required=True)
     add_out(p, "report directory (created; an earlier report there is replaced)", required=True, metavar="DIR")
-    p.add_argument("--split", choices=["all", "train", "test"], default="test",
-                   help="which templates of the model's split to compare (default test)")
+    p.add_argument("--split", choices=list(SPLITS),
+                   help="which queries to compare: all; the model's train or test templates; or 'instances', the "
+                   "held-out instances of the templates `lqo tune` tuned (never run while tuning) (default: instances "
+                   "for a directory that holds only a plan book, else test; with --compare-json, the split its "
+                   "queries make up)")
     add_repeat(p, 5, "interleaved runs per plan in the comparison (default 5)")
     p.add_argument("--compare-json", metavar="FILE",
                    help="reuse this `lqo compare --json` output instead of running the comparison")
@@ -62,20 +66,23 @@ def run(args: argparse.Namespace) -> int:
     report = build_report(args.workload, args.model, args.split, args.repeat, compare, schedules,
                           trees=not args.no_trees, lr_budget_s=args.lr_compare,
                           progress=lambda items: progress(items, total=len(items), desc="compare"))
-    report.command = _command(args)
+    report.command = _command(args, report.split)
     files = write_report(report, out)
     s = optimizer_summary(report.compare)
     text = (f"report written to {out}: {', '.join(files)}\n"
+            f"measured on the {report.split_text}\n"
             f"{s['queries']} queries: lqo/native total {_x(s['ratio'])}, worst {_x(s['worst_ratio'], 2)} "
             f"({s['worst_query']}), planning median {s['planning_ms_median']} ms")
-    emit(args, text, {"out": str(out), "files": files, "summary": s})
+    emit(args, text, {"out": str(out), "files": files, "split": report.split, "split_text": report.split_text,
+                      "summary": s})
     return 130 if report.compare.get("totals", {}).get("interrupted") else 0
 
 
-def _command(args: argparse.Namespace) -> str:
+def _command(args: argparse.Namespace, split: str) -> str:
     # Paths as the user typed them: the command reproduces the report from the same directory.
-    parts = ["lqo report", args.workload, "--model", args.model, "--out", args.out, "--split", args.split,
-             "--repeat", str(args.repeat)]
+    parts = ["lqo report", args.workload, "--model", args.model, "--out", args.out]
+    parts += ["--split", split] if split in SPLITS else []
+    parts += ["--repeat", str(args.repeat)]
     if args.compare_json:
         parts += ["--compare-json", args.compare_json]
     if args.scheduler_json:

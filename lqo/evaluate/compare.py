@@ -14,7 +14,7 @@ import csv
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from lqo.engine.failures import error_line
 from lqo.engine.harness import run_interleaved
@@ -151,7 +151,7 @@ def compare_query(con: Any, optimizer: Optimizer, q: Query, config: CompareConfi
         pq = optimizer.prepare(q.sql, con)
     except LqoError as err:  # e.g. a column the database lacks: this query fails, the others go on
         return QueryComparison(q.id, q.template, 0.0, 0.0, 0.0, 1.0, error=f"not planned: {err}")
-    variants = [(q.sql, False)]
+    variants: list[tuple[str, bool] | tuple[str, bool, Sequence[str]]] = [(q.sql, False)]
     uses_lqo = res.forced or bool(res.disabled)
     if uses_lqo:
         variants.append((res.sql, res.forced, res.disabled))

@@ -17,7 +17,7 @@ import re
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from lqo.engine.profile import profile_json
 from lqo.engine.settings import forced_settings
@@ -27,6 +27,9 @@ from lqo.trees.native import PNode, explain_json, read_native_trees
 from lqo.trees.physical import profile_nodes
 from lqo.trees.plan import Join, Leaf, Plan, Tree, tree_to_json
 from lqo.workloads.workload import Query, Workload
+
+if TYPE_CHECKING:
+    from lqo.book.book import PlanBook
 
 # ----- inputs --------------------------------------------------------------------------
 
@@ -61,19 +64,57 @@ def load_history(model: str | Path) -> list[dict]:
     return ModelDir(model).read_train_history()
 
 
+REUSED = "compare-json"  # the split of a reused comparison that matches none exactly
+SPLIT_TEXT = {
+    REUSED: "the queries of the reused `lqo compare --json` output",
+    "all": "every query of the workload",
+    "train": "the queries of the model's training templates",
+    "test": "the queries of the model's test templates (never run while training)",
+    "instances": "the held-out instances of the templates `lqo tune` tuned (never run while tuning)",
+}
+
+
+def default_split(model: str | Path) -> str:
+    """The split a report measures unless told: a plan book alone is judged on its held-out
+    instances (``instances``), a trained model on its test templates (``test``)."""
+    return "instances" if ModelDir(model).holds() == "book" else "test"
+
+
 def split_queries(workload: Workload, model: str | Path, split: str) -> list[Query]:
-    """The workload's queries in the model's ``train``/``test`` split (or ``all``)."""
-    return ModelDir(model).split_queries(workload, split)
+    """The workload's queries in a split of the model directory (``all``, the model's
+    ``train``/``test`` templates, or the plan book's held-out ``instances``), as
+    ``lqo compare --split`` takes them: :meth:`lqo.model_dir.ModelDir.split_queries`."""
+    held_out = sorted(_book(model).held_out_ids()) if split == "instances" else None
+    return ModelDir(model).split_queries(workload, split, held_out)
 
 
-def run_compare(workload: str | Path | Workload, model: str | Path, split: str = "test", repeats: int = 5,
+def _book(model: str | Path) -> PlanBook:
+    from lqo.book.book import PlanBook
+
+    return PlanBook.load(model)
+
+
+def describe_split(model: str | Path, split: str, ids: list[str]) -> str:
+    """What a report measured, in words: the split, and how many of its ``ids`` are
+    instances ``lqo tune`` ran on (their wins were picked on them: no held-out evidence)."""
+    text = f"{split} split: {SPLIT_TEXT.get(split, split)}, {len(ids)} queries"
+    if split != "instances" and ModelDir(model).has_book():
+        tuned = {i for e in _book(model).entries.values() for i in e.instances} & set(ids)
+        if tuned:
+            text += (f"; {len(tuned)} of them are instances `lqo tune` tuned on, whose plans were chosen on those very "
+                     "runs (--split instances measures only held-out ones)")
+    return text
+
+
+def run_compare(workload: str | Path | Workload, model: str | Path, split: str | None = None, repeats: int = 5,
                 progress: Callable | None = None) -> dict:
-    """Run ``lqo compare`` (``lqo.evaluate.compare``) and return its ``--json`` dict."""
+    """Run ``lqo compare`` (``lqo.evaluate.compare``) on a split (default
+    :func:`default_split`) and return its ``--json`` dict."""
     from lqo.evaluate.compare import CompareConfig, compare_workload
     from lqo.optimizer import Optimizer
 
     wl = workload if isinstance(workload, Workload) else Workload.load(workload)
-    queries = split_queries(wl, model, split)
+    queries = split_queries(wl, model, split or default_split(model))
     with wl.connect() as con:
         opt = Optimizer.load(model, con)
     return compare_workload(wl, opt, CompareConfig(repeats=repeats), queries, progress=progress).to_json()
@@ -221,6 +262,8 @@ def compare_lr_schedules(workload: str | Path | Workload, model: str | Path, tim
 
     wl = workload if isinstance(workload, Workload) else Workload.load(workload)
     root = Path(model)
+    if not ModelDir(root).has_model():
+        return {"skipped": "no trained model in this directory (a plan book alone: nothing to refit)"}
     cfg = ModelDir(root).read_config()
     recipe = cfg.get("recipe") or {}
     m = ModelConfig(**{k: v for k, v in (recipe.get("model") or {}).items() if k in vars(ModelConfig())})
@@ -239,6 +282,7 @@ def compare_lr_schedules(workload: str | Path | Workload, model: str | Path, tim
     qids = sorted({s.query_id for s in samples})
     if len(samples) < 4 or len(qids) < 2:
         return {"skipped": f"too little experience to refit ({len(samples)} samples of {len(qids)} queries)"}
+    assert opt.featurizer is not None  # the directory holds a trained model
     plans = [opt.featurizer.featurize(usable[s.query_id].graph, s.plan, s.forced) for s in samples]
     y = np.array([s.latency_ms for s in samples], dtype=np.float64)
     g = np.array([qids.index(s.query_id) for s in samples])
@@ -297,6 +341,7 @@ class Report:
     model: str
     split: str
     compare: dict
+    split_text: str = ""  # what was measured, in words (describe_split)
     history: list[dict] = field(default_factory=list)
     cases: list[dict] = field(default_factory=list)
     lr: dict | None = None
@@ -313,19 +358,50 @@ class Report:
         return d
 
 
-def build_report(workload: str | Path, model: str | Path, split: str = "test", repeats: int = 5,
+def build_report(workload: str | Path, model: str | Path, split: str | None = None, repeats: int = 5,
                  compare: dict | None = None, schedules: list[dict] | None = None, trees: bool = True,
                  lr_budget_s: float = 0.0, progress: Callable | None = None) -> Report:
     """Gather a report: run the comparison unless ``compare`` is given, read the training
-    history, profile the tree cases, and (``lr_budget_s`` > 0) refit with both schedules."""
+    history, profile the tree cases, and (``lr_budget_s`` > 0) refit with both schedules.
+
+    ``split`` (default :func:`default_split`): the queries compared. A ``compare`` given
+    must hold only queries of that split (``LqoError`` otherwise); with ``split`` None
+    it is reported as the split whose queries it holds exactly, else as its own."""
     wl = Workload.load(workload)
-    cmp = compare if compare is not None else run_compare(wl, model, split, repeats, progress)
+    if compare is None:
+        split = split or default_split(model)
+        cmp = run_compare(wl, model, split, repeats, progress)
+    else:
+        cmp = compare
+        split = _compare_split(wl, model, split, [q["id"] for q in cmp["queries"]])
     return Report(
         workload=str(wl.root), model=str(Path(model).absolute()), split=split, compare=cmp,
+        split_text=describe_split(model, split, [q["id"] for q in cmp["queries"]]),
         history=load_history(model), cases=tree_cases(wl, model, cmp) if trees else [],
         lr=compare_lr_schedules(wl, model, lr_budget_s) if lr_budget_s > 0 else None,
         schedules=list(schedules or []),
-        compare_command=f"lqo compare {workload} --model {model} --split {split} "
+        compare_command="" if split == REUSED else f"lqo compare {workload} --model {model} --split {split} "
                         f"--repeat {repeats} --json > compare.json",
     )
+
+
+def _compare_split(wl: Workload, model: str | Path, split: str | None, ids: list[str]) -> str:
+    """The split a reused comparison measured: ``split`` if every one of its queries is
+    in it (``LqoError`` if not), else the split it covers exactly, else ``REUSED``."""
+    def members(s: str) -> set[str] | None:
+        try:
+            return {q.id for q in split_queries(wl, model, s)}
+        except LqoError:  # the directory has no such split
+            return None
+
+    if split is not None:
+        outside = sorted(set(ids) - {q.id for q in split_queries(wl, model, split)})
+        if outside:
+            raise LqoError(f"the comparison holds {len(outside)} queries outside the {split} split "
+                           f"({', '.join(outside[:5])}{', ...' if len(outside) > 5 else ''})")
+        return split
+    for s in ("instances", "test", "train", "all"):
+        if members(s) == set(ids):
+            return s
+    return REUSED
 

@@ -75,7 +75,8 @@ def figures(report: Report) -> Iterator[tuple[str, Any]]:
     # A query lqo compare could not run has no latencies to draw.
     qs, reg = [q for q in report.compare["queries"] if not q.get("error")], 1.2
     if qs:
-        yield "speedup.png", plots.speedup_bars(qs, reg)
+        title = f"lqo vs DuckDB native: {Path(report.workload).name}, {report.split} split"
+        yield "speedup.png", plots.speedup_bars(qs, reg, title=title)
         yield "ratio_cdf.png", plots.ratio_cdf(qs, reg)
         yield "planning.png", plots.planning_overhead(qs)
     if report.history:
@@ -102,6 +103,7 @@ def render_markdown(report: Report, files: list[str]) -> str:
            f"Reproduce: `{report.command}`" if report.command else "",
            f"(comparison: `{report.compare_command}`)" if report.compare_command else "", "",
            "## Optimizer vs DuckDB native", "",
+           f"Measured on the {report.split_text or report.split + ' split'}.", "",
            f"- queries: {s['queries']} ({s['forced']} ran lqo's plan, the others DuckDB's)",
            f"- total time ratio lqo/native: **{_x(s['ratio'])}** (native {s['native_ms']:.1f} ms, lqo "
            f"{s['lqo_ms']:.1f} ms, planning included); geometric mean {_x(s['geomean_ratio'])}",
