@@ -27,7 +27,10 @@ Loading a book-only directory imports neither torch nor sqlglot.
 from __future__ import annotations
 
 import os
+import statistics
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,8 @@ import duckdb
 
 from lqo.book.book import PlanBook
 from lqo.book.serve import BookServer
+from lqo.book.template import LONG_TEXT, literal_free_text
+from lqo.engine.admission import AdmissionQueue
 from lqo.engine.settings import disabled_optimizers
 from lqo.errors import MissingFileError, SchemaMismatchError
 from lqo.model_dir import BOOK_FILE, ModelDir, book_file
@@ -44,43 +49,49 @@ from lqo.workloads.query_log import QueryLog
 
 def connect(database: str | os.PathLike = ":memory:", book: str | os.PathLike | None = None,
             read_only: bool | None = None, config: dict[str, Any] | None = None, *,
-            capture: str | os.PathLike | None = None, capture_limit_mb: float = 64.0) -> "Connection":
+            capture: str | os.PathLike | None = None, capture_limit_mb: float = 64.0,
+            admission: str | None = None, admission_slots: int = 1) -> "Connection":
     """``duckdb.connect(database, read_only, config)`` serving ``book``'s verified plans.
 
     A database file opens read-only unless ``read_only=False`` (an application that
     also writes; lqo itself never does); ``:memory:`` cannot be read-only. ``capture``:
     a query log (JSONL) that records every SELECT's text, parameters and latency, for
     ``lqo tune --log`` (:mod:`lqo.workloads.query_log`); it stops growing at
-    ``capture_limit_mb``.
+    ``capture_limit_mb``. ``admission`` (``"sjf"`` or ``"fifo"``; off by default): the
+    SELECTs that this connection and its cursors ``execute`` run ``admission_slots`` at a
+    time, the others waiting in that order (:mod:`lqo.engine.admission`).
     """
     if read_only is None:
         read_only = str(database) != ":memory:"
     con = duckdb.connect(str(database), read_only=read_only, config=config or {})
-    return wrap(con, book, capture=capture, capture_limit_mb=capture_limit_mb)
+    return wrap(con, book, capture=capture, capture_limit_mb=capture_limit_mb, admission=admission,
+                admission_slots=admission_slots)
 
 
 def wrap(con: duckdb.DuckDBPyConnection, book: str | os.PathLike | None, *,
-         capture: str | os.PathLike | None = None, capture_limit_mb: float = 64.0) -> "Connection":
+         capture: str | os.PathLike | None = None, capture_limit_mb: float = 64.0,
+         admission: str | None = None, admission_slots: int = 1) -> "Connection":
     """``con`` serving the model directory ``book`` (None: nothing): its plan book for
     known templates and, where it holds a trained model, the learned optimizer for the
-    other SELECTs (this imports torch). ``capture``: as for :func:`connect`."""
-    log = QueryLog(capture, capture_limit_mb) if capture is not None else None
-    if book is None:
-        return Connection(con, None, log=log)
-    root = Path(book)
-    if not root.exists():
-        raise MissingFileError(f"model directory not found: {root}")
-    file = book_file(root)
-    server = _load(file, con) if file.is_file() else None
-    planner = None
-    if root.is_dir() and ModelDir(root).model.is_file():
-        from lqo.optimizer import Optimizer
+    other SELECTs (this imports torch). ``capture``, ``admission``: as for :func:`connect`."""
+    server = planner = None
+    if book is not None:
+        root = Path(book)
+        if not root.exists():
+            raise MissingFileError(f"model directory not found: {root}")
+        file = book_file(root)
+        server = _load(file, con) if file.is_file() else None
+        if root.is_dir() and ModelDir(root).model.is_file():
+            from lqo.optimizer import Optimizer
 
-        planner = Optimizer.load(root, con)
-    if server is None and planner is None:
-        raise MissingFileError(f"{root} holds neither a plan book ({BOOK_FILE}) nor a model: "
-                               "tune one with `lqo tune`")
-    return Connection(con, server, planner, log=log)
+            planner = Optimizer.load(root, con)
+        if server is None and planner is None:
+            raise MissingFileError(f"{root} holds neither a plan book ({BOOK_FILE}) nor a model: "
+                                   "tune one with `lqo tune`")
+    queue = AdmissionQueue(admission_slots, admission) if admission is not None else None
+    log = QueryLog(capture, capture_limit_mb) if capture is not None else None
+    expected = LatencyMemory(server.book if server is not None else None)
+    return Connection(con, Serving(server, planner, log, queue, expected))
 
 
 def _load(file: Path, con: duckdb.DuckDBPyConnection) -> BookServer:
@@ -110,6 +121,61 @@ def _render_for(con: duckdb.DuckDBPyConnection):
     return render_full
 
 
+class LatencyMemory:
+    """What admission expects a statement to take: the latest latencies of its text
+    without literals (an exponential average), else the plan book's measured time of its
+    template, else the median of everything seen; thread-safe.
+
+    >>> m = LatencyMemory()
+    >>> m.observe("SELECT * FROM t WHERE x = 5", None, 10.0)
+    >>> m.expect("SELECT * FROM t WHERE x = 7", None), m.expect("SELECT 1", None)
+    (10.0, 10.0)
+    """
+
+    def __init__(self, book: Any = None, default_ms: float = 50.0) -> None:
+        self._ms: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self.default_ms = default_ms
+        if book is not None:  # a PlanBook: each template's native time under its choice
+            for e in book.entries.values():
+                if e.native_ms:
+                    self._ms[self._key(e.sample_sql)] = statistics.median(e.native_ms.values()) * e.adopted_ratio
+
+    @staticmethod
+    def _key(sql: str) -> str:
+        return literal_free_text(sql if len(sql) <= LONG_TEXT else sql[:LONG_TEXT])
+
+    def expect(self, sql: str, parameters: Any) -> float:
+        """Expected milliseconds of ``sql``."""
+        with self._lock:
+            ms = self._ms.get(self._key(sql))
+            if ms is None:
+                ms = statistics.median(self._ms.values()) if self._ms else self.default_ms
+        return ms
+
+    def observe(self, sql: str, parameters: Any, ms: float) -> None:
+        """Remember a measured latency of ``sql``."""
+        key = self._key(sql)
+        with self._lock:
+            old = self._ms.get(key)
+            self._ms[key] = ms if old is None else 0.7 * old + 0.3 * ms
+            if len(self._ms) > 10_000:
+                self._ms.pop(next(iter(self._ms)))
+
+
+@dataclass
+class Serving:
+    """What a connection and all its cursors share: the plan book's server, the learned
+    optimizer (a model directory with a model), the query log, the admission queue and
+    what it expects each statement to take."""
+
+    server: BookServer | None = None
+    planner: Any = None  # an Optimizer with a trained model, for SELECTs the book does not know
+    log: QueryLog | None = None
+    admission: AdmissionQueue | None = None
+    expected: LatencyMemory = field(default_factory=lambda: LatencyMemory())
+
+
 class Connection:
     """A DuckDB connection whose SELECTs of known templates run their verified plan.
 
@@ -119,12 +185,13 @@ class Connection:
     ``last`` is the decision behind the latest ``execute`` (None when it went to DuckDB
     unchanged)."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, server: BookServer | None, planner: Any = None,
-                 log: QueryLog | None = None) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, serving: Serving | None = None) -> None:
         self._con = con
-        self._server = server
-        self._planner = planner  # an Optimizer with a trained model, for SELECTs the book does not know
-        self.log = log  # the query log this connection captures into (None: no capture)
+        self.serving = serving if serving is not None else Serving()
+        self._server = self.serving.server
+        self._planner = self.serving.planner
+        self.log = self.serving.log  # the query log this connection captures into (None: no capture)
+        self._cancel = threading.Event()  # interrupt() while waiting for admission
         self.last: Optimized | None = None
         # DuckDB finds a query's Python variables (``FROM df``) in the calling frame,
         # which is lqo's here: let it look further up, to the application's.
@@ -164,15 +231,33 @@ class Connection:
         the statement unchanged. Returns this connection, its result ready to fetch."""
         decision = self._decide(query, parameters)
         self.last = decision
+        selects = QueryLog.wanted(query)
+        queue = self.serving.admission
+        if queue is not None and selects:
+            self._cancel.clear()
+            with queue.admit(self.serving.expected.expect(query, parameters), self._cancel):
+                ms = self._run(query, parameters, decision)
+            self.serving.expected.observe(query, parameters, ms)
+        else:
+            ms = self._run(query, parameters, decision)
+        if self.log is not None and selects:
+            self.log.record(query, parameters, ms)
+        return self
+
+    def _run(self, query: Any, parameters: Any, decision: Optimized | None) -> float:
+        """Run the decision (or the statement as written); its latency in ms."""
         start = time.perf_counter()
         if decision is not None:
             decision.start(self._con, parameters)
         else:
             with disabled_optimizers(self._con, ()):
                 self._con.execute(query, parameters)
-        if self.log is not None and QueryLog.wanted(query):
-            self.log.record(query, parameters, (time.perf_counter() - start) * 1000)
-        return self
+        return (time.perf_counter() - start) * 1000
+
+    def interrupt(self) -> None:
+        """DuckDB's ``interrupt``: stops the running statement, or one waiting for admission."""
+        self._cancel.set()
+        self._con.interrupt()
 
     def sql(self, query: str, params: Any = None) -> Any:
         """DuckDB's ``sql``. A known SELECT template gives a relation of its verified
@@ -200,7 +285,7 @@ class Connection:
 
     def cursor(self) -> "Connection":
         """A new cursor of the same database for another thread, serving the same book."""
-        return Connection(self._con.cursor(), self._server, self._planner, self.log)
+        return Connection(self._con.cursor(), self.serving)
 
     def close(self) -> None:
         """Close the underlying DuckDB connection (a cursor leaves the shared query log open;
