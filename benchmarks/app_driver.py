@@ -141,6 +141,8 @@ def _sets(root: Path) -> list[tuple[str, dict]]:
 def capture(args: argparse.Namespace) -> int:
     root = Path(args.out)
     for name, data in _sets(root):
+        if args.only and name != args.only:
+            continue
         log = root / name / "traffic.jsonl"
         log.unlink(missing_ok=True)
         with lqo.connect(data["database"], capture=log) as con:
@@ -306,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=prepare)
     c = sub.add_parser("capture")
     c.add_argument("--out", required=True)
+    c.add_argument("--only", help="capture this set only (a workload name)")
     c.set_defaults(fn=capture)
     r = sub.add_parser("run")
     r.add_argument("--out", required=True)
