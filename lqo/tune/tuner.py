@@ -99,7 +99,7 @@ class TuneProgress:
     run and ``to_screen`` still queued, a number that grows as combinations are proposed),
     then ``"done"`` once. ``book_ms`` / ``native_ms``: the tuning instances' time under the
     book's choices and natively, over the templates baselined so far (a template without
-    an adopted plan counts at native), as in ``tune_history.json``.
+    an adopted plan counts at native), as in the learning curve (``ModelDir.tune_history``).
 
     >>> p = TuneProgress("tune", 22, 22, 30, 70, 4, 2, 900.0, 1000.0, 50.0, 240.0)
     >>> round(p.ratio, 2), p.left_s
