@@ -15,6 +15,7 @@ unless the model predicts a clear, confident gain; the reason is recorded.
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import time
 import weakref
@@ -84,7 +85,7 @@ class Optimizer:
 
     # ----- persistence -----------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path, con: duckdb.DuckDBPyConnection | None = None,
+    def load(cls, path: str | os.PathLike[str], con: duckdb.DuckDBPyConnection | None = None,
              record: bool = False) -> "Optimizer":
         """Load a model directory; with ``con``, check it was trained for that schema.
         With ``record``, executions of plans served from its plan book append their
@@ -121,7 +122,7 @@ class Optimizer:
             opt.check_schema(con)
         return opt
 
-    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+    def save(self, path: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> None:
         """Write the model, its statistics and settings (plus ``extra``) as a model directory."""
         md = ModelDir(path)
         md.root.mkdir(parents=True, exist_ok=True)

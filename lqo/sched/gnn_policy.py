@@ -89,7 +89,11 @@ class SchedNet(nn.Module):
         """One embedding per graph, batched: shape ``[len(graphs), hidden]``."""
         if not self.use_graph:
             return torch.zeros(len(graphs), self.hidden)
-        ops, est, src, dst, batch = [], [], [], [], []
+        ops: list[int] = []
+        est: list[float] = []
+        src: list[int] = []
+        dst: list[int] = []
+        batch: list[int] = []
         off = 0
         for g, graph in enumerate(graphs):
             ops.extend(op if op < self.n_ops else 0 for op in graph.ops)  # newer ops -> OTHER
@@ -164,7 +168,7 @@ class LearnedPolicy(Policy):
         self.greedy = greedy
         self.meta = meta or {}
         self.thread_budget = self.meta.get("thread_budget") or None
-        self.trace: list[tuple[Tensor, Tensor]] | None = None
+        self.trace: list[tuple[Tensor, Tensor, float]] | None = None
         self.teacher: Policy | None = None
         self.student_mix = 0.0
         self._rng = torch.Generator().manual_seed(0)
@@ -196,9 +200,9 @@ class LearnedPolicy(Policy):
                 self._speedup[k] = f.parallelism(top) - 1.0 if f.lat_ms else 0.0
                 self._measured[k] = 1.0 if f.lat_ms else 0.0
 
-    def _inputs(self, waiting: Sequence[Job], load: Load) -> tuple[Tensor, Tensor, Tensor]:
+    def _inputs(self, embedded: Tensor, waiting: Sequence[Job], load: Load) -> tuple[Tensor, Tensor, Tensor]:
         keys = [id(j.f) for j in waiting]
-        emb = self._emb[torch.tensor([self._row[k] for k in keys])]
+        emb = embedded[torch.tensor([self._row[k] for k in keys])]
         qf = torch.tensor([[math.log1p(self._lat[k]) / 10.0, self._speedup[k],
                             math.log1p(max(0.0, load.now - j.arrival_s)), self._measured[k]]
                            for k, j in zip(keys, waiting)], dtype=torch.float32)
@@ -211,9 +215,10 @@ class LearnedPolicy(Policy):
         """The waiting query to start and its threads (or hold), by the network's scores."""
         if self._emb is None:
             raise LqoError("LearnedPolicy.begin() was not called")
-        train = self.trace is not None
+        trace = self.trace
+        train = trace is not None
         with torch.set_grad_enabled(train):
-            emb, qf, ld = self._inputs(waiting, load)
+            emb, qf, ld = self._inputs(self._emb, waiting, load)
             prio, thr = self.net.heads(emb, qf, ld)
             allowed = torch.tensor([(t <= max(1, load.free_threads)) if t > 0 else bool(load.running)
                                     for t in self.thread_options])
@@ -222,11 +227,15 @@ class LearnedPolicy(Policy):
             thr = thr.masked_fill(~allowed.unsqueeze(0), -1e9)
             if self.teacher is not None:
                 d = self.teacher.pick(waiting, load)
+                if d is None:
+                    raise LqoError(f"teacher policy {self.teacher.name} held with {len(waiting)} queries waiting: "
+                                   "nothing to imitate")
                 t_opt = min(range(len(self.thread_options)),
                             key=lambda k: (not allowed[k], abs(self.thread_options[k] - d.threads)))
                 ce = nn.functional.cross_entropy(prio.unsqueeze(0), torch.tensor([d.index])) + \
                     nn.functional.cross_entropy(thr[d.index].unsqueeze(0), torch.tensor([t_opt]))
-                self.trace.append((ce, torch.zeros(()), load.now))
+                if trace is not None:
+                    trace.append((ce, torch.zeros(()), load.now))
                 if self.student_mix > 0 and float(torch.rand((), generator=self._rng)) < self.student_mix:
                     i = int(prio.argmax())
                     return _assign(i, self.thread_options[int(thr[i].argmax())])
@@ -238,7 +247,8 @@ class LearnedPolicy(Policy):
             i = pd.sample()
             td = torch.distributions.Categorical(logits=thr[i])
             k = td.sample()
-            self.trace.append((pd.log_prob(i) + td.log_prob(k), pd.entropy() + td.entropy(), load.now))
+            if trace is not None:
+                trace.append((pd.log_prob(i) + td.log_prob(k), pd.entropy() + td.entropy(), load.now))
             return _assign(int(i), self.thread_options[int(k)])
 
     # ----- checkpoints -----------------------------------------------------------------

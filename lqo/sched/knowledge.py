@@ -94,7 +94,7 @@ class LatencyKnowledge:
         return None, None
 
     def without(self, qkey: str, tid: TemplateId,
-                samples: Mapping[TemplateId, Mapping[str, float]]) -> "LatencyKnowledge":
+                samples: Mapping[TemplateId, Mapping[str, tuple[float, float | None]]]) -> "LatencyKnowledge":
         """This knowledge as it was before ``qkey`` was measured: the query's own figure
         gone, its template's median over the other instances in ``samples``
         (``template_samples``) only. Training uses it so that a policy learns from
@@ -126,7 +126,8 @@ class LatencyKnowledge:
         rows = [_row(r) for r in rows]
         measured = {r[0]: r[2] for r in rows}
         speedups: dict[str | TemplateId, float] = {r[0]: r[4] for r in rows if r[4] is not None}
-        templates, ups = {}, {}
+        templates: dict[TemplateId, float] = {}
+        ups: dict[str | TemplateId, float] = {}
         for tid, group in template_samples(rows).items():
             templates[tid] = statistics.median(ms for ms, _ in group.values())
             known = [up for _, up in group.values() if up is not None]

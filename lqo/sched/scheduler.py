@@ -15,7 +15,7 @@ import os
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from lqo.errors import LqoError, MissingFileError
 from lqo.sched.jobs import Job, build_jobs
@@ -27,6 +27,9 @@ from lqo.sched.stream import Stream, make_stream, parse_arrivals, rate_for_utili
 from lqo.sched.thread_profile import ThreadProfile
 from lqo.sched.workers import Workers
 from lqo.workloads.workload import Workload
+
+if TYPE_CHECKING:
+    import duckdb
 
 PLANS = ("native", "optimized")
 
@@ -124,7 +127,7 @@ class Scheduler:
         """``stream.make_stream``, resolving ``util:U`` with this scheduler's profile."""
         arr = parse_arrivals(arrivals)
         rate = None
-        if arr.kind == "util":
+        if arr.kind == "util" and arr.util is not None:
             if self.profile is None:
                 raise LqoError(f"arrivals {arrivals!r} need a thread profile (--profile)")
             probe = make_stream(workloads, None, "batch", seed)
@@ -142,7 +145,9 @@ class Scheduler:
             return stream, 0.0
         from lqo.engine.db import connect_read_only
 
-        model, cons, done, t0 = self.model, {}, {}, time.perf_counter()
+        model, t0 = self.model, time.perf_counter()
+        cons: dict[str, duckdb.DuckDBPyConnection] = {}
+        done: dict[str, tuple[str, tuple[str, ...]]] = {}
         try:
             out = []
             for q in stream:

@@ -28,7 +28,7 @@ from typing import Iterator, Sequence
 from lqo.engine.settings import FORCE_DISABLED_OPTIMIZERS
 from lqo.errors import LqoError
 from lqo.store.keys import query_key as _query_key
-from lqo.workloads.workload import Workload
+from lqo.workloads.workload import Query, Workload
 
 _ARRIVALS_RE = re.compile(r"^(batch|poisson:(?P<rate>[0-9.eE+-]+)|util:(?P<util>[0-9.eE+-]+))$")
 
@@ -147,7 +147,7 @@ class Stream:
         return Stream(qs, self.arrivals, self.seed, dict(self.meta))
 
 
-def sample_queries(workloads: Sequence[Workload], n: int | None, rng: random.Random) -> list[tuple[Workload, object]]:
+def sample_queries(workloads: Sequence[Workload], n: int | None, rng: random.Random) -> list[tuple[Workload, Query]]:
     """``n`` queries from the pooled workloads: shuffled passes over the pool, so no query
     repeats before every query has been drawn once (None: each query once)."""
     pool = [(w, q) for w in workloads for q in w.queries]
@@ -156,7 +156,7 @@ def sample_queries(workloads: Sequence[Workload], n: int | None, rng: random.Ran
     n = len(pool) if n is None else n
     if n < 1:
         raise StreamError(f"--queries must be >= 1, not {n}")
-    out: list = []
+    out: list[tuple[Workload, Query]] = []
     while len(out) < n:
         order = pool[:]
         rng.shuffle(order)

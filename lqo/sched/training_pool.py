@@ -55,7 +55,7 @@ def episode_jobs(pool: Sequence[Job], n: int, arrivals: str, cores: int, rng: ra
     idx = [rng.randrange(len(pool)) for _ in range(n)]
     picks = [alt[i] if alt is not None and alt_share > 0 and rng.random() < alt_share else pool[i] for i in idx]
     rate = None
-    if arr.kind == "util":
+    if arr.kind == "util" and arr.util is not None:
         rate = rate_for_utilisation(arr.util, sum(j.f.latency_s(1) for j in pool) / len(pool), cores)
     times = arrival_times(n, arr, rng, rate)
     return [Job(dataclasses.replace(j.q, idx=i, arrival_s=t), j.f) for i, (j, t) in enumerate(zip(picks, times))]

@@ -45,7 +45,7 @@ import signal
 import threading
 import time
 from multiprocessing.connection import Connection, wait
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence, cast
 
 from lqo.errors import LqoError
 from lqo.sched.dispatcher import Dispatcher
@@ -89,7 +89,8 @@ class _WorkerProcess:
         import duckdb
 
         self.conn, self.shared, self.timeout_s = conn, shared, timeout_s
-        cfg = {"autoinstall_known_extensions": False, "autoload_known_extensions": False, "threads": threads}
+        cfg: dict[str, Any] = {"autoinstall_known_extensions": False, "autoload_known_extensions": False,
+                               "threads": threads}
         self.cons = {db: duckdb.connect(db, read_only=True, config=cfg) for db in databases}
         if warmup:
             for con in self.cons.values():
@@ -119,7 +120,7 @@ class _WorkerProcess:
         timer = None
         try:
             if self.shared and tuple(q_rules) != self.mode:
-                raise RuntimeError(f"query needs rules {list(q_rules)} but this shared worker runs {list(self.mode)}")
+                raise RuntimeError(f"query needs rules {list(q_rules)} but this shared worker runs {list(self.mode or ())}")
             if not self.shared and self.current[db] != t:
                 s0 = time.monotonic()
                 con.execute(f"SET threads = {int(t)}")
@@ -303,7 +304,7 @@ class Workers:
             timeout = max(0.0, pending[i].arrival_s - (time.monotonic() - t0)) if i < n else None
             conns = [c for c, k in busy.items() if k > 0]
             if conns:
-                ready = wait(conns, timeout)
+                ready = cast("list[Connection]", wait(conns, timeout))  # those of conns that are ready
             elif timeout is not None:
                 time.sleep(timeout)
                 ready = []
