@@ -144,7 +144,7 @@ def main() -> None:
     ap.add_argument("--model", help="a model directory: time the whole optimizer path")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--gc-freeze", action="store_true",
-                    help="gc.freeze() after loading, as lqo compare does (see README)")
+                    help="gc.freeze() after loading, as lqo compare does (see docs/learned-optimizer.md)")
     ap.add_argument("--min-relations", type=int, default=0,
                     help="without --model: only queries with at least this many relations to order")
     ap.add_argument("--json", action="store_true")

@@ -20,7 +20,7 @@ Prints the table of the issue (mean completion per policy, learned / FIFO, learn
 heuristic, learned / oracle, p95 vs FIFO) and writes every run as JSON.
 
 Prerequisites: a thread profile of the workloads (``lqo profile-threads W --store P``)
-and a scheduler trained with a holdout on them. Example (the figures in the README)::
+and a scheduler trained with a holdout on them. Example (the figures in docs/scheduler.md)::
 
     python benchmarks/scheduler_benchmark.py data/tpch-sf1-x6 data/tpcds-sf1-x6 --profile P \\
         --scheduler-model runs/sched-instances --queries 50 \\

@@ -1,7 +1,10 @@
-"""The README's "From Python:" block runs as written, on a tiny workload and model.
+"""The README's Python blocks run as written, on a tiny workload, book and model.
 
-The block's paths (``data/tpch-sf1/...``, ``runs/tpch``) are replaced by a TPC-H sf 0.01
-workload and a model trained for one short iteration; everything else runs verbatim.
+The "From Python:" block's paths (``data/tpch-sf1/...``, ``runs/tpch``) are replaced by a
+TPC-H sf 0.01 workload and a model trained for one short iteration; everything else runs
+verbatim. The first screen's ``lqo.connect`` example runs with its database, book and
+query replaced by that workload's, a plan book tuned on it and q05 with a bind parameter,
+and must give what the DuckDB line it replaces gives.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import duckdb
 import pytest
 
 import lqo
@@ -19,6 +23,8 @@ from lqo.train.trainer import Trainer
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 DB, QUERY, MODEL = "data/tpch-sf1/tpch.duckdb", "data/tpch-sf1/q05.sql", "runs/tpch"
+# the first screen's example: its database, book, query and value
+SHOP, BOOK, SHOP_SQL, SHOP_PARAMS = '"shop.duckdb"', '"runs/shop"', '"SELECT ... WHERE region = ?"', '["EU"]'
 
 
 def python_block() -> str:
@@ -26,6 +32,14 @@ def python_block() -> str:
     m = re.search(r"^From Python.*?^```python\n(.*?)^```", README.read_text(), re.S | re.M)
     assert m, "README.md has no ```python block after 'From Python'"
     return m.group(1)
+
+
+def connect_block() -> tuple[int, str]:
+    """The first ```python block that calls lqo.connect, and the line it starts on."""
+    text = README.read_text()
+    m = re.search(r"^```python\n(?=(?:(?!^```).)*lqo\.connect\()(.*?)^```", text, re.S | re.M)
+    assert m, "README.md has no ```python block with lqo.connect"
+    return text[:m.start()].count("\n") + 1, m.group(1)
 
 
 @pytest.fixture(scope="module")
@@ -90,5 +104,51 @@ def test_block_runs(workload, model, capsys):
         again = ns["again"]
         assert isinstance(ns["opt"], lqo.Optimizer)
         assert (again.sql, again.fallback, again.forced) == (res.sql, res.fallback, res.forced)
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="module")
+def book(workload, tmp_path_factory):
+    out = tmp_path_factory.mktemp("readme_book") / "shop"
+    assert main(["tune", str(workload), "--budget", "0.2", "--out", str(out), "--json"]) == 0
+    return out
+
+
+def test_connect_example_is_on_the_first_screen():
+    line, code = connect_block()
+    assert line <= 45, f"the lqo.connect example starts on line {line} of README.md"
+    lines = [ln for ln in code.splitlines() if ln.strip()]
+    assert lines[0] == "import lqo" and len(lines) == 3, lines
+
+
+def test_connect_example_runs(workload, book):
+    _, code = connect_block()
+    for placeholder in (SHOP, BOOK, SHOP_SQL, SHOP_PARAMS):
+        assert placeholder in code, placeholder
+    was = re.search(r"# was: (duckdb\.connect\(.*\))\s*$", code, re.M)
+    assert was, "the example names the DuckDB line it replaces"
+    q05 = (workload / "q05.sql").read_text()
+    assert q05.count("'ASIA'") == 1
+    db = repr(str(workload / "tpch.duckdb"))
+    code = (code.replace(SHOP, db).replace(BOOK, repr(str(book)))
+            .replace(SHOP_SQL, repr(q05.replace("'ASIA'", "?"))).replace(SHOP_PARAMS, '["ASIA"]'))
+    lines = code.rstrip().splitlines()
+    assert lines[-1].startswith("con.execute(")
+    lines[-1] = "result = " + lines[-1]
+    ns: dict = {}
+    exec(compile("\n".join(lines), str(README), "exec"), ns)
+    con = ns["con"]
+    try:
+        assert isinstance(con, lqo.Connection)
+        assert con.last is None or con.last.source == "book"
+        plain = eval(was.group(1).replace(SHOP, db), {"duckdb": duckdb})
+        try:
+            native = plain.execute(q05).fetchall()
+        finally:
+            plain.close()
+        assert len(native) > 0 and fingerprint_rows(ns["result"]) == fingerprint_rows(native)
+        # the book knows q05's template: the parameterized text was served by it
+        assert lqo.Optimizer.load(book, con.duckdb).optimize(q05, con.duckdb).source == "book"
     finally:
         con.close()
