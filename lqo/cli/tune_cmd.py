@@ -167,8 +167,11 @@ def _log_workload(args: argparse.Namespace) -> Any:
         raise LqoError("--log needs --db DB: the database the logged queries ran on")
     out = ModelDir(args.out)
     if out.has_book():
+        from lqo.book.book import PlanBook
+
+        tuned_on = PlanBook.load(out.book).meta.get("workload") or out.workload
         raise LqoError(f"{args.out} already holds a plan book; tune it again on its workload "
-                       f"(lqo tune {out.workload} --out {args.out}) or import the new log into another directory")
+                       f"(lqo tune {tuned_on} --out {args.out}) or import the new log into another directory")
     res = import_log(args.log, args.db, out.workload, force=out.workload.exists())
     if not args.json:
         skipped = sum(res.skipped.values())
