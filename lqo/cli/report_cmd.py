@@ -19,10 +19,12 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "report",
         help="write plots and a results page comparing lqo with DuckDB's native optimizer",
-        description="Compare lqo's plans with native on the model's split (or reuse a `lqo compare --json` "
-        "output), then write into DIR: per-query speedup, ratio CDF, planning overhead, the training "
-        "curve, native vs lqo join trees with estimated/actual rows for the 3 biggest wins and the worst "
-        "regression, optionally GreedyLR vs cosine refits and scheduler plots, plus report.md and report.json.",
+        description="Compare lqo's plans with native on a split of the model directory (a plan book alone: its "
+        "held-out instances; a trained model: its test templates; or reuse a `lqo compare --json` output), then "
+        "write into DIR: speedup (the largest wins and losses by name, and the distribution of every query), ratio "
+        "CDF, planning overhead, the training curve, native vs lqo join trees with estimated/actual rows for the 3 "
+        "biggest wins and the worst regression, optionally GreedyLR vs cosine refits and scheduler plots, plus "
+        "report.md and report.json; each says which split it measured.",
     )
     p.add_argument("workload", help="workload directory")
     add_model(p, "model directory written by lqo train and/or lqo tune (a plan book)", required=True)
