@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -230,7 +230,7 @@ class ModelDir:
         (empty where this directory holds no trained model)."""
         return set(self.read_config().get(f"{split}_templates", []))
 
-    def split_queries(self, queries: Iterable[Q], split: str, held_out: Sequence[str] | None = None) -> list[Q]:
+    def split_queries(self, queries: Iterable[Q], split: str, held_out: Collection[str] | None = None) -> list[Q]:
         """The queries of a split: ``all``; the model's ``train`` or ``test`` templates; or
         ``instances``, the ``held_out`` instance ids (a plan book's, never run while
         tuning). ``LqoError`` when the split leaves nothing."""

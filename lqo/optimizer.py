@@ -83,6 +83,12 @@ class Optimizer:
         self._decisions: OrderedDict[str, Optimized] = OrderedDict()
         self._cache_size = cache_size
 
+    def _learned(self) -> tuple[PlanModel, Featurizer]:
+        """The model and its featurizer; ``LqoError`` for an optimizer that has a plan book only."""
+        if self.model is None or self.featurizer is None:
+            raise LqoError("this optimizer has a plan book only, no trained model")
+        return self.model, self.featurizer
+
     # ----- persistence -----------------------------------------------------------------
     @classmethod
     def load(cls, path: str | os.PathLike[str], con: duckdb.DuckDBPyConnection | None = None,
@@ -125,9 +131,10 @@ class Optimizer:
     def save(self, path: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> None:
         """Write the model, its statistics and settings (plus ``extra``) as a model directory."""
         md = ModelDir(path)
+        model, featurizer = self._learned()
         md.root.mkdir(parents=True, exist_ok=True)
-        self.model.save(md.model, vocabulary=self.featurizer.vocabulary, schema=self.schema)
-        self.featurizer.stats.save(md.stats)
+        model.save(md.model, vocabulary=featurizer.vocabulary, schema=self.schema)
+        featurizer.stats.save(md.stats)
         config = {"schema": self.schema, "search": vars(self.search), "decision": vars(self.decision),
                   "triage": self.triage.to_json() if self.triage is not None else None,
                   "feature_ranges": self.ranges.to_json() if self.ranges is not None else None, **(extra or {})}
@@ -168,7 +175,7 @@ class Optimizer:
 
     def seeds(self, pq: PreparedQuery) -> list[Plan]:
         """Starting points besides native: the star-shaped plan from lqo's estimates."""
-        return [star_plan(pq, self.featurizer.estimator(pq.graph))]
+        return [star_plan(pq, self._learned()[1].estimator(pq.graph))]
 
     def scorer(self, pq: PreparedQuery, spread: dict[Plan, float] | None = None) -> Any:
         """Predicted latency (ms) of plans of ``pq``, batched: the search's scorer.
@@ -177,10 +184,10 @@ class Optimizer:
         so the decision needs no second pass over the model.
         """
         native = pq.native_plan  # the one candidate not forced: keeping it runs the text
+        model, featurizer = self._learned()
 
         def score(plans: Any):
-            ms, std = self.model.predict_with_uncertainty(
-                [self.featurizer.featurize(pq.graph, p, p != native) for p in plans])
+            ms, std = model.predict_with_uncertainty([featurizer.featurize(pq.graph, p, p != native) for p in plans])
             if spread is not None:
                 spread.update(zip(plans, std.tolist()))
             return ms
@@ -284,7 +291,7 @@ class Optimizer:
                         native_ms=result.native_score, best_ms=result.best_score,
                         native_std=spread[native], best_std=spread[result.best])
         if fallback is None and self.ranges is not None:
-            outside = self.ranges.outside(self.featurizer.featurize(pq.graph, result.best, True))
+            outside = self.ranges.outside(self._learned()[1].featurize(pq.graph, result.best, True))
             if outside:
                 fallback = f"unlike what the model was trained on: {outside}"
         return result, fallback
@@ -294,7 +301,8 @@ class Optimizer:
         pq = self.prepare(sql, con)
         if not pq.forceable:
             raise LqoError(f"cannot featurize this query: {pq.reason}")
-        return float(self.model.predict([self.featurizer.featurize(pq.graph, pq.native_plan, False)])[0])
+        model, featurizer = self._learned()
+        return float(model.predict([featurizer.featurize(pq.graph, pq.native_plan, False)])[0])
 
 
 def optimize(sql: str, con: duckdb.DuckDBPyConnection, model: str | Path | Optimizer) -> Optimized:

@@ -17,6 +17,10 @@ from lqo.trees.native import PNode, read_native_trees
 from lqo.trees.plan import joins
 from lqo.trees.query import PreparedQuery, prepare
 
+# A query that binds and plans and then fails while running (mypy reads no starred
+# tuple in an except clause, so the classes are one named tuple).
+_RUN_ERRORS: tuple[type[Exception], ...] = (duckdb.Error, *RESULT_CONVERSION_ERRORS)
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -47,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
                         con.interrupt()  # DuckDB may still be running the query
                         raise KeyboardInterrupt from err
                     raise
-                except (duckdb.Error, *RESULT_CONVERSION_ERRORS) as err:
+                except _RUN_ERRORS as err:
                     if is_user_interrupt(err):
                         raise KeyboardInterrupt from err
                     # Bound and planned, failed while running (conversion, overflow,
@@ -65,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 def explain_payload(pq: PreparedQuery, actuals: Any) -> dict:
     blocks = []
     for b in pq.graph.blocks:
-        entry = {
+        entry: dict[str, Any] = {
             "block": b.index,
             "unsafe": b.unsafe,
             "relations": [{"alias": r.alias, "kind": r.kind, "name": r.name} for r in b.relations],

@@ -60,28 +60,33 @@ def run(args: argparse.Namespace) -> int:
         workload = workload.subset(args.queries.split(","))
     store = args.store or str(default_profile_path(workload))
     bar = Counter(len(workload), "profile-threads")
-    rows, interrupted = [], False
+    rows: list[dict[str, Any]] = []
+    interrupted = False
+
+    def on_query(qid: str, med: dict[int, float | None]) -> None:
+        rows.append({"id": qid, "ms": med})
+        bar.update(1)
+
     try:
-        profile_workload(workload, store, threads, args.repeat, args.warmup, args.timeout,
-                         on_query=lambda qid, med: (rows.append({"id": qid, "ms": med}), bar.update(1)))
+        profile_workload(workload, store, threads, args.repeat, args.warmup, args.timeout, on_query=on_query)
     except (KeyboardInterrupt, RuntimeError) as err:
         if not is_user_interrupt(err):
             raise
         interrupted = True
     finally:
         bar.close()
-    payload = {"store": store, "threads": list(threads), "queries": rows, "interrupted": interrupted}
+    payload: dict[str, Any] = {"store": store, "threads": list(threads), "queries": rows, "interrupted": interrupted}
     if args.calibrate and not interrupted:
         from lqo.sched.scheduler import Scheduler
 
         cores = os.cpu_count() or 1
         sched = Scheduler("fifo", args.workers or cores, cores, ThreadProfile.load(store), timeout_s=args.timeout)
         streams = [sched.make_stream(workload, args.calibrate, "batch", args.seed)]
-        config, err, _ = sched.calibrate(streams)
-        save_calibration(store, config, {"per_query_error": err, "queries": args.calibrate,
+        config, per_query_error, _ = sched.calibrate(streams)
+        save_calibration(store, config, {"per_query_error": per_query_error, "queries": args.calibrate,
                                          "workers": sched.workers, "cores": cores, "seed": args.seed})
         payload["calibration"] = {"interference": config.interference, "scale": config.scale,
-                                  "oversubscription": config.oversubscription, "per_query_error": err}
+                                  "oversubscription": config.oversubscription, "per_query_error": per_query_error}
     lines = [f"{'query':<12} " + " ".join(f"{f'{t} thr ms':>10}" for t in threads) + f" {'speed-up':>9}"]
     for r in rows:
         ms = r["ms"]

@@ -52,7 +52,7 @@ def collect_samples(sources: list, prepared: dict[str, PreparedQuery]) -> list[S
     their own connection) or paths of other stores (opened read-only, skipped if busy).
     """
     by_sql = {pq.sql: (qid, pq) for qid, pq in prepared.items()}
-    merged: dict[tuple[str, Plan], list[tuple[float, int, bool]]] = {}
+    merged: dict[tuple[str, Plan, bool], list[tuple[float, int, bool]]] = {}  # (query, plan, forced)
     for source in sources:
         rows = source.con.execute(_SAMPLES_SQL).fetchall() if hasattr(source, "con") else _read(source)
         for sql, kind, plan_json, ms, n, all_to in rows:
