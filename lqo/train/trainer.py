@@ -7,6 +7,7 @@
    beam search plus exploration; execute the choices (timeout = factor x best known);
    append to experience; report the workload time lqo's decisions would take vs native.
 A checkpoint is written after every iteration; rerunning the same command resumes.
+Plans are run and recorded through :class:`lqo.train.runner.TrainingRunner`.
 
 >>> Trainer(Recipe.load("training/tpch.toml")).run()  # doctest: +SKIP
 """
@@ -18,13 +19,10 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
-from lqo.engine.failures import error_line
-from lqo.engine.harness import Harness
-from lqo.engine.run_result import median_latency
 from lqo.errors import LqoError, WorkloadError
 from lqo.estimates.stats import DatabaseStats
 from lqo.learn.feature_ranges import FeatureRanges
@@ -37,9 +35,9 @@ from lqo.search import neighbours, star_plan
 from lqo.sql.catalog import Catalog
 from lqo.store.experience import ExperienceStore
 from lqo.train.recipe import Recipe
+from lqo.train.runner import TrainingRunner
 from lqo.train.samples import Sample, collect_samples
 from lqo.train.transfer import TransferredSamples, load_transferred
-from lqo.trees.plan import Plan
 from lqo.trees.query import PreparedQuery, prepare_named
 from lqo.triage import Triage, TriageConfig
 from lqo.workloads.workload import Query, Workload
@@ -145,7 +143,7 @@ class Trainer:
         result = TrainResult(self.out, int(state.get("iteration", 0)))
         try:
             with ExperienceStore.open(store_paths[0]) as store:
-                runner = _Runner(con, store, workload, r, log=self.log)
+                runner = TrainingRunner(con, store, workload, r, log=self.log)
                 self._bootstrap(runner, [store, store_paths[1]], queries, usable, featurizer, rng)
                 start_it = int(state.get("iteration", 0))
                 for it in range(start_it + 1, r.iterations + 1):
@@ -175,7 +173,7 @@ class Trainer:
             raise LqoError("training stopped before the first model was fitted (raise time_budget_min)")
         return result
 
-    def _bootstrap(self, runner: "_Runner", sources: list, queries: list[Query], usable: dict[str, PreparedQuery],
+    def _bootstrap(self, runner: TrainingRunner, sources: list, queries: list[Query], usable: dict[str, PreparedQuery],
                    featurizer: Featurizer, rng: random.Random) -> None:
         """Measure native, the star-shaped and random plans of every training query (within
         the time budget) before the first fit."""
@@ -228,7 +226,7 @@ class Trainer:
         return Optimizer(model, featurizer, catalog.fingerprint, search, dataclasses.replace(self.recipe.decision),
                          ranges=ranges)
 
-    def _iterate(self, it: int, opt: Optimizer, usable: dict[str, PreparedQuery], runner: "_Runner",
+    def _iterate(self, it: int, opt: Optimizer, usable: dict[str, PreparedQuery], runner: TrainingRunner,
                  rng: random.Random, queries: list[Query]) -> dict:
         total_lqo = total_native = 0.0
         runs = timeouts = errors = chosen_forced = 0
@@ -245,7 +243,7 @@ class Trainer:
                 continue
             result, fallback = opt.decide(pq)
             to_run = [result.best]
-            ranked = sorted(result.scored, key=result.scored.get)
+            ranked = sorted(result.scored, key=result.scored.__getitem__)
             to_run += [p for p in ranked if not runner.tried(q, p)][: self.recipe.exploration.extra_candidates]
             if rng.random() < self.recipe.exploration.epsilon:
                 to_run.append(rng.choice(neighbours(result.best, pq.free_blocks) or [result.best]))
@@ -265,13 +263,14 @@ class Trainer:
             else:
                 total_lqo += native_ms
             total_native += native_ms
-        hist = opt.model.history_[-1] if getattr(opt.model, "history_", None) else {}
+        history = getattr(opt.model, "history_", [])  # the fitted model's epochs
+        hist = history[-1] if history else {}
         return {"iteration": it, "workload_ms": round(total_lqo, 1), "native_ms": round(total_native, 1),
                 "ratio": round(total_lqo / total_native, 4) if total_native else None,
                 "forced": chosen_forced, "runs": runs, "timeouts": timeouts, "errors": errors,
                 "failed_queries": sorted(runner.failed),
                 "train_loss": hist.get("train_loss"), "val_loss": hist.get("val_loss"), "lr": hist.get("lr"),
-                "model_history": getattr(opt.model, "history_", [])}
+                "model_history": history}
 
 
 def fit_triage(optimizer: Optimizer, con: Any, measured: list[tuple[str, float]], stats: Any,
@@ -311,91 +310,3 @@ def _format_line(line: dict) -> str:
             f"{line['runs']} plans run ({line['timeouts']} timeouts"
             + (f", {line['errors']} failed" if line.get("errors") else "") + f"), {line['samples']} samples, "
             f"val loss {loss}, {line['elapsed_min']} min" + (" [kept]" if line.get("selected") else ""))
-
-
-class _Runner:
-    """Executes and records plans of training queries; knows their best latencies."""
-
-    def __init__(self, con: Any, store: ExperienceStore, workload: Workload, recipe: Recipe,
-                 log: Callable[[str], None] = lambda line: None) -> None:
-        self.con, self.store, self.workload, self.recipe = con, store, workload, recipe
-        self.log = log
-        self.harness = Harness(con)
-        # Queries whose native run failed (conversion error, out of memory, ...): their
-        # runs are recorded with the error, and they are left out of training.
-        self.failed: dict[str, str] = {}
-        self.outcome = ""  # of the last run_plan: "ok", "timeout", "error", "wrong"
-        self._native: dict[str, tuple[float, str | None]] = {}
-        self._best: dict[str, float] = {}
-        self._tried: set[tuple[str, Plan]] = set()
-
-    def _qk(self, q: Query) -> str:
-        return self.store.add_query(q.sql, str(self.workload.database), self.workload.name, q.id, q.template)
-
-    def native_ms(self, q: Query) -> float:
-        if q.id not in self._native:
-            qk = self._qk(q)
-            pk = self.store.add_plan(qk, "native", None, None)
-            self.harness.run(q.sql, profile=False)  # warm-up
-            runs = [self.harness.run(q.sql, profile=(i == 0)) for i in range(3)]
-            self.store.record_runs([(pk, r) for r in runs])
-            bad = next((r for r in runs if r.error is not None), None)
-            if bad is not None:
-                self.failed[q.id] = error_line(bad.error)
-                self.log(f"query {q.id}: native run failed, left out of training: {self.failed[q.id]}")
-            ms = median_latency(runs) or 0.0
-            self._native[q.id] = (ms, runs[0].fingerprint)
-            self._best[q.id] = min(self._best.get(q.id, ms), ms)
-        return self._native[q.id][0]
-
-    def timeout_ms(self, q: Query) -> float:
-        t = self.recipe.timeouts
-        return max(t.min_s * 1000, t.factor * self._best.get(q.id, self.native_ms(q)))
-
-    def tried(self, q: Query, plan: Plan) -> bool:
-        return (q.id, plan) in self._tried
-
-    def run_plan(self, q: Query, pq: PreparedQuery, plan: Plan, kind: str) -> float | None:
-        """Run a forced plan once; its latency, or None on timeout/wrong result/error."""
-        self.native_ms(q)
-        reference = self._native[q.id][1]
-        sql = pq.render(plan)
-        qk = self._qk(q)
-        pk = self.store.add_plan(qk, kind, plan.to_json(), sql)
-        self._tried.add((q.id, plan))
-        if self.store.is_wrong(pk):
-            self.outcome = "wrong"
-            return None
-        r = self.harness.run(sql, forced=True, timeout_s=self.timeout_ms(q) / 1000, profile=True)
-        self.store.record_run(pk, r)
-        if not r.ok:
-            self.outcome = "timeout" if r.timed_out else "error"
-            return None
-        if r.fingerprint != reference:
-            self.store.mark_wrong(pk)
-            self.outcome = "wrong"
-            return None
-        self.outcome = "ok"
-        self._best[q.id] = min(self._best[q.id], r.latency_ms)
-        return r.latency_ms
-
-    def bootstrap(self, q: Query, usable: PreparedQuery | None, rng: random.Random,
-                  known: list[Sample], seeds: Sequence[Plan] = ()) -> None:
-        """Native and its forced tree, ``seeds`` not yet run, then random plans up to
-        ``bootstrap_plans`` (plans already known count)."""
-        self.native_ms(q)
-        if usable is None or q.id in self.failed:
-            return
-        for s in known:
-            self._tried.add((q.id, s.plan))
-            if not s.timed_out:
-                self._best[q.id] = min(self._best[q.id], s.latency_ms)
-        seeds = [p for p in seeds if p != usable.native_plan and not self.tried(q, p)]
-        missing = self.recipe.exploration.bootstrap_plans - len(known) - len(seeds)
-        if missing <= 0 and not seeds:
-            return
-        plans = [usable.native_plan, *seeds] + usable.random_plans(max(0, missing), rng)
-        for plan in plans:
-            if not self.tried(q, plan):
-                kind = "forced_native" if plan == usable.native_plan else "star" if plan in seeds else "random"
-                self.run_plan(q, usable, plan, kind)
