@@ -30,6 +30,7 @@ import os
 import statistics
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -199,14 +200,20 @@ class Connection:
 
     # ----- deciding --------------------------------------------------------------------
     def _decide(self, query: Any, parameters: Any) -> Optimized | None:
-        if not isinstance(query, str) or self._server is None and (self._planner is None or parameters):
+        if not isinstance(query, str) or self._server is None and self._planner is None:
             return None
-        if parameters:
-            served = self._server.serve_bound(query, parameters) if self._server is not None else None
-        else:
-            served = self._server.serve(query) if self._server is not None else None
-            if served is None and self._planner is not None:
-                served = self._planned(query)
+        bound = isinstance(parameters, (list, tuple, Mapping)) and len(parameters) > 0
+        if parameters is not None and not bound and not isinstance(parameters, (list, tuple, Mapping)):
+            return None  # parameters lqo does not read (a numpy array, ...): DuckDB binds them as written
+        try:
+            if bound:
+                served = self._server.serve_bound(query, parameters) if self._server is not None else None
+            else:
+                served = self._server.serve(query) if self._server is not None else None
+                if served is None and self._planner is not None:
+                    served = self._planned(query)
+        except (TypeError, ValueError, UnicodeError):
+            return None  # a text or value lqo cannot read (a lone surrogate): DuckDB's to judge
         if served is None:
             return None
         return served if served.forced or served.disabled else None
@@ -273,13 +280,13 @@ class Connection:
         if decision is None:
             return self._con.sql(query, params=params)
         try:
-            with disabled_optimizers(self._con, decision.rules):
+            with disabled_optimizers(self._con, decision.rules, decision.settings):
                 rel = self._con.sql(decision.sql, params=params)
         except (duckdb.BinderException, duckdb.CatalogException):
             if decision.sql == decision.original_sql:
                 raise
             return self._con.sql(query, params=params)  # the verified plan no longer binds
-        return _Guarded(rel, self._con, decision.rules)
+        return _Guarded(rel, self._con, decision.rules, decision.settings)
 
     query = sql
 
@@ -315,10 +322,11 @@ class Connection:
 
 class _Guarded:
     """A DuckDB relation of a verified plan whose every call runs under the plan's rules
-    (a relation is planned when it is fetched)."""
+    and settings (a relation is planned when it is fetched)."""
 
-    def __init__(self, rel: duckdb.DuckDBPyRelation, con: duckdb.DuckDBPyConnection, rules: tuple[str, ...]) -> None:
-        self._rel, self._con, self._rules = rel, con, rules
+    def __init__(self, rel: duckdb.DuckDBPyRelation, con: duckdb.DuckDBPyConnection, rules: tuple[str, ...],
+                 settings: tuple[tuple[str, str], ...] = ()) -> None:
+        self._rel, self._con, self._rules, self._settings = rel, con, rules, settings
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._rel, name)
@@ -326,13 +334,14 @@ class _Guarded:
             return value
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            with disabled_optimizers(self._con, self._rules):
+            with disabled_optimizers(self._con, self._rules, self._settings):
                 out = value(*args, **kwargs)
-            return _Guarded(out, self._con, self._rules) if isinstance(out, duckdb.DuckDBPyRelation) else out
+            return (_Guarded(out, self._con, self._rules, self._settings)
+                    if isinstance(out, duckdb.DuckDBPyRelation) else out)
         return call
 
     def __repr__(self) -> str:
-        with disabled_optimizers(self._con, self._rules):
+        with disabled_optimizers(self._con, self._rules, self._settings):
             return repr(self._rel)
 
     def __len__(self) -> int:

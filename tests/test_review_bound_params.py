@@ -1,6 +1,6 @@
 """Reproducers from an adversarial review of bind parameters served from a plan book, the
-long-list fast path of ``template_key`` and the query log. Each is a known failure
-(``xfail(strict=True)``): when one starts passing, its fix landed; drop the mark."""
+long-list fast path of ``template_key`` and the query log: each was a failure, each is
+fixed, and they stay as regression tests."""
 
 from __future__ import annotations
 
@@ -63,8 +63,6 @@ def _outcome(con, sql, params=None):
 
 # ----- bind parameters ---------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="`DATE ?` is a DuckDB syntax error, but bind_literals writes DATE '..', "
-                   "a typed literal the rendering serves as CAST($1 AS DATE): lqo returns rows")
 def test_a_type_name_before_a_parameter_is_not_a_typed_literal(served):
     app, native = served
     sql = DATE_T.format("?")
@@ -72,8 +70,6 @@ def test_a_type_name_before_a_parameter_is_not_a_typed_literal(served):
     assert _outcome(app, sql, ["1995-01-01"]) == ("error", "ParserException")
 
 
-@pytest.mark.xfail(strict=True, reason="the rendering quotes INTERVAL's slot (' $1'); _bound_rendering checks only "
-                   "the set of names, and $1 is also elsewhere: ConversionException where DuckDB's is a ParserException")
 def test_a_parameter_rendered_inside_quotes_is_never_served(served):
     app, native = served
     sql = INTERVAL_T.format("$1")
@@ -81,8 +77,6 @@ def test_a_parameter_rendered_inside_quotes_is_never_served(served):
     assert _outcome(app, sql, [30]) == ("error", "ParserException")
 
 
-@pytest.mark.xfail(strict=True, reason="Connection._decide tests `if parameters:`: a numpy array's truth value "
-                   "raises ValueError; DuckDB binds an array of values")
 def test_numpy_array_parameters_run_as_duckdb_runs_them(served):
     np = pytest.importorskip("numpy")
     app, native = served
@@ -92,8 +86,6 @@ def test_numpy_array_parameters_run_as_duckdb_runs_them(served):
     assert _outcome(app, sql, params) == expected
 
 
-@pytest.mark.xfail(strict=True, reason="literal_kinds sorts a dict's items: keys of mixed types raise TypeError "
-                   "before DuckDB reports its own InvalidInputException")
 def test_a_dict_with_a_non_string_key_gets_duckdbs_error(served):
     app, native = served
     sql, params = TREE.format("$a", "$b"), {"a": "F", "b": 5, 3: 4}
@@ -103,16 +95,12 @@ def test_a_dict_with_a_non_string_key_gets_duckdbs_error(served):
 
 # ----- long lists ---------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="_STRING_LIST's \\s matches characters DuckDB's lexer does not skip "
-                   "(\\x0b, \\x1c-\\x1f, \\x85, \\u2028, \\xa0): the cut key is a list slot, the full reading is not")
 @pytest.mark.parametrize("space", ["\x0b", "\x1c", "\x85", "\u2028", "\xa0"])
 def test_cut_key_with_odd_whitespace_between_strings(space):
     sql = LONG_T.format(("," + space).join(NAMES[:100])) + " AND c_comment <> '" + "p" * template.LONG_TEXT + "'"
     assert template_key(sql) == template._template_key(sql)
 
 
-@pytest.mark.xfail(strict=True, reason="a long list separated by ',\\x0b' is a DuckDB syntax error, but the cut key "
-                   "matches the book's list template and lqo serves the plan: rows instead of DuckDB's error")
 def test_a_long_list_duckdb_cannot_parse_is_not_served(served):
     app, native = served
     sql = LONG_T.format(",\x0b".join(NAMES[:250]))
@@ -122,8 +110,6 @@ def test_a_long_list_duckdb_cannot_parse_is_not_served(served):
 
 # ----- query log ----------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="read_query_log takes a torn last line for a malformed one when the tear "
-                   "falls right after a '}' (a typed value {\"decimal\": ..}): WorkloadError, not skipped")
 def test_a_last_line_torn_after_a_typed_value_is_skipped(tmp_path):
     log = QueryLog(tmp_path / "q.jsonl")
     log.record("SELECT 1 WHERE ? > 0", [decimal.Decimal("1.5")], 1.0)
@@ -139,8 +125,6 @@ def test_a_last_line_torn_after_a_typed_value_is_skipped(tmp_path):
     assert got is not None and len(got) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="QueryLog counts the characters of a line against a limit in bytes: "
-                   "non-ASCII text grows the log past capture_limit_mb")
 def test_the_capture_limit_is_in_bytes(tmp_path):
     log = QueryLog(tmp_path / "q.jsonl", limit_mb=0.0002)  # 200 bytes
     for _ in range(10):
@@ -149,8 +133,6 @@ def test_the_capture_limit_is_in_bytes(tmp_path):
     assert (tmp_path / "q.jsonl").stat().st_size <= 200
 
 
-@pytest.mark.xfail(strict=True, reason="QueryLog.record checks `full` before taking the lock: a close() from "
-                   "another thread in between makes it write to a closed file (ValueError in the app's execute)")
 def test_a_record_racing_close_is_dropped(tmp_path, monkeypatch):
     log = QueryLog(tmp_path / "q.jsonl")
 

@@ -84,6 +84,8 @@ def bind_literals(sql: str, params: Sequence[Any] | Mapping[str, Any]) -> BoundT
     if not found:
         return None
     named = isinstance(params, Mapping)
+    if named and not all(isinstance(k, str) for k in params):
+        return None
     kinds = {"?" if n == "" else "$" if n.isdigit() else "name" for _, _, n in found}
     if len(kinds) != 1 or named != (kinds == {"name"}):
         return None
@@ -128,6 +130,8 @@ def literal_kinds(params: Sequence[Any] | Mapping[str, Any]) -> tuple[object, ..
     >>> literal_kinds([1]) == literal_kinds([1.5]), literal_kinds([None])
     (False, None)
     """
+    if isinstance(params, Mapping) and not all(isinstance(k, str) for k in params):
+        return None  # DuckDB names parameters by strings: let it judge the rest
     values = sorted(params.items()) if isinstance(params, Mapping) else enumerate(params)
     out: list[object] = []
     for name, value in values:

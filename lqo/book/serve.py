@@ -1,7 +1,7 @@
 """Serving a recurring query from the plan book: template look-up, no model, no parse.
 
 Known template, choice native -> the text as written. Known, a setting arm -> the text
-with the arm's optimizer rules disabled. Known, a forced tree -> the verified plan,
+with the arm's optimizer rules disabled and its settings set. Known, a forced tree -> the verified plan,
 filled with this instance's literals from the template's slot rendering; where no slot
 rendering fits (the instance has another number of literals), ``render_full`` renders
 the plan for this text (a parse, still no model). With ``lqo tune --range-guard``, a
@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -35,6 +36,7 @@ from lqo.errors import LqoError
 from lqo.optimized import Optimized
 from lqo.trees.plan import Plan
 
+_DOLLAR = re.compile(r"\$")
 # (sql, plan) -> the plan rendered for this text; raises LqoError when it does not fit.
 FullRenderer = Callable[[str, Plan], str]
 
@@ -127,7 +129,8 @@ class BookServer:
                                         f"{out[1]} lies outside the range its plan was verified on",
                                         _ms(start), source="book")
         if c.kind == "arm":
-            return Optimized.as_written(sql, None, _ms(start), disabled=c.disabled, source="book")
+            return Optimized.as_written(sql, None, _ms(start), disabled=c.disabled, source="book",
+                                        settings=c.settings)
         text = slots.fill(tk.literals, tk.shape) if slots is not None else None
         if text is None and self.render_full is not None and plan is not None:
             try:
@@ -140,7 +143,7 @@ class BookServer:
                    if slots is not None else "the verified plan has no slot rendering")
             return Optimized.as_written(sql, f"plan book: {why}, and rendering the plan anew needs a "
                                         f"model directory with a model: run as written", _ms(start), source="book")
-        return Optimized.from_book(sql, text, plan, _ms(start), disabled=c.disabled)
+        return Optimized.from_book(sql, text, plan, _ms(start), disabled=c.disabled, settings=c.settings)
 
     def serve_bound(self, sql: str, params: Any) -> Optimized | None:
         """The book's verified choice for a text with bind parameters and their values
@@ -178,12 +181,13 @@ class BookServer:
                                             f"{out[1]} lies outside the range its plan was verified on",
                                             _ms(start), source="book")
         if c.kind == "arm":
-            return Optimized.as_written(sql, None, _ms(start), disabled=c.disabled, source="book")
+            return Optimized.as_written(sql, None, _ms(start), disabled=c.disabled, source="book",
+                                        settings=c.settings)
         text = self._bound_rendering(tk, bound, slots)
         if text is None:
             return Optimized.as_written(sql, "plan book: the verified plan has no rendering that keeps these "
                                         "parameters: run as written", _ms(start), source="book")
-        return Optimized.from_book(sql, text, _plan, _ms(start), disabled=c.disabled)
+        return Optimized.from_book(sql, text, _plan, _ms(start), disabled=c.disabled, settings=c.settings)
 
     def _bound_rendering(self, tk: TemplateKey, bound: BoundText, slots: SlotRendering | None) -> str | None:
         """The slot rendering filled with the parameters, only where every parameter is
@@ -198,7 +202,10 @@ class BookServer:
         if text is not None:
             found = bind_parameters(text)
             wanted = {t[1:] for t in bound.tokens if t[:1] == "$"}
-            if found is None or {n for _, _, n in found} != wanted:
+            # every '$' of the rendering must be a parameter token: a slot the rendering
+            # quotes (``INTERVAL ' $1' DAY``) or a '$' inside a string is not
+            if (found is None or {n for _, _, n in found} != wanted
+                    or {m.start() for m in _DOLLAR.finditer(text)} != {s for s, _, _ in found}):
                 text = None
         with self._lock:
             self._bound[cache_key] = text

@@ -296,13 +296,14 @@ def scan_literals(sql: str) -> list[_Item] | None:
 # A literal list long enough that reading it token by token would cost more than serving
 # saves: found by a regular expression first, then confirmed by DuckDB's tokens.
 _LONG_LIST_MIN = 64
-_NUMBER_LIST = re.compile(r"\((?:[-0-9.eE+ \t\n]*,){%d,}[-0-9.eE+ \t\n]*\)" % (_LONG_LIST_MIN - 1))
-_STRING_LIST = re.compile(r"\((?:\s*'[^']*(?:''[^']*)*'\s*,){%d,}\s*'[^']*(?:''[^']*)*'\s*\)" % (_LONG_LIST_MIN - 1))
+_NUMBER_LIST = re.compile(r"\((?:[-0-9.eE+ \t\n\r\f]*,){%d,}[-0-9.eE+ \t\n\r\f]*\)" % (_LONG_LIST_MIN - 1))
+_WS = "[ \t\n\r\f]*"  # the whitespace DuckDB's lexer skips (Python's \s is more)
+_STRING_LIST = re.compile(r"\((?:%s'[^']*(?:''[^']*)*'%s,){%d,}%s'[^']*(?:''[^']*)*'%s\)"
+                          % (_WS, _WS, _LONG_LIST_MIN - 1, _WS, _WS))
 _STRING = re.compile(r"'[^']*(?:''[^']*)*'")
 # A whole list body of one numeric slot type (signs allowed), checked in one match.
-_BODIES = (("i", re.compile(r"(?:\s*-?\d+\s*,)*\s*-?\d+\s*")),
-           ("d", re.compile(r"(?:\s*-?(?:\d+\.\d*|\.\d+)\s*,)*\s*-?(?:\d+\.\d*|\.\d+)\s*")),
-           ("e", re.compile(r"(?:\s*-?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+\s*,)*\s*-?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+\s*")))
+_BODIES = tuple(re.compile(r"(?:{w}{n}{w},)*{w}{n}{w}".format(w=_WS, n=n)) for n in (
+    r"-?\d+", r"-?(?:\d+\.\d*|\.\d+)", r"-?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+"))
 LONG_TEXT = 4096  # characters: shorter texts never hold such a list
 
 
@@ -325,7 +326,9 @@ def template_key(sql: str) -> TemplateKey:
         tk = _template_key(cut[0], cut[1])
         if tk is not None:
             return tk
-    return _template_key(sql)
+    full = _template_key(sql)
+    assert full is not None  # only a reading of cut lists can fail
+    return full
 
 
 def _cut_lists(sql: str) -> tuple[str, dict[int, list[str]]] | None:
@@ -335,7 +338,7 @@ def _cut_lists(sql: str) -> tuple[str, dict[int, list[str]]] | None:
     for m in _NUMBER_LIST.finditer(sql):
         body = m.group(0)[1:-1]
         members = list(map(str.strip, body.split(",")))
-        if ("-" not in body and all(map(str.isdigit, members))) or any(rx.fullmatch(body) for _, rx in _BODIES):
+        if ("-" not in body and all(map(str.isdigit, members))) or any(rx.fullmatch(body) for rx in _BODIES):
             found.append((m.start(), m.end(), members))
     if "'" in sql:
         found.extend((m.start(), m.end(), _STRING.findall(m.group(0))) for m in _STRING_LIST.finditer(sql))
@@ -357,7 +360,7 @@ def _cut_lists(sql: str) -> tuple[str, dict[int, list[str]]] | None:
     return "".join(pieces), cut
 
 
-def _template_key(sql: str, cut: dict[int, list[str]] | None = None) -> TemplateKey | None:  # type: ignore[return]
+def _template_key(sql: str, cut: dict[int, list[str]] | None = None) -> TemplateKey | None:
     """The key of ``sql``; with ``cut`` (lists cut to two items, by position), the key of
     the full text, or None where a cut list is not a list slot of ``sql``."""
     toks = _scan(sql)
@@ -437,6 +440,9 @@ def literal_free_text(sql: str) -> str:
 
 
 _NUMBERED = re.compile(r"[?$](\d+)")
+# Words that make the string after them a typed literal (``DATE '2000-01-01'``).
+_TYPE_WORDS = frozenset("""interval timestamp timestamptz time date varchar char character integer int bigint
+    smallint tinyint hugeint decimal dec numeric real float double boolean bool bit json uuid blob""".split())
 
 
 def bind_parameters(sql: str) -> list[tuple[int, int, str]] | None:
@@ -457,6 +463,8 @@ def bind_parameters(sql: str) -> list[tuple[int, int, str]] | None:
             continue
         if i + 1 < len(toks) and toks[i + 1][0] == e and toks[i + 1][2][0] in "?|&@#<>=~!^%*/+-":
             return None  # run into an operator (``?|``): not a parameter lqo can be sure of
+        if i and (toks[i - 1][3] == _IDENT or toks[i - 1][2].lower() in _TYPE_WORDS):
+            return None  # after a name or a type (``DATE ?``): no literal lqo could write there
         if text == "?":
             out.append((s, e, ""))
         elif (m := _NUMBERED.fullmatch(text)) is not None:

@@ -71,13 +71,16 @@ class QueryLog:
             return
         line = json.dumps({"sql": sql, "params": encode_params(params), "ms": None if ms is None else round(ms, 3),
                            "at": round(time.time(), 3)}, ensure_ascii=False) + "\n"
+        size = len(line.encode("utf-8"))
         with self._lock:
-            if self._size + len(line) > self.limit_bytes:
+            if self.full:  # closed (or filled) by another thread meanwhile
+                return
+            if self._size + size > self.limit_bytes:
                 self.full = True
                 return
             self._fh.write(line)
             self._fh.flush()  # a crash loses at most the statement being written
-            self._size += len(line)
+            self._size += size
 
     def close(self) -> None:
         """Close the file (records after this are dropped)."""
@@ -155,8 +158,10 @@ def read_query_log(path: str | os.PathLike[str]) -> Iterator[LoggedQuery]:
     p = Path(path)
     if not p.is_file():
         raise MissingFileError(f"query log not found: {p}")
-    with open(p, encoding="utf-8") as fh:
+    with open(p, encoding="utf-8", errors="replace") as fh:
         lines = fh.read().split("\n")
+    # every line a writer finished ends in a newline: a last line without one is torn
+    torn = len(lines) if lines[-1] else None
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -164,7 +169,7 @@ def read_query_log(path: str | os.PathLike[str]) -> Iterator[LoggedQuery]:
             d = json.loads(line)
             yield LoggedQuery(str(d["sql"]), decode_params(d.get("params")),
                               float(d["ms"]) if d.get("ms") is not None else None, d.get("at"))
-        except (ValueError, KeyError, TypeError) as err:
-            if n >= len(lines) - 1 and not line.endswith("}"):
-                return  # the torn last line of a log being written
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            if n == torn:
+                return  # the torn last line of a log being written (a crash mid-write)
             raise WorkloadError(f"{p}:{n}: not a query log line ({err})") from None
