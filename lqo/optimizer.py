@@ -311,8 +311,32 @@ def optimize(sql: str, con: duckdb.DuckDBPyConnection, model: str | Path | Optim
     >>> res = lqo.optimize(sql, con, model="runs/tpch")  # doctest: +SKIP
     >>> rows = res.execute(con)                          # doctest: +SKIP
     """
-    opt = model if isinstance(model, Optimizer) else Optimizer.load(model, con)
+    opt = model if isinstance(model, Optimizer) else _loaded(model, con)
     return opt.optimize(sql, con)
+
+
+# ``optimize(sql, con, model=PATH)`` in a loop must not reload the directory per call
+# (~9 ms): the last few directories loaded stay, each until one of its files changes.
+_LOADED: OrderedDict[tuple[str, tuple[float, ...]], Optimizer] = OrderedDict()
+_LOADED_LOCK = threading.Lock()
+
+
+def _loaded(model: str | Path, con: duckdb.DuckDBPyConnection) -> Optimizer:
+    root = Path(model).resolve()
+    files = ModelDir(root)
+    stamp = tuple(f.stat().st_mtime if f.is_file() else 0.0 for f in (files.book, files.model, files.config))
+    key = (str(root), stamp)
+    with _LOADED_LOCK:
+        opt = _LOADED.get(key)
+        if opt is not None:
+            _LOADED.move_to_end(key)
+            return opt
+    opt = Optimizer.load(root, con)  # checks the schema of ``con`` on its first call, as every Optimizer
+    with _LOADED_LOCK:
+        _LOADED[key] = opt
+        while len(_LOADED) > 4:
+            _LOADED.popitem(last=False)
+    return opt
 
 
 def checked_select(sql: str, con: duckdb.DuckDBPyConnection) -> duckdb.Statement:
