@@ -13,7 +13,8 @@ import duckdb
 import pytest
 
 from lqo.errors import LqoError, PlanError
-from lqo.store.experience import SCHEMA_VERSION, ExperienceStore
+from lqo.store.experience import ExperienceStore
+from lqo.store.schema import SCHEMA_VERSION
 from lqo.engine.harness import Harness
 from lqo.engine.run_result import RunResult
 

@@ -5,20 +5,7 @@ for writing, and while it does no other process can open it at all, not even
 read-only: run one writer per store (share the ``ExperienceStore`` inside a process,
 or give each worker process its own file and merge them with plain SQL later).
 
-Schema (version 1)::
-
-    meta(key VARCHAR PRIMARY KEY, value VARCHAR)            -- schema_version = '1'
-    queries(query_key VARCHAR PRIMARY KEY, workload VARCHAR, query_id VARCHAR,
-            template VARCHAR, sql VARCHAR NOT NULL, database VARCHAR,
-            created_at TIMESTAMP NOT NULL)
-    plans(plan_key VARCHAR PRIMARY KEY, query_key VARCHAR NOT NULL, kind VARCHAR NOT NULL,
-          plan_json VARCHAR, sql VARCHAR, created_at TIMESTAMP NOT NULL)
-    runs(run_id BIGINT PRIMARY KEY, plan_key VARCHAR NOT NULL, query_key VARCHAR NOT NULL,
-         started_at TIMESTAMP NOT NULL, latency_ms DOUBLE NOT NULL, timed_out BOOLEAN NOT NULL,
-         timeout_ms DOUBLE, error VARCHAR, rows BIGINT, fingerprint VARCHAR,
-         operators_json VARCHAR, threads INTEGER, session VARCHAR NOT NULL)
-    wrong_plans(plan_key VARCHAR NOT NULL, reason VARCHAR, marked_at TIMESTAMP NOT NULL)
-    VIEW plans_v = plans + wrong BOOLEAN + wrong_reason
+The tables, their version and the check that a file is a store are :mod:`lqo.store.schema`.
 
 Keys are ``lqo.store.keys`` (re-exported here): ``query_key`` of (database, sql),
 ``plan_key`` of (query_key, canonical plan_json, native-or-forced). Times are UTC. ``plans.sql`` is
@@ -52,38 +39,7 @@ from lqo.engine.run_result import RunResult, utcnow
 from lqo.errors import LqoError, MissingFileError, PlanError
 from lqo.lock import WriterLock, acquire
 from lqo.store.keys import canonical_plan_json, plan_key, query_key
-
-SCHEMA_VERSION = "1"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta(key VARCHAR PRIMARY KEY, value VARCHAR);
-CREATE TABLE IF NOT EXISTS queries(
-    query_key VARCHAR PRIMARY KEY, workload VARCHAR, query_id VARCHAR, template VARCHAR,
-    sql VARCHAR NOT NULL, database VARCHAR, created_at TIMESTAMP NOT NULL);
-CREATE TABLE IF NOT EXISTS plans(
-    plan_key VARCHAR PRIMARY KEY, query_key VARCHAR NOT NULL, kind VARCHAR NOT NULL,
-    plan_json VARCHAR, sql VARCHAR, created_at TIMESTAMP NOT NULL);
-CREATE SEQUENCE IF NOT EXISTS run_id_seq START 1;
-CREATE TABLE IF NOT EXISTS runs(
-    run_id BIGINT PRIMARY KEY DEFAULT nextval('run_id_seq'), plan_key VARCHAR NOT NULL,
-    query_key VARCHAR NOT NULL, started_at TIMESTAMP NOT NULL, latency_ms DOUBLE NOT NULL,
-    timed_out BOOLEAN NOT NULL, timeout_ms DOUBLE, error VARCHAR, rows BIGINT,
-    fingerprint VARCHAR, operators_json VARCHAR, threads INTEGER, session VARCHAR NOT NULL);
-CREATE TABLE IF NOT EXISTS wrong_plans(plan_key VARCHAR NOT NULL, reason VARCHAR, marked_at TIMESTAMP NOT NULL);
-CREATE OR REPLACE VIEW plans_v AS
-    SELECT p.*, w.plan_key IS NOT NULL AS wrong, w.reason AS wrong_reason
-    FROM plans p LEFT JOIN (SELECT plan_key, min(reason) AS reason FROM wrong_plans GROUP BY plan_key) w
-    USING (plan_key);
-"""
-
-# Where distributed runs ran (``--ray``), created on the first such write. ``task_id`` is the
-# idempotency key: a task is recorded at most once, whatever retries came before.
-_PLACEMENT_SCHEMA = """
-CREATE TABLE IF NOT EXISTS tasks(
-    task_id VARCHAR PRIMARY KEY, node VARCHAR NOT NULL, slot INTEGER, attempts INTEGER NOT NULL,
-    n_runs INTEGER NOT NULL, recorded_at TIMESTAMP NOT NULL);
-CREATE TABLE IF NOT EXISTS run_nodes(run_id BIGINT PRIMARY KEY, task_id VARCHAR NOT NULL, node VARCHAR NOT NULL);
-"""
+from lqo.store.schema import check_or_create_store, create_placement_tables
 
 # Median per plan over completed and timed-out runs; a timeout counts as at least its
 # timeout, so a plan that mostly times out cannot win on its one lucky run.
@@ -132,7 +88,7 @@ class ExperienceStore:
                 raise LqoError(f"cannot open experience store {path} (one process at a time may open it): "
                                f"{error_line(str(exc))}") from exc
             try:
-                cls._check_or_create(con, path, read_only)
+                check_or_create_store(con, path, read_only)
             except BaseException:
                 con.close()
                 raise
@@ -143,29 +99,6 @@ class ExperienceStore:
         store = cls(con, path, session)
         store._held = held
         return store
-
-    @staticmethod
-    def _check_or_create(con: duckdb.DuckDBPyConnection, path: str, read_only: bool) -> None:
-        tables = {r[0] for r in con.execute(
-            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()").fetchall()}
-        if "meta" in tables:
-            row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            version = row[0] if row else None
-            if version != SCHEMA_VERSION:
-                raise LqoError(f"{path}: experience store schema version {version}, expected {SCHEMA_VERSION}")
-            return
-        if tables:
-            raise LqoError(f"{path} is not an lqo experience store (it has tables {sorted(tables)[:5]})")
-        if read_only:
-            raise LqoError(f"{path} is empty, not an experience store")
-        con.execute("BEGIN TRANSACTION")
-        try:
-            con.execute(_SCHEMA)
-            con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
 
     # ------------------------------------------------------------------ plumbing
 
@@ -326,7 +259,7 @@ class ExperienceStore:
         written) when that task is already recorded. Call it inside ``transaction()``
         with the task's other writes, so a duplicate rolls them back too."""
         with self._transaction() as con:
-            con.execute(_PLACEMENT_SCHEMA)
+            create_placement_tables(con)
             if con.execute("SELECT 1 FROM tasks WHERE task_id = ?", [task_id]).fetchone() is not None:
                 return False
             con.execute("INSERT INTO tasks VALUES (?, ?, ?, ?, ?, ?)",
