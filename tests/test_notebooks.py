@@ -5,7 +5,11 @@
   after its ``parameters`` cell, papermill style; any cell error fails the test; a
   probe cell appended at the end reads back what it computed, and the tables it
   displayed are checked (query counts, 0 wrong results, one row per policy and mode);
-- notebooks are committed without outputs;
+- notebooks use lqo's public interface only (``import lqo``, names of ``lqo.__all__``,
+  and the ``lqo`` command through ``lqo.cli.main``);
+- notebooks are committed with the outputs of a real run, top to bottom: every code cell
+  executed in order, no errors, their figures, no absolute path of the machine that ran
+  them, under 1 MB;
 - ``lqo.plots`` on synthetic data: the expected axes, scales and artists;
 - ``lqo report`` on a tiny trained model: non-empty PNGs, report.md with the totals,
   report.json; bad inputs exit 2 and write nothing.
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -39,9 +44,10 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 # Per notebook: parameters that keep the run tiny and inside the test's tmp dir.
 OVERRIDES = {
-    "compare_optimizer": {"TRAIN_MINUTES": 1.0, "REPEAT": 1, "LR_BUDGET_S": 4.0},
+    "compare_optimizer": {"TUNE_MINUTES": 0.5, "REPEAT": 1},
     "scheduler": {"N_QUERIES": 10},
 }
+MIN_IMAGES = {"compare_optimizer": 3, "scheduler": 3}
 TPCH_IDS = ["q03", "q05", "q07", "q08", "q09", "q10", "q12", "q14"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -90,16 +96,44 @@ def test_there_are_notebooks():
     assert {p.stem for p in NOTEBOOKS} >= {"compare_optimizer", "scheduler"}
 
 
+def code_cells(nb) -> list:
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def images(nb) -> list:
+    return [o for c in code_cells(nb) for o in c.outputs if "image/png" in o.get("data", {})]
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_is_committed_clean(path):
+def test_notebook_uses_the_public_interface_only(path):
+    import lqo as package
+
+    nb = nbformat.read(path, as_version=4)
+    for c in code_cells(nb):
+        for line in c.source.splitlines():
+            if re.match(r"\s*(from|import)\s+lqo\b", line):
+                assert line.strip() in ("import lqo", "from lqo.cli import main"), line
+        for name in re.findall(r"\blqo\.(\w+)", c.source):
+            assert name in package.__all__ or name == "cli", f"lqo.{name} is not public: {c.source}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_committed_with_the_outputs_of_a_run(path):
+    assert path.stat().st_size < 1_000_000, "keep the notebook small: fewer or smaller figures"
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
-    code = [c for c in nb.cells if c.cell_type == "code"]
+    code = code_cells(nb)
     assert "parameters" in code[0].metadata.get("tags", []), "the first code cell must be tagged `parameters`"
-    for c in code:
-        assert c.outputs == [] and c.execution_count is None, "commit notebooks without outputs"
-        # plotting belongs in lqo.plots, not in cells
-        assert "plt." not in c.source and "matplotlib" not in c.source, c.source
+    # executed top to bottom in one run, nothing failed, nothing injected left behind
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), "run it top to bottom, then commit"
+    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+    assert all(not {"injected-parameters", "test-probe"} & set(c.metadata.get("tags", [])) for c in code)
+    assert all(c.outputs for c in code[1:]), "every cell after the parameters shows what it did"
+    assert len(images(nb)) >= MIN_IMAGES[path.stem]
+    # no path of the machine that ran it
+    text = json.dumps([c.outputs for c in code])
+    for root in ("/tmp/", "/work/", "/home/", "/root/", "/Users/", str(ROOT), str(Path.home())):
+        assert root not in text, f"an output shows the absolute path {root}"
 
 
 PROBE = "lqo-test-probe "
@@ -135,38 +169,38 @@ def markdown_tables(nb) -> list[list[dict[str, str]]]:
 
 def check_compare_optimizer(nb) -> None:
     got = probed(nb)
-    cmp = got["cmp"]
-    # the workload holds exactly the QUERIES asked for; the comparison runs the model's held-out split
+    cmp, n = got["cmp"], len(TPCH_IDS)
+    # my workload: exactly the QUERIES asked for; tuned on all instances but the last of each template
     assert got["probe_workload_ids"] == got["QUERIES"] == TPCH_IDS
-    assert got["SPLIT"] == "test" and 0 < len(got["probe_split_ids"]) < len(TPCH_IDS), got["probe_split_ids"]
-    assert [q["id"] for q in cmp["queries"]] == got["probe_split_ids"]
-    assert cmp["totals"]["queries"] == len(got["probe_split_ids"]) and not cmp["totals"]["interrupted"]
-    assert not [q["id"] for q in cmp["queries"] if q["wrong"]] and cmp["totals"]["wrong_results"] == 0
+    assert {t["template"] for t in got["book"]["templates"]} == set(TPCH_IDS)
+    assert all(t["instances"] == got["VARY_INSTANCES"] - 1 and t["held_out"] == 1 for t in got["book"]["templates"])
+    # compared on the held-out instances only, each served by the book, none wrong
+    held_out = sorted(f"{q}_v{got['VARY_INSTANCES']}" for q in TPCH_IDS)
+    assert sorted(got["held_out"]) == sorted(q["id"] for q in cmp["queries"]) == held_out
+    assert all(q["source"] == "book" and not q["wrong"] for q in cmp["queries"]), cmp["queries"]
+    assert cmp["totals"]["queries"] == n and cmp["totals"]["wrong_results"] == 0 and not cmp["totals"]["interrupted"]
     assert all(q["native_ms"] > 0 and q["lqo_ms"] > 0 and q["ratio"] > 0 for q in cmp["queries"]), cmp["queries"]
-    book_summary, summary, lr = markdown_tables(nb)
-    # the recurring path: every held-out instance (one per template) compared, none wrong
-    book_cmp = got["book_cmp"]
-    assert sorted(got["probe_held_out"]) == sorted(f"{q}_v{got['VARY_INSTANCES']}" for q in TPCH_IDS), got["probe_held_out"]
-    assert sorted(q["id"] for q in book_cmp["queries"]) == sorted(got["probe_held_out"])
-    assert all(q["source"] == "book" for q in book_cmp["queries"]) and book_cmp["totals"]["wrong_results"] == 0
-    shown_book = {r["figure"]: r["value"] for r in book_summary}
-    assert shown_book["queries"] == str(len(TPCH_IDS)) and shown_book["wrong_results"] == "0", shown_book
-    shown = {r["figure"]: r["value"] for r in summary}
-    assert shown["queries"] == str(len(got["probe_split_ids"])) and shown["wrong_results"] == "0", shown
-    assert shown["forced"] == str(cmp["totals"]["forced"]) and shown["worst_query"] in got["probe_split_ids"], shown
-    assert [r["schedule"] for r in lr] == ["greedy", "cosine"] and all(int(r["epochs"]) > 0 for r in lr), lr
+    instances, book, per_instance, totals = markdown_tables(nb)
+    assert [r["template"] for r in instances] == TPCH_IDS
+    assert [r["template"] for r in book] == TPCH_IDS
+    assert sorted(r["id"] for r in per_instance) == held_out and all(r["wrong"] == "False" for r in per_instance)
+    shown = {r["figure"]: r["value"] for r in totals}
+    assert shown["queries"] == str(n) and shown["wrong_results"] == "0", shown
+    # the report's figures were shown, and the application got DuckDB's rows
+    assert got["probe_pngs"] and len(images(nb)) >= len(got["probe_pngs"]), got["probe_pngs"]
+    assert got["app_rows"] == got["duckdb_rows"] and got["app_rows"]
 
 
 def check_scheduler(nb) -> None:
     got = probed(nb)
-    policies, n = got["POLICIES"], got["N_QUERIES"]
+    policies, n = got["policies"], got["N_QUERIES"]
     assert n == OVERRIDES["scheduler"]["N_QUERIES"] and got["REAL"]
-    assert {"fifo", "sjf-est", "oracle", "all"} <= set(policies), policies
+    assert {"fifo", "sjf-known", "oracle", "all"} <= set(policies), policies
     (table,) = markdown_tables(nb)
     # one row per policy and mode, every query counted, relative to that mode's FIFO
     assert [(r["policy"], r["mode"]) for r in table] == [(p, m) for m in ("sim", "real") for p in policies], table
     assert all(r["queries"] == str(n) for r in table), table
-    assert all(float(r["mean_vs_fifo"]) == 1 for r in table if r["policy"] == "fifo"), table
+    assert all(float(r["mean_vs_fifo"]) == 1 and r["failed"] == "0" for r in table if r["policy"] == "fifo"), table
     assert all(float(r[c]) > 0 for r in table for c in ("mean_s", "p95_s", "makespan_s", "mean_vs_fifo")), table
     # every policy ran the same stream; every real query succeeded with the same result
     results = got["probe_sim"] + got["probe_real"]
@@ -186,13 +220,12 @@ def check_scheduler(nb) -> None:
 # displayed tables must show.
 PROBES = {
     "compare_optimizer": ("probe_workload_ids = [q.id for q in workload]\n"
-                          "probe_split_ids = [q.id for q in report.split_queries(workload, MODEL, SPLIT)]\n"
-                          "probe_held_out = [q.id for q in held_out]",
-                          ["cmp", "probe_workload_ids", "probe_split_ids", "QUERIES", "SPLIT", "book_cmp",
-                           "probe_held_out", "VARY_INSTANCES"],
+                          "probe_pngs = sorted(p.name for p in Path('report').glob('*.png'))",
+                          ["cmp", "book", "held_out", "probe_workload_ids", "probe_pngs", "QUERIES", "VARY_INSTANCES",
+                           "app_rows", "duckdb_rows"],
                           check_compare_optimizer),
     "scheduler": ("probe_sim = [r.to_json() for r in sim]\nprobe_real = [r.to_json() for r in real]",
-                  ["probe_sim", "probe_real", "POLICIES", "N_QUERIES", "REAL"], check_scheduler),
+                  ["probe_sim", "probe_real", "policies", "N_QUERIES", "REAL"], check_scheduler),
 }
 
 
@@ -205,8 +238,7 @@ def test_notebook_runs_headless_and_shows_its_tables(path, kernel, tmp_path):
     probe(nb, setup, names)
     # execute() raises CellExecutionError, naming the cell, if any cell errors.
     NotebookClient(nb, kernel_name=kernel, timeout=240, resources={"metadata": {"path": str(tmp_path)}}).execute()
-    images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
-    assert len(images) >= 3, "the notebook should show its figures"
+    assert len(images(nb)) >= MIN_IMAGES[path.stem], "the notebook should show its figures"
     check(nb)
 
 
