@@ -53,7 +53,7 @@ def find_sites(sql: str, catalog: ColumnValues) -> list[Site]:
     """
     try:
         tree = sqlglot.parse_one(sql, read="duckdb")
-        tree = qualify(tree, schema=catalog.schema, db=catalog.default_db, dialect="duckdb",
+        tree = qualify(tree, schema=dict(catalog.schema), db=catalog.default_db, dialect="duckdb",
                        validate_qualify_columns=False, identify=False)
         scopes = list(traverse_scope(tree))
     except Exception:  # noqa: BLE001 - anything sqlglot cannot handle is left unchanged
@@ -91,21 +91,21 @@ def find_sites(sql: str, catalog: ColumnValues) -> list[Site]:
     # takes the first fact join of another occurrence of the same table in the query
     sites = []
     for site, weight in raw:
-        table = site.column[:2]
-        if weight is None and table not in elsewhere:
-            elsewhere[table] = None
-            for node in occurrence_nodes:
-                if catalog.column(node.db or catalog.default_db, node.name, site.column[2]) == site.column:
-                    found = _fact_path(node, table, edges, catalog)
+        base = site.column[:2]
+        if weight is None and base not in elsewhere:
+            elsewhere[base] = None
+            for occ in occurrence_nodes:
+                if catalog.column(occ.db or catalog.default_db, occ.name, site.column[2]) == site.column:
+                    found = _fact_path(occ, base, edges, catalog)
                     if found is not None:
-                        elsewhere[table] = (f"{occurrence[id(found[0])]}:{found[0].name}", found[1])
+                        elsewhere[base] = (f"{occurrence[id(found[0])]}:{found[0].name}", found[1])
                         break
-        weight = weight or elsewhere.get(table)
+        weight = weight or elsewhere.get(base)
         sites.append(dataclasses.replace(site, group=weight[0], path=weight[1]) if weight else site)
     return sites
 
 
-def _in_predicate(node: exp.Expression) -> bool:
+def _in_predicate(node: exp.Expr) -> bool:
     parent = node.parent
     while parent is not None:
         if isinstance(parent, (exp.Case, exp.If, exp.Select)):
@@ -116,7 +116,7 @@ def _in_predicate(node: exp.Expression) -> bool:
     return False
 
 
-def _column_and_values(node: exp.Expression) -> tuple[exp.Column | None, list[exp.Expression]]:
+def _column_and_values(node: exp.Expr) -> tuple[exp.Column | None, list[exp.Expr]]:
     if isinstance(node, exp.Between):
         col, values = node.this, [node.args.get("low"), node.args.get("high")]
     elif isinstance(node, exp.In):
@@ -132,7 +132,7 @@ def _column_and_values(node: exp.Expression) -> tuple[exp.Column | None, list[ex
     return col, [v for v in values if v is not None]
 
 
-def _anchor(value: exp.Expression) -> exp.Literal | None:
+def _anchor(value: exp.Expr) -> exp.Literal | None:
     """The literal to resample in ``lit``, ``CAST(lit AS t)`` or ``anchor +/- constant``."""
     value = value.unnest()
     if isinstance(value, exp.Literal):
@@ -147,7 +147,7 @@ def _anchor(value: exp.Expression) -> exp.Literal | None:
 Source = tuple[exp.Table | None, Column]  # the table occurrence (if one) and the column
 
 
-def _offset(value: exp.Expression) -> Decimal | dt.timedelta | None:
+def _offset(value: exp.Expr) -> Decimal | dt.timedelta | None:
     """``k`` in ``anchor + k`` / ``anchor - k`` (nested sums added up): a number, or an
     ``INTERVAL n DAY|WEEK|MONTH|YEAR`` as a ``timedelta`` (months 30 days, years 365);
     None for a bare anchor or an offset that cannot be read."""
@@ -157,15 +157,17 @@ def _offset(value: exp.Expression) -> Decimal | dt.timedelta | None:
     step = _step(value.expression.unnest())
     inner = value.this.unnest()
     base = _offset(inner) if isinstance(inner, (exp.Add, exp.Sub)) else (type(step)() if step is not None else None)
-    if step is None or base is None or type(base) is not type(step):
-        return None
-    return base + step if isinstance(value, exp.Add) else base - step
+    if isinstance(base, Decimal) and isinstance(step, Decimal):
+        return base + step if isinstance(value, exp.Add) else base - step
+    if isinstance(base, dt.timedelta) and isinstance(step, dt.timedelta):
+        return base + step if isinstance(value, exp.Add) else base - step
+    return None  # no step, an unreadable inner offset, or a number mixed with an interval
 
 
 _DAYS = {"DAY": 1, "DAYS": 1, "WEEK": 7, "WEEKS": 7, "MONTH": 30, "MONTHS": 30, "YEAR": 365, "YEARS": 365}
 
 
-def _step(node: exp.Expression) -> Decimal | dt.timedelta | None:
+def _step(node: exp.Expr) -> Decimal | dt.timedelta | None:
     try:
         if isinstance(node, exp.Literal) and not node.is_string:
             return Decimal(str(node.this))
@@ -182,14 +184,15 @@ def _resolve(col: exp.Column, scope: Scope, catalog: ColumnValues, depth: int, l
     """The base-table column behind a qualified column, through plain projections, with
     the table occurrence (``exp.Table`` node) it is read from. ``loose``: a UNION's output
     stands for its first branch even where the branches read different columns."""
-    source, s = None, scope
+    source: exp.Table | Scope | None = None
+    s: Scope | None = scope
     while s is not None and source is None:
         source = s.sources.get(col.table)
         s = s.parent
     if isinstance(source, exp.Table):
         column = catalog.column(source.db or catalog.default_db, source.name, col.name)
         return (source, column) if column is not None else None
-    if isinstance(source, Scope) and depth < 16:
+    if isinstance(source, Scope) and isinstance(source.expression, exp.Selectable) and depth < 16:
         names = source.expression.named_selects
         if col.name in names:
             return _output(source, names.index(col.name), catalog, depth + 1, loose)
@@ -213,7 +216,7 @@ def _output(scope: Scope, index: int, catalog: ColumnValues, depth: int, loose: 
     return found[0]  # the first branch's table occurrence stands for all of them
 
 
-def _join_graph(tree: exp.Expression, scope_of: dict[int, Scope], catalog: ColumnValues
+def _join_graph(tree: exp.Expr, scope_of: dict[int, Scope], catalog: ColumnValues
                 ) -> dict[int, list[tuple[exp.Table, Column, Column]]]:
     """Equi-join edges ``a = b`` between table occurrences, in every scope (correlated
     predicates included): ``id(table) -> [(other table, own column, other's column)]``."""

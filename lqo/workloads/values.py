@@ -17,6 +17,8 @@ from typing import Any
 
 import duckdb
 
+from lqo.engine.db import one_value
+
 Column = tuple[str, str, str]  # (schema, table, column) as named in the catalog
 Hop = tuple[Column, Column]  # equi-join ``a = b``: a of the table before, b of the next
 
@@ -40,7 +42,7 @@ class ColumnValues:
     def __init__(self, con: duckdb.DuckDBPyConnection, limit: int = 1000, sample_rows: int = 10000,
                  facts: frozenset[str] | set[str] = FACT_TABLES) -> None:
         self.con, self.limit, self.sample_rows = con, limit, sample_rows
-        self.default_db = con.execute("SELECT current_schema()").fetchone()[0]
+        self.default_db = one_value(con, "SELECT current_schema()")
         rows = con.execute(
             "SELECT table_schema, table_name, column_name FROM information_schema.columns "
             "WHERE table_catalog = current_database() ORDER BY ALL"
@@ -88,7 +90,7 @@ class ColumnValues:
         key = (fact, members)
         if key not in self._joint:
             try:
-                size = self.con.execute(f"SELECT count(*) FROM {_quote(fact[0])}.{_quote(fact[1])}").fetchone()[0]
+                size = one_value(self.con, f"SELECT count(*) FROM {_quote(fact[0])}.{_quote(fact[1])}")
                 rows = self.con.execute(_joint_sql(fact, members, self.sample_rows, size)).fetchall()
             except duckdb.Error:  # e.g. a join between incompatible types: draw uniformly
                 rows = []

@@ -133,9 +133,10 @@ def instantiate(sql: str, sites: list[Site], catalog: ColumnValues, rng: random.
             new = new + rng.sample(rest, len(distinct) - len(new))
         mapping = dict(zip(distinct, sorted(new)))
         texts = [_render(mapping[old], category, s) for s, old in zip(column_sites, olds)]
-        if any(t is None for t in texts):
+        rendered = [t for t in texts if t is not None]
+        if len(rendered) < len(texts):
             continue
-        for s, text in zip(column_sites, texts):
+        for s, text in zip(column_sites, rendered):
             replacements[(s.start, s.end)] = text
     out = sql
     for (start, end), text in sorted(replacements.items(), reverse=True):
@@ -157,7 +158,7 @@ def _draw_groups(by_column: dict[Column, list[Site]], usable: dict[Column, tuple
     groups: dict[tuple[str, tuple[str, str]], list[tuple[tuple[Hop, ...], Column]]] = {}
     for column in usable:
         home = next((s for s in by_column[column] if s.group is not None), None)
-        if home is not None:
+        if home is not None and home.group is not None:  # always so: the test above
             groups.setdefault((home.group, home.fact), []).append((home.path, column))
     drawn: dict[Column, list] = {}
     for group, fact in sorted(groups):

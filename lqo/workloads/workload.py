@@ -140,6 +140,13 @@ def _malformed(manifest: Path, msg: str) -> WorkloadError:
     return WorkloadError(f"malformed manifest {manifest}: {msg}")
 
 
+def _nonempty_str(manifest: Path, val: object, what: str) -> str:
+    """``val`` if it is a non-empty string, else the error naming ``what``."""
+    if not isinstance(val, str) or not val:
+        raise _malformed(manifest, f"{what} must be a non-empty string")
+    return val
+
+
 def _read_manifest(root: Path) -> tuple[Path, dict[str, Any]]:
     """``root``'s manifest path and its TOML, or the error naming what is missing or wrong."""
     if not root.exists():
@@ -194,11 +201,9 @@ def _load_queries(root: Path, manifest: Path, entries: list[Any]) -> list[Query]
         for i, entry in enumerate(entries):
             if not isinstance(entry, dict):
                 raise _malformed(manifest, f"queries[{i}] must be a table")
-            qid, qfile = entry.get("id"), entry.get("file")
-            template = entry.get("template", qid)
-            for key, val in (("id", qid), ("file", qfile), ("template", template)):
-                if not isinstance(val, str) or not val:
-                    raise _malformed(manifest, f"queries[{i}].{key} must be a non-empty string")
+            qid = _nonempty_str(manifest, entry.get("id"), f"queries[{i}].id")
+            qfile = _nonempty_str(manifest, entry.get("file"), f"queries[{i}].file")
+            template = _nonempty_str(manifest, entry.get("template", qid), f"queries[{i}].template")
             if not _ID_RE.match(qid):
                 raise _malformed(manifest, f"query id {qid!r} may only use letters, digits, '_', '.', '-'")
             if qid in seen:
