@@ -85,7 +85,7 @@ class LiteralRanges:
                 if i == len(per_slot):
                     per_slot.append([])
                 per_slot[i] += [literal_value(v) for v in values]
-        return cls(tuple(None if not vs or None in vs else (min(vs), max(vs)) for vs in per_slot))
+        return cls(tuple(_span(vs) for vs in per_slot))
 
     def outside(self, key: TemplateKey) -> tuple[int, str] | None:
         """The first slot (0-based) with a value outside its range, with that value; None
@@ -107,6 +107,12 @@ class LiteralRanges:
     def from_json(cls, data: list) -> "LiteralRanges":
         """Ranges from their JSON."""
         return cls(tuple(None if s is None else (float(s[0]), float(s[1])) for s in data))
+
+
+def _span(values: list[float | None]) -> tuple[float, float] | None:
+    """``(min, max)`` of ``values``; None if there are none or one is None."""
+    numbers = [v for v in values if v is not None]
+    return (min(numbers), max(numbers)) if numbers and len(numbers) == len(values) else None
 
 
 def guard_for(book: PlanBook, entry: BookEntry) -> LiteralRanges | None:

@@ -20,8 +20,9 @@ the full rendering, and refuses otherwise (the caller then renders in full).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from lqo.book.template import scan_literals, template_key
 from lqo.errors import PlanError
@@ -39,7 +40,7 @@ _EXTRA = 9000
 
 # A part of a rendering: text, a literal ``(slot, member)`` of the template, or a whole
 # list slot ``(slot, -1)`` filled with however many items the instance's list holds.
-Part = "str | tuple[int, int]"
+Part: TypeAlias = "str | tuple[int, int]"
 
 
 @dataclass(frozen=True)
@@ -167,9 +168,10 @@ def _list_sentinels(first: int, typ: str, k: int, members: int, extra: int) -> t
     return items, extra + k - own
 
 
-def _sentinel_text(sql: str, literals: list, lengths: dict[int, int]) -> str:
+def _sentinel_text(sql: str, literals: list, lengths: dict[int, tuple[int, int]]) -> str:
     """``sql`` with every literal replaced by its sentinel; the list whose first literal
-    has index ``i`` gets ``lengths[i]`` items instead (extra items numbered from _EXTRA)."""
+    has index ``i`` and ``members`` items gets ``k`` items instead, where ``lengths[i]``
+    is ``(k, members)`` (extra items numbered from _EXTRA)."""
     pieces, pos, extra = [], 0, _EXTRA
     skip: set[int] = set()
     for i, (start, end, _text, typ) in enumerate(literals):
@@ -239,7 +241,7 @@ def _with_lists(sr: "SlotRendering", sql: str, literals: list, catalog: Catalog,
     return candidate
 
 
-def _in_parens(parts: list, j: int) -> bool:
+def _in_parens(parts: Sequence[Part], j: int) -> bool:
     """Whether the one-literal slot ``j`` stands alone in parentheses (a list of one)."""
     for k, p in enumerate(parts):
         if p == (j, 0):
@@ -249,7 +251,7 @@ def _in_parens(parts: list, j: int) -> bool:
     return False
 
 
-def _list_run(parts: list, j: int, n: int) -> tuple[int, int] | None:
+def _list_run(parts: Sequence[Part], j: int, n: int) -> tuple[int, int] | None:
     """The extent ``[a, b)`` in ``parts`` of list slot ``j``'s ``n`` items rendered in
     order, separated by ", " and enclosed in parentheses; None if not rendered so, or
     more than once."""
