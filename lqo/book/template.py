@@ -214,7 +214,8 @@ def _items(toks: list[_Scanned]) -> tuple[list[_Item], list[int]]:
     for i in range(n):
         s, e, text, k = toks[i]
         if k == _NUM or k == _STR:
-            typ = _slot_type(text, k)
+            # a string right after FROM or JOIN is a file DuckDB reads as a table: part of the key
+            typ = _slot_type(text, k) if not (k == _STR and items and items[-1][2] in ("from", "join")) else None
             if typ is not None:
                 if (k == _NUM and items and items[-1][2] == "-" and items[-1][1] == s
                         and _is_sign(toks, i - 1) and (i + 1 == n or toks[i + 1][2].lower() in _SIGN_ENDS)):
