@@ -59,15 +59,19 @@ def judge(pairs: Mapping[str, Sequence[tuple[float, float]]], rule: AcceptRule =
     med = statistics.median(per_instance.values())
     lo, hi = _bootstrap(list(ratios.values()), rule)
     worst_inst, worst = max(per_instance.items(), key=lambda kv: kv[1])
-    figures = dict(median_ratio=med, ci_low=lo, ci_high=hi, worst_instance=worst,
-                   instances=len(ratios), rounds=sum(len(r) for r in ratios.values()))
+    n_rounds = sum(len(r) for r in ratios.values())
+
+    def verdict(accepted: bool, reason: str) -> AcceptanceVerdict:
+        return AcceptanceVerdict(accepted, reason, median_ratio=med, ci_low=lo, ci_high=hi, worst_instance=worst,
+                                 instances=len(ratios), rounds=n_rounds)
+
     if worst > rule.max_instance:
-        return AcceptanceVerdict(False, f"instance {worst_inst} runs {worst:.2f}x native", **figures)
+        return verdict(False, f"instance {worst_inst} runs {worst:.2f}x native")
     if med > rule.max_median:
-        return AcceptanceVerdict(False, f"median ratio {med:.3f} is above {rule.max_median}", **figures)
+        return verdict(False, f"median ratio {med:.3f} is above {rule.max_median}")
     if hi >= rule.max_upper:
-        return AcceptanceVerdict(False, f"95% interval reaches {hi:.3f} (must stay below {rule.max_upper})", **figures)
-    return AcceptanceVerdict(True, "accepted", **figures)
+        return verdict(False, f"95% interval reaches {hi:.3f} (must stay below {rule.max_upper})")
+    return verdict(True, "accepted")
 
 
 def _bootstrap(ratios: list[list[float]], rule: AcceptRule) -> tuple[float, float]:
