@@ -462,8 +462,11 @@ def bind_parameters(sql: str) -> list[tuple[int, int, str]] | None:
     for i, (s, e, text, kind) in enumerate(toks):
         if kind != duckdb.token_type.operator.value or ("?" not in text and "$" not in text):
             continue
-        if i + 1 < len(toks) and toks[i + 1][0] == e and toks[i + 1][2][0] in "?|&@#<>=~!^%*/+-":
-            return None  # run into an operator (``?|``): not a parameter lqo can be sure of
+        if i + 1 < len(toks) and toks[i + 1][0] == e and toks[i + 1][2][0] in "?|&@#":
+            # run into what starts a JSON or geometric operator elsewhere (``?|``): not a
+            # parameter lqo can be sure of; arithmetic and comparisons (``?+11``) are DuckDB's
+            # own tokens, split the same way by its parser
+            return None
         if i and (toks[i - 1][3] == _IDENT or toks[i - 1][2].lower() in _TYPE_WORDS):
             return None  # after a name or a type (``DATE ?``): no literal lqo could write there
         if text == "?":
