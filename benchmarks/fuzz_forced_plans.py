@@ -27,8 +27,9 @@ seed 2: 88%; the generator before this: 56% on 2,000 of seed 1).
 
 Every query is run natively, then under 2-3 *setting arms* (the original text with one
 DuckDB optimizer rule off: lqo's arms and a few more, ``ARM_RULES``; now and then a
-pair), also when lqo refuses the query for trees; each must give the native result's
-fingerprint. Then through lqo: ``prepare`` (parse, join graph, EXPLAIN, native trees),
+pair, and one *settings arm*: a DuckDB operator setting of lqo's ``SETTING_ARMS``,
+drawn per query text so that the other draws stay as they were), also when lqo refuses
+the query for trees; each must give the native result's fingerprint. Then through lqo: ``prepare`` (parse, join graph, EXPLAIN, native trees),
 then DuckDB's native tree rendered plus random and exhaustively enumerated trees, each
 rendered and executed under ``forced_settings``, and one of them again with a rule of
 lqo's tree+arm candidates off. A forced result must have the native result's
@@ -78,6 +79,7 @@ import re
 import sys
 import time
 import traceback
+import zlib
 from collections import Counter
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -95,6 +97,7 @@ from lqo.sql.catalog import Catalog
 from lqo.sql.relations import limit_in_from
 from lqo.trees.enumerate import exhaustive_trees
 from lqo.trees.query import prepare
+from lqo.tune.arms import SETTING_ARMS
 
 # --------------------------------------------------------------------------- key graphs
 
@@ -1466,10 +1469,14 @@ def _check(sql, tap, catalog, rng, n_random, h, arms=True, judge_arms=True) -> O
 
     if arms:
         allowed = set(lqo_arms(sql))
-        picks = pick_arms(rng)  # drawn also when not run: the trees drawn after them stay the same
-        for rules in picks if judge_arms else []:
-            r = h.run(sql, disabled=rules, profile=False, timeout_s=limit)
-            eligible = set(rules) <= allowed
+        # (rules, settings); drawn also when not run: the trees drawn after them stay the same
+        picks: list[tuple[tuple[str, ...], tuple]] = [(rules, ()) for rules in pick_arms(rng)]
+        # one settings arm, drawn from the text (not from ``rng``: the draws after it stay as they were)
+        picks.append(((), (random.Random(zlib.crc32(sql.encode())).choice(SETTING_ARMS),)))
+        for disabled, settings in picks if judge_arms else []:
+            r = h.run(sql, disabled=disabled, settings=settings, profile=False, timeout_s=limit)
+            rules = disabled + tuple(f"{n}={v}" for n, v in settings)  # as recorded
+            eligible = bool(settings) or set(rules) <= allowed
             if r.timed_out or (r.error and r.error.startswith(RESOURCE_ERRORS)):
                 verdict = "timeout"
             elif r.error:
@@ -1483,7 +1490,8 @@ def _check(sql, tap, catalog, rng, n_random, h, arms=True, judge_arms=True) -> O
                 verdict = "wrong"
                 out.arm_failures.append({"rules": list(rules), "status": "wrong", "eligible": eligible,
                                          "limit_in_from": has_limit_in_from(sql),
-                                         "cause": limit_filter_cause(h, sql, rules, native.fingerprint, limit),
+                                         "cause": None if settings else limit_filter_cause(h, sql, rules, native.fingerprint,
+                                                                                           limit),
                                          "detail": f"{r.rows} rows vs native {native.rows}"})
             else:
                 verdict = "ok"

@@ -42,6 +42,8 @@ class Optimized:
     candidates: int = 0
     disabled: tuple[str, ...] = ()  # optimizer rules switched off to run ``sql`` (a setting arm)
     source: str = "model"  # "book" (verified plan book), "model" (planned now), "native" (not planned)
+    # DuckDB operator settings (name, value) to run ``sql`` under (a setting arm), beside the rules.
+    settings: tuple[tuple[str, str], ...] = ()
     # Opt-in feedback: called with (self, latency ms) after every execute().
     on_latency: Callable[["Optimized", float], None] | None = field(default=None, repr=False, compare=False)
     # DuckDB's parse of ``original_sql`` where lqo parsed the text to check it and runs it
@@ -50,17 +52,21 @@ class Optimized:
 
     @classmethod
     def as_written(cls, sql: str, why: str | None, planning_ms: float, *, source: str = "native",
-                   disabled: tuple[str, ...] = (), predicted_native_ms: float | None = None) -> "Optimized":
-        """The text run as written: natively (``why`` says why), or under a setting arm."""
+                   disabled: tuple[str, ...] = (), predicted_native_ms: float | None = None,
+                   settings: tuple[tuple[str, str], ...] = ()) -> "Optimized":
+        """The text run as written: natively (``why`` says why), or under a setting arm
+        (rules ``disabled``, ``settings``)."""
         return cls(sql, sql, False, None, None, None, predicted_native_ms, why, planning_ms,
-                   disabled=disabled, source=source)
+                   disabled=disabled, source=source, settings=settings)
 
     @classmethod
     def from_book(cls, sql: str, text: str, plan: Plan | None, planning_ms: float, *,
-                  disabled: tuple[str, ...] = ()) -> "Optimized":
+                  disabled: tuple[str, ...] = (), settings: tuple[tuple[str, str], ...] = ()) -> "Optimized":
         """A verified plan served from the plan book: ``text`` (the tree filled with this
-        instance's literals) runs forced, with the candidate's extra ``disabled`` rules."""
-        return cls(sql, text, True, plan, None, None, None, None, planning_ms, disabled=disabled, source="book")
+        instance's literals) runs forced, with the candidate's extra ``disabled`` rules
+        and ``settings``."""
+        return cls(sql, text, True, plan, None, None, None, None, planning_ms, disabled=disabled, source="book",
+                   settings=settings)
 
     @classmethod
     def planned(cls, sql: str, chosen: Plan | None, native: Plan | None, planning_ms: float, *,
@@ -75,7 +81,8 @@ class Optimized:
     @property
     def rules(self) -> tuple[str, ...]:
         """Every DuckDB optimizer rule ``sql`` runs with disabled: the forcing rules for a
-        forced tree, plus the arm's rules. The whole decision a runner needs besides ``sql``."""
+        forced tree, plus the arm's rules. With ``settings``, the whole decision a runner
+        needs besides ``sql``."""
         if not self.forced:
             return self.disabled
         return FORCE_DISABLED_OPTIMIZERS + tuple(r for r in self.disabled if r not in FORCE_DISABLED_OPTIMIZERS)
@@ -90,9 +97,10 @@ class Optimized:
     def execute(self, con: duckdb.DuckDBPyConnection) -> list[tuple]:
         """Run the chosen plan on ``con`` and return all rows (settings restored after).
 
-        Only the optimizer rules the plan needs are changed; every other setting of
-        ``con`` (``memory_limit``, ``threads``, ...) stays in force. Safe from several
-        threads (cursors of one connection): statements needing other rules take turns
+        Only the optimizer rules (and a setting arm's settings) the plan needs are
+        changed; every other setting of ``con`` (``memory_limit``, ``threads``, ...) stays
+        in force. Safe from several threads (cursors of one connection): statements
+        needing other rules or settings take turns
         (``lqo.engine.settings.RuleModes``). A query that fails while running
         (conversion error, overflow, out of memory, ``con.interrupt()``) raises
         ``QueryRuntimeError`` naming the query, DuckDB's error as its cause.
@@ -116,15 +124,15 @@ class Optimized:
         changed under it) runs the text as written instead, with the reason in
         ``fallback``."""
         # Native too: it must not run while another thread's statement has rules disabled.
-        with disabled_optimizers(con, self.rules):
+        with disabled_optimizers(con, self.rules, self.settings):
             try:
                 return con.execute(self.runnable, parameters)
             except (duckdb.BinderException, duckdb.CatalogException) as err:
-                if self.source != "book" or self.sql == self.original_sql and not self.disabled:
+                if self.source != "book" or self.sql == self.original_sql and not self.disabled and not self.settings:
                     raise
                 stale = err
         self.fallback = f"the verified plan no longer binds ({str(stale).splitlines()[0][:120]}): ran as written"
-        self.sql, self.forced, self.disabled = self.original_sql, False, ()
+        self.sql, self.forced, self.disabled, self.settings = self.original_sql, False, (), ()
         with disabled_optimizers(con, ()):
             return con.execute(self.original_sql, parameters)
 
@@ -136,5 +144,5 @@ class Optimized:
             "native": str(self.native) if self.native else None,
             "predicted_ms": self.predicted_ms, "predicted_native_ms": self.predicted_native_ms,
             "fallback": self.fallback, "planning_ms": round(self.planning_ms, 3), "candidates": self.candidates,
-            "disabled": list(self.disabled), "source": self.source,
+            "disabled": list(self.disabled), "settings": dict(self.settings), "source": self.source,
         }

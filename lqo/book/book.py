@@ -6,8 +6,8 @@ sqlglot in milliseconds and schema-fingerprinted like a model. A template's choi
 figures of that verdict are kept with the choice.
 
 Candidates are either *trees* (a whole-query ``Plan``, forced; served from a slot
-rendering) or *arms* (the native text run with some DuckDB optimizer rules disabled: no
-tree is forced, so no forcing penalty).
+rendering) or *arms* (the native text run with some DuckDB optimizer rules disabled, or
+some DuckDB operator settings changed: no tree is forced, so no forcing penalty).
 
 >>> book = PlanBook(schema="sha1:abc")
 >>> e = book.entry("k1", template="q07", sample_sql="SELECT 1")
@@ -57,8 +57,16 @@ class AcceptanceVerdict:
 
 @dataclass(frozen=True)
 class Candidate:
-    """``id``: ``native``, ``arm:<rules>`` or ``tree:<plan key>``; ``plan``: the Plan's
-    JSON (trees); ``slots``: its slot rendering's JSON (trees, when it could be cut)."""
+    """``id``: ``native``, ``arm:<rules and settings>`` or ``tree:<plan key>``; ``plan``:
+    the Plan's JSON (trees); ``slots``: its slot rendering's JSON (trees, when it could be
+    cut); ``disabled``: DuckDB optimizer rules it runs with off (beyond a tree's forcing);
+    ``settings``: DuckDB operator settings (name, value) it runs under (a setting arm).
+
+    >>> c = Candidate(arm_id((), (("late_materialization_max_rows", "0"),)), "arm",
+    ...               settings=(("late_materialization_max_rows", "0"),))
+    >>> c.id, Candidate.from_json(c.to_json()) == c
+    ('arm:late_materialization_max_rows=0', True)
+    """
 
     id: str
     kind: str  # "native" | "arm" | "tree"
@@ -66,16 +74,43 @@ class Candidate:
     plan: str | None = None
     slots: list | None = None
     origin: str = ""  # how it was proposed: "arm", "star", "random", "model", ...
+    settings: tuple[tuple[str, str], ...] = ()  # (setting, value), sorted by name
 
     def to_json(self) -> dict:
-        """The candidate as plain JSON data."""
-        return {"id": self.id, "kind": self.kind, "disabled": list(self.disabled), "plan": self.plan,
-                "slots": self.slots, "origin": self.origin}
+        """The candidate as plain JSON data (``settings`` only where it has some: a book
+        without setting arms reads as before)."""
+        d = {"id": self.id, "kind": self.kind, "disabled": list(self.disabled), "plan": self.plan,
+             "slots": self.slots, "origin": self.origin}
+        if self.settings:
+            d["settings"] = [list(p) for p in self.settings]
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> "Candidate":
-        """A candidate from its JSON."""
-        return cls(d["id"], d["kind"], tuple(d.get("disabled") or ()), d.get("plan"), d.get("slots"), d.get("origin", ""))
+        """A candidate from its JSON (books written before setting arms have none)."""
+        settings = tuple(sorted((str(n), str(v)) for n, v in d.get("settings") or ()))
+        return cls(d["id"], d["kind"], tuple(d.get("disabled") or ()), d.get("plan"), d.get("slots"),
+                   d.get("origin", ""), settings)
+
+
+def arm_id(rules: tuple[str, ...], settings: tuple[tuple[str, str], ...] = ()) -> str:
+    """The id of the arm that disables ``rules`` and sets ``settings``: ``arm:a,b,name=value``.
+
+    >>> arm_id(("join_order",), (("merge_join_threshold", "0"),))
+    'arm:join_order,merge_join_threshold=0'
+    """
+    return "arm:" + ",".join([*rules, *(f"{n}={v}" for n, v in settings)])
+
+
+def arm_from_id(cid: str) -> Candidate:
+    """The arm an ``arm:`` id names (rules, and ``name=value`` settings).
+
+    >>> arm_from_id("arm:join_order,merge_join_threshold=0").settings
+    (('merge_join_threshold', '0'),)
+    """
+    parts = [p for p in cid[4:].split(",") if p]
+    settings = tuple(sorted((n, v) for n, _, v in (p.partition("=") for p in parts if "=" in p)))
+    return Candidate(cid, "arm", tuple(p for p in parts if "=" not in p), origin=cid, settings=settings)
 
 
 NATIVE = Candidate("native", "native")
@@ -140,7 +175,7 @@ class BookEntry:
             # Books written before arms of untreeable templates were recorded: an arm is
             # fully named by its id.
             if cid.startswith("arm:") and cid not in e.candidates:
-                e.candidates[cid] = Candidate(cid, "arm", tuple(cid[4:].split(",")), origin=cid)
+                e.candidates[cid] = arm_from_id(cid)
         if e.choice != "native" and e.choice not in e.candidates:
             raise BookError(f"template {e.template}: choice {e.choice} is not among its candidates")
         return e

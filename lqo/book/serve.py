@@ -27,6 +27,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
 
+import duckdb
+
 from lqo.book.book import BookEntry, PlanBook
 from lqo.book.params import BoundText, bind_literals, literal_kinds
 from lqo.book.ranges import LiteralRanges, guard_for
@@ -85,7 +87,7 @@ class BookServer:
     def __contains__(self, sql: str) -> bool:
         return template_key(sql).key in self._served
 
-    def serve(self, sql: str, check: Callable[[str], object] | None = None) -> Optimized | None:
+    def serve(self, sql: str, check: Callable[[str], duckdb.Statement] | None = None) -> Optimized | None:
         """The book's verified choice for ``sql``, or None for an unknown template.
 
         ``check`` (a text -> DuckDB's parse of it, or an exception) is called once per
@@ -154,8 +156,9 @@ class BookServer:
         if kinds is None:
             return None
         with self._lock:
-            known = self._kinds.get((sql, kinds), False)
-        if known is False:
+            cached = (sql, kinds) in self._kinds
+            known = self._kinds.get((sql, kinds))
+        if not cached:
             bound = bind_literals(sql, params)
             known = None if bound is None else (template_key(bound.sql), bound)
             with self._lock:

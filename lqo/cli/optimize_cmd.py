@@ -49,8 +49,9 @@ def run(args: argparse.Namespace) -> int:
         f"predicted:    lqo {_fmt(res.predicted_ms)} ms, native {_fmt(res.predicted_native_ms)} ms",
         f"planning:     {res.planning_ms:.2f} ms ({res.candidates} plans scored)",
     ]
-    if res.forced:
-        lines.append("run with:     SET disabled_optimizers='join_order,build_side_probe_side';")
+    if res.rules or res.settings:  # a forced tree, or a setting arm's rules and settings
+        sets = [f"SET disabled_optimizers='{','.join(res.rules)}';"] if res.rules else []
+        lines.append("run with:     " + " ".join(sets + [f"SET GLOBAL {n} = '{v}';" for n, v in res.settings]))
     lines.append(res.sql)
     emit(args, "\n".join(lines), res.to_json())
     return 0

@@ -49,8 +49,9 @@ class Harness:
         self.timeout_s = timeout_s
 
     def run(self, sql: "str | duckdb.Statement", forced: bool = False, timeout_s: Any = _UNSET, profile: bool = True,
-            disabled: Sequence[str] = ()) -> RunResult:
-        """Execute ``sql`` (text or parsed statement) once; never raises for query errors.
+            disabled: Sequence[str] = (), settings: Sequence[tuple[str, str]] = ()) -> RunResult:
+        """Execute ``sql`` (text or parsed statement) once, with optimizer rules
+        ``disabled`` and DuckDB ``settings`` (name, value) in force; never raises for query errors.
 
         ``timeout_s`` defaults to the Harness's; None means no timeout. DuckDB errors
         (conversion, overflow, out of memory under ``memory_limit``, ...) and results
@@ -66,7 +67,7 @@ class Harness:
             forced=forced,
             threads=int(threads) if threads is not None else None,
         )
-        rules = forced_settings(con, disabled) if forced else disabled_optimizers(con, disabled)
+        rules = forced_settings(con, disabled, settings) if forced else disabled_optimizers(con, disabled, settings)
         with profiling_settings(con) if profile else _nothing(), rules:
             rows = _timed_execute(con, sql, timeout, result)
             if sigint_seen():
@@ -141,14 +142,16 @@ def _nothing() -> Iterator[None]:
 
 def run_interleaved(
     con: duckdb.DuckDBPyConnection,
-    variants: Sequence[tuple[str, bool] | tuple[str, bool, Sequence[str]]],
+    variants: Sequence[tuple[str, bool] | tuple[str, bool, Sequence[str]]
+                       | tuple[str, bool, Sequence[str], Sequence[tuple[str, str]]]],
     repeats: int,
     warmup: int = 1,
     timeout_s: float | None = None,
     profile: bool = False,
     on_run: Callable[[int, int, RunResult], None] | None = None,
 ) -> list[list[RunResult]]:
-    """Run variants ``(sql, forced)`` or ``(sql, forced, disabled_rules)`` round-robin:
+    """Run variants ``(sql, forced)``, ``(sql, forced, disabled_rules)`` or ``(sql, forced,
+    disabled_rules, settings)`` round-robin:
     warm-up rounds, then ``repeats`` rounds.
 
     Interleaving A B C A B C ... spreads machine noise over all variants alike. A variant
@@ -169,7 +172,9 @@ def run_interleaved(
                 continue
             sql, forced = variant[0], variant[1]
             disabled = variant[2] if len(variant) > 2 else ()
-            r = harness.run(sql, forced=forced, timeout_s=timeout_s, profile=profile, disabled=disabled)
+            settings = variant[3] if len(variant) > 3 else ()
+            r = harness.run(sql, forced=forced, timeout_s=timeout_s, profile=profile, disabled=disabled,
+                            settings=settings)
             if on_run is not None:
                 on_run(i, rnd, r)
             if not r.ok:

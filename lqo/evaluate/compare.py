@@ -151,13 +151,14 @@ def compare_query(con: Any, optimizer: Optimizer, q: Query, config: CompareConfi
         pq = optimizer.prepare(q.sql, con)
     except LqoError as err:  # e.g. a column the database lacks: this query fails, the others go on
         return QueryComparison(q.id, q.template, 0.0, 0.0, 0.0, 1.0, error=f"not planned: {err}")
-    variants: list[tuple[str, bool] | tuple[str, bool, Sequence[str]]] = [(q.sql, False)]
-    uses_lqo = res.forced or bool(res.disabled)
+    variants: list[tuple[str, bool] | tuple[str, bool, Sequence[str], Sequence[tuple[str, str]]]] = [(q.sql, False)]
+    uses_lqo = res.forced or bool(res.disabled) or bool(res.settings)
     if uses_lqo:
-        variants.append((res.sql, res.forced, res.disabled))
+        variants.append((res.sql, res.forced, res.disabled, res.settings))
     if pq.forceable:
         variants.append((pq.render(pq.native_plan), True))
-    chosen = str(res.chosen) if res.chosen else (f"arm: {','.join(res.disabled)} off" if res.disabled else None)
+    arm = ", ".join([*(f"{r} off" for r in res.disabled), *(f"{n}={v}" for n, v in res.settings)])
+    chosen = str(res.chosen) if res.chosen else (f"arm: {arm}" if arm else None)
     first = run_interleaved(con, variants[:1], repeats=1, warmup=config.warmup)
     failed = next((r for r in first[0] if r.error is not None), None)
     if failed is None:

@@ -34,6 +34,7 @@ from lqo.trees.plan import Plan
 from lqo.trees.query import prepare
 from lqo.trees.render import render
 from lqo.tune.accept import judge
+from lqo.tune.arms import setting_arms
 from lqo.tune.inputs import TemplateInstances, TuneConfig
 from lqo.workloads.workload import Query
 
@@ -107,6 +108,7 @@ class Trials:
         if _limit_in_from(t.tune[0].sql):  # see relations.LIMIT_REASON: build sides must stay DuckDB's
             arms = tuple(a for a in ARMS if a not in ("build_side_probe_side", "join_order"))
         out = [Candidate(f"arm:{rule}", "arm", (rule,), origin=f"arm:{rule}") for rule in arms]
+        out += setting_arms(self.con, t.tune[0].sql)  # those that change its plan (one EXPLAIN each)
         try:
             pq = prepare(t.tune[0].sql, self.con, self.catalog)
         except LqoError as err:
@@ -166,7 +168,7 @@ class Trials:
         roots = profile_nodes(profile_json(self.con, q.sql, timeout_s=timeout_s, disabled=("join_filter_pushdown",)))
         return None if roots is None else read_native_trees(pq.graph, roots).actuals
 
-    def _variant(self, c: Candidate, q: Query) -> tuple[str, bool, tuple[str, ...]]:
+    def _variant(self, c: Candidate, q: Query) -> tuple[str, bool, tuple[str, ...], tuple[tuple[str, str], ...]]:
         return variant(c, q.sql, self.catalog)
 
     def screen(self, t: TemplateInstances, entry: BookEntry, c: Candidate) -> tuple[float, int]:
@@ -274,10 +276,14 @@ def acceptance_bar(entry: BookEntry, screen_below: float) -> float:
 def recorded_plan(c: Candidate) -> Any:
     """What the experience store keeps as the candidate's plan: a tree's JSON; for an arm,
     or a tree run with rules off, a record no Plan parser takes for a plain tree (training
-    reads only plain trees: the extra rule changes what the tree's runs mean)."""
-    if c.kind == "tree" and not c.disabled:
+    reads only plain trees: the extra rule changes what the tree's runs mean); a settings
+    arm's record names its settings."""
+    if c.kind == "tree" and not c.disabled and not c.settings:
         return c.plan
-    return {"arm": list(c.disabled)} if c.kind == "arm" else {"tree": c.plan, "arm": list(c.disabled)}
+    out: dict[str, Any] = {"arm": list(c.disabled)} if c.kind == "arm" else {"tree": c.plan, "arm": list(c.disabled)}
+    if c.settings:
+        out["settings"] = dict(c.settings)
+    return out
 
 
 def _limit_in_from(sql: str) -> bool:
@@ -289,15 +295,15 @@ def _limit_in_from(sql: str) -> bool:
         return True  # unknown shape: keep only the arms that leave build sides alone
 
 
-def variant(c: Candidate, sql: str, catalog: Catalog) -> tuple[str, bool, tuple[str, ...]]:
+def variant(c: Candidate, sql: str, catalog: Catalog) -> tuple[str, bool, tuple[str, ...], tuple[tuple[str, str], ...]]:
     """How to run candidate ``c`` for the instance ``sql``: ``(text, forced, disabled
-    rules)``, the form ``run_interleaved`` takes. A tree is filled from its slot
+    rules, settings)``, the form ``run_interleaved`` takes. A tree is filled from its slot
     rendering where the instance's slot shape fits, else rendered for this text."""
     if c.kind == "arm":
-        return (sql, False, c.disabled)
+        return (sql, False, c.disabled, c.settings)
     if c.slots is not None:
         key = template_key(sql)
         filled = SlotRendering.from_json(c.slots).fill(key.literals, key.shape)
         if filled is not None:
-            return (filled, True, c.disabled)
-    return (render(build_query_graph(sql, catalog), Plan.from_json(c.plan)), True, c.disabled)
+            return (filled, True, c.disabled, c.settings)
+    return (render(build_query_graph(sql, catalog), Plan.from_json(c.plan)), True, c.disabled, c.settings)

@@ -15,8 +15,9 @@ improvement x template weight (native time of its tuning instances):
    :mod:`lqo.tune.accept`; it becomes the template's choice if accepted and better than
    the current one.
 
-Candidates: setting arms (the native text with one DuckDB optimizer rule disabled; no
-forced tree, no forcing penalty), the star-shaped plan from lqo's own estimates, the
+Candidates: setting arms (the native text with one DuckDB optimizer rule disabled, or
+one DuckDB operator setting changed where that changes its plan, :mod:`lqo.tune.arms`;
+no forced tree, no forcing penalty), the star-shaped plan from lqo's own estimates, the
 C_out-cheapest tree by dynamic programming over those estimates and over the counts a
 profiled native run recorded (a true-cardinality plan, :mod:`lqo.trees.dp`), every tree
 of blocks of up to three relations, build-side flips and local moves of DuckDB's native
