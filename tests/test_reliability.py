@@ -209,7 +209,7 @@ def test_explore_records_failed_queries_and_goes_on(capsys, failing_wl):
 
 def test_tune_compare_optimize_with_failing_queries(capsys, failing_wl, tmp_path, db):
     out = tmp_path / "book"
-    code, text, err = lqo(capsys, "tune", failing_wl, "--budget", "0.05", "--out", out)
+    code, text, err = lqo(capsys, "tune", failing_wl, "--budget", "0.5", "--out", out)  # margin for a loaded machine: it ends when no candidate is left
     assert code == 0, err
     assert "garbage: native run of garbage failed" in text and "left native" in text
     book = json.loads((out / "book.json").read_text())
