@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from lqo.trees.plan import Plan
 
 
+# What running a decision may raise that is the query's failure, not lqo's.
+_RUN_ERRORS: tuple[type[Exception], ...] = (duckdb.Error, *RESULT_CONVERSION_ERRORS)
+
+
 @dataclass
 class Optimized:
     """The outcome of planning one query."""
@@ -108,7 +112,7 @@ class Optimized:
         began = time.perf_counter()
         try:
             rows = self.start(con).fetchall()
-        except (duckdb.Error, *RESULT_CONVERSION_ERRORS) as err:
+        except _RUN_ERRORS as err:
             if is_user_interrupt(err):  # Ctrl-C in the lqo CLI stays Ctrl-C
                 raise KeyboardInterrupt from err
             raise runtime_error(err, self.original_sql) from err

@@ -76,13 +76,13 @@ def _tune(workload, out, monkeypatch, wrong_in: str):
     real_variant = trials.variant
 
     def variant(c, sql, catalog):
-        text, forced, disabled = real_variant(c, sql, catalog)
+        text, *how = real_variant(c, sql, catalog)  # (text, forced, disabled rules, settings)
         where = phase[-1] if phase else "?"
         if c.id == target.get("id") and where == wrong_in:
             ran[(where, "wrong")] += 1
-            return WRONG, forced, disabled
+            return (WRONG, *how)
         ran[(where, "right")] += 1
-        return text, forced, disabled
+        return (text, *how)
 
     monkeypatch.setattr(Trials, "_candidates", one_tree)
     monkeypatch.setattr(Trials, "screen", in_phase("screen"))

@@ -19,7 +19,7 @@ from lqo.engine.failures import error_line
 from lqo.engine.harness import run_interleaved
 from lqo.engine.profile import profile_json
 from lqo.engine.run_result import median_latency
-from lqo.errors import LqoError
+from lqo.errors import LqoError, PlanError
 from lqo.estimates.cardinality import Estimator
 from lqo.estimates.stats import DatabaseStats
 from lqo.search import neighbours, small_block_plans, star_plan
@@ -86,12 +86,15 @@ class Trials:
             if not ok:
                 entry.note = f"native run of {q.id} failed: {error_line(runs[-1].error) if runs else 'no run'}"
                 continue
-            entry.native_ms[q.id] = median_latency(ok)
-            entry.fingerprints[q.id] = ok[0].fingerprint
+            ms, fingerprint = median_latency(ok), ok[0].fingerprint
+            if ms is None or fingerprint is None:  # an ok run has both; kept honest for the type
+                continue
+            entry.native_ms[q.id] = ms
+            entry.fingerprints[q.id] = fingerprint
         # The template's share of the workload: its mean native time x how often it runs
         # (every instance's weight, held-out ones included; 1 each unless from a query log).
-        runs = sum(q.weight for q in t.tune + t.held_out)
-        entry.weight_ms = sum(entry.native_ms.values()) / len(entry.native_ms) * runs if entry.native_ms else 0.0
+        times_run = sum(q.weight for q in t.tune + t.held_out)
+        entry.weight_ms = sum(entry.native_ms.values()) / len(entry.native_ms) * times_run if entry.native_ms else 0.0
 
     def candidates(self, t: TemplateInstances, entry: BookEntry, rng: random.Random) -> list[Candidate]:
         """Every candidate of ``t``, each recorded in ``entry.candidates`` (an adopted
@@ -306,4 +309,6 @@ def variant(c: Candidate, sql: str, catalog: Catalog) -> tuple[str, bool, tuple[
         filled = SlotRendering.from_json(c.slots).fill(key.literals, key.shape)
         if filled is not None:
             return (filled, True, c.disabled, c.settings)
+    if c.plan is None:
+        raise PlanError(f"candidate {c.id} is a tree without a plan")
     return (render(build_query_graph(sql, catalog), Plan.from_json(c.plan)), True, c.disabled, c.settings)
