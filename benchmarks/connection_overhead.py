@@ -3,6 +3,7 @@ loading a book costs, and the key of a huge IN list.
 
     python benchmarks/connection_overhead.py WORKLOAD --book DIR [--rounds 7] [--json OUT]
 
+- ``per call``: ``SELECT 42`` in alternating blocks of 100 calls: the time a call adds.
 - ``left alone``: every query of WORKLOAD whose template the book keeps native (and a
   few texts the book does not know), one thread, ``execute(sql).fetchall()`` through
   plain DuckDB and through ``lqo.connect(db, book=DIR)``, interleaved per query and
@@ -89,6 +90,27 @@ def left_alone(w: Workload, book_dir: str, rounds: int, capture: Path) -> dict:
     return out
 
 
+def per_call(db: str, book_dir: str, capture: Path, blocks: int = 40, block: int = 100) -> dict:
+    """What a call costs beyond DuckDB's own: ``SELECT 42`` (unknown to any book) in
+    alternating blocks through plain DuckDB, lqo with the book, and lqo capturing."""
+    arms = {"native": duckdb.connect(db, read_only=True), "lqo": lqo.connect(db, book=book_dir),
+            "capture": lqo.connect(db, capture=capture, capture_limit_mb=256)}
+    times: dict[str, list[float]] = {a: [] for a in arms}
+    for b in range(blocks):
+        for a in (list(arms) if b % 2 else list(reversed(list(arms)))):
+            con = arms[a]
+            t = time.perf_counter()
+            for _ in range(block):
+                con.execute("SELECT 42").fetchall()
+            times[a].append((time.perf_counter() - t) / block * 1e6)
+    med = {a: statistics.median(v) for a, v in times.items()}
+    arms["capture"].log.close()
+    for c in arms.values():
+        c.close()
+    return {"native_us": round(med["native"], 1), "lqo_added_us": round(med["lqo"] - med["native"], 1),
+            "capture_added_us": round(med["capture"] - med["native"], 1)}
+
+
 def load(db: str, book_dir: str) -> dict:
     runs = []
     for _ in range(5):
@@ -126,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     w = Workload.load(args.workload)
     with tempfile.TemporaryDirectory() as tmp:
-        report = {"left_alone": left_alone(w, args.book, args.rounds, Path(tmp) / "c.jsonl"),
+        report = {"per_call": per_call(str(w.database), args.book, Path(tmp) / "p.jsonl"),
+                  "left_alone": left_alone(w, args.book, args.rounds, Path(tmp) / "c.jsonl"),
                   "load": load(str(w.database), args.book), "long_list": long_list()}
     text = json.dumps(report, indent=1)
     if args.json:

@@ -1,7 +1,8 @@
 """An application's query log: what ``lqo.connect(..., capture=PATH)`` records and
 ``lqo workload import`` / ``lqo tune --log`` read.
 
-One JSON line per SELECT the application ran: its text, its bind parameters (typed, so
+One JSON line per SELECT the application ran (written out at least every half second,
+and on ``close``/``flush``): its text, its bind parameters (typed, so
 they come back as the values the application bound), its latency in milliseconds and
 when it ran. Capturing is opt-in and bounded: past ``limit_mb`` the log stops growing
 (``full`` turns true) rather than fill a disk.
@@ -57,6 +58,7 @@ class QueryLog:
         self._fh = open(self.path, "a", encoding="utf-8")
         self._size = self.path.stat().st_size
         self._lock = threading.Lock()
+        self._flushed = time.monotonic()
         self.full = self._size >= self.limit_bytes
 
     @staticmethod
@@ -79,14 +81,23 @@ class QueryLog:
                 self.full = True
                 return
             self._fh.write(line)
-            self._fh.flush()  # a crash loses at most the statement being written
+            now = time.monotonic()
+            if now - self._flushed > 0.5:  # a crash loses at most the last half second
+                self._fh.flush()
+                self._flushed = now
             self._size += size
 
     def close(self) -> None:
-        """Close the file (records after this are dropped)."""
+        """Write out what is buffered and close the file (records after this are dropped)."""
         with self._lock:
             self.full = True
             self._fh.close()
+
+    def flush(self) -> None:
+        """Write out what is buffered (a reader sees every record so far)."""
+        with self._lock:
+            if not self._fh.closed:
+                self._fh.flush()
 
 
 def encode_params(params: Any) -> Any:
