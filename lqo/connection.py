@@ -216,7 +216,7 @@ class Connection:
             return None  # a text or value lqo cannot read (a lone surrogate): DuckDB's to judge
         if served is None:
             return None
-        return served if served.forced or served.disabled else None
+        return served if served.forced or served.disabled or served.settings else None
 
     def _planned(self, query: str) -> Optimized | None:
         """The learned optimizer's decision for a SELECT (None for anything else: DuckDB's)."""

@@ -31,13 +31,15 @@ SHOW = ("SELECT current_setting('disabled_optimizers') AS r, current_setting('la
         "WHERE l_orderkey = o_orderkey AND o_orderkey % {} = 0")
 
 
-def _arm_book(path, con, sql: str, rules: tuple[str, ...], settings) -> None:
-    """A book-only model directory whose one template (``sql``'s) serves an arm."""
+def _arm_book(path, con, sql: str, rules: tuple[str, ...], settings, *more) -> None:
+    """A book-only model directory whose template ``sql`` serves an arm (and each of
+    ``more``, (sql, rules, settings) triples, another)."""
     book = PlanBook(schema=Catalog.from_connection(con).fingerprint)
-    e = book.entry(template_key(sql).key, "t", sql)
-    cid = arm_id(rules, settings)
-    e.candidates[cid] = Candidate(cid, "arm", rules, origin=cid, settings=settings)
-    e.adopt(cid)
+    for i, (text, r, s) in enumerate([(sql, rules, settings), *more]):
+        e = book.entry(template_key(text).key, f"t{i}", text)
+        cid = arm_id(r, s)
+        e.candidates[cid] = Candidate(cid, "arm", r, origin=cid, settings=s)
+        e.adopt(cid)
     book.save(path / "book.json")
 
 
@@ -95,8 +97,15 @@ def test_a_settings_arm_served_from_the_book_runs_under_its_setting_and_restores
 
 
 def test_a_settings_arm_through_the_connection_execute_sql_and_parameters(tmp_path, con):
-    _arm_book(tmp_path, con, SHOW.format(3), ("join_filter_pushdown",), MERGE)
+    late_only = SHOW.replace("count(*) AS n", "count(*) AS n2")  # another template: settings, no rule
+    _arm_book(tmp_path, con, SHOW.format(3), ("join_filter_pushdown",), MERGE, (late_only.format(3), (), LATE))
     with lqo.wrap(con.cursor(), book=tmp_path) as c:
+        for params in (None, [5]):  # as written, and with a bind parameter
+            text = late_only.format(5) if params is None else late_only.replace("% {}", "% ?")
+            (r, late, merge, _n), = c.execute(text, params).fetchall()
+            assert c.last is not None and c.last.settings == LATE and c.last.disabled == ()
+            assert (r, late, merge) == ("", 0, 1000) and _shown(c.duckdb) == ("", 50, 1000)
+            assert c.sql(late_only.format(5)).fetchall()[0][:3] == ("", 0, 1000)
         (r, late, merge, _n), = c.execute(SHOW.format(5)).fetchall()
         assert c.last is not None and c.last.settings == MERGE
         assert (r, late, merge) == ("join_filter_pushdown", 50, 0)
