@@ -27,7 +27,7 @@ seed 2: 88%; the generator before this: 56% on 2,000 of seed 1).
 
 Every query is run natively, then under 2-3 *setting arms* (the original text with one
 DuckDB optimizer rule off: lqo's arms and a few more, ``ARM_RULES``; now and then a
-pair, and one *settings arm*: a DuckDB operator setting of lqo's ``SETTING_ARMS``,
+set of 2-4 rules, and one *settings arm*: a DuckDB operator setting of lqo's ``SETTING_ARMS``,
 drawn per query text so that the other draws stay as they were), also when lqo refuses
 the query for trees; each must give the native result's fingerprint. Then through lqo: ``prepare`` (parse, join graph, EXPLAIN, native trees),
 then DuckDB's native tree rendered plus random and exhaustively enumerated trees, each
@@ -1259,8 +1259,10 @@ ARMS: tuple[str, ...] = ("join_filter_pushdown", "build_side_probe_side", "join_
                          "compressed_materialization", "cte_inlining")
 TREE_ARMS: tuple[str, ...] = ("join_filter_pushdown", "compressed_materialization", "cte_inlining")
 ARM_RULES: tuple[str, ...] = tuple(dict.fromkeys(ARMS + (
-    "filter_pushdown", "common_subplan", "late_materialization", "top_n", "statistics_propagation")))
-ARM_PAIR_P = 0.25  # share of queries that also get a pair of rules
+    "filter_pushdown", "common_subplan", "late_materialization", "top_n", "statistics_propagation",
+    # lqo.tune.trials.SET_RULES: grown into rule sets of up to 4 rules
+    "unused_columns", "expression_rewriter", "column_lifetime")))
+ARM_PAIR_P = 0.25  # share of queries that also get a set of 2-4 rules
 # An arm or a forced tree may take this many times native's time (at least the floor,
 # at most --timeout) before it is stopped and counted as a timeout, not judged.
 SLOWDOWN, SLOW_FLOOR_S = 50.0, 2.0
@@ -1406,10 +1408,10 @@ def native_flaky(h: Harness, sql: str, fingerprint: str, limit_s: float, times: 
 
 
 def pick_arms(rng: random.Random) -> list[tuple[str, ...]]:
-    """2-3 single rules, and now and then a pair."""
+    """2-3 single rules, and now and then a set of 2-4 (lqo's pairs and grown rule sets)."""
     arms = [(r,) for r in rng.sample(ARM_RULES, rng.choice([2, 3]))]
     if rng.random() < ARM_PAIR_P:
-        arms.append(tuple(sorted(rng.sample(ARM_RULES, 2))))
+        arms.append(tuple(sorted(rng.sample(ARM_RULES, rng.choice([2, 2, 3, 4])))))
     return arms
 
 

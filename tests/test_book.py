@@ -154,11 +154,15 @@ def test_tune_ends_with_a_book(tuned, varied):
     assert sum(len(e.screened) for e in book.entries.values()) > 22
     # combinations (if this run's timings proposed any) pair parts that each screened < 1
     combos = [c for e in book.entries.values() for c in e.candidates.values() if c.origin in COMBINED]
-    assert all(len(c.disabled) == (1 if c.kind == "tree" else 2) for c in combos)
+    assert all(len(c.disabled) == {"tree+arm": 1, "arm-pair": 2}.get(c.origin, len(c.disabled)) for c in combos)
     for e in book.entries.values():
         for c in e.candidates.values():
             if c.origin == "arm-pair":
                 assert all(e.screened.get(f"arm:{r}", 9) < 1.0 for r in c.disabled), (e.template, c.id)
+            if c.origin == "arm-set":  # a set grown by one rule from a set that screened below native
+                assert 3 <= len(c.disabled) <= 4, c.id
+                assert any(e.screened.get("arm:" + ",".join(r for r in c.disabled if r != x), 9) < 1.0
+                           for x in c.disabled), (e.template, c.id)
     for e in book.entries.values():  # whatever was tried can be adopted and loaded again
         assert set(e.screened) <= set(e.candidates) and set(e.verdicts) <= set(e.candidates), e.template
         ranges = LiteralRanges.from_json(e.ranges)  # recorded; its own instances lie inside

@@ -47,6 +47,10 @@ def register(sub: Any) -> None:
                    help="serve the plan of a constant-sensitive template (tuning instances' native times more "
                    "than 2x apart) only inside the literal ranges it was verified on (off by default: measured "
                    "to cost more wins than it saved; docs/plan-book.md)")
+    p.add_argument("--rule-sets", action="store_true",
+                   help="also grow pairs of disabled rules that screened faster than native into sets of up to 4 "
+                   "rules, where EXPLAIN shows a new plan (off by default: measured not to pay at SF1; "
+                   "docs/plan-book.md)")
     add_ray_flags(p)
     add_json_flag(p)
     p.set_defaults(handler=run)
@@ -70,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     workload = _log_workload(args) if args.log else Workload.load(_workload_arg(args))
     config = TuneConfig(budget_min=args.budget, tune_instances=args.tune_instances, rounds=args.rounds,
                         strategy=args.strategy, model=args.model, seed=args.seed,
-                        range_guard=args.range_guard)
+                        range_guard=args.range_guard, rule_sets=args.rule_sets)
     bar = TuneBar()
     log = (lambda line: None) if args.json else bar.write
     try:

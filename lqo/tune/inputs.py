@@ -26,6 +26,7 @@ class TuneConfig:
     exhaustive_relations: int = 3  # blocks this small get every tree as a candidate (0: none)
     true_cards: bool = True  # profile one native run per template for a true-cardinality plan
     range_guard: bool = False  # constant-sensitive templates served inside their verified ranges only
+    rule_sets: bool = False  # grow winning pairs of disabled rules into sets of up to 4 (trials.grow_rule_set)
     strategy: str = "learned"  # "learned" | "random"
     model: str | None = None  # a trained model directory (lqo train): scores tree candidates, adds its search's best
     seed: int = 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 from functools import partial
-from typing import Any
+from typing import Any, Callable
 
 from lqo.book.book import AcceptanceVerdict, BookEntry, Candidate, PlanBook
 from lqo.book.slots import SlotRendering
@@ -34,7 +34,7 @@ from lqo.trees.plan import Plan
 from lqo.trees.query import prepare
 from lqo.trees.render import render
 from lqo.tune.accept import judge
-from lqo.tune.arms import setting_arms
+from lqo.tune.arms import plan_signature, setting_arms
 from lqo.tune.inputs import TemplateInstances, TuneConfig
 from lqo.workloads.workload import Query
 
@@ -51,7 +51,19 @@ COMBINE_BELOW = 1.0  # both parts must have screened below this to be tried toge
 # screened near native is also tried with that rule off, whatever the rule does unforced.
 RETRY_TREE_RULE = "compressed_materialization"
 RETRY_TREE_BELOW = 1.10
-COMBINED = frozenset({"arm-pair", "tree+arm"})  # origins of the candidates ``combinations`` makes
+COMBINED = frozenset({"arm-pair", "tree+arm", "arm-set"})  # origins of the candidates ``combinations`` makes
+# Rule sets (AutoSteer-style; ``lqo tune --rule-sets``, off by default): a pair or set of
+# rules that screened below native grows by one more rule, up to MAX_SET_RULES, where its
+# EXPLAIN differs from every arm's plan tried on the template: first the ARMS whose single
+# arm screened below native, then SET_RULES, rules never tried alone. Measured
+# (docs/plan-book.md, Candidates; benchmarks/rule_sets.py), one template of 47 at SF1
+# gained over the best pair: TPC-DS q27, {build_side_probe_side, join_filter_pushdown}
+# 0.53x native, {build_side_probe_side, join_order, statistics_propagation, unused_columns}
+# 0.49x; in lqo tune on q27 no set was adopted (a single arm, 0.53x, was verified first).
+SET_RULES: tuple[str, ...] = ("unused_columns", "statistics_propagation", "expression_rewriter", "top_n",
+                              "column_lifetime")
+MAX_SET_RULES = 4
+GROW_PER_SET = 3  # grown sets proposed per set that screened below native
 # A screening run is one cold run, noisier than a verdict's median: a candidate is tested
 # against a template's current choice unless it screened this much slower than that choice.
 BEAT_SLACK = 1.10
@@ -71,6 +83,15 @@ class Trials:
         self.optimizer = optimizer
         # (template key, candidate id) -> (predicted gain over native, ensemble spread)
         self.predicted: dict[tuple[str, str], tuple[float, float]] = {}
+        self._plans: dict[tuple[str, tuple[str, ...]], str | None] = {}  # (template, rules) -> EXPLAIN signature
+
+    def arm_plan(self, t: TemplateInstances, rules: tuple[str, ...]) -> str | None:
+        """The signature of the plan DuckDB builds for ``t``'s first tuning instance with
+        ``rules`` disabled (one EXPLAIN, remembered); None where it does not plan."""
+        key = (t.key, tuple(sorted(rules)))
+        if key not in self._plans:
+            self._plans[key] = plan_signature(self.con, t.tune[0].sql, key[1])
+        return self._plans[key]
 
     def _record(self, q: Query, kind: str, plan_json: Any, sql: str | None, runs: Any) -> None:
         qk = self.store.add_query(q.sql, str(self.book.meta.get("workload", "")), None, q.id, q.template)
@@ -214,12 +235,15 @@ class Trials:
         return judge(pairs, self.config.rule, failed)
 
 
-def combinations(entry: BookEntry, c: Candidate) -> list[Candidate]:
+def combinations(entry: BookEntry, c: Candidate,
+                 plan: Callable[[tuple[str, ...]], str | None] | None = None) -> list[Candidate]:
     """Candidates that pair ``c``, just screened, with what already screened well on its
     template: two rules disabled together (``arm:a,b``), or a tree run with one more rule
     off (``tree:<key>+<rule>``). Only parts that each screened below ``COMBINE_BELOW``
     are paired, so a template grows combinations only where single changes already help;
-    ones tried or proposed before are not proposed again.
+    ones tried or proposed before are not proposed again. With ``plan`` (rules -> the
+    template's EXPLAIN signature under them), a pair or set of rules that screened below
+    ``COMBINE_BELOW`` also grows by one rule (``grow_rule_set``).
 
     >>> e = BookEntry("k", "q1", "SELECT 1")
     >>> a, b = (Candidate(f"arm:{r}", "arm", (r,), origin=f"arm:{r}") for r in ARMS[:2])
@@ -257,6 +281,52 @@ def combinations(entry: BookEntry, c: Candidate) -> list[Candidate]:
             continue
         if new.id not in entry.candidates and new.id not in entry.screened and all(x.id != new.id for x in out):
             out.append(new)
+    if plan is not None:
+        out += grow_rule_set(entry, c, plan)
+    return out
+
+
+def grow_rule_set(entry: BookEntry, c: Candidate, plan: Callable[[tuple[str, ...]], str | None]) -> list[Candidate]:
+    """Rule sets one rule larger than ``c``, an arm of two or more rules that screened below
+    ``COMBINE_BELOW``: the rule from the ARMS whose single arm screened below it (best
+    first), then from ``SET_RULES``; a grown set is proposed only where its plan (``plan``:
+    rules -> EXPLAIN signature) differs from native's and from every arm of the template
+    so far (so from each of its subsets tried), at most ``GROW_PER_SET`` of them.
+
+    >>> e = BookEntry("k", "q1", "SELECT 1")
+    >>> pair = Candidate("arm:build_side_probe_side,join_order", "arm", ("build_side_probe_side", "join_order"))
+    >>> e.candidates[pair.id] = pair; e.screened[pair.id] = 0.6
+    >>> same = ("build_side_probe_side", "join_order", "statistics_propagation")  # the pair's plan again
+    >>> plan = lambda rules: ",".join(pair.disabled if rules == same else rules)
+    >>> [x.id for x in grow_rule_set(e, pair, plan)]  # doctest: +NORMALIZE_WHITESPACE
+    ['arm:build_side_probe_side,join_order,unused_columns',
+     'arm:build_side_probe_side,expression_rewriter,join_order',
+     'arm:build_side_probe_side,join_order,top_n']
+    """
+    if (c.kind != "arm" or c.settings or not 2 <= len(c.disabled) < MAX_SET_RULES
+            or entry.screened.get(c.id, float("inf")) >= COMBINE_BELOW):
+        return []
+    singles = sorted((r, a.disabled[0]) for k, r in entry.screened.items()
+                     if r < COMBINE_BELOW and (a := entry.candidates.get(k)) is not None
+                     and a.kind == "arm" and len(a.disabled) == 1 and not a.settings)
+    pool = [rule for _, rule in singles] + [r for r in SET_RULES if r not in ARMS]
+    seen = {plan(())} | {plan(tuple(sorted(a.disabled))) for a in entry.candidates.values()
+                         if a.kind == "arm" and not a.settings and a.disabled}
+    out: list[Candidate] = []
+    for rule in dict.fromkeys(pool):
+        if rule in c.disabled:
+            continue
+        rules = tuple(sorted({*c.disabled, rule}))
+        cid = "arm:" + ",".join(rules)
+        if cid in entry.candidates or cid in entry.screened:
+            continue
+        sig = plan(rules)
+        if sig is None or sig in seen:
+            continue
+        seen.add(sig)
+        out.append(Candidate(cid, "arm", rules, origin="arm-set"))
+        if len(out) >= GROW_PER_SET:
+            break
     return out
 
 

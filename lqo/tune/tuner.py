@@ -47,6 +47,7 @@ import statistics
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -323,7 +324,8 @@ class Tuner:
             s.result.wrong += wrong
             entry.screened[c.id] = ratio
             s.origins.update(c.origin, ratio, ratio < cfg.screen_below)
-            for extra in combinations(entry, c):  # parts that each helped, tried together
+            # parts that each helped, tried together (--rule-sets: sets grown where EXPLAIN shows a new plan)
+            for extra in combinations(entry, c, partial(s.ctx.arm_plan, t) if cfg.rule_sets else None):
                 entry.candidates.setdefault(extra.id, extra)
                 pending.append((t, extra))
             if verdict is None and not wrong and ratio < cfg.screen_below:
