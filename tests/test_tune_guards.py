@@ -88,7 +88,7 @@ def _tune(workload, out, monkeypatch, wrong_in: str):
     monkeypatch.setattr(Trials, "screen", in_phase("screen"))
     monkeypatch.setattr(Trials, "accept", in_phase("accept"))
     monkeypatch.setattr(trials, "variant", variant)
-    monkeypatch.setattr(tune, "combinations", lambda entry, c: [])  # no retries or pairs: one candidate
+    monkeypatch.setattr(tune, "combinations", lambda entry, c, grow=None: [])  # no retries or pairs: one candidate
     # Every candidate that screens without a wrong result or a time-out gets its acceptance
     # test (now, or put off until screening is done), whatever one cold run measured.
     config = TuneConfig(budget_min=2, rounds=5, screen_below=1e9, true_cards=False)
