@@ -11,39 +11,25 @@ import threading
 
 import duckdb
 import pytest
+from test_connection import TREE
+from test_connection import _book as _connection_book
 
 import lqo
-from lqo.book.book import Candidate, PlanBook
+from lqo.book.book import PlanBook
 from lqo.book.params import bind_literals, literal_kinds, sql_literal
 from lqo.book.serve import BookServer
 from lqo.book.slots import SlotRendering
 from lqo.book.template import bind_parameters, template_key
 from lqo.cli import main
-from lqo.sql.catalog import Catalog
-from lqo.trees.query import prepare
 from lqo.workloads.query_log import QueryLog, read_query_log
 from lqo.workloads.workload import Workload
 
-TREE = ("SELECT n_name, count(*) AS n FROM customer, orders, nation WHERE c_custkey = o_custkey "
-        "AND c_nationkey = n_nationkey AND o_orderstatus IN ({}) AND c_acctbal > {} GROUP BY n_name ORDER BY n_name")
 ARM = "SELECT count(*) AS n FROM lineitem, orders WHERE l_orderkey = o_orderkey AND o_orderkey % {} = 0"
 
 
 def _book(path, con) -> None:
-    """TREE forced with a tree other than DuckDB's (orders first), ARM under an arm."""
-    catalog = Catalog.from_connection(con)
-    book = PlanBook(schema=catalog.fingerprint)
-    tuned = TREE.format("'F', 'O'", 100)
-    e = book.entry(template_key(tuned).key, "tree_t", tuned)
-    plan = prepare(tuned, con, catalog).native_plan
-    e.candidates["tree:n"] = Candidate("tree:n", "tree", (), plan.to_json(),
-                                       SlotRendering.build(tuned, catalog, plan).to_json())
-    e.adopt("tree:n")
-    tuned = ARM.format(3)
-    e = book.entry(template_key(tuned).key, "arm_t", tuned)
-    e.candidates["arm:join_filter_pushdown"] = Candidate("arm:join_filter_pushdown", "arm", ("join_filter_pushdown",))
-    e.adopt("arm:join_filter_pushdown")
-    book.save(path / "book.json")
+    """TREE forced with DuckDB's own tree, ARM (no current_setting column) under an arm."""
+    _connection_book(path, con, ARM)
 
 
 @pytest.fixture(scope="module")

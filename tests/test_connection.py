@@ -23,8 +23,8 @@ ARM = ("SELECT current_setting('disabled_optimizers') AS s, count(*) AS n FROM l
        "WHERE l_orderkey = o_orderkey AND o_orderkey % {} = 0")
 
 
-def _book(path, con) -> None:
-    """A book-only model directory: TREE forced with DuckDB's own tree, ARM under an arm."""
+def _book(path, con, arm: str = ARM) -> None:
+    """A book-only model directory: TREE forced with DuckDB's own tree, ``arm`` under an arm."""
     catalog = Catalog.from_connection(con)
     book = PlanBook(schema=catalog.fingerprint)
     tuned = TREE.format("'F', 'O'", 100)
@@ -33,7 +33,7 @@ def _book(path, con) -> None:
     e.candidates["tree:n"] = Candidate("tree:n", "tree", (), plan.to_json(),
                                        SlotRendering.build(tuned, catalog, plan).to_json())
     e.adopt("tree:n")
-    tuned = ARM.format(3)
+    tuned = arm.format(3)
     e = book.entry(template_key(tuned).key, "arm_t", tuned)
     e.candidates["arm:join_filter_pushdown"] = Candidate("arm:join_filter_pushdown", "arm", ("join_filter_pushdown",))
     e.adopt("arm:join_filter_pushdown")

@@ -123,16 +123,8 @@ class BookServer:
             return None
         entry, plan, slots = hit
         c = entry.chosen
-        if c.kind == "native":
-            return _as_written(sql, entry, start)
-        guard = self._guards.get(tk.key)
-        if guard is not None and (out := guard.outside(tk)) is not None:
-            return Optimized.as_written(sql, f"plan book: template {entry.template} is constant-sensitive and "
-                                        f"{out[1]} lies outside the range its plan was verified on",
-                                        _ms(start), source="book")
-        if c.kind == "arm":
-            return Optimized.as_written(sql, None, _ms(start), disabled=c.disabled, source="book",
-                                        settings=c.settings)
+        if (unforced := self._unforced(sql, entry, lambda: tk, start)) is not None:
+            return unforced
         text = slots.fill(tk.literals, tk.shape) if slots is not None else None
         if text is None and self.render_full is not None and plan is not None:
             try:
@@ -173,12 +165,32 @@ class BookServer:
             return None
         entry, _plan, slots = hit
         c = entry.chosen
+
+        def literal_key() -> TemplateKey | None:  # this call's values, for a range guard only
+            values = bind_literals(sql, params)
+            return template_key(values.sql) if values is not None else None
+
+        if (unforced := self._unforced(sql, entry, literal_key, start)) is not None:
+            return unforced
+        text = self._bound_rendering(tk, bound, slots)
+        if text is None:
+            return Optimized.as_written(sql, "plan book: the verified plan has no rendering that keeps these "
+                                        "parameters: run as written", _ms(start), source="book")
+        return Optimized.from_book(sql, text, _plan, _ms(start), disabled=c.disabled, settings=c.settings)
+
+    def _unforced(self, sql: str, entry: BookEntry, literal_key: Callable[[], TemplateKey | None],
+                  start: float) -> Optimized | None:
+        """The decision for a known template that runs its text as written: native, an
+        instance outside a range-guarded template's verified ranges (``literal_key`` gives
+        the instance's literals, read only where a guard needs them), or a setting arm;
+        None for a tree, which the caller renders."""
+        c = entry.chosen
         if c.kind == "native":
             return _as_written(sql, entry, start)
-        guard = self._guards.get(tk.key)
+        guard = self._guards.get(entry.key)
         if guard is not None:
-            values = bind_literals(sql, params)
-            out = guard.outside(template_key(values.sql)) if values is not None else (0, "a value")
+            tk = literal_key()
+            out = guard.outside(tk) if tk is not None else (0, "a value")
             if out is not None:
                 return Optimized.as_written(sql, f"plan book: template {entry.template} is constant-sensitive and "
                                             f"{out[1]} lies outside the range its plan was verified on",
@@ -186,11 +198,7 @@ class BookServer:
         if c.kind == "arm":
             return Optimized.as_written(sql, None, _ms(start), disabled=c.disabled, source="book",
                                         settings=c.settings)
-        text = self._bound_rendering(tk, bound, slots)
-        if text is None:
-            return Optimized.as_written(sql, "plan book: the verified plan has no rendering that keeps these "
-                                        "parameters: run as written", _ms(start), source="book")
-        return Optimized.from_book(sql, text, _plan, _ms(start), disabled=c.disabled, settings=c.settings)
+        return None
 
     def _bound_rendering(self, tk: TemplateKey, bound: BoundText, slots: SlotRendering | None) -> str | None:
         """The slot rendering filled with the parameters, only where every parameter is
