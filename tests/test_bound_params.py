@@ -244,3 +244,19 @@ def test_from_captured_traffic_to_a_served_book_in_four_commands(tpch_db, tmp_pa
             params = [dt.date(1992 + i % 6, 2, 3), 777.5 * i]
             assert con.execute(join, params).fetchall() == native.execute(join, params).fetchall()
     native.close()
+
+
+def test_a_parameter_the_rendering_quotes_is_caught_even_where_its_name_recurs():
+    """``$1`` filled into a quoted slot is text, not a parameter: the rendering is refused
+    although ``$1`` also stands as a parameter elsewhere (the set of names alone matches)."""
+    from lqo.book.params import BoundText
+    from lqo.book.template import TemplateKey
+
+    slots = SlotRendering(("SELECT * FROM t WHERE a = ", (0, 0), " AND b = ", (1, 0), " AND c = '", (2, 0), "'"),
+                          (1, 1, 1))
+    server = BookServer(PlanBook())
+    bound = BoundText("unused", ("$1", "$2", "$1"))
+    assert server._bound_rendering(TemplateKey("k", (), (1, 1, 1)), bound, slots) is None
+    plain = SlotRendering(("SELECT * FROM t WHERE a = ", (0, 0), " AND b = ", (1, 0), " AND c = ", (2, 0)), (1, 1, 1))
+    assert server._bound_rendering(TemplateKey("k2", (), (1, 1, 1)), bound, plain) == \
+        "SELECT * FROM t WHERE a =  $1 AND b =  $2 AND c =  $1"
