@@ -38,8 +38,9 @@ from typing import Any
 import duckdb
 
 from lqo.book.book import PlanBook
+from lqo.book.long_lists import LONG_TEXT
 from lqo.book.serve import BookServer
-from lqo.book.template import LONG_TEXT, literal_free_text
+from lqo.book.template import literal_free_text
 from lqo.engine.admission import AdmissionQueue
 from lqo.engine.settings import disabled_optimizers
 from lqo.errors import MissingFileError, SchemaMismatchError

@@ -30,10 +30,11 @@ from typing import Any, Callable
 import duckdb
 
 from lqo.book.book import BookEntry, PlanBook
+from lqo.book.long_lists import LONG_TEXT
 from lqo.book.params import BoundText, bind_literals, literal_kinds
 from lqo.book.ranges import LiteralRanges, guard_for
 from lqo.book.slots import SlotRendering
-from lqo.book.template import LONG_TEXT, TemplateKey, bind_parameters, literal_free_text, template_key
+from lqo.book.template import TemplateKey, bind_parameters, literal_free_text, template_key
 from lqo.errors import LqoError
 from lqo.optimized import Optimized
 from lqo.trees.plan import Plan

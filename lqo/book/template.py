@@ -41,6 +41,8 @@ from dataclasses import dataclass
 
 import duckdb
 
+from lqo.book.long_lists import LONG_TEXT, cut_long_lists
+
 _NUM = duckdb.token_type.numeric_const.value
 _STR = duckdb.token_type.string_const.value
 _IDENT = duckdb.token_type.identifier.value
@@ -294,18 +296,6 @@ def scan_literals(sql: str) -> list[_Item] | None:
     return [it for it in _items(toks)[0] if it[3] is not None]
 
 
-# A literal list long enough that reading it token by token would cost more than serving
-# saves: found by a regular expression first, then confirmed by DuckDB's tokens.
-_LONG_LIST_MIN = 64
-_NUMBER_LIST = re.compile(r"\((?:[-0-9.eE+ \t\n\r\f]*,){%d,}[-0-9.eE+ \t\n\r\f]*\)" % (_LONG_LIST_MIN - 1))
-_WS = "[ \t\n\r\f]*"  # the whitespace DuckDB's lexer skips (Python's \s is more)
-_STRING_LIST = re.compile(r"\((?:%s'[^']*(?:''[^']*)*'%s,){%d,}%s'[^']*(?:''[^']*)*'%s\)"
-                          % (_WS, _WS, _LONG_LIST_MIN - 1, _WS, _WS))
-_STRING = re.compile(r"'[^']*(?:''[^']*)*'")
-# A whole list body of one numeric slot type (signs allowed), checked in one match.
-_BODIES = tuple(re.compile(r"(?:{w}{n}{w},)*{w}{n}{w}".format(w=_WS, n=n)) for n in (
-    r"-?\d+", r"-?(?:\d+\.\d*|\.\d+)", r"-?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+"))
-LONG_TEXT = 4096  # characters: shorter texts never hold such a list
 
 
 def template_key(sql: str) -> TemplateKey:
@@ -323,42 +313,13 @@ def template_key(sql: str) -> TemplateKey:
     >>> k == _template_key(long), k.shape, k.literals[-2:]
     (True, (500, 1), ('499', "'a'"))
     """
-    if len(sql) > LONG_TEXT and (cut := _cut_lists(sql)) is not None:
+    if len(sql) > LONG_TEXT and (cut := cut_long_lists(sql)) is not None:
         tk = _template_key(cut[0], cut[1])
         if tk is not None:
             return tk
     full = _template_key(sql)
     assert full is not None  # only a reading of cut lists can fail
     return full
-
-
-def _cut_lists(sql: str) -> tuple[str, dict[int, list[str]]] | None:
-    """``sql`` with every long list of one literal type cut to two items, and per cut
-    list (by the position of its '(' in the cut text) its full members; None for none."""
-    found: list[tuple[int, int, list[str]]] = []
-    for m in _NUMBER_LIST.finditer(sql):
-        body = m.group(0)[1:-1]
-        members = list(map(str.strip, body.split(",")))
-        if ("-" not in body and all(map(str.isdigit, members))) or any(rx.fullmatch(body) for rx in _BODIES):
-            found.append((m.start(), m.end(), members))
-    if "'" in sql:
-        found.extend((m.start(), m.end(), _STRING.findall(m.group(0))) for m in _STRING_LIST.finditer(sql))
-    if not found:
-        return None
-    pieces: list[str] = []
-    cut: dict[int, list[str]] = {}
-    pos = length = 0
-    for start, end, members in sorted(found):
-        if start < pos:
-            return None  # overlapping matches (a list inside a string): read in full
-        head = sql[pos:start]
-        short = f"({members[0]}, {members[1]})"
-        cut[length + len(head)] = members
-        pieces += [head, short]
-        length += len(head) + len(short)
-        pos = end
-    pieces.append(sql[pos:])
-    return "".join(pieces), cut
 
 
 def _template_key(sql: str, cut: dict[int, list[str]] | None = None) -> TemplateKey | None:
