@@ -41,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     imp = sub.add_parser("import", help="a workload from a query log: a .sql file, a directory of them, "
                                         "or a capture (.jsonl from lqo.connect(..., capture=PATH))")
-    imp.add_argument("source", metavar="LOG", help="the query log")
+    imp.add_argument("source", metavar="LOG", help="a .sql file of statements, a directory of .sql files, or a "
+                     "capture (.jsonl) written by lqo.connect(..., capture=PATH)")
     imp.add_argument("--db", required=True, help="the DuckDB database the queries run on (opened read-only)")
     add_out(imp, "output directory (absent or empty)", required=True)
     imp.add_argument("--name", help="the workload's name (default: the output directory's name)")
