@@ -12,24 +12,31 @@ import lqo
 from lqo.engine.admission import AdmissionQueue
 
 
-def _contend(queue: AdmissionQueue, jobs: list[tuple[str, float]]) -> list[str]:
-    """One blocker holds the slot while ``jobs`` (name, expected ms) queue up in order;
-    returns the order they were admitted in."""
-    order: list[str] = []
+def _hold(queue: AdmissionQueue) -> tuple[threading.Thread, threading.Event]:
+    """A thread holding one slot until the returned event is set (started, holding)."""
     release = threading.Event()
 
     def blocker() -> None:
         with queue.admit(1.0):
             release.wait(5)
 
-    def job(name: str, ms: float) -> None:
-        with queue.admit(ms):
-            order.append(name)
-
     b = threading.Thread(target=blocker)
     b.start()
     while queue.running == 0:
         time.sleep(0.001)
+    return b, release
+
+
+def _contend(queue: AdmissionQueue, jobs: list[tuple[str, float]]) -> list[str]:
+    """One blocker holds the slot while ``jobs`` (name, expected ms) queue up in order;
+    returns the order they were admitted in."""
+    order: list[str] = []
+
+    def job(name: str, ms: float) -> None:
+        with queue.admit(ms):
+            order.append(name)
+
+    b, release = _hold(queue)
     threads = []
     for name, ms in jobs:
         t = threading.Thread(target=job, args=(name, ms))
@@ -51,21 +58,13 @@ def test_sjf_admits_the_shortest_first_and_fifo_by_arrival():
 
 def test_a_long_wait_outranks_a_short_newcomer():
     queue = AdmissionQueue(1, "sjf")
-    release = threading.Event()
     order: list[str] = []
-
-    def hold() -> None:
-        with queue.admit(1.0):
-            release.wait(5)
 
     def job(name: str, ms: float) -> None:
         with queue.admit(ms):
             order.append(name)
 
-    h = threading.Thread(target=hold)
-    h.start()
-    while queue.running == 0:
-        time.sleep(0.001)
+    h, release = _hold(queue)
     long_job = threading.Thread(target=job, args=("long", 10.0))
     long_job.start()
     time.sleep(0.3)  # waited 300 ms on a 10 ms estimate: ratio 31
@@ -104,12 +103,7 @@ def test_slots_bound_how_many_run_at_once():
 def test_a_caller_interrupted_while_waiting_leaves_the_queue():
     queue = AdmissionQueue(1, "fifo")
     cancel = threading.Event()
-    release = threading.Event()
     raised: list[BaseException] = []
-
-    def hold() -> None:
-        with queue.admit(1.0):
-            release.wait(5)
 
     def waiter() -> None:
         try:
@@ -118,10 +112,7 @@ def test_a_caller_interrupted_while_waiting_leaves_the_queue():
         except duckdb.InterruptException as err:
             raised.append(err)
 
-    h = threading.Thread(target=hold)
-    h.start()
-    while queue.running == 0:
-        time.sleep(0.001)
+    h, release = _hold(queue)
     w = threading.Thread(target=waiter)
     w.start()
     while queue.waiting == 0:
