@@ -497,3 +497,53 @@ def test_cli_profile_train_and_schedule_learned(capsys, workloads, tmp_path):
     code, out, err = lqo(capsys, "schedule", h, "--policy", "oracle", "--profile", prof, "--queries", "5", "--simulate")
     assert code == 0, err
     assert "policy oracle (sim)" in out and "mean" in out
+
+
+class SettingsModel:
+    """Plans each query to a setting arm given by its text: (rules disabled, settings)."""
+
+    def __init__(self, decisions: dict[str, tuple[tuple[str, ...], tuple[tuple[str, str], ...]]]) -> None:
+        self.decisions = decisions
+
+    def optimize(self, sql, con):
+        disabled, settings = self.decisions[sql.strip()]
+        return Optimized.as_written(sql, None, 0.0, disabled=disabled, settings=settings, source="book")
+
+
+SEEN_MODE = ("SELECT current_setting('disabled_optimizers') AS r, "
+             "current_setting('perfect_ht_threshold')::VARCHAR AS p, count(*) AS n FROM {}")
+
+
+@pytest.mark.parametrize("policy", ["fifo", "all"])
+def test_real_executor_runs_each_decision_under_its_settings(tmp_path, tpch_db, policy):
+    """Regression: a setting arm's operator settings (``Optimized.settings``) were dropped
+    by the stream, so the scheduler ran it under DuckDB's defaults. Each query reports the
+    rules and settings it ran with, and each record names them."""
+    pht = (("perfect_ht_threshold", "20"),)
+    tables = {"nation": ((), pht),                              # settings only
+              "region": (("join_filter_pushdown",), pht),      # rules and settings
+              "customer": ((), ())}                             # native
+    decisions = {SEEN_MODE.format(t): d for t, d in tables.items()}
+    wl = tmp_path / "w"
+    wl.mkdir()
+    write_workload(wl, "w", tpch_db, [(t, t, SEEN_MODE.format(t)) for t in tables])
+    sched = Scheduler(policy, workers=2, cores=2, model=SettingsModel(decisions), plan="optimized",
+                      timeout_s=60, warmup=False)
+    stream = sched.make_stream([Workload.load(wl)], n=9, seed=2)
+    res = sched.run(stream)
+    con = duckdb.connect(str(tpch_db), read_only=True)
+    try:
+        default_pht = con.execute("SELECT current_setting('perfect_ht_threshold')::VARCHAR").fetchone()[0]
+        counts = {SEEN_MODE.format(t): con.execute(SEEN_MODE.format(t)).fetchone()[2] for t in tables}
+    finally:
+        con.close()
+    by_idx = {q.idx: q for q in stream}
+    assert len(res.records) == 9
+    for r in res.records:
+        sql = by_idx[r.idx].sql.strip()
+        rules, settings = decisions[sql]
+        assert r.ok, r.error
+        seen = (",".join(rules), dict(settings).get("perfect_ht_threshold", default_pht), counts[sql])
+        assert r.fingerprint == fingerprint_rows([seen]), (sql, seen)
+        assert (r.rules, r.settings) == (rules, settings)
+    assert {r.settings for r in res.records} == {pht, ()}

@@ -21,7 +21,8 @@ class QueryRecord:
     """What happened to one arrival. ``worker`` is the worker process index (-1 in a
     simulated shared run); ``rows`` and ``fingerprint`` are None when not executed.
     ``rules``: the optimizer rules the query ran with disabled (its decision's
-    ``Optimized.rules``); ``forced``: whether those include the forcing rules."""
+    ``Optimized.rules``); ``settings``: the operator settings it ran under (a setting
+    arm's); ``forced``: whether the rules include the forcing rules."""
 
     idx: int
     workload: str
@@ -40,6 +41,7 @@ class QueryRecord:
     dispatch_s: float | None = None
     known_source: str | None = None  # where the policy's latency figure came from (knowledge.py)
     rules: tuple[str, ...] = ()
+    settings: tuple[tuple[str, str], ...] = ()
 
     @property
     def key(self) -> str:
@@ -61,6 +63,7 @@ class QueryRecord:
         d = asdict(self)
         d["key"] = self.key
         d["rules"] = list(self.rules)
+        d["settings"] = [list(pair) for pair in self.settings]
         d["completion_s"] = self.completion_s
         d["latency_s"] = self.latency_s
         return d

@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from lqo.engine.settings import NO_MODE
 from lqo.errors import LqoError, MissingFileError
 from lqo.sched.jobs import Job, build_jobs
 from lqo.sched.policies import POLICIES, get_policy
@@ -137,8 +138,9 @@ class Scheduler:
 
     def _planned(self, stream: Stream) -> tuple[Stream, float]:
         """The stream with the optimizer's decisions: each query carries its decision's
-        ``sql`` (as ``run_sql``) and ``rules`` (``Optimized.rules``: every optimizer rule
-        it runs with disabled, a forced tree's and a setting arm's alike). Planning
+        ``sql`` (as ``run_sql``), ``rules`` (``Optimized.rules``: every optimizer rule
+        it runs with disabled, a forced tree's and a setting arm's alike) and ``settings``
+        (``Optimized.settings``: a setting arm's operator settings). Planning
         happens before the stream starts, once per distinct query; its total ms is
         returned."""
         if self.plan == "native":
@@ -147,16 +149,16 @@ class Scheduler:
 
         model, t0 = self.model, time.perf_counter()
         cons: dict[str, duckdb.DuckDBPyConnection] = {}
-        done: dict[str, tuple[str, tuple[str, ...]]] = {}
+        done: dict[str, tuple[str, tuple[str, ...], tuple[tuple[str, str], ...]]] = {}
         try:
             out = []
             for q in stream:
                 if q.query_key not in done:
                     con = cons.get(q.database) or cons.setdefault(q.database, connect_read_only(q.database))
                     res = model.optimize(q.sql, con)
-                    done[q.query_key] = (res.sql, tuple(res.rules))
-                sql, rules = done[q.query_key]
-                out.append(replace(q, run_sql=sql if sql != q.sql else None, rules=rules))
+                    done[q.query_key] = (res.sql, tuple(res.rules), tuple(res.settings))
+                sql, rules, settings = done[q.query_key]
+                out.append(replace(q, run_sql=sql if sql != q.sql else None, rules=rules, settings=settings))
         finally:
             for con in cons.values():
                 con.close()
@@ -180,7 +182,7 @@ class Scheduler:
         """Run ``stream`` on real worker processes; Ctrl-C stops them and re-raises."""
         stream, planning_ms = self._planned(stream)
         jobs = self.jobs(stream)
-        modes = sorted({q.rules for q in stream} | {()})  # one shared worker per mode
+        modes = sorted({q.mode for q in stream} | {NO_MODE})  # one shared worker per mode
         with Workers(stream.databases, self.workers, self.cores, self.timeout_s,
                       shared=self.policy.shared, modes=modes, warmup=self.warmup) as ex:
             result = ex.run(jobs, self.policy, on_done)

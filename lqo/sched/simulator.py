@@ -120,7 +120,8 @@ def simulate(
             q = job.q
             records.append(QueryRecord(q.idx, q.workload, q.query_id, q.database, q.arrival_s, start, t,
                                        threads, worker, forced=q.forced, dispatch_s=start,
-                                       known_source=job.f.known_source, rules=q.rules))
+                                       known_source=job.f.known_source, rules=q.rules,
+                                       settings=q.settings))
     records.sort(key=lambda r: r.idx)
     return ScheduleResult(policy.name, "sim", records, {"workers": workers, "cores": config.cores,
                                                         "interference": config.interference})

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Iterator, Sequence
 
-from lqo.engine.settings import FORCE_DISABLED_OPTIMIZERS
+from lqo.engine.settings import FORCE_DISABLED_OPTIMIZERS, Mode, Settings
 from lqo.errors import LqoError
 from lqo.store.keys import query_key as _query_key
 from lqo.workloads.workload import Query, Workload
@@ -81,8 +81,9 @@ class StreamQuery:
     """One arrival. ``sql`` is the query text; ``run_sql`` what to execute (an optimizer
     decision's ``Optimized.sql``), None for ``sql`` itself; ``rules`` the DuckDB optimizer
     rules it must run with disabled (the decision's ``Optimized.rules``: the forcing rules
-    for a forced tree plus a setting arm's; empty for native). ``run_sql`` and ``rules``
-    together are the whole decision a worker runs. ``key`` names the query
+    for a forced tree plus a setting arm's; empty for native); ``settings`` the DuckDB
+    operator settings it runs under (a setting arm's ``Optimized.settings``). ``run_sql``,
+    ``rules`` and ``settings`` together are the whole decision a worker runs. ``key`` names the query
     (workload/id); the same query may occur several times in a stream, ``idx`` is its
     position."""
 
@@ -95,9 +96,17 @@ class StreamQuery:
     arrival_s: float
     run_sql: str | None = None
     rules: tuple[str, ...] = ()
+    settings: Settings = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "rules", tuple(self.rules))  # hashable: shared workers are keyed by it
+        # hashable: shared workers are keyed by the mode
+        object.__setattr__(self, "rules", tuple(self.rules))
+        object.__setattr__(self, "settings", tuple((str(k), str(v)) for k, v in self.settings))
+
+    @property
+    def mode(self) -> Mode:
+        """What the query runs under: (rules disabled, settings)."""
+        return (self.rules, self.settings)
 
     @property
     def forced(self) -> bool:

@@ -13,19 +13,19 @@ meta reports ``thread_changes`` and ``set_threads_ms_max``), against ~0.5 s to s
 worker and reopen the files. Before time 0 every worker reads every table once
 (``_warm``), as the profile was measured warm.
 
-What a worker runs: each query comes with its SQL and ``rules``, the DuckDB optimizer
-rules its decision must run with disabled (``Optimized.rules``: the forcing rules for a
-forced tree, a setting arm's rules, both, or none for native). An exclusive worker runs
-the query inside ``settings.disabled_optimizers(con, rules)`` (restored after); the
-worker has no notion of "forced" of its own.
+What a worker runs: each query comes with its SQL and its *mode* (``Mode``: the DuckDB
+optimizer rules its decision must run with disabled, ``Optimized.rules``, and the operator
+settings of a setting arm, ``Optimized.settings``; both empty for native). An exclusive
+worker runs the query inside ``settings.disabled_optimizers(con, rules, settings)``
+(restored after); the worker has no notion of "forced" of its own.
 
-Shared policies (``all``): one *shared* worker per plan mode (per distinct ``rules``
-tuple in the stream) runs every query as soon as it arrives, each on its own cursor in
-its own thread, so all of them share that instance's ``cores`` DuckDB threads, as one
-DuckDB server would. ``disabled_optimizers`` is global to a DuckDB instance, so a shared
-worker runs only its mode's queries and sets its mode's rules on each instance at start:
-every query's own ``disabled_optimizers(cursor, rules)`` then finds them already set and
-changes nothing, so concurrent queries never see a neighbour's save-set-restore.
+Shared policies (``all``): one *shared* worker per plan mode (per distinct mode in the
+stream) runs every query as soon as it arrives, each on its own cursor in its own thread,
+so all of them share that instance's ``cores`` DuckDB threads, as one DuckDB server
+would. Rules and settings are global to a DuckDB instance, so a shared worker runs only
+its mode's queries and sets its mode on each instance at start: every query's own
+``disabled_optimizers(cursor, rules, settings)`` then finds it already set and changes
+nothing, so concurrent queries never see a neighbour's save-set-restore.
 
 Timing: workers time queries with ``time.monotonic`` (CLOCK_MONOTONIC, the same clock in
 every process on Linux); time 0 is when all workers are ready. Ctrl-C: workers ignore
@@ -47,6 +47,7 @@ import time
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any, Callable, Sequence, cast
 
+from lqo.engine.settings import NO_MODE, Mode
 from lqo.errors import LqoError
 from lqo.sched.dispatcher import Dispatcher
 from lqo.sched.policy import Policy
@@ -73,19 +74,19 @@ def _warm(con: Any) -> None:
 
 
 def _worker_main(conn: Connection, databases: list[str], threads: int, shared: bool,
-                 rules: tuple[str, ...], timeout_s: float | None, warmup: bool = True) -> None:
+                 mode: Mode, timeout_s: float | None, warmup: bool = True) -> None:
     """A worker process: runs queries sent over ``conn`` until told to stop or orphaned.
-    Every query runs under its own rules; a shared worker accepts only queries of its
-    mode ``rules``, set instance-wide at start (an exclusive one ignores ``rules``)."""
+    Every query runs under its own mode; a shared worker accepts only queries of its
+    ``mode``, set instance-wide at start (an exclusive one ignores ``mode``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the dispatcher decides how to stop
-    _WorkerProcess(conn, databases, threads, shared, rules, timeout_s, warmup).serve()
+    _WorkerProcess(conn, databases, threads, shared, mode, timeout_s, warmup).serve()
 
 
 class _WorkerProcess:
     """The inside of one worker process: its connections, and a thread per query."""
 
     def __init__(self, conn: Connection, databases: list[str], threads: int, shared: bool,
-                 rules: tuple[str, ...], timeout_s: float | None, warmup: bool) -> None:
+                 mode: Mode, timeout_s: float | None, warmup: bool) -> None:
         import duckdb
 
         self.conn, self.shared, self.timeout_s = conn, shared, timeout_s
@@ -95,11 +96,14 @@ class _WorkerProcess:
         if warmup:
             for con in self.cons.values():
                 _warm(con)
-        self.mode = tuple(rules) if shared else None
-        if shared and self.mode:  # the instance-wide baseline: every query of this worker needs exactly these
-            value = ",".join(self.mode).replace("'", "''")
+        self.mode: Mode | None = (tuple(mode[0]), tuple(mode[1])) if shared else None
+        if self.mode is not None:  # the instance-wide baseline: every query of this worker needs exactly these
+            rules, settings = self.mode
             for con in self.cons.values():
-                con.execute(f"SET disabled_optimizers = '{value}'")
+                if rules:
+                    con.execute("SET disabled_optimizers = '" + ",".join(rules).replace("'", "''") + "'")
+                for name, value in settings:  # names are checked plain identifiers (settings.setting_pairs)
+                    con.execute(f"SET GLOBAL {name} = '" + str(value).replace("'", "''") + "'")
         self.current = {db: threads for db in databases}
         self.send_lock = threading.Lock()
         self.active: dict[int, Any] = {}  # idx -> connection or cursor running it
@@ -113,14 +117,14 @@ class _WorkerProcess:
             except (OSError, EOFError):
                 pass
 
-    def run_one(self, idx: int, db: str, sql: str, q_rules: tuple[str, ...], t: int) -> None:
-        """Run one query with ``t`` threads under ``q_rules``; always answer "done"."""
+    def run_one(self, idx: int, db: str, sql: str, q_mode: Mode, t: int) -> None:
+        """Run one query with ``t`` threads under ``q_mode``; always answer "done"."""
         con = self.cons[db].cursor() if self.shared else self.cons[db]
         set_ms = 0.0
         timer = None
         try:
-            if self.shared and tuple(q_rules) != self.mode:
-                raise RuntimeError(f"query needs rules {list(q_rules)} but this shared worker runs {list(self.mode or ())}")
+            if self.shared and q_mode != self.mode:
+                raise RuntimeError(f"query needs mode {q_mode} but this shared worker runs {self.mode}")
             if not self.shared and self.current[db] != t:
                 s0 = time.monotonic()
                 con.execute(f"SET threads = {int(t)}")
@@ -130,7 +134,7 @@ class _WorkerProcess:
                 timer = threading.Timer(self.timeout_s, con.interrupt)
                 timer.daemon = True
                 timer.start()
-            self._execute(idx, con, sql, q_rules, set_ms)
+            self._execute(idx, con, sql, q_mode, set_ms)
         except BaseException as exc:  # never leave the dispatcher waiting for an answer
             now = time.monotonic()
             self.send(("done", idx, now, now, False, f"worker: {type(exc).__name__}: {exc}", None, None, set_ms))
@@ -141,7 +145,7 @@ class _WorkerProcess:
             if self.shared:
                 con.close()
 
-    def _execute(self, idx: int, con: Any, sql: str, q_rules: tuple[str, ...], set_ms: float) -> None:
+    def _execute(self, idx: int, con: Any, sql: str, q_mode: Mode, set_ms: float) -> None:
         import duckdb
 
         from lqo.engine.run_result import fingerprint_rows
@@ -149,8 +153,8 @@ class _WorkerProcess:
 
         start = time.monotonic()
         try:
-            if q_rules:
-                with disabled_optimizers(con, q_rules):
+            if q_mode != NO_MODE:
+                with disabled_optimizers(con, q_mode[0], q_mode[1]):
                     rows = con.execute(sql).fetchall()
             else:  # nothing to change: even an empty context manager costs ~1% of a 3 ms query
                 rows = con.execute(sql).fetchall()
@@ -197,10 +201,10 @@ class ExecutorError(LqoError):
 
 class _Worker:
     def __init__(self, ctx: Any, wid: int, databases: list[str], threads: int, shared: bool,
-                 rules: tuple[str, ...], timeout_s: float | None, warmup: bool) -> None:
+                 mode: Mode, timeout_s: float | None, warmup: bool) -> None:
         self.wid = wid
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, databases, threads, shared, rules, timeout_s, warmup),
+        self.proc = ctx.Process(target=_worker_main, args=(child, databases, threads, shared, mode, timeout_s, warmup),
                                 name=f"lqo-sched-worker-{wid}", daemon=True)
         # Start the child with SIGINT ignored (inherited across spawn's exec): a Ctrl-C
         # that lands while it is still importing must not print a traceback from it.
@@ -220,14 +224,14 @@ class Workers:
     always stopped and reaped on exit, also on Ctrl-C and errors.
 
     ``workers`` exclusive workers (one query each); a shared policy uses shared workers
-    instead, one per plan mode in ``modes`` (each a ``rules`` tuple, see module docs).
+    instead, one per plan mode in ``modes`` (each a ``Mode``: rules and settings, see module docs).
     ``timeout_s`` caps every query (recorded as an error). ``warmup``: each worker reads
     every table once before time 0 (see ``_warm``).
     """
 
     def __init__(self, databases: Sequence[str], workers: int = 2, cores: int | None = None,
                  timeout_s: float | None = 300.0, shared: bool = False,
-                 modes: Sequence[Sequence[str]] = ((),), warmup: bool = True) -> None:
+                 modes: Sequence[Mode] = (NO_MODE,), warmup: bool = True) -> None:
         self.databases = list(dict.fromkeys(str(d) for d in databases))
         self.workers = workers
         self.cores = cores or os.cpu_count() or 1
@@ -235,16 +239,16 @@ class Workers:
         self.shared = shared
         self._ctx = mp.get_context("spawn")
         self._pool: list[_Worker] = []
-        self._shared_for: dict[tuple[str, ...], _Worker] = {}
+        self._shared_for: dict[Mode, _Worker] = {}
         try:
             if shared:
-                for i, rules in enumerate(sorted({tuple(m) for m in modes})):
-                    self._pool.append(_Worker(self._ctx, i, self.databases, self.cores, True, rules, timeout_s, warmup))
-                    self._shared_for[rules] = self._pool[-1]
+                for i, mode in enumerate(sorted({(tuple(m[0]), tuple(m[1])) for m in modes})):
+                    self._pool.append(_Worker(self._ctx, i, self.databases, self.cores, True, mode, timeout_s, warmup))
+                    self._shared_for[mode] = self._pool[-1]
             else:
                 start_threads = max(1, self.cores // max(1, workers))
                 for i in range(workers):
-                    self._pool.append(_Worker(self._ctx, i, self.databases, start_threads, False, (), timeout_s,
+                    self._pool.append(_Worker(self._ctx, i, self.databases, start_threads, False, NO_MODE, timeout_s,
                                                 warmup))
             self._await_ready()
         except BaseException:
@@ -280,10 +284,10 @@ class Workers:
         disp = Dispatcher(policy, self.workers, self.cores)
         policy.begin(pending)
         route = {w.wid: w for w in self._pool}
-        missing = {j.q.rules for j in pending} - set(self._shared_for) if self.shared else set()
+        missing = {j.q.mode for j in pending} - set(self._shared_for) if self.shared else set()
         if missing:
-            raise ExecutorError(f"queries run with rules {sorted(map(list, missing))} disabled but no shared "
-                                "worker holds them (Workers modes)")
+            raise ExecutorError(f"queries run in modes {sorted(missing)} but no shared worker holds them "
+                                "(Workers modes)")
         records: list[QueryRecord] = []
         dispatched: dict[int, tuple[float, int]] = {}
         set_ms: list[float] = []
@@ -296,10 +300,10 @@ class Workers:
                 disp.arrive(pending[i])
                 i += 1
             for job, threads, worker in disp.start_ready(now):
-                w = route[worker] if worker >= 0 else self._shared_for[job.q.rules]
+                w = route[worker] if worker >= 0 else self._shared_for[job.q.mode]
                 q = job.q
                 dispatched[q.idx] = (time.monotonic() - t0, w.wid)  # before send: start >= dispatch
-                w.conn.send(("run", q.idx, q.database, q.exec_sql, tuple(q.rules), threads))
+                w.conn.send(("run", q.idx, q.database, q.exec_sql, q.mode, threads))
                 busy[w.conn] = busy.get(w.conn, 0) + 1
             timeout = max(0.0, pending[i].arrival_s - (time.monotonic() - t0)) if i < n else None
             conns = [c for c, k in busy.items() if k > 0]
@@ -323,7 +327,8 @@ class Workers:
                 q = job.q
                 rec = QueryRecord(q.idx, q.workload, q.query_id, q.database, q.arrival_s,
                                   max(start - t0, d_s), max(end - t0, start - t0, d_s), threads, wid,
-                                  ok, err, rows, fp, q.forced, d_s, job.f.known_source, q.rules)
+                                  ok, err, rows, fp, q.forced, d_s, job.f.known_source, q.rules,
+                                  q.settings)
                 records.append(rec)
                 if on_done is not None:
                     on_done(rec)
