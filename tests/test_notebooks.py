@@ -34,7 +34,7 @@ from lqo.cli import main
 from lqo.trees.plan import Join, Leaf
 from lqo.trees.query import prepare
 from lqo.train.recipe import Recipe
-from lqo.evaluate.report import parse_plan, pick_cases, tree_cases
+from lqo.evaluate.tree_cases import parse_plan, pick_cases, tree_cases
 from lqo.train.trainer import Trainer
 from lqo.workloads.workload import Workload, write_workload
 

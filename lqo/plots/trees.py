@@ -119,7 +119,7 @@ def join_trees(native: Any, lqo: Any, native_cards: Mapping | None = None, lqo_c
 
 
 def tree_case(case: Mapping[str, Any]) -> Figure:
-    """``join_trees`` for one case of ``lqo.evaluate.report.tree_cases`` (query, kind, times).
+    """``join_trees`` for one case of ``lqo.evaluate.tree_cases.tree_cases`` (query, kind, times).
 
     >>> c = {"query": "q1", "kind": "win", "ratio": 0.5, "native_ms": 10.0, "lqo_ms": 5.0, "block": 0,
     ...      "fallback": None, "names": {}, "native": {"tree": ["a", "b"], "cards": [[["a", "b"], 5, 7]]},
