@@ -39,6 +39,7 @@ import duckdb
 
 from lqo.book.book import PlanBook
 from lqo.book.long_lists import LONG_TEXT
+from lqo.book.params import bind_literals
 from lqo.book.serve import BookServer
 from lqo.book.template import literal_free_text
 from lqo.engine.admission import AdmissionQueue
@@ -52,7 +53,7 @@ from lqo.workloads.query_log import QueryLog
 def connect(database: str | os.PathLike = ":memory:", book: str | os.PathLike | None = None,
             read_only: bool | None = None, config: dict[str, Any] | None = None, *,
             capture: str | os.PathLike | None = None, capture_limit_mb: float = 64.0,
-            admission: str | None = None, admission_slots: int = 1) -> "Connection":
+            admission: str | AdmissionQueue | None = None, admission_slots: int = 1) -> "Connection":
     """``duckdb.connect(database, read_only, config)`` serving ``book``'s verified plans.
 
     A database file opens read-only unless ``read_only=False`` (an application that
@@ -61,7 +62,9 @@ def connect(database: str | os.PathLike = ":memory:", book: str | os.PathLike | 
     ``lqo tune --log`` (:mod:`lqo.workloads.query_log`); it stops growing at
     ``capture_limit_mb``. ``admission`` (``"sjf"`` or ``"fifo"``; off by default): the
     SELECTs that this connection and its cursors ``execute`` run ``admission_slots`` at a
-    time, the others waiting in that order (:mod:`lqo.engine.admission`).
+    time, the others waiting in that order (:mod:`lqo.engine.admission`); an
+    ``AdmissionQueue`` instead of a name: that queue, shared with the other connections
+    given it (``admission_slots`` is then the queue's own).
     """
     if read_only is None:
         read_only = str(database) != ":memory:"
@@ -72,7 +75,7 @@ def connect(database: str | os.PathLike = ":memory:", book: str | os.PathLike | 
 
 def wrap(con: duckdb.DuckDBPyConnection, book: str | os.PathLike | None, *,
          capture: str | os.PathLike | None = None, capture_limit_mb: float = 64.0,
-         admission: str | None = None, admission_slots: int = 1) -> "Connection":
+         admission: str | AdmissionQueue | None = None, admission_slots: int = 1) -> "Connection":
     """``con`` serving the model directory ``book`` (None: nothing): its plan book for
     known templates and, where it holds a trained model, the learned optimizer for the
     other SELECTs (this imports torch). ``capture``, ``admission``: as for :func:`connect`."""
@@ -90,7 +93,8 @@ def wrap(con: duckdb.DuckDBPyConnection, book: str | os.PathLike | None, *,
         if server is None and planner is None:
             raise MissingFileError(f"{root} holds neither a plan book ({BOOK_FILE}) nor a model: "
                                    "tune one with `lqo tune`")
-    queue = AdmissionQueue(admission_slots, admission) if admission is not None else None
+    queue = (admission if isinstance(admission, AdmissionQueue) or admission is None
+             else AdmissionQueue(admission_slots, admission))
     log = QueryLog(capture, capture_limit_mb) if capture is not None else None
     expected = LatencyMemory(server.book if server is not None else None)
     return Connection(con, Serving(server, planner, log, queue, expected))
@@ -148,12 +152,27 @@ class LatencyMemory:
         return literal_free_text(sql if len(sql) <= LONG_TEXT else sql[:LONG_TEXT])
 
     def expect(self, sql: str, parameters: Any) -> float:
-        """Expected milliseconds of ``sql``."""
+        """Expected milliseconds of ``sql`` (with bind ``parameters``, a text first seen
+        finds its template's book time through its values written in as literals)."""
+        key = self._key(sql)
         with self._lock:
-            ms = self._ms.get(self._key(sql))
-            if ms is None:
+            ms = self._ms.get(key)
+        if ms is None and isinstance(parameters, (list, tuple, Mapping)) and parameters:
+            bound = bind_literals(sql, parameters)
+            with self._lock:
+                ms = self._ms.get(self._key(bound.sql)) if bound is not None else None
+                if ms is not None:
+                    self._ms[key] = ms  # the parameterized text's own entry from now on
+        if ms is None:
+            with self._lock:
                 ms = statistics.median(self._ms.values()) if self._ms else self.default_ms
         return ms
+
+    def forget(self, sql: str) -> None:
+        """Forget what is known of ``sql``'s text without literals (a template the
+        memory should meet as new)."""
+        with self._lock:
+            self._ms.pop(self._key(sql), None)
 
     def observe(self, sql: str, parameters: Any, ms: float) -> None:
         """Remember a measured latency of ``sql``."""
@@ -243,7 +262,10 @@ class Connection:
         queue = self.serving.admission
         if queue is not None and selects:
             self._cancel.clear()
-            with queue.admit(self.serving.expected.expect(query, parameters), self._cancel):
+            mode = self._mode(decision)
+            with queue.admit(self.serving.expected.expect(query, parameters), self._cancel, mode) as granted:
+                if granted is None and mode is not None:
+                    decision = self.last = None  # demoted: as written, not holding other statements back
                 ms = self._run(query, parameters, decision)
             self.serving.expected.observe(query, parameters, ms)
         else:
@@ -251,6 +273,14 @@ class Connection:
         if self.log is not None and selects:
             self.log.record(query, parameters, ms)
         return self
+
+    def _mode(self, decision: Optimized | None) -> Any:
+        """The admission mode of a decision: None for DuckDB's own rules and settings,
+        else its rules and settings on this connection's database (``RuleModes`` lets
+        one mode run at a time in a process)."""
+        if decision is None or not decision.rules and not decision.settings:
+            return None
+        return id(self.serving), decision.rules, decision.settings
 
     def _run(self, query: Any, parameters: Any, decision: Optimized | None) -> float:
         """Run the decision (or the statement as written); its latency in ms."""
