@@ -29,7 +29,9 @@ Every query is run natively, then under 2-3 *setting arms* (the original text wi
 DuckDB optimizer rule off: lqo's arms and a few more, ``ARM_RULES``; now and then a
 set of 2-4 rules, and one *settings arm*: a DuckDB operator setting of lqo's ``SETTING_ARMS``,
 drawn per query text so that the other draws stay as they were), also when lqo refuses
-the query for trees; each must give the native result's fingerprint. Then through lqo: ``prepare`` (parse, join graph, EXPLAIN, native trees),
+the query for trees, and every rewrite ``lqo.sql.rewrites`` proves for the text
+(``rewrite:<family>:<site>``: a CTE's materialization, a correlated scalar subquery
+joined pre-aggregated, eager aggregation); each must give the native result's fingerprint. Then through lqo: ``prepare`` (parse, join graph, EXPLAIN, native trees),
 then DuckDB's native tree rendered plus random and exhaustively enumerated trees, each
 rendered and executed under ``forced_settings``, and one of them again with a rule of
 lqo's tree+arm candidates off. A forced result must have the native result's
@@ -85,6 +87,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from typing import Any, Callable
 
 import duckdb
 import sqlglot
@@ -95,6 +98,7 @@ from lqo.engine.settings import current_setting
 from lqo.errors import LqoError
 from lqo.sql.catalog import Catalog
 from lqo.sql.relations import limit_in_from
+from lqo.sql.rewrites import rewrites
 from lqo.trees.enumerate import exhaustive_trees
 from lqo.trees.query import prepare
 from lqo.tune.arms import SETTING_ARMS
@@ -1451,6 +1455,38 @@ def _peak(con: duckdb.DuckDBPyConnection) -> int:
         return 0
 
 
+def _check_rewrites(sql: str, h: Harness, catalog: Catalog, native: Any, limit: float,
+                    unstable: Callable[[], bool], out: Outcome) -> None:
+    """Every rewrite lqo.sql.rewrites proves for ``sql`` (all families; no ``rng`` draw),
+    run as written: recorded with the arms as ``rewrite:<label>`` (a rewrite DuckDB
+    rejects is a crash of the generator; other rows than native's are wrong)."""
+    try:
+        found = rewrites(sql, catalog.tables)
+    except Exception:  # noqa: BLE001 - the generator must refuse, never raise
+        out.arm_failures.append({"rules": ["rewrite"], "status": "crash", "eligible": True,
+                                 "detail": traceback.format_exc(limit=4)[-800:]})
+        out.arms.append([["rewrite"], "crash", True])
+        return
+    for rw in found:
+        r = h.run(rw.sql, profile=False, timeout_s=limit)
+        name = [f"rewrite:{rw.label}"]
+        if r.timed_out or (r.error and r.error.startswith(RESOURCE_ERRORS)):
+            verdict = "timeout"
+        elif r.error:
+            verdict = "crash"
+            out.arm_failures.append({"rules": name, "status": "crash", "eligible": True,
+                                     "detail": r.error.splitlines()[0][:300], "sql": rw.sql[:2000]})
+        elif r.fingerprint != native.fingerprint and unstable():
+            verdict = "flaky"
+        elif r.fingerprint != native.fingerprint:
+            verdict = "wrong"
+            out.arm_failures.append({"rules": name, "status": "wrong", "eligible": True,
+                                     "detail": f"{r.rows} rows vs native {native.rows}", "sql": rw.sql[:2000]})
+        else:
+            verdict = "ok"
+        out.arms.append([name, verdict, True])
+
+
 def _check(sql, tap, catalog, rng, n_random, h, arms=True, judge_arms=True) -> Outcome:
     con = tap._con
     native = h.run(sql, profile=False)
@@ -1498,6 +1534,8 @@ def _check(sql, tap, catalog, rng, n_random, h, arms=True, judge_arms=True) -> O
             else:
                 verdict = "ok"
             out.arms.append([list(rules), verdict, eligible])
+        if judge_arms:
+            _check_rewrites(sql, h, catalog, native, limit, unstable, out)
     try:
         pq = prepare(sql, con, catalog)
     except LqoError as err:

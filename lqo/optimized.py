@@ -73,6 +73,12 @@ class Optimized:
                    settings=settings)
 
     @classmethod
+    def rewritten(cls, sql: str, text: str, planning_ms: float) -> "Optimized":
+        """A verified rewrite served from the plan book: ``text`` (the rewrite filled
+        with this instance's literals) runs as written, under DuckDB's own rules."""
+        return cls(sql, text, False, None, None, None, None, None, planning_ms, source="book")
+
+    @classmethod
     def planned(cls, sql: str, chosen: Plan | None, native: Plan | None, planning_ms: float, *,
                 forced_sql: str | None = None, predicted_ms: float | None = None,
                 predicted_native_ms: float | None = None, fallback: str | None = None,

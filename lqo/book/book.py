@@ -57,9 +57,10 @@ class AcceptanceVerdict:
 
 @dataclass(frozen=True)
 class Candidate:
-    """``id``: ``native``, ``arm:<rules and settings>`` or ``tree:<plan key>``; ``plan``:
+    """``id``: ``native``, ``arm:<rules and settings>``, ``tree:<plan key>`` or
+    ``rewrite:<family>:<site>`` (the text rewritten, :mod:`lqo.sql.rewrites`); ``plan``:
     the Plan's JSON (trees); ``slots``: its slot rendering's JSON (trees, when it could be
-    cut); ``disabled``: DuckDB optimizer rules it runs with off (beyond a tree's forcing);
+    cut; a rewrite always has one); ``disabled``: DuckDB optimizer rules it runs with off (beyond a tree's forcing);
     ``settings``: DuckDB operator settings (name, value) it runs under (a setting arm).
 
     >>> c = Candidate(arm_id((), (("late_materialization_max_rows", "0"),)), "arm",
@@ -69,7 +70,7 @@ class Candidate:
     """
 
     id: str
-    kind: str  # "native" | "arm" | "tree"
+    kind: str  # "native" | "arm" | "tree" | "rewrite"
     disabled: tuple[str, ...] = ()
     plan: str | None = None
     slots: list | None = None

@@ -1,7 +1,9 @@
 """Serving a recurring query from the plan book: template look-up, no model, no parse.
 
 Known template, choice native -> the text as written. Known, a setting arm -> the text
-with the arm's optimizer rules disabled and its settings set. Known, a forced tree -> the verified plan,
+with the arm's optimizer rules disabled and its settings set. Known, a rewrite -> the
+verified rewritten text filled with this instance's literals, run under DuckDB's own
+rules (an instance its slot rendering does not fit runs as written). Known, a forced tree -> the verified plan,
 filled with this instance's literals from the template's slot rendering; where no slot
 rendering fits (the instance has another number of literals), ``render_full`` renders
 the plan for this text (a parse, still no model). With ``lqo tune --range-guard``, a
@@ -70,7 +72,7 @@ class BookServer:
         for key, e in book.entries.items():
             c = e.chosen
             plan = Plan.from_json(c.plan) if c.kind == "tree" and c.plan else None
-            slots = SlotRendering.from_json(c.slots) if c.kind == "tree" and c.slots else None
+            slots = SlotRendering.from_json(c.slots) if c.kind in ("tree", "rewrite") and c.slots else None
             self._served[key] = (e, plan, slots)
             if (guard := guard_for(book, e)) is not None:
                 self._guards[key] = guard
@@ -123,7 +125,6 @@ class BookServer:
         if hit is None:
             return None
         entry, plan, slots = hit
-        c = entry.chosen
         if (unforced := self._unforced(sql, entry, lambda: tk, start)) is not None:
             return unforced
         text = slots.fill(tk.literals, tk.shape) if slots is not None else None
@@ -138,7 +139,7 @@ class BookServer:
                    if slots is not None else "the verified plan has no slot rendering")
             return Optimized.as_written(sql, f"plan book: {why}, and rendering the plan anew needs a "
                                         f"model directory with a model: run as written", _ms(start), source="book")
-        return Optimized.from_book(sql, text, plan, _ms(start), disabled=c.disabled, settings=c.settings)
+        return _verified(sql, text, plan, entry, start)
 
     def serve_bound(self, sql: str, params: Any) -> Optimized | None:
         """The book's verified choice for a text with bind parameters and their values
@@ -165,7 +166,6 @@ class BookServer:
         if hit is None:
             return None
         entry, _plan, slots = hit
-        c = entry.chosen
 
         def literal_key() -> TemplateKey | None:  # this call's values, for a range guard only
             values = bind_literals(sql, params)
@@ -177,7 +177,7 @@ class BookServer:
         if text is None:
             return Optimized.as_written(sql, "plan book: the verified plan has no rendering that keeps these "
                                         "parameters: run as written", _ms(start), source="book")
-        return Optimized.from_book(sql, text, _plan, _ms(start), disabled=c.disabled, settings=c.settings)
+        return _verified(sql, text, _plan, entry, start)
 
     def _unforced(self, sql: str, entry: BookEntry, literal_key: Callable[[], TemplateKey | None],
                   start: float) -> Optimized | None:
@@ -248,6 +248,15 @@ def read_feedback(path: str | os.PathLike) -> dict[tuple[str, str], list[float]]
         except (ValueError, KeyError, TypeError):
             continue
     return out
+
+
+def _verified(sql: str, text: str, plan: Plan | None, entry: BookEntry, start: float) -> Optimized:
+    """The entry's verified choice with this instance's literals: a rewrite runs its text
+    as written, a tree forced (with its extra rules and settings)."""
+    c = entry.chosen
+    if c.kind == "rewrite":
+        return Optimized.rewritten(sql, text, _ms(start))
+    return Optimized.from_book(sql, text, plan, _ms(start), disabled=c.disabled, settings=c.settings)
 
 
 def _as_written(sql: str, entry: BookEntry, start: float) -> Optimized:

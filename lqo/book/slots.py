@@ -20,7 +20,7 @@ the full rendering, and refuses otherwise (the caller then renders in full).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -153,6 +153,32 @@ class SlotRendering:
             out = cls(_by_slot(once, key.shape), key.shape, twins, out)
             if out.fill(key.literals) != render(graph, plan, shared=shared):
                 raise PlanError("the rendering does not keep the query's literals as written")
+        return out
+
+
+    @classmethod
+    def of_rewrite(cls, sql: str, rewrite: Callable[[str], str | None]) -> "SlotRendering":
+        """The slot rendering of a text rewrite (``rewrite``: a text -> the rewritten
+        text, None where it does not apply; :mod:`lqo.sql.rewrites`) for ``sql``'s
+        template: the rewrite of the text with every literal a sentinel, cut at them.
+        ``PlanError`` unless filling in ``sql``'s own literals gives ``rewrite(sql)``
+        exactly. Lists of other lengths do not fit (the instance then runs as written).
+
+        >>> sr = SlotRendering.of_rewrite("SELECT 1 AS a WHERE 2 > 1", lambda s: s.replace("WHERE", "AND", 0))
+        >>> sr.fill(("5", "6", "7"))
+        'SELECT 5 AS a WHERE 6 > 7'
+        """
+        key = template_key(sql)
+        literals = scan_literals(sql) or []
+        if len(literals) >= _EXTRA:
+            raise PlanError("too many literals for a slot rendering")
+        full = rewrite(sql)
+        cut = rewrite(_sentinel_text(sql, literals, {}))
+        if full is None or cut is None:
+            raise PlanError("the rewrite does not apply to the template's text")
+        out = cls(_by_slot(_cut(cut, len(literals), ()), key.shape), key.shape)
+        if out.fill(key.literals) != full:
+            raise PlanError("the rewrite does not keep the query's literals as written")
         return out
 
 

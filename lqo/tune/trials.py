@@ -36,6 +36,7 @@ from lqo.trees.render import render
 from lqo.tune.accept import judge
 from lqo.tune.arms import plan_signature, setting_arms
 from lqo.tune.inputs import TemplateInstances, TuneConfig
+from lqo.tune.rewrite_arms import rewrite_candidates, rewrite_text
 from lqo.workloads.workload import Query
 
 # DuckDB optimizer rules whose removal won on TPC-DS SF1 (see docs/duckdb-plan-control.md).
@@ -132,7 +133,9 @@ class Trials:
         if _limit_in_from(t.tune[0].sql):  # see relations.LIMIT_REASON: build sides must stay DuckDB's
             arms = tuple(a for a in ARMS if a not in ("build_side_probe_side", "join_order"))
         out = [Candidate(f"arm:{rule}", "arm", (rule,), origin=f"arm:{rule}") for rule in arms]
-        out += setting_arms(self.con, t.tune[0].sql)  # those that change its plan (one EXPLAIN each)
+        native_sig = plan_signature(self.con, t.tune[0].sql)
+        out += setting_arms(self.con, t.tune[0].sql, native_sig)  # those that change its plan (one EXPLAIN each)
+        out += rewrite_candidates(self.con, self.catalog, t.tune[0].sql, native_sig)  # texts DuckDB does not write
         try:
             pq = prepare(t.tune[0].sql, self.con, self.catalog)
         except LqoError as err:
@@ -202,7 +205,10 @@ class Trials:
         native_ms = entry.native_ms.get(q.id)
         if native_ms is None:
             return float("inf"), 0
-        variant = self._variant(c, q)
+        try:
+            variant = self._variant(c, q)
+        except LqoError:  # a rewrite that does not apply to this instance's text
+            return float("inf"), 0
         timeout_s = max(0.05, native_ms / 1000)
         r = run_interleaved(self.con, [variant], repeats=1, warmup=0, timeout_s=timeout_s)[0][-1]
         self._record(q, c.kind, recorded_plan(c), variant[0] if variant[1] else None, [r])
@@ -219,7 +225,11 @@ class Trials:
         for q in t.tune:
             if q.id not in entry.native_ms:
                 continue
-            variant = self._variant(c, q)
+            try:
+                variant = self._variant(c, q)
+            except LqoError as err:
+                failed = f"no text for {q.id}: {err}"
+                break
             timeout_s = max(0.2, 3 * entry.native_ms[q.id] / 1000)
             native_runs, cand_runs = run_interleaved(self.con, [(q.sql, False), variant], repeats=self.config.rounds,
                                                      warmup=1, timeout_s=timeout_s)
@@ -353,6 +363,8 @@ def recorded_plan(c: Candidate) -> Any:
     arm's record names its settings."""
     if c.kind == "tree" and not c.disabled and not c.settings:
         return c.plan
+    if c.kind == "rewrite":
+        return {"rewrite": c.id.removeprefix("rewrite:")}
     out: dict[str, Any] = {"arm": list(c.disabled)} if c.kind == "arm" else {"tree": c.plan, "arm": list(c.disabled)}
     if c.settings:
         out["settings"] = dict(c.settings)
@@ -374,6 +386,8 @@ def variant(c: Candidate, sql: str, catalog: Catalog) -> tuple[str, bool, tuple[
     rendering where the instance's slot shape fits, else rendered for this text."""
     if c.kind == "arm":
         return (sql, False, c.disabled, c.settings)
+    if c.kind == "rewrite":
+        return (rewrite_text(c, sql, catalog), False, (), ())
     if c.slots is not None:
         key = template_key(sql)
         filled = SlotRendering.from_json(c.slots).fill(key.literals, key.shape)

@@ -1,0 +1,67 @@
+"""Rewrite candidates: the template's text rewritten (:mod:`lqo.sql.rewrites`), run as
+written by DuckDB, no tree forced.
+
+Only the ``decorrelate`` family is proposed: measured on TPC-H / TPC-DS SF1
+(docs/plan-book.md, "Rewrites, measured"; ``benchmarks/rewrites.py``), a correlated
+scalar subquery joined pre-aggregated beat DuckDB's delim join on TPC-DS q01, q06 and
+q81 and lost on five other templates (the acceptance rule tells them apart); per-CTE
+materialization and eager aggregation never beat the placebo.
+
+A candidate is proposed only where its physical plan differs from native's (one EXPLAIN)
+and its rewrite has a slot rendering (:meth:`SlotRendering.of_rewrite`): every instance
+is rewritten by filling in its own literals, and one the rendering does not fit runs as
+written. The rewrite keeps the bag of rows by construction; like every candidate its
+results are checked against native's on every tuning run.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import duckdb
+
+from lqo.book.book import Candidate
+from lqo.book.slots import SlotRendering
+from lqo.book.template import template_key
+from lqo.errors import LqoError, PlanError
+from lqo.sql.catalog import Catalog
+from lqo.sql.rewrites import apply_rewrite, rewrites
+from lqo.tune.arms import plan_signature
+
+REWRITE_FAMILIES: tuple[str, ...] = ("decorrelate",)
+
+
+def rewrite_candidates(con: duckdb.DuckDBPyConnection, catalog: Catalog, sql: str,
+                       native: str | None = None) -> list[Candidate]:
+    """The rewrites of ``sql`` (families ``REWRITE_FAMILIES``) with a plan of their own
+    and a slot rendering; ``native``: the native plan signature, if known."""
+    out: list[Candidate] = []
+    found = rewrites(sql, catalog.tables, REWRITE_FAMILIES)
+    if not found:
+        return out
+    if native is None:
+        native = plan_signature(con, sql)
+    for rw in found:
+        sig = plan_signature(con, rw.sql)
+        if sig is None or sig == native:
+            continue
+        try:
+            slots = SlotRendering.of_rewrite(sql, partial(apply_rewrite, label=rw.label, columns=catalog.tables))
+        except LqoError:
+            continue  # no per-instance rendering: it could not be served
+        out.append(Candidate(f"rewrite:{rw.label}", "rewrite", slots=slots.to_json(), origin="rewrite"))
+    return out
+
+
+def rewrite_text(c: Candidate, sql: str, catalog: Catalog) -> str:
+    """The text candidate ``c`` (a rewrite) runs for the instance ``sql``: its slot
+    rendering filled, else the rewrite made anew; ``PlanError`` where neither applies."""
+    if c.slots is not None:
+        key = template_key(sql)
+        filled = SlotRendering.from_json(c.slots).fill(key.literals, key.shape)
+        if filled is not None:
+            return filled
+    text = apply_rewrite(sql, c.id.removeprefix("rewrite:"), catalog.tables)
+    if text is None:
+        raise PlanError(f"the rewrite {c.id} does not apply to this text")
+    return text
