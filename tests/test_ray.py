@@ -155,14 +155,14 @@ def test_a_task_is_written_whole_and_once(cluster, wl, tmp_path):
 def test_tune_on_ray(cluster, wl, tmp_path):
     assert main(["workload", "vary", str(wl.root), "--per-template", "3", "--seed", "3", "--out", str(tmp_path / "v"), "--json"]) == 0
     varied = Workload.load(tmp_path / "v")
-    varied = varied.subset(q.id for q in varied if q.template in ("q03", "q05", "q10"))
+    varied = varied.subset(q.id for q in varied if q.template in ("q03", "q10"))
     # A budget that does not run out: every candidate is tried in both runs, however slow the
     # machine (2 minutes did not cover a loaded one: the two runs screened different sets).
     config = dict(budget_min=120, tune_instances=2, random_trees=1, moves=2)
     seq = Tuner(varied, tmp_path / "seq", TuneConfig(**config), log=lambda _: None).run()
     with ExecutorPool(varied.database, slots=2) as pool:
         par = Tuner(varied, tmp_path / "ray", TuneConfig(**config), log=lambda _: None, pool=pool).run()
-    assert not par.interrupted and par.templates == seq.templates == 3
+    assert not par.interrupted and par.templates == seq.templates == 2
     a, b = PlanBook.load(tmp_path / "seq"), PlanBook.load(tmp_path / "ray")
     # every candidate tried in both, the same ones (combinations aside: which are proposed
     # depends on the timings); native baselines the same results
@@ -175,7 +175,7 @@ def test_tune_on_ray(cluster, wl, tmp_path):
     for e in b.entries.values():
         assert all(v.node == node["node"] for v in e.verdicts.values())  # paired rounds: one node each
     store = tmp_path / "ray" / "experience.duckdb"
-    tasks = 3 + par.screened + par.retested  # a baseline per template, a task per candidate and put-off test
+    tasks = 2 + par.screened + par.retested  # a baseline per template, a task per candidate and put-off test
     assert_whole(store, tasks)
     assert node["tasks"] == tasks and node["runs"] == rows(store, "SELECT count(*) FROM runs")[0][0]
 
