@@ -34,9 +34,12 @@ refused (no rewrite), never guessed:
 
 from __future__ import annotations
 
+import json
+import threading
 from dataclasses import dataclass
 from typing import Iterator, Mapping
 
+import duckdb
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
@@ -49,7 +52,14 @@ _VOLATILE = frozenset({"random", "rand", "uuid", "gen_random_uuid", "nextval", "
 _STRICT_AGGS = (exp.Avg, exp.Sum, exp.Min, exp.Max)
 _ARITH = (exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Paren, exp.Neg)
 _CMP = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
-_FLOAT_TYPES = ("FLOAT", "DOUBLE", "REAL")
+# Key types whose GROUP BY groups exactly the values ``=`` equates (no floats: -0.0 and
+# 0.0; no collation; no TIME WITH TIME ZONE or INTERVAL, equal across representations).
+_KEY_TYPES = frozenset({"BOOLEAN", "VARCHAR", "BLOB", "UUID", "DATE", "TIME", "TIMESTAMP", "TIMESTAMP_S",
+                        "TIMESTAMP_MS", "TIMESTAMP_NS", "TIMESTAMP WITH TIME ZONE"})
+# Exact numeric types: a cast among them keeps every value distinct, so keys of two of them compare as they group.
+_EXACT_NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
+                  "UBIGINT", "UHUGEINT", "DECIMAL")
+_RESERVED_PREFIX = "lqo_"  # names the rewrites add: a query already using one is refused
 
 
 class Refused(Exception):
@@ -79,7 +89,7 @@ def rewrites(sql: str, columns: Columns, families: tuple[str, ...] = FAMILIES) -
     """Every rewrite of ``sql`` of the given families that the generator can prove."""
     out: list[Rewrite] = []
     tree = parse(sql)
-    if tree is None:
+    if tree is None or not _faithful(sql, tree) or _uses_reserved_names(tree):
         return out
     if sum(1 for _ in tree.find_all(exp.With)) > 1:  # a nested WITH: names this scope reading does not track
         families = tuple(f for f in families if f == "cte")
@@ -91,6 +101,57 @@ def rewrites(sql: str, columns: Columns, families: tuple[str, ...] = FAMILIES) -
 
 def _render(tree: exp.Expr) -> str:
     return tree.sql(dialect="duckdb")
+
+
+_ast_lock = threading.Lock()
+_ast_con: duckdb.DuckDBPyConnection | None = None
+
+
+def _duckdb_ast(sql: str) -> object:
+    """DuckDB's own parse of ``sql`` (``json_serialize_sql``, positions dropped), or None."""
+    global _ast_con
+
+    def strip(node: object, named: bool = False) -> object:  # named: in a select list, where text names columns
+        if isinstance(node, dict):
+            node = node if named else _is_not_null(node)
+            return {k: strip(v, named or k == "select_list") for k, v in node.items() if k != "query_location"}
+        return [strip(v, named) for v in node] if isinstance(node, list) else node
+
+    with _ast_lock:  # one in-memory connection, made on first need; parsing touches no data
+        if _ast_con is None:
+            _ast_con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False,
+                                                          "autoload_known_extensions": False})
+        try:
+            row = _ast_con.execute("SELECT json_serialize_sql(?::VARCHAR)", [sql]).fetchone()
+        except duckdb.Error:
+            return None
+    tree = json.loads(row[0]) if row is not None else None
+    return None if not isinstance(tree, dict) or tree.get("error") else strip(tree)
+
+
+def _is_not_null(node: dict) -> dict:
+    """``NOT x IS NULL`` (sqlglot's writing) as ``x IS NOT NULL``: the same operator
+    (outside a select list, where the text would name the column)."""
+    kids = node.get("children")
+    if node.get("type") == "OPERATOR_NOT" and isinstance(kids, list) and len(kids) == 1 and \
+            isinstance(kids[0], dict) and kids[0].get("type") == "OPERATOR_IS_NULL" and not kids[0].get("alias"):
+        return {**node, "type": "OPERATOR_IS_NOT_NULL", "children": kids[0]["children"]}
+    return node
+
+
+def _faithful(sql: str, tree: exp.Expr) -> bool:
+    """Whether sqlglot writes ``tree`` back as the very statement DuckDB reads in ``sql``
+    (every rewrite re-renders the whole text: a function sqlglot maps to another, such
+    as ``~`` (a full regular-expression match) to ``regexp_matches`` (a partial one),
+    would change the rows)."""
+    want = _duckdb_ast(sql)
+    return want is not None and want == _duckdb_ast(_render(tree))
+
+
+def _uses_reserved_names(tree: exp.Expr) -> bool:
+    """Whether a name of the query starts like the names a rewrite adds (a column of the
+    added table could capture a reference to a column of the user's)."""
+    return any(i.name.lower().startswith(_RESERVED_PREFIX) for i in tree.find_all(exp.Identifier))
 
 
 def _conjuncts(node: exp.Expr | None) -> list[exp.Expr]:
@@ -269,9 +330,13 @@ def _sites(tree: exp.Expr) -> Iterator[tuple[exp.Select, exp.Expr, exp.Subquery]
 
 
 def _strict_value(node: exp.Expr) -> bool:
-    """Whether ``node`` is NULL whenever its aggregates see no row: avg/sum/min/max under
-    arithmetic and literals, no column outside an aggregate."""
+    """Whether ``node`` is NULL whenever its aggregates see no row: avg/sum/min/max, or
+    avg/sum under arithmetic and literals, no column outside an aggregate. (min/max keep
+    their column's type, whose arithmetic can overflow: the pre-aggregate computes every
+    group, native only some, so one could raise an error where the other does not.)"""
     if isinstance(node, _STRICT_AGGS):
+        if isinstance(node, (exp.Min, exp.Max)) and isinstance(node.parent, _ARITH):
+            return False
         return not node.find(exp.Distinct) and not isinstance(node.parent, exp.Window)
     if isinstance(node, exp.Literal):
         return False  # alone a literal is never NULL; within arithmetic, see below
@@ -280,6 +345,33 @@ def _strict_value(node: exp.Expr) -> bool:
         return any(_strict_value(k) for k in kids) and all(_strict_value(k) or isinstance(k, exp.Literal)
                                                             for k in kids)
     return False
+
+
+def _reads_all_columns(sel: exp.Select) -> bool:
+    """Whether ``sel`` reads columns by pattern (``*``, ``COLUMNS(..)``) other than
+    ``count(*)`` and a qualified ``t.*``: they would read the added derived table too."""
+    for node in sel.find_all(exp.Star, exp.Columns):
+        if isinstance(node, exp.Columns):
+            return True
+        parent = node.parent
+        if isinstance(parent, exp.Count):
+            continue
+        if isinstance(parent, exp.Column) and parent.table:
+            continue
+        return True
+    return False
+
+
+def _key_types_compare_as_they_group(inner: str, outer: str) -> bool:
+    """Whether grouping inner keys of type ``inner`` and joining them with ``=`` to an
+    outer key of type ``outer`` equates exactly what the subquery's ``=`` equates: the
+    same type of ``_KEY_TYPES`` (no collation), or two exact numeric types. A float key
+    groups -0.0 apart from 0.0; a collated or cast key (VARCHAR = INTEGER) equates
+    values it groups apart; an unknown type ("") is refused."""
+    a, b = inner.upper(), outer.upper()
+    if a.startswith(_EXACT_NUMERIC) and b.startswith(_EXACT_NUMERIC):
+        return "[" not in a + b and "(" not in a.replace("DECIMAL(", "") + b.replace("DECIMAL(", "")
+    return a == b and a in _KEY_TYPES
 
 
 def _decorrelate_site(tree: exp.Expr, site: int, columns: Columns) -> None:
@@ -300,9 +392,8 @@ def _decorrelate_site(tree: exp.Expr, site: int, columns: Columns) -> None:
     outer_src = _sources(sel, columns, ctes)
     if not inner_src or not outer_src:
         raise Refused("unknown FROM item")
-    if any(isinstance(p, exp.Star) or (isinstance(p, exp.Column) and isinstance(p.this, exp.Star))
-           and not p.table for p in sel.expressions):
-        raise Refused("SELECT * would read the added table")
+    if _reads_all_columns(sel):
+        raise Refused("SELECT * or COLUMNS(..) would read the added table")
     value = inner.expressions[0]
     value = value.this if isinstance(value, exp.Alias) else value
     if not _strict_value(value):
@@ -334,26 +425,27 @@ def _decorrelate_site(tree: exp.Expr, site: int, columns: Columns) -> None:
                 {side(lhs), side(rhs)} != {"inner", "outer"}:
             raise Refused("a correlation other than inner = outer")
         ic, oc = (lhs, rhs) if side(lhs) == "inner" else (rhs, lhs)
-        owner = _owner(ic, inner_src)
-        assert owner is not None
-        if inner_src[owner].get(ic.name.lower(), "").upper().startswith(_FLOAT_TYPES) or \
-                inner_src[owner].get(ic.name.lower()) == "":
-            raise Refused("a key whose grouping may differ from = (float, or of unknown type)")
+        owner, outer_owner = _owner(ic, inner_src), _owner(oc, outer_src)
+        assert owner is not None and outer_owner is not None
+        if not _key_types_compare_as_they_group(inner_src[owner].get(ic.name.lower(), ""),
+                                                outer_src[outer_owner].get(oc.name.lower(), "")):
+            raise Refused("a key whose grouping may differ from = (float, collation, cast, or of unknown type)")
         keys.append((ic, oc))
     if not keys:
         raise Refused("not correlated")
-    alias = f"lqo_sq{site + 1}"
-    derived = exp.Select(expressions=[ic.copy().as_(f"k{i}") for i, (ic, _) in enumerate(keys)]
-                         + [value.copy().as_("v")])
+    alias = f"{_RESERVED_PREFIX}sq{site + 1}"  # its columns too: no reference of the query can bind to them
+    derived = exp.Select(expressions=[ic.copy().as_(f"{alias}_k{i}") for i, (ic, _) in enumerate(keys)]
+                         + [value.copy().as_(f"{alias}_v")])
     derived = derived.from_(inner.args[_from_key(inner)].this.copy(), copy=False)
     if inner.args.get("joins"):
         derived.set("joins", [j.copy() for j in inner.args["joins"]])
     if local:
         derived = derived.where(_and([c.copy() for c in local]), copy=False)
     derived = derived.group_by(*[ic.copy() for ic, _ in keys], copy=False)
-    sub.replace(exp.column("v", table=alias))
+    sub.replace(exp.column(f"{alias}_v", table=alias))
     sel.append("joins", exp.Join(this=exp.Subquery(this=derived, alias=exp.TableAlias(this=exp.to_identifier(alias)))))
-    extra = [exp.EQ(this=oc.copy(), expression=exp.column(f"k{i}", table=alias)) for i, (_, oc) in enumerate(keys)]
+    extra = [exp.EQ(this=oc.copy(), expression=exp.column(f"{alias}_k{i}", table=alias))
+             for i, (_, oc) in enumerate(keys)]
     sel.set("where", exp.Where(this=_and([sel.args["where"].this] + extra)))
 
 
@@ -490,8 +582,12 @@ def apply_rewrite(sql: str, label: str, columns: Columns) -> str | None:
     generator does not prove it for this text.
 
     >>> cat = {"t": {"a": "INTEGER", "b": "INTEGER"}, "u": {"k": "INTEGER", "v": "INTEGER"}}
-    >>> apply_rewrite("SELECT a FROM t WHERE b > (SELECT max(v) FROM u WHERE u.k = t.a)", "decorrelate:1", cat)
-    'SELECT a FROM t, (SELECT u.k AS k0, MAX(v) AS v FROM u GROUP BY u.k) AS lqo_sq1 WHERE b > lqo_sq1.v AND t.a = lqo_sq1.k0'
+    >>> out = apply_rewrite("SELECT a FROM t WHERE b > (SELECT max(v) FROM u WHERE u.k = t.a)", "decorrelate:1", cat)
+    >>> head, _, tail = out.partition(" WHERE ")
+    >>> head
+    'SELECT a FROM t, (SELECT u.k AS lqo_sq1_k0, MAX(v) AS lqo_sq1_v FROM u GROUP BY u.k) AS lqo_sq1'
+    >>> tail
+    'b > lqo_sq1.lqo_sq1_v AND t.a = lqo_sq1.lqo_sq1_k0'
     """
     family = label.partition(":")[0]
     if family not in FAMILIES:

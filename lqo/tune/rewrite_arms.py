@@ -25,7 +25,7 @@ from lqo.book.slots import SlotRendering
 from lqo.book.template import template_key
 from lqo.errors import LqoError, PlanError
 from lqo.sql.catalog import Catalog
-from lqo.sql.rewrites import apply_rewrite, rewrites
+from lqo.sql.rewrites import Columns, apply_rewrite, rewrites
 from lqo.tune.arms import plan_signature
 
 REWRITE_FAMILIES: tuple[str, ...] = ("decorrelate",)
@@ -36,7 +36,8 @@ def rewrite_candidates(con: duckdb.DuckDBPyConnection, catalog: Catalog, sql: st
     """The rewrites of ``sql`` (families ``REWRITE_FAMILIES``) with a plan of their own
     and a slot rendering; ``native``: the native plan signature, if known."""
     out: list[Candidate] = []
-    found = rewrites(sql, catalog.tables, REWRITE_FAMILIES)
+    columns = rewrite_columns(con, catalog)
+    found = rewrites(sql, columns, REWRITE_FAMILIES)
     if not found:
         return out
     if native is None:
@@ -46,11 +47,24 @@ def rewrite_candidates(con: duckdb.DuckDBPyConnection, catalog: Catalog, sql: st
         if sig is None or sig == native:
             continue
         try:
-            slots = SlotRendering.of_rewrite(sql, partial(apply_rewrite, label=rw.label, columns=catalog.tables))
+            slots = SlotRendering.of_rewrite(sql, partial(apply_rewrite, label=rw.label, columns=columns))
         except LqoError:
             continue  # no per-instance rendering: it could not be served
         out.append(Candidate(f"rewrite:{rw.label}", "rewrite", slots=slots.to_json(), origin="rewrite"))
     return out
+
+
+def rewrite_columns(con: duckdb.DuckDBPyConnection, catalog: Catalog) -> Columns:
+    """The catalog's column types with a collation made visible: every VARCHAR column of
+    a table or view whose definition names a collation typed ``VARCHAR COLLATE`` (the
+    catalog's types omit it; the generator refuses such a key, whose ``=`` equates
+    values its GROUP BY keeps apart)."""
+    rows = con.execute("SELECT table_name, sql FROM duckdb_tables() WHERE schema_name = current_schema() "
+                       "UNION ALL SELECT view_name, sql FROM duckdb_views() "
+                       "WHERE schema_name = current_schema() AND NOT internal").fetchall()
+    collated = {str(name).lower() for name, text in rows if "COLLATE" in str(text or "").upper()}
+    return {t: {c: f"{ty} COLLATE" if t in collated and ty.upper().startswith("VARCHAR") else ty
+                for c, ty in cols.items()} for t, cols in catalog.tables.items()}
 
 
 def rewrite_text(c: Candidate, sql: str, catalog: Catalog) -> str:
