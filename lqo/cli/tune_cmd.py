@@ -51,6 +51,10 @@ def register(sub: Any) -> None:
                    help="also grow pairs of disabled rules that screened faster than native into sets of up to 4 "
                    "rules, where EXPLAIN shows a new plan (off by default: measured not to pay at SF1; "
                    "docs/plan-book.md)")
+    p.add_argument("--perturbed", type=int, default=0, metavar="N",
+                   help="also try up to N trees per template from lqo's cost-based search with its join estimates "
+                   "scaled by 10^-3..10^3 (off by default: measured to win on a few templates, not as a family on "
+                   "TPC-DS; docs/plan-book.md)")
     add_ray_flags(p)
     add_json_flag(p)
     p.set_defaults(handler=run)
@@ -71,10 +75,11 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.budget > 0:
         raise LqoError("--budget must be > 0 minutes")
-    workload = _log_workload(args) if args.log else Workload.load(_workload_arg(args))
     config = TuneConfig(budget_min=args.budget, tune_instances=args.tune_instances, rounds=args.rounds,
                         strategy=args.strategy, model=args.model, seed=args.seed,
-                        range_guard=args.range_guard, rule_sets=args.rule_sets)
+                        range_guard=args.range_guard, rule_sets=args.rule_sets, perturbed_trees=args.perturbed)
+    config.validate()  # before a query log is imported or a workload read
+    workload = _log_workload(args) if args.log else Workload.load(_workload_arg(args))
     bar = TuneBar()
     log = (lambda line: None) if args.json else bar.write
     try:

@@ -27,6 +27,7 @@ class TuneConfig:
     true_cards: bool = True  # profile one native run per template for a true-cardinality plan
     range_guard: bool = False  # constant-sensitive templates served inside their verified ranges only
     rule_sets: bool = False  # grow winning pairs of disabled rules into sets of up to 4 (trials.grow_rule_set)
+    perturbed_trees: int = 0  # trees from lqo's DP under perturbed join estimates per template (0: none)
     strategy: str = "learned"  # "learned" | "random"
     model: str | None = None  # a trained model directory (lqo train): scores tree candidates, adds its search's best
     seed: int = 0
@@ -38,6 +39,8 @@ class TuneConfig:
             raise LqoError("--budget must be > 0 minutes")
         if self.strategy not in ("learned", "random"):
             raise LqoError("--strategy must be 'learned' or 'random'")
+        if self.perturbed_trees < 0:
+            raise LqoError("--perturbed must be >= 0")
         if self.tune_instances < 1 or self.rounds < self.rule.min_rounds:
             raise LqoError(f"need >= 1 tuning instance and >= {self.rule.min_rounds} rounds")
 

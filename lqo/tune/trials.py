@@ -27,7 +27,7 @@ from lqo.sql.catalog import Catalog
 from lqo.sql.join_graph import build_query_graph
 from lqo.sql.relations import limit_in_from
 from lqo.store.recorder import RunRecorder
-from lqo.trees.dp import dp_plan, profiled_cards
+from lqo.trees.dp import dp_plan, perturbation_plans, perturbed_plans, profiled_cards
 from lqo.trees.native import read_native_trees
 from lqo.trees.physical import profile_nodes
 from lqo.trees.plan import Plan
@@ -65,6 +65,13 @@ SET_RULES: tuple[str, ...] = ("unused_columns", "statistics_propagation", "expre
                               "column_lifetime")
 MAX_SET_RULES = 4
 GROW_PER_SET = 3  # grown sets proposed per set that screened below native
+# Perturbed-cardinality trees (``lqo tune --perturbed N``, off by default): lqo's DP over its
+# own estimates with join estimates scaled by 10^k, k in -3..3, one join at a time and in this
+# many random draws (lqo.trees.dp.perturbation_plans). Measured (docs/plan-book.md, Candidates;
+# benchmarks/perturbed_plans.py): re-measured beyond the best current candidate on TPC-H SF1
+# q10 (0.54x native against 0.66x), q02, and TPC-DS SF1 q31, q91, q23 (6-8%); as a family on
+# TPC-DS no better than a placebo, at up to 24 more trees to screen per template.
+PERTURB_DRAWS = 16
 # A screening run is one cold run, noisier than a verdict's median: a candidate is tested
 # against a template's current choice unless it screened this much slower than that choice.
 BEAT_SLACK = 1.10
@@ -162,6 +169,10 @@ class Trials:
         small = small_block_plans(native, pq.free_blocks, self.config.exhaustive_relations)
         plans += [("small", p) for p in rng.sample(small, min(len(small), MAX_SMALL_BLOCK_TREES))]
         plans += [("random", p) for p in pq.random_plans(self.config.random_trees, rng)]
+        if self.config.perturbed_trees:  # lqo tune --perturbed N: off by default (docs/plan-book.md)
+            found = perturbation_plans(native, pq.free_blocks, lambda b: partial(est.join_rows, b), PERTURB_DRAWS, rng)
+            plans += [("perturbed", p) for p in perturbed_plans(found, [native, *(p for _, p in plans)],
+                                                                self.config.perturbed_trees)]
         scores = None
         if self.optimizer is not None:
             spread: dict[Plan, float] = {}
