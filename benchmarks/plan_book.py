@@ -49,10 +49,11 @@ def warm(workload: Workload) -> float:
     return time.perf_counter() - t0
 
 
-def tune(workload: Workload, out: Path, seed: int, strategy: str, budget: float) -> dict:
+def tune(workload: Workload, out: Path, seed: int, strategy: str, budget: float, perturbed: int = 0) -> dict:
     print(f"[{strategy} {seed}] warm-up: every query once, {warm(workload):.0f} s", flush=True)
     t0 = time.perf_counter()
-    r = Tuner(workload, out, TuneConfig(budget_min=budget, strategy=strategy, seed=seed),
+    config = TuneConfig(budget_min=budget, strategy=strategy, seed=seed, perturbed_trees=perturbed)
+    r = Tuner(workload, out, config,
               log=lambda line: print(f"[{strategy} {seed}] {line}", flush=True)).run()
     return {"dir": str(out), "strategy": strategy, "seed": seed, "elapsed_s": round(time.perf_counter() - t0, 1),
             "screened": r.screened, "tested": r.tested, "adopted": r.adopted, "wrong": r.wrong,
@@ -140,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--random-seed", type=int, nargs="*", default=[0], help="seeds of random-order runs")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--skip-tune", action="store_true", help="reuse the model directories under --out")
+    ap.add_argument("--perturbed", type=int, default=0, metavar="N",
+                    help="lqo tune --perturbed N: up to N perturbed-cardinality trees per template (default 0)")
     args = ap.parse_args(argv)
     wl = Workload.load(args.workload)
     out = Path(args.out)
@@ -152,8 +155,9 @@ def main(argv: list[str] | None = None) -> int:
             tunes.append({"dir": str(d), "strategy": strategy, "seed": seed, "skipped": True,
                           "history": ModelDir(d).read_tune_history()})
         else:
-            tunes.append(tune(wl, d, seed, strategy, args.budget))
-    results = {"command": " ".join(["python", *sys.argv]), "workload": str(wl.root), "budget_min": args.budget, "rounds": args.rounds, "tunes": tunes,
+            tunes.append(tune(wl, d, seed, strategy, args.budget, args.perturbed))
+    results = {"command": " ".join(["python", *sys.argv]), "workload": str(wl.root), "budget_min": args.budget, "rounds": args.rounds,
+               "perturbed": args.perturbed, "tunes": tunes,
                "held_out": [held_out(wl, out / f"learned-seed{s}", args.rounds) for s in args.seeds]}
     (out / "plan_book.json").write_text(json.dumps(results, indent=1, default=str))
     curve_plot(tunes, out / "tune_curve.png")
