@@ -60,7 +60,7 @@ def connect(database: str | os.PathLike = ":memory:", book: str | os.PathLike | 
     also writes; lqo itself never does); ``:memory:`` cannot be read-only. ``capture``:
     a query log (JSONL) that records every SELECT's text, parameters and latency, for
     ``lqo tune --log`` (:mod:`lqo.workloads.query_log`); it stops growing at
-    ``capture_limit_mb``. ``admission`` (``"sjf"`` or ``"fifo"``; off by default): the
+    ``capture_limit_mb``. ``admission`` (``"sjf"``, ``"hrrn"`` or ``"fifo"``; off by default): the
     SELECTs that this connection and its cursors ``execute`` run ``admission_slots`` at a
     time, the others waiting in that order (:mod:`lqo.engine.admission`); an
     ``AdmissionQueue`` instead of a name: that queue, shared with the other connections
