@@ -7,11 +7,11 @@ import time
 
 import duckdb
 import pytest
+from test_connection import ARM
+from test_connection import _book as _connection_book
 
 import lqo
 from lqo.engine.admission import AdmissionQueue
-from test_connection import ARM
-from test_connection import _book as _connection_book
 
 
 def _hold(queue: AdmissionQueue) -> tuple[threading.Thread, threading.Event]:
@@ -194,8 +194,8 @@ def test_sjf_fills_a_free_slot_with_a_near_statement_of_the_running_mode():
     queue = AdmissionQueue(2, "sjf")
     order: list[str] = []
     h, release = _hold_mode(queue, "A")
-    other = _waiter(queue, order, "short-B", 100.0, "B")  # the best, but would wait on mode A
-    same = _waiter(queue, order, "near-A", 150.0, "A")
+    other = _waiter(queue, order, "short-B", 1000.0, "B")  # the best, but would wait on mode A
+    same = _waiter(queue, order, "near-A", 1500.0, "A")  # passes while short-B has waited < 2 s
     same.join(2)
     assert order == ["near-A"] and queue.waiting == 1  # admitted beside the holder
     release.set()
