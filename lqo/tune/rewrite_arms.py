@@ -4,8 +4,9 @@ written by DuckDB, no tree forced.
 Only the ``decorrelate`` family is proposed: measured on TPC-H / TPC-DS SF1
 (docs/plan-book.md, "Rewrites, measured"; ``benchmarks/rewrites.py``), a correlated
 scalar subquery joined pre-aggregated beat DuckDB's delim join on TPC-DS q01, q06 and
-q81 and lost on five other templates (the acceptance rule tells them apart); per-CTE
-materialization and eager aggregation never beat the placebo.
+q81 and lost on the six other templates it applies to (the acceptance rule tells them
+apart; on those three a forced tree verified faster still); per-CTE materialization and
+eager aggregation never beat the placebo.
 
 A candidate is proposed only where its physical plan differs from native's (one EXPLAIN)
 and its rewrite has a slot rendering (:meth:`SlotRendering.of_rewrite`): every instance
