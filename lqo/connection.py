@@ -10,7 +10,11 @@ and keeps calling ``con.execute(q, params).fetchall()``, ``con.sql(q).df()``,
 plan book verified runs its verified plan (a forced tree, or the text under a setting
 arm); everything else, writes included, goes to DuckDB unchanged and never runs while
 lqo has DuckDB's optimizer rules changed for another thread's statement
-(``lqo.engine.settings.RuleModes``). ``lqo.wrap(con, book=...)`` does the same for a
+(``lqo.engine.settings.RuleModes``). Those rules are per DuckDB instance, so a verified
+plan that needs rules or settings of its own runs under them only when no other
+statement runs or waits; beside others it runs as written (``serving.demoted`` counts
+them), rather than holding every other thread back while it runs.
+``lqo.wrap(con, book=...)`` does the same for a
 connection you opened yourself.
 
 Loading a book-only directory imports neither torch nor sqlglot.
@@ -43,7 +47,7 @@ from lqo.book.params import bind_literals
 from lqo.book.serve import BookServer
 from lqo.book.template import literal_free_text
 from lqo.engine.admission import AdmissionQueue
-from lqo.engine.settings import disabled_optimizers
+from lqo.engine.settings import RULE_MODES, disabled_optimizers
 from lqo.errors import MissingFileError, SchemaMismatchError
 from lqo.model_dir import BOOK_FILE, ModelDir, book_file
 from lqo.optimized import Optimized
@@ -195,6 +199,7 @@ class Serving:
     log: QueryLog | None = None
     admission: AdmissionQueue | None = None
     expected: LatencyMemory = field(default_factory=lambda: LatencyMemory())
+    demoted: int = 0  # verified plans run as written beside other statements (approximate under threads)
 
 
 class Connection:
@@ -236,7 +241,8 @@ class Connection:
             return None  # a text or value lqo cannot read (a lone surrogate): DuckDB's to judge
         if served is None:
             return None
-        return served if served.forced or served.disabled or served.settings else None
+        changed = served.forced or served.disabled or served.settings or served.sql != served.original_sql
+        return served if changed else None  # a rewrite changes only the text
 
     def _planned(self, query: str) -> Optimized | None:
         """The learned optimizer's decision for a SELECT (None for anything else: DuckDB's)."""
@@ -268,6 +274,14 @@ class Connection:
                     decision = self.last = None  # demoted: as written, not holding other statements back
                 ms = self._run(query, parameters, decision)
             self.serving.expected.observe(query, parameters, ms)
+        elif decision is not None and (decision.rules or decision.settings):
+            # DuckDB's rules and settings are per instance: a plan that needs its own would
+            # hold back every statement of the other threads while it runs.
+            with RULE_MODES.hold_if_idle(self._con, decision.rules, decision.settings) as alone:
+                if not alone:
+                    decision = self.last = None
+                    self.serving.demoted += 1
+                ms = self._run(query, parameters, decision)
         else:
             ms = self._run(query, parameters, decision)
         if self.log is not None and selects:

@@ -334,3 +334,41 @@ def test_a_demoted_statement_runs_as_written_with_duckdbs_result(tpch_db, tmp_pa
     assert con.last is None and queue.demoted == 1
     con.close()
     native.close()
+
+
+def test_without_admission_a_plan_with_rules_of_its_own_runs_as_written_beside_others(tpch_db, tmp_path):
+    """DuckDB's rules are per instance: a verified arm that took them while another
+    thread's statement ran would hold every other statement back until it finished
+    (lqo.connect ran 1.3-1.5x native under open-loop load). Beside a running statement
+    it runs as written, with DuckDB's result; alone, under its arm."""
+    from lqo.engine.settings import disabled_optimizers
+
+    native = duckdb.connect(str(tpch_db), read_only=True)
+    _connection_book(tmp_path, native)
+    con = lqo.connect(tpch_db, book=tmp_path)
+    (s, n), = con.execute(ARM.format(7)).fetchall()
+    assert s == "join_filter_pushdown" and con.last is not None
+    other = con.cursor()
+    running, release = threading.Event(), threading.Event()
+
+    def statement_of_another_thread() -> None:
+        with disabled_optimizers(other.duckdb, ()):  # what every statement through lqo holds while it runs
+            running.set()
+            release.wait(10)
+
+    t = threading.Thread(target=statement_of_another_thread)
+    t.start()
+    assert running.wait(10)
+    try:
+        (s2, n2), = con.execute(ARM.format(7)).fetchall()
+        demoted = con.last
+    finally:
+        release.set()
+        t.join(10)
+    assert s2 == "" and n2 == n == native.execute(ARM.format(7)).fetchone()[1]
+    assert demoted is None and con.serving.demoted == 1
+    (s3, n3), = con.execute(ARM.format(7)).fetchall()  # alone again: under its arm
+    assert s3 == "join_filter_pushdown" and n3 == n and con.serving.demoted == 1
+    other.close()
+    con.close()
+    native.close()

@@ -91,3 +91,24 @@ def test_no_rewrite_candidate_where_the_generator_refuses(con: duckdb.DuckDBPyCo
     # count(*) is 0 on an empty group: never decorrelated into a join
     sql = "SELECT d.k FROM d WHERE d.b > (SELECT count(*) FROM f WHERE f.k = d.k)"
     assert rewrite_candidates(con, catalog, sql) == []
+
+
+def test_lqo_connect_serves_a_rewrite_with_natives_rows(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+    """A rewrite changes only the text (no tree forced, no rule or setting): the drop-in
+    connection ran such a decision as written."""
+    import lqo
+
+    book, _ = _book(con, TEMPLATE.format("1.0", 0, "'a', 'b'"))
+    book.save(tmp_path / "book.json")
+    served = lqo.wrap(con.cursor(), book=tmp_path)
+    for factor, g, items in [("0.5", 1, "'c', 'a'"), ("1.5", 2, "'b', 'd'")]:
+        sql = TEMPLATE.format(factor, g, items)
+        got = served.execute(sql).fetchall()
+        assert served.last is not None and served.last.sql == apply_rewrite(sql, "decorrelate:1",
+                                                                            Catalog.from_connection(con).tables)
+        assert fingerprint_rows(got) == fingerprint_rows(con.execute(sql).fetchall()) and got
+    # bound parameters: the literal template's rewrite, the values kept as parameters
+    q = TEMPLATE.format("?", "?", "?, ?")
+    got = served.execute(q, [1.5, 2, "b", "d"]).fetchall()
+    assert served.last is not None and "lqo_sq1" in served.last.sql
+    assert fingerprint_rows(got) == fingerprint_rows(con.execute(q, [1.5, 2, "b", "d"]).fetchall())

@@ -151,6 +151,32 @@ class RuleModes:
             self._local.held = None
             self._leave(con)
 
+    @contextmanager
+    def hold_if_idle(self, con: duckdb.DuckDBPyConnection, names: Sequence[str],
+                     settings: Mapping[str, Any] | Iterable[Sequence[Any]] = ()) -> Iterator[bool]:
+        """Run the block in the mode ``names`` / ``settings`` if no other statement runs or
+        waits (yields True; nested ``hold`` of the same mode inside then changes nothing),
+        else hold nothing and yield False at once: the caller runs its statement as
+        written, rather than holding every other thread's statement back while it runs."""
+        mode: Mode = (tuple(names), setting_pairs(settings))
+        if getattr(self._local, "held", None) is not None or mode == NO_MODE:
+            yield False
+            return
+        with self._cond:
+            idle = self._active == 0 and not self._queue
+            if idle:
+                self._undo = self._apply(con, mode)
+                self._active, self._mode = 1, mode
+        if not idle:
+            yield False
+            return
+        self._local.held = mode
+        try:
+            yield True
+        finally:
+            self._local.held = None
+            self._leave(con)
+
     def _enter(self, con: duckdb.DuckDBPyConnection, mode: Mode) -> None:
         with self._cond:
             if mode == NO_MODE and not self._queue and (self._active == 0 or self._mode == NO_MODE):
