@@ -44,13 +44,13 @@ import json
 import math
 import os
 import random
-import resource
-import statistics
 import sys
 import time
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+from paired import Variant, interleave, med
 
 from lqo.book.book import BookEntry, Candidate
 from lqo.engine.harness import Harness
@@ -66,43 +66,6 @@ from lqo.tune.trials import Trials, variant
 from lqo.workloads.workload import Workload
 
 CUT = 1.5  # screening runs are cut at this many times native's median
-
-
-def _cpu_s() -> float:
-    u = resource.getrusage(resource.RUSAGE_SELF)
-    return u.ru_utime + u.ru_stime
-
-
-def interleave(con: Any, variants: list[tuple], rounds: int, warmup: int, timeout_s: float | None) -> list[list[Any]]:
-    """Rounds of every variant ``(sql, forced, disabled, settings)`` in turn; a failed or
-    timed-out variant stops; each round runs them in a new random order. Each run gets
-    ``cpu_ms``: the process's CPU time over it."""
-    h = Harness(con)
-    out: list[list[Any]] = [[] for _ in variants]
-    dead = [False] * len(variants)
-    order = list(range(len(variants)))
-    rng = random.Random(len(variants))
-    for rnd in range(-warmup, rounds):
-        rng.shuffle(order)  # no variant always runs first (after another's run) in a round
-        for i in order:
-            sql, forced, disabled, settings = variants[i]
-            if dead[i]:
-                continue
-            c0 = _cpu_s()
-            r = h.run(sql, forced=forced, timeout_s=timeout_s, profile=False, disabled=disabled, settings=settings)
-            r.cpu_ms = (_cpu_s() - c0) * 1000
-            if not r.ok:
-                dead[i] = True
-                out[i].append(r)
-            elif rnd >= 0:
-                out[i].append(r)
-    return out
-
-
-def med(runs: list[Any], metric: str) -> float | None:
-    """Median wall or CPU ms of ``runs``; None if one failed or none ran."""
-    ok = [r.cpu_ms if metric == "cpu" else r.latency_ms for r in runs if r.ok]
-    return statistics.median(ok) if ok and len(ok) == len(runs) else None
 
 
 def families(con: Any, catalog: Catalog, stats: DatabaseStats, t: TemplateInstances, native_ms: float,
@@ -153,7 +116,7 @@ def explore(con: Any, catalog: Catalog, stats: DatabaseStats, t: TemplateInstanc
     if not perturbed:  # nothing the current candidates lack: the family adds nothing here
         return {**counts, "skipped": "no perturbed tree beyond the current candidates"}
     cands = current + perturbed
-    runs = interleave(con, [(sql, False, (), ())] + [variant(c, sql, catalog) for c in cands], args.screen_rounds, 0,
+    runs = interleave(con, [Variant(sql)] + [Variant(*variant(c, sql, catalog)) for c in cands], args.screen_rounds, 0,
                       CUT * native_ms / 1000)
     screened: dict[str, dict] = {}
     for metric in ("wall", "cpu"):
@@ -183,7 +146,8 @@ def final(con: Any, catalog: Catalog, t: TemplateInstances, fin: dict[str, Candi
     for q in t.tune:
         native = Harness(con).run(q.sql, timeout_s=None, profile=False)
         vs = [(q.sql, False, (), ()), (q.sql, False, (), ())] + [variant(fin[k], q.sql, catalog) for k in names]
-        runs = interleave(con, vs, rounds, 1, max(0.2, 3 * native.latency_ms / 1000))
+        runs = interleave(con, [Variant(*v) for v in vs], rounds, 1, max(0.2, 3 * native.latency_ms / 1000),
+                          shuffle=True)
         row: dict[str, Any] = {"wrong": []}
         for metric in ("wall", "cpu"):
             row[metric] = {"native": med(runs[0], metric), "placebo": med(runs[1], metric)}

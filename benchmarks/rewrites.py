@@ -28,13 +28,12 @@ import argparse
 import json
 import math
 import os
-import resource
-import statistics
 import sys
 import time
 from typing import Any
 
 import duckdb
+from paired import Variant, interleave, med
 
 from lqo.engine.harness import Harness
 from lqo.sql.catalog import Catalog
@@ -43,37 +42,6 @@ from lqo.tune.arms import plan_signature
 from lqo.workloads.workload import Workload
 
 CUT = 3.0  # screening runs are cut at this many times native's latency (wall: a loaded machine)
-
-
-def _cpu_s() -> float:
-    u = resource.getrusage(resource.RUSAGE_SELF)
-    return u.ru_utime + u.ru_stime
-
-
-def interleave(con: duckdb.DuckDBPyConnection, texts: list[str], rounds: int, warmup: int,
-               timeout_s: float | None) -> list[list[Any]]:
-    """Rounds of every text in turn; a failed or timed-out one stops running."""
-    h = Harness(con)
-    out: list[list[Any]] = [[] for _ in texts]
-    dead = [False] * len(texts)
-    for rnd in range(-warmup, rounds):
-        for i, sql in enumerate(texts):
-            if dead[i]:
-                continue
-            c0 = _cpu_s()
-            r = h.run(sql, timeout_s=timeout_s, profile=False)
-            r.cpu_ms = (_cpu_s() - c0) * 1000
-            if not r.ok:
-                dead[i] = True
-                out[i].append(r)
-            elif rnd >= 0:
-                out[i].append(r)
-    return out
-
-
-def med(runs: list[Any], metric: str) -> float | None:
-    ok = [r.cpu_ms if metric == "cpu" else r.latency_ms for r in runs if r.ok]
-    return statistics.median(ok) if ok and len(ok) == len(runs) else None
 
 
 def candidates(con: duckdb.DuckDBPyConnection, texts: list[str], cat: dict, families: tuple[str, ...]
@@ -109,7 +77,8 @@ def measure_template(con: duckdb.DuckDBPyConnection, texts: list[str], cat: dict
     warm = [h.run(texts[0], timeout_s=None, profile=False) for _ in range(2)]
     nat_ms, fp = warm[-1].latency_ms, warm[-1].fingerprint
     labels = sorted(per)
-    runs = interleave(con, [texts[0]] + [per[lb][0] or texts[0] for lb in labels], args.screen_rounds, 0,
+    runs = interleave(con, [Variant(t) for t in [texts[0]] + [per[lb][0] or texts[0] for lb in labels]],
+                     args.screen_rounds, 0,
                       CUT * nat_ms / 1000)
     nat = med(runs[0], "cpu") or 1.0
     screened: dict[str, float | None] = {}
@@ -136,7 +105,7 @@ def final(con: duckdb.DuckDBPyConnection, texts: list[str], per: dict[str, list[
     for k, sql in enumerate(texts):
         native = Harness(con).run(sql, timeout_s=None, profile=False)
         arms = [sql, sql] + [per[lb][k] or sql for lb in finalists.values()]
-        runs = interleave(con, arms, rounds, 1, 3 * native.latency_ms / 1000 + 1)
+        runs = interleave(con, [Variant(t) for t in arms], rounds, 1, 3 * native.latency_ms / 1000 + 1)
         inst: dict[str, Any] = {"wrong": [], "not_applied": [lb for lb in finalists.values() if per[lb][k] is None]}
         for metric in ("wall", "cpu"):
             inst[metric] = {"native": med(runs[0], metric), "placebo": med(runs[1], metric)}

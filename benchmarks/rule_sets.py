@@ -51,13 +51,13 @@ import itertools
 import json
 import math
 import os
-import resource
-import statistics
 import sys
 import time
 from typing import Any
 
 import duckdb
+from paired import Variant as Run
+from paired import interleave, med
 
 from lqo.engine.harness import Harness
 from lqo.engine.settings import disabled_optimizers
@@ -111,41 +111,7 @@ def signature(con: duckdb.DuckDBPyConnection, sql: str, v: Variant) -> str | Non
     return hashlib.sha1(canon.encode()).hexdigest()
 
 
-def _cpu_s() -> float:
-    u = resource.getrusage(resource.RUSAGE_SELF)
-    return u.ru_utime + u.ru_stime
-
-
 METRIC = "cpu"  # what screening compares: "cpu" (process CPU time) or "wall" (latency)
-
-
-def interleave(con: duckdb.DuckDBPyConnection, sql: str, variants: list[Variant], rounds: int, warmup: int,
-               timeout_s: float | None) -> list[list[Any]]:
-    """Rounds of every variant in turn (native is ``((), ())``); a failed or timed-out one
-    stops. Each run gets ``cpu_ms``: the process's CPU time over it."""
-    h = Harness(con)
-    out: list[list[Any]] = [[] for _ in variants]
-    dead = [False] * len(variants)
-    for rnd in range(-warmup, rounds):
-        for i, (rules, settings) in enumerate(variants):
-            if dead[i]:
-                continue
-            c0 = _cpu_s()
-            r = h.run(sql, timeout_s=timeout_s, profile=False, disabled=rules, settings=settings)
-            r.cpu_ms = (_cpu_s() - c0) * 1000
-            if not r.ok:
-                dead[i] = True
-                out[i].append(r)
-            elif rnd >= 0:
-                out[i].append(r)
-    return out
-
-
-def med(runs: list[Any], metric: str | None = None) -> float | None:
-    """Median wall (``latency``) or CPU ms of ``runs``; None if one failed or none ran."""
-    metric = metric or METRIC
-    ok = [r.cpu_ms if metric == "cpu" else r.latency_ms for r in runs if r.ok]
-    return statistics.median(ok) if ok and len(ok) == len(runs) else None
 
 
 def screen(con: duckdb.DuckDBPyConnection, sql: str, native_ms: float, fp: str, vs: list[Variant],
@@ -153,11 +119,12 @@ def screen(con: duckdb.DuckDBPyConnection, sql: str, native_ms: float, fp: str, 
     """Screening ratio of each variant to native's median in the same rounds (inf: cut, failed or wrong)."""
     if not vs:
         return {}
-    runs = interleave(con, sql, [((), ())] + vs, rounds, 0, CUT * native_ms / 1000)
-    nat = med(runs[0]) or med(runs[0], "wall") or native_ms
+    runs = interleave(con, [Run(sql, disabled=r, settings=st) for r, st in [((), ())] + vs], rounds, 0,
+                     CUT * native_ms / 1000)
+    nat = med(runs[0], METRIC) or med(runs[0], "wall") or native_ms
     out = {}
     for v, rs in zip(vs, runs[1:]):
-        m = med(rs)
+        m = med(rs, METRIC)
         wrong = any(r.ok and r.fingerprint != fp for r in rs)
         out[v] = math.inf if m is None or wrong else m / nat
     return out
@@ -247,7 +214,8 @@ def final(con: duckdb.DuckDBPyConnection, sqls: list[tuple[str, str]], finalists
     out: dict[str, Any] = {}
     for qid, sql in sqls:
         native = Harness(con).run(sql, timeout_s=None, profile=False)
-        runs = interleave(con, sql, vs, rounds, 1, 3 * native.latency_ms / 1000)
+        runs = interleave(con, [Run(sql, disabled=r, settings=st) for r, st in vs], rounds, 1,
+                         3 * native.latency_ms / 1000)
         fp = native.fingerprint
         row: dict[str, Any] = {"native_ms": med(runs[0], "wall"), "placebo_ms": med(runs[1], "wall"), "wrong": [],
                                "cpu": {"native_ms": med(runs[0], "cpu"), "placebo_ms": med(runs[1], "cpu")}}
