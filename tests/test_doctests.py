@@ -25,6 +25,8 @@ MUST_RUN = [
     "lqo.trees.plan", "lqo.trees.enumerate", "lqo.trees.render", "lqo.train.recipe",
     "lqo.learn.checkpoint", "lqo.learn.graph_conv", "lqo.learn.greedy_lr", "lqo.learn.losses",
     "lqo.learn.model_kinds", "lqo.learn.models", "lqo.learn.tree_conv",
+    "lqo.sql.rewrites", "lqo.sql.rewrites.contract", "lqo.sql.rewrites.scopes", "lqo.sql.rewrites.cte",
+    "lqo.sql.rewrites.decorrelate", "lqo.sql.rewrites.eager_agg", "lqo.sql.rewrite_generation",
 ]
 
 

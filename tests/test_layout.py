@@ -163,6 +163,33 @@ def test_plan_model_knows_no_model_kinds():
     assert "lqo.sched.policies" not in graph["lqo.sched.gnn_policy"]
 
 
+REWRITE_FAMILIES = {"lqo.sql.rewrites.cte", "lqo.sql.rewrites.decorrelate", "lqo.sql.rewrites.eager_agg"}
+
+
+def test_rewrite_families_import_only_their_contract():
+    """One contract per family: the families read the contract (and the scope reading
+    beside it), never the registry above them nor each other; the contract knows no family."""
+    graph = _graph()
+    assert REWRITE_FAMILIES <= set(graph) and REWRITE_FAMILIES <= graph["lqo.sql.rewrites"]
+    for family in REWRITE_FAMILIES:
+        inside = {d for d in graph[family] if d.startswith("lqo.sql.rewrites")}
+        assert "lqo.sql.rewrites.contract" in inside, family
+        assert inside <= {"lqo.sql.rewrites.contract", "lqo.sql.rewrites.scopes"}, (family, inside)
+    for shared in ("lqo.sql.rewrites.contract", "lqo.sql.rewrites.scopes"):
+        assert not graph[shared] & (REWRITE_FAMILIES | {"lqo.sql.rewrites"}), shared
+
+
+def test_book_serving_never_imports_the_rewrite_generator():
+    """The book serves a rewrite's stored text and reads the generator's generation from a
+    module without sqlglot; the generator (sqlglot) is the tuner's."""
+    graph = _graph()
+    bad = {m: sorted(d for d in deps if d.startswith("lqo.sql.rewrites")) for m, deps in graph.items()
+           if m.startswith(("lqo.book", "lqo.optimized", "lqo.connection"))}
+    assert {m: d for m, d in bad.items() if d} == {}
+    assert graph["lqo.sql.rewrite_generation"] == set()
+    assert "lqo.sql.rewrite_generation" in graph["lqo.book.serve"]
+
+
 def test_public_api_importable_from_lqo():
     for name in lqo.__all__:
         assert getattr(lqo, name) is not None

@@ -37,6 +37,12 @@ def con() -> Iterator[duckdb.DuckDBPyConnection]:
                  (99, 2000000000, 'z', '99')""")
     c.execute("CREATE TABLE e (ks VARCHAR, b INTEGER)")  # a table without collations
     c.execute("INSERT INTO e VALUES ('1', 100), ('1', 0), ('2', 9), (NULL, 4), ('01', 50)")
+    # fd: a fact whose float sums lose digits in one order and not in another (1e16 + 1.0)
+    c.execute("CREATE TABLE fd (k INTEGER, dv DOUBLE, x DECIMAL(9,2), n INTEGER)")
+    c.execute("INSERT INTO fd VALUES (1, 1e16, 0.01, 1), (2, 1.0, 0.02, 2), (1, -1e16, 0.01, 3), (2, 1.0, 0.03, 4), "
+              "(3, 0.1, 0.07, 5)")
+    c.execute("CREATE TABLE gd (k INTEGER, a VARCHAR)")
+    c.execute("INSERT INTO gd VALUES (1, 'p'), (2, 'p'), (3, 'p')")
     yield c
     c.close()
 
@@ -136,3 +142,81 @@ def test_a_served_rewrite_keeps_natives_rows_where_a_name_could_be_captured(tmp_
         got = res.execute(con)
         assert want and fingerprint_rows(got) == fingerprint_rows(want) and len(got) == len(want), res.sql
     con.close()
+
+
+def _exact_rows(con: duckdb.DuckDBPyConnection, sql: str) -> Any:
+    """The rows, sorted, every digit kept (``fingerprint_rows`` forgives float noise)."""
+    try:
+        cur = con.execute(sql)
+        return sorted(map(repr, cur.fetchall())), [str(d[1]) for d in cur.description]
+    except duckdb.Error as err:
+        return ("error", type(err).__name__)
+
+
+EAGER_INEXACT = {
+    # native 1e16 + 1.0 - 1e16 + 1.0 + 0.1 = 1.1; per key first: 0 + 2.0 + 0.1 = 2.1
+    "float_sum": "SELECT gd.a, sum(fd.dv) FROM fd, gd WHERE fd.k = gd.k GROUP BY gd.a",
+    "float_avg": "SELECT gd.a, avg(fd.dv) FROM fd, gd WHERE fd.k = gd.k GROUP BY gd.a",
+    # 0.028 natively, 0.028000000000000004 as a DOUBLE sum over a count
+    "decimal_avg": "SELECT gd.a, avg(fd.x) FROM fd, gd WHERE fd.k = gd.k GROUP BY gd.a",
+}
+
+
+@pytest.mark.parametrize("name", sorted(EAGER_INEXACT))
+def test_eager_aggregation_keeps_every_digit(con: duckdb.DuckDBPyConnection, cat: Columns, name: str) -> None:
+    sql = EAGER_INEXACT[name]
+    want = _exact_rows(con, sql)
+    for rw in rewrites(sql, cat, ("eager_agg",)):
+        assert _exact_rows(con, rw.sql) == want, (rw.sql, want)
+
+
+def test_eager_aggregation_keeps_exact_sums(con: duckdb.DuckDBPyConnection, cat: Columns) -> None:
+    sql = "SELECT gd.a, sum(fd.x), sum(fd.n), count(fd.dv), min(fd.dv) FROM fd, gd WHERE fd.k = gd.k GROUP BY gd.a"
+    rws = rewrites(sql, cat, ("eager_agg",))
+    assert len(rws) == 1
+    assert _exact_rows(con, rws[0].sql) == _exact_rows(con, sql)
+
+
+# CTE bodies read twice whose rows may differ between two evaluations: inlining one
+# (NOT MATERIALIZED) would evaluate it per reference, where DuckDB evaluates it once.
+ORDER_DEPENDENT_BODIES = {
+    "row_number": "SELECT k, row_number() OVER () AS v FROM f",
+    "window_no_order": "SELECT k, sum(y) OVER (PARTITION BY k) AS v FROM f",
+    "first": "SELECT k, first(y) AS v FROM f GROUP BY k",
+    "last": "SELECT k, last(y) AS v FROM f GROUP BY k",
+    "any_value": "SELECT k, any_value(y) AS v FROM f GROUP BY k",
+    "arbitrary": "SELECT k, arbitrary(y) AS v FROM f GROUP BY k",
+    "list": "SELECT k, list(y) AS v FROM f GROUP BY k",
+    "array_agg": "SELECT k, array_agg(y) AS v FROM f GROUP BY k",
+    "string_agg": "SELECT k, string_agg(s, ',') AS v FROM f GROUP BY k",
+    "group_concat": "SELECT k, group_concat(s) AS v FROM f GROUP BY k",
+    "limit": "SELECT k, y AS v FROM f LIMIT 2",
+    "random": "SELECT k, random() AS v FROM f",
+    "uuid": "SELECT k, uuid() AS v FROM f",
+    "now": "SELECT k, now() AS v FROM f",
+    "sample": "SELECT k, y AS v FROM f USING SAMPLE 50%",
+    "distinct_on": "SELECT DISTINCT ON (k) k, y AS v FROM f",
+    "float_sum": "SELECT k, sum(dv) AS v FROM fd GROUP BY k",
+    # an inlined CTE read by one: it runs as often as its reader
+    "through_another": "WITH",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ORDER_DEPENDENT_BODIES))
+def test_cte_bodies_that_may_differ_are_not_inlined(con: duckdb.DuckDBPyConnection, cat: Columns, name: str) -> None:
+    body = ORDER_DEPENDENT_BODIES[name]
+    if body == "WITH":
+        sql = ("WITH a AS (SELECT k, any_value(y) AS v FROM f GROUP BY k), c AS (SELECT k, v FROM a) "
+               "SELECT * FROM c AS x, c AS y WHERE x.k = y.k")
+    else:
+        sql = f"WITH c AS ({body}) SELECT * FROM c AS x, c AS y WHERE x.k = y.k"
+    labels = [r.label for r in rewrites(sql, cat, ("cte",))]
+    assert "cte:c=not_materialized" not in labels, labels
+    _same_as_native(con, cat, sql)
+
+
+def test_a_cte_body_of_exact_aggregates_is_still_inlined(con: duckdb.DuckDBPyConnection, cat: Columns) -> None:
+    sql = ("WITH c AS (SELECT k, sum(y) AS v, count(*) AS n, max(s) AS m FROM f GROUP BY k) "
+           "SELECT * FROM c AS x, c AS y WHERE x.k = y.k")
+    assert [r.label for r in rewrites(sql, cat, ("cte",))] == ["cte:c=not_materialized"]
+    _same_as_native(con, cat, sql)

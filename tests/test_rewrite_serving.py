@@ -5,6 +5,7 @@ fit runs as written."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterator
 
@@ -16,6 +17,7 @@ from lqo.book.serve import BookServer
 from lqo.book.template import template_key
 from lqo.engine.run_result import fingerprint_rows
 from lqo.sql.catalog import Catalog
+from lqo.sql.rewrite_generation import REWRITE_GENERATION
 from lqo.sql.rewrites import apply_rewrite
 from lqo.tune.rewrite_arms import rewrite_candidates, rewrite_text
 from lqo.tune.trials import recorded_plan, variant
@@ -70,6 +72,31 @@ def test_a_served_rewrite_is_each_instances_own_rewrite_with_natives_rows(con: d
     other = TEMPLATE.format("1.0", 0, "'a'")
     res = server.serve(other)
     assert res is not None and res.sql == other and not res.forced and res.fallback
+
+
+@pytest.mark.parametrize("stamp", [None, REWRITE_GENERATION - 1])
+def test_a_rewrite_of_another_generator_generation_runs_as_written(con: duckdb.DuckDBPyConnection, tmp_path: Path,
+                                                                  stamp: int | None) -> None:
+    """A book keeps a rewrite's rendered text: one proposed by an older generator (or
+    written before the stamp) may be one the current generator refuses."""
+    book, cid = _book(con, TEMPLATE.format("1.0", 0, "'a', 'b'"))
+    entry = next(iter(book.entries.values()))
+    assert entry.candidates[cid].generation == REWRITE_GENERATION
+    data = book.to_json()
+    for e in data["templates"]:
+        for c in e["candidates"]:
+            c.pop("generation")
+            if stamp is not None:
+                c["generation"] = stamp
+    (tmp_path / "book.json").write_text(json.dumps(data))
+    server = BookServer(PlanBook.load(tmp_path / "book.json"))
+    sql = TEMPLATE.format("0.5", 1, "'c', 'a'")
+    res = server.serve(sql)
+    assert res is not None and res.source == "book" and res.sql == sql and not res.forced
+    assert res.fallback and "generation" in res.fallback, res.fallback
+    # the current stamp serves the rewrite
+    current = BookServer(book).serve(sql)
+    assert current is not None and current.sql != sql and "lqo_sq1" in current.sql
 
 
 def test_the_tuner_runs_a_rewrite_per_instance(con: duckdb.DuckDBPyConnection) -> None:

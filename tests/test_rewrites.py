@@ -99,7 +99,7 @@ def test_decorrelate_refuses(con: duckdb.DuckDBPyConnection, cat: Columns, sql: 
 
 EAGER_OK = [
     "SELECT d.a, sum(f.x), count(*), count(f.x), min(f.y), max(f.y) FROM f, d WHERE f.k = d.k GROUP BY d.a",
-    "SELECT a, avg(y), sum(x * 2) FROM f JOIN d ON f.k = d.k WHERE f.g = 1 AND d.b > 5 GROUP BY a",
+    "SELECT a, sum(y), sum(x), count(x) FROM f JOIN d ON f.k = d.k WHERE f.g = 1 AND d.b > 5 GROUP BY a",
     # two dimensions, the fact's own column grouped, a filter on the fact
     "SELECT e.c, f.g, sum(x) s FROM f, d, e WHERE f.k = d.k AND f.g = e.g AND y IS NOT NULL GROUP BY e.c, f.g "
     "HAVING sum(x) > 1 ORDER BY s",
@@ -121,6 +121,9 @@ EAGER_REFUSED = [
     "SELECT sum(f.y) FROM f, d WHERE f.k = d.k",  # no GROUP BY: count of no rows is 0
     "SELECT d.a, sum(f.y) FROM f, d WHERE f.k = d.k AND f.g IN (SELECT g FROM e) GROUP BY d.a",
     "SELECT d.a, sum(f.y) FILTER (WHERE f.g = 1) FROM f, d WHERE f.k = d.k GROUP BY d.a",
+    # avg divides otherwise than DuckDB; a computed argument is computed on rows the joins drop
+    "SELECT a, avg(y) FROM f JOIN d ON f.k = d.k GROUP BY a",
+    "SELECT a, sum(x * 2) FROM f JOIN d ON f.k = d.k GROUP BY a",
 ]
 
 

@@ -61,7 +61,9 @@ class Candidate:
     ``rewrite:<family>:<site>`` (the text rewritten, :mod:`lqo.sql.rewrites`); ``plan``:
     the Plan's JSON (trees); ``slots``: its slot rendering's JSON (trees, when it could be
     cut; a rewrite always has one); ``disabled``: DuckDB optimizer rules it runs with off (beyond a tree's forcing);
-    ``settings``: DuckDB operator settings (name, value) it runs under (a setting arm).
+    ``settings``: DuckDB operator settings (name, value) it runs under (a setting arm);
+    ``generation``: a rewrite's generator generation (:mod:`lqo.sql.rewrite_generation`;
+    None in books written before the stamp: such a rewrite is served as written).
 
     >>> c = Candidate(arm_id((), (("late_materialization_max_rows", "0"),)), "arm",
     ...               settings=(("late_materialization_max_rows", "0"),))
@@ -76,22 +78,27 @@ class Candidate:
     slots: list | None = None
     origin: str = ""  # how it was proposed: "arm", "star", "random", "model", ...
     settings: tuple[tuple[str, str], ...] = ()  # (setting, value), sorted by name
+    generation: int | None = None  # rewrites: the generation of the generator that proved it
 
     def to_json(self) -> dict:
-        """The candidate as plain JSON data (``settings`` only where it has some: a book
-        without setting arms reads as before)."""
-        d = {"id": self.id, "kind": self.kind, "disabled": list(self.disabled), "plan": self.plan,
+        """The candidate as plain JSON data (``settings`` and ``generation`` only where
+        it has them: a book without setting arms or rewrites reads as before)."""
+        d: dict[str, Any] = {"id": self.id, "kind": self.kind, "disabled": list(self.disabled), "plan": self.plan,
              "slots": self.slots, "origin": self.origin}
         if self.settings:
             d["settings"] = [list(p) for p in self.settings]
+        if self.generation is not None:
+            d["generation"] = self.generation
         return d
 
     @classmethod
     def from_json(cls, d: dict) -> "Candidate":
-        """A candidate from its JSON (books written before setting arms have none)."""
+        """A candidate from its JSON (books written before setting arms have none, and
+        before the rewrite generation stamp no ``generation``)."""
         settings = tuple(sorted((str(n), str(v)) for n, v in d.get("settings") or ()))
+        generation = d.get("generation")
         return cls(d["id"], d["kind"], tuple(d.get("disabled") or ()), d.get("plan"), d.get("slots"),
-                   d.get("origin", ""), settings)
+                   d.get("origin", ""), settings, int(generation) if isinstance(generation, int) else None)
 
 
 def arm_id(rules: tuple[str, ...], settings: tuple[tuple[str, str], ...] = ()) -> str:

@@ -3,7 +3,9 @@
 Known template, choice native -> the text as written. Known, a setting arm -> the text
 with the arm's optimizer rules disabled and its settings set. Known, a rewrite -> the
 verified rewritten text filled with this instance's literals, run under DuckDB's own
-rules (an instance its slot rendering does not fit runs as written). Known, a forced tree -> the verified plan,
+rules (an instance its slot rendering does not fit runs as written, and so does every
+instance of a rewrite stamped by another generation of the rewrite generator than the
+current one, :mod:`lqo.sql.rewrite_generation`: the generator may now refuse it). Known, a forced tree -> the verified plan,
 filled with this instance's literals from the template's slot rendering; where no slot
 rendering fits (the instance has another number of literals), ``render_full`` renders
 the plan for this text (a parse, still no model). With ``lqo tune --range-guard``, a
@@ -39,6 +41,7 @@ from lqo.book.slots import SlotRendering
 from lqo.book.template import TemplateKey, bind_parameters, literal_free_text, template_key
 from lqo.errors import LqoError
 from lqo.optimized import Optimized
+from lqo.sql.rewrite_generation import REWRITE_GENERATION
 from lqo.trees.plan import Plan
 
 _DOLLAR = re.compile(r"\$")
@@ -183,11 +186,18 @@ class BookServer:
                   start: float) -> Optimized | None:
         """The decision for a known template that runs its text as written: native, an
         instance outside a range-guarded template's verified ranges (``literal_key`` gives
-        the instance's literals, read only where a guard needs them), or a setting arm;
-        None for a tree, which the caller renders."""
+        the instance's literals, read only where a guard needs them), a setting arm, or a
+        rewrite of another generator generation; None for a tree or a current rewrite,
+        which the caller renders."""
         c = entry.chosen
         if c.kind == "native":
             return _as_written(sql, entry, start)
+        if c.kind == "rewrite" and c.generation != REWRITE_GENERATION:
+            stamp = "no generation" if c.generation is None else f"generation {c.generation}"
+            return Optimized.as_written(sql, f"plan book: the rewrite {c.id} of template {entry.template} was "
+                                        f"proposed by {stamp} of the rewrite generator, not the current "
+                                        f"{REWRITE_GENERATION} (retune to serve it): run as written",
+                                        _ms(start), source="book")
         guard = self._guards.get(entry.key)
         if guard is not None:
             tk = literal_key()

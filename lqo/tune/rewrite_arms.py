@@ -12,7 +12,9 @@ A candidate is proposed only where its physical plan differs from native's (one 
 and its rewrite has a slot rendering (:meth:`SlotRendering.of_rewrite`): every instance
 is rewritten by filling in its own literals, and one the rendering does not fit runs as
 written. The rewrite keeps the bag of rows by construction; like every candidate its
-results are checked against native's on every tuning run.
+results are checked against native's on every tuning run. Each candidate is stamped with
+the generator's generation (:data:`~lqo.sql.rewrite_generation.REWRITE_GENERATION`): the
+book serves it only while that is the current generation.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from lqo.book.slots import SlotRendering
 from lqo.book.template import template_key
 from lqo.errors import LqoError, PlanError
 from lqo.sql.catalog import Catalog
+from lqo.sql.rewrite_generation import REWRITE_GENERATION
 from lqo.sql.rewrites import Columns, apply_rewrite, rewrites
 from lqo.tune.arms import plan_signature
 
@@ -51,7 +54,8 @@ def rewrite_candidates(con: duckdb.DuckDBPyConnection, catalog: Catalog, sql: st
             slots = SlotRendering.of_rewrite(sql, partial(apply_rewrite, label=rw.label, columns=columns))
         except LqoError:
             continue  # no per-instance rendering: it could not be served
-        out.append(Candidate(f"rewrite:{rw.label}", "rewrite", slots=slots.to_json(), origin="rewrite"))
+        out.append(Candidate(f"rewrite:{rw.label}", "rewrite", slots=slots.to_json(), origin="rewrite",
+                             generation=REWRITE_GENERATION))
     return out
 
 
