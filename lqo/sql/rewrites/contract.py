@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 import duckdb
 import sqlglot
@@ -64,6 +64,22 @@ class Rewrite:
     family: str
     label: str
     sql: str
+
+
+def site_rewrites(tree: exp.Expr, family: str, sites: int,
+                  rewrite_site: Callable[[exp.Expr, int], None]) -> list[Rewrite]:
+    """One rewrite per site of ``tree`` (left untouched) that ``rewrite_site`` proves:
+    it rewrites site ``i`` of a copy in place, or raises ``Refused``. Labels are
+    ``family:i+1``."""
+    out: list[Rewrite] = []
+    for site in range(sites):
+        copy = tree.copy()
+        try:
+            rewrite_site(copy, site)
+        except Refused:
+            continue
+        out.append(Rewrite(family, f"{family}:{site + 1}", to_duckdb_sql(copy)))
+    return out
 
 
 def parse(sql: str) -> exp.Expr | None:

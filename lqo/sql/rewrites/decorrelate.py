@@ -32,7 +32,7 @@ from lqo.sql.rewrites.contract import (
     Refused,
     Rewrite,
     key_types_compare_as_they_group,
-    to_duckdb_sql,
+    site_rewrites,
     volatile,
 )
 from lqo.sql.rewrites.scopes import and_all, conjuncts, cte_columns, from_key, owner, sources, with_clause
@@ -44,15 +44,8 @@ _CMP = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
 
 def decorrelate_rewrites(tree: exp.Expr, columns: Columns) -> list[Rewrite]:
     """Every site of ``tree`` (left untouched) the family proves, one rewrite each."""
-    out: list[Rewrite] = []
-    for site in range(sum(1 for _ in _sites(tree))):
-        copy = tree.copy()
-        try:
-            _decorrelate_site(copy, site, columns)
-        except Refused:
-            continue
-        out.append(Rewrite("decorrelate", f"decorrelate:{site + 1}", to_duckdb_sql(copy)))
-    return out
+    return site_rewrites(tree, "decorrelate", sum(1 for _ in _sites(tree)),
+                         lambda copy, site: _decorrelate_site(copy, site, columns))
 
 
 def _sites(tree: exp.Expr) -> Iterator[tuple[exp.Select, exp.Expr, exp.Subquery]]:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from sqlglot import exp
 
-from lqo.sql.rewrites.contract import Columns, Refused, Rewrite, to_duckdb_sql, volatile
+from lqo.sql.rewrites.contract import Columns, Refused, Rewrite, site_rewrites, volatile
 from lqo.sql.rewrites.scopes import and_all, conjuncts, cte_columns, from_key, owner, sources, with_clause
 
 # Types whose sum of partial sums is DuckDB's sum, type and digits (int64 values into an int128 sum).
@@ -39,15 +39,8 @@ _MAX_DECIMAL_WIDTH = 18  # DECIMAL stored in 64 bits: the int128 partial sums ca
 
 def eager_rewrites(tree: exp.Expr, columns: Columns) -> list[Rewrite]:
     """Every grouped SELECT of ``tree`` (left untouched) the family proves, one rewrite each."""
-    out = []
-    for site in range(sum(1 for s in tree.find_all(exp.Select) if s.args.get("group"))):
-        copy = tree.copy()
-        try:
-            _eager_site(copy, site, columns)
-        except Refused:
-            continue
-        out.append(Rewrite("eager_agg", f"eager_agg:{site + 1}", to_duckdb_sql(copy)))
-    return out
+    return site_rewrites(tree, "eager_agg", sum(1 for s in tree.find_all(exp.Select) if s.args.get("group")),
+                         lambda copy, site: _eager_site(copy, site, columns))
 
 
 def exact_sum_type(type_name: str) -> bool:
