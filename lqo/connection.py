@@ -48,7 +48,7 @@ from lqo.book.serve import BookServer
 from lqo.book.template import literal_free_text
 from lqo.engine.admission import AdmissionQueue
 from lqo.engine.settings import RULE_MODES, disabled_optimizers
-from lqo.errors import MissingFileError, SchemaMismatchError
+from lqo.errors import MissingFileError, SchemaMismatchError, SettingRefusedError
 from lqo.model_dir import BOOK_FILE, ModelDir, book_file
 from lqo.optimized import Optimized
 from lqo.workloads.query_log import QueryLog
@@ -266,8 +266,8 @@ class Connection:
         self.last = decision
         selects = QueryLog.wanted(query)
         queue = self.serving.admission
+        self._cancel.clear()  # interrupt() from now on stops this statement, waiting or running
         if queue is not None and selects:
-            self._cancel.clear()
             mode = self._mode(decision)
             with queue.admit(self.serving.expected.expect(query, parameters), self._cancel, mode) as granted:
                 if granted is None and mode is not None:
@@ -277,16 +277,30 @@ class Connection:
         elif decision is not None and (decision.rules or decision.settings):
             # DuckDB's rules and settings are per instance: a plan that needs its own would
             # hold back every statement of the other threads while it runs.
-            with RULE_MODES.hold_if_idle(self._con, decision.rules, decision.settings) as alone:
-                if not alone:
-                    decision = self.last = None
-                    self.serving.demoted += 1
-                ms = self._run(query, parameters, decision)
+            ms = self._run_if_idle(query, parameters, decision)
         else:
             ms = self._run(query, parameters, decision)
         if self.log is not None and selects:
             self.log.record(query, parameters, ms)
         return self
+
+    def _run_if_idle(self, query: Any, parameters: Any, decision: Optimized) -> float:
+        """Run ``decision`` in its mode if no other statement runs or waits, else as
+        written; its latency in ms."""
+        stale = None
+        with RULE_MODES.hold_if_idle(self._con, decision.rules, decision.settings) as alone:
+            if not alone:
+                self.last = None
+                self.serving.demoted += 1
+                return self._run(query, parameters, None)
+            try:
+                return self._run(query, parameters, decision, fall_back=False)
+            except (duckdb.BinderException, duckdb.CatalogException) as err:
+                if not decision.may_fall_back:
+                    raise
+                stale = err  # the verified plan no longer binds: as written, once the mode is let go
+        decision.no_longer_binds(stale)
+        return self._run(query, parameters, decision)
 
     def _mode(self, decision: Optimized | None) -> Any:
         """The admission mode of a decision: None for DuckDB's own rules and settings,
@@ -296,18 +310,19 @@ class Connection:
             return None
         return id(self.serving), decision.rules, decision.settings
 
-    def _run(self, query: Any, parameters: Any, decision: Optimized | None) -> float:
+    def _run(self, query: Any, parameters: Any, decision: Optimized | None, fall_back: bool = True) -> float:
         """Run the decision (or the statement as written); its latency in ms."""
         start = time.perf_counter()
         if decision is not None:
-            decision.start(self._con, parameters)
+            decision.start(self._con, parameters, cancel=self._cancel, fall_back=fall_back)
         else:
-            with disabled_optimizers(self._con, ()):
+            with disabled_optimizers(self._con, (), (), self._cancel):
                 self._con.execute(query, parameters)
         return (time.perf_counter() - start) * 1000
 
     def interrupt(self) -> None:
-        """DuckDB's ``interrupt``: stops the running statement, or one waiting for admission."""
+        """DuckDB's ``interrupt``: stops the running statement, or one waiting for admission
+        or for another statement's optimizer rules to be restored."""
         self._cancel.set()
         self._con.interrupt()
 
@@ -331,6 +346,8 @@ class Connection:
             if decision.sql == decision.original_sql:
                 raise
             return self._con.sql(query, params=params)  # the verified plan no longer binds
+        except SettingRefusedError:
+            return self._con.sql(query, params=params)  # a setting this DuckDB refuses: as written
         return _Guarded(rel, self._con, decision.rules, decision.settings)
 
     query = sql

@@ -44,6 +44,12 @@ class BookError(LqoError):
     """A plan book file is missing, corrupt or written by an incompatible version."""
 
 
+class SettingRefusedError(LqoError):
+    """DuckDB refused an optimizer rule or setting a verified plan needs (a setting this
+    DuckDB version does not know, a value it rejects): the plan's statement runs as
+    written instead; DuckDB's error is the ``__cause__``."""
+
+
 class QueryRuntimeError(LqoError):
     """A query that parsed and bound failed while it ran: a conversion error, an
     overflow, out of memory under DuckDB's ``memory_limit``, an interrupt, or a result

@@ -21,6 +21,7 @@ import duckdb
 from lqo.engine.failures import RESULT_CONVERSION_ERRORS, runtime_error
 from lqo.engine.interrupt import is_user_interrupt
 from lqo.engine.settings import FORCE_DISABLED_OPTIMIZERS, disabled_optimizers
+from lqo.errors import SettingRefusedError
 
 if TYPE_CHECKING:
     from lqo.trees.plan import Plan
@@ -126,25 +127,47 @@ class Optimized:
             self.on_latency(self, (time.perf_counter() - began) * 1000)
         return rows
 
-    def start(self, con: duckdb.DuckDBPyConnection, parameters: Any = None) -> duckdb.DuckDBPyConnection:
+    def start(self, con: duckdb.DuckDBPyConnection, parameters: Any = None, *,
+              cancel: Any = None, fall_back: bool = True) -> duckdb.DuckDBPyConnection:
         """Run the decision on ``con`` and leave its result there to fetch (``fetchall``,
         ``df``, ``arrow``), as ``con.execute`` does; DuckDB's own exceptions reach the
         caller. DuckDB plans a statement inside ``execute``, so the rules it needs are
         held for exactly that long. A plan-book plan that no longer binds (the schema
         changed under it) runs the text as written instead, with the reason in
-        ``fallback``."""
+        ``fallback``; with ``fall_back=False`` (a caller that holds the plan's mode around
+        this call, and cannot run the text as written inside it) that error is raised,
+        for the caller to call ``no_longer_binds`` and start again once it let the mode
+        go. ``cancel``: a ``threading.Event`` that interrupts a wait for another
+        statement's rules (``RuleModes.hold``)."""
         # Native too: it must not run while another thread's statement has rules disabled.
-        with disabled_optimizers(con, self.rules, self.settings):
-            try:
-                return con.execute(self.runnable, parameters)
-            except (duckdb.BinderException, duckdb.CatalogException) as err:
-                if self.source != "book" or self.sql == self.original_sql and not self.disabled and not self.settings:
-                    raise
-                stale = err
-        self.fallback = f"the verified plan no longer binds ({str(stale).splitlines()[0][:120]}): ran as written"
-        self.sql, self.forced, self.disabled, self.settings = self.original_sql, False, (), ()
-        with disabled_optimizers(con, ()):
+        try:
+            with disabled_optimizers(con, self.rules, self.settings, cancel):
+                try:
+                    return con.execute(self.runnable, parameters)
+                except (duckdb.BinderException, duckdb.CatalogException) as err:
+                    if not fall_back or not self.may_fall_back:
+                        raise
+                    stale: Exception = err
+        except SettingRefusedError as err:  # a setting this DuckDB refuses: as written
+            if not fall_back:
+                raise
+            stale = err
+        self.no_longer_binds(stale)
+        with disabled_optimizers(con, (), (), cancel):
             return con.execute(self.original_sql, parameters)
+
+    @property
+    def may_fall_back(self) -> bool:
+        """Whether a binder error of this decision may be its plan gone stale (a book plan
+        that changes the text, rules or settings), so that the text as written runs instead."""
+        return self.source == "book" and not (self.sql == self.original_sql and not self.disabled
+                                              and not self.settings)
+
+    def no_longer_binds(self, err: Exception) -> None:
+        """Turn this decision into the text as written: its verified plan raised ``err``."""
+        why = "DuckDB refused its settings" if isinstance(err, SettingRefusedError) else "no longer binds"
+        self.fallback = f"the verified plan {why} ({str(err).splitlines()[0][:120]}): ran as written"
+        self.sql, self.forced, self.disabled, self.settings = self.original_sql, False, (), ()
 
     def to_json(self) -> dict[str, Any]:
         """The decision as plain JSON data (plans as text)."""

@@ -38,6 +38,10 @@ With more than one slot the queue sees modes:
 
 With one slot nothing overlaps, so modes change nothing and nothing is demoted.
 
+A statement from one of DuckDB's own worker threads (a Python function of an admitted
+statement calling back) is admitted at once, as written: the statement it serves holds
+a slot it would otherwise wait for.
+
 One queue may serve several connections (``lqo.connect(..., admission=queue)``): two
 databases in one process share the machine's cores.
 
@@ -59,6 +63,8 @@ from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 
 import duckdb
+
+from lqo.engine.settings import engine_thread
 
 POLICIES = ("fifo", "sjf", "hrrn")
 AGING = 4.0  # sjf: waiting this many ms gains a statement 1 ms of precedence
@@ -165,6 +171,11 @@ class AdmissionQueue:
         """Hold one slot for the block; wait for it in policy order (``mode``: what the
         statement needs to run under, None for DuckDB's own rules and settings). Yields
         the mode granted: ``mode``, or None where the statement is to run as written."""
+        if engine_thread():
+            with self._cond:
+                self.demoted += mode is not None
+            yield None
+            return
         w = _Waiter(next(self._seq), max(float(expected_ms), 0.01), time.perf_counter(), mode)
         with self._cond:
             self._waiting.append(w)

@@ -37,7 +37,7 @@ from typing import Any
 import duckdb
 
 from lqo.engine.db import one_value
-from lqo.errors import LqoError
+from lqo.errors import LqoError, SettingRefusedError
 
 FORCE_DISABLED_OPTIMIZERS: tuple[str, ...] = ("join_order", "build_side_probe_side")
 # filter_pushdown stays ON on purpose: without it a forced TPC-H Q5 ran > 60 s.
@@ -101,7 +101,9 @@ class RuleModes:
     running mode only where its own connection shows that mode's rules and settings
     (another database instance that happens to hold the same may join; one that does not
     waits its turn). A thread that already holds a mode may nest another only while
-    nothing else runs.
+    nothing else runs. A statement from one of DuckDB's own worker threads (a Python
+    function of a running statement calling back) joins a running mode that is its own
+    at once, ahead of what waits: the statement it serves cannot finish before it.
 
     >>> import duckdb
     >>> con = duckdb.connect()
@@ -134,16 +136,19 @@ class RuleModes:
 
     @contextmanager
     def hold(self, con: duckdb.DuckDBPyConnection, names: Sequence[str],
-             settings: Mapping[str, Any] | Iterable[Sequence[Any]] = ()) -> Iterator[None]:
+             settings: Mapping[str, Any] | Iterable[Sequence[Any]] = (),
+             cancel: threading.Event | None = None) -> Iterator[None]:
         """Run the block in the mode ``names`` (added to rules already disabled) and
-        ``settings`` (name -> value, or pairs); restore after."""
+        ``settings`` (name -> value, or pairs); restore after. ``cancel`` set while the
+        statement waits for another mode to finish: it leaves with
+        ``duckdb.InterruptException``, as an interrupted statement does."""
         mode: Mode = (tuple(names), setting_pairs(settings))
         held = getattr(self._local, "held", None)
         if held is not None:
             with self._nested(con, held, mode):
                 yield
             return
-        self._enter(con, mode)
+        self._enter(con, mode, cancel)
         self._local.held = mode
         try:
             yield
@@ -165,8 +170,12 @@ class RuleModes:
         with self._cond:
             idle = self._active == 0 and not self._queue
             if idle:
-                self._undo = self._apply(con, mode)
-                self._active, self._mode = 1, mode
+                try:
+                    self._undo = self._apply(con, mode)
+                except SettingRefusedError:
+                    idle = False  # a rule or setting this DuckDB refuses: as written
+                else:
+                    self._active, self._mode = 1, mode
         if not idle:
             yield False
             return
@@ -177,11 +186,18 @@ class RuleModes:
             self._local.held = None
             self._leave(con)
 
-    def _enter(self, con: duckdb.DuckDBPyConnection, mode: Mode) -> None:
+    def _enter(self, con: duckdb.DuckDBPyConnection, mode: Mode, cancel: threading.Event | None = None) -> None:
         with self._cond:
             if mode == NO_MODE and not self._queue and (self._active == 0 or self._mode == NO_MODE):
                 self._active += 1  # the common case: DuckDB's own rules, nothing waiting
                 self._mode = NO_MODE
+                return
+            if (engine_thread() and self._active and self._mode == mode
+                    and (mode == NO_MODE or self._shows(con))):
+                # DuckDB's own worker thread: a Python function of a running statement
+                # calling back; that statement cannot finish before this one, so waiting
+                # behind another mode queued after it would deadlock.
+                self._active += 1
                 return
             ticket = next(self._tickets)
             self._queue.append((ticket, mode))
@@ -195,7 +211,10 @@ class RuleModes:
                     if first and self._active and self._mode == mode and (mode == NO_MODE or self._shows(con)):
                         self._active += 1
                         return
-                    self._cond.wait()
+                    if cancel is not None and cancel.is_set():
+                        raise duckdb.InterruptException("INTERRUPT Error: interrupted while waiting for "
+                                                        "another statement's optimizer rules to be restored")
+                    self._cond.wait(timeout=0.05 if cancel is not None else None)
             finally:
                 self._queue.remove((ticket, mode))
                 self._cond.notify_all()
@@ -211,7 +230,8 @@ class RuleModes:
 
     def _apply(self, con: duckdb.DuckDBPyConnection, mode: Mode) -> _Undo | None:
         """Set ``mode``'s rules and settings on ``con``'s instance; how to undo it, or
-        None if nothing changed."""
+        None if nothing changed. ``SettingRefusedError`` where DuckDB refuses one (what
+        was set is undone)."""
         rules, settings = mode
         if mode == NO_MODE:
             return None
@@ -235,11 +255,13 @@ class RuleModes:
                 undo.settings.append((name, previous))
                 values[name] = _shown(current_setting(cur, name))
             self._values = values
-        except BaseException:
+        except BaseException as err:
             try:
                 undo.run()
             finally:
                 cur.close()
+            if isinstance(err, duckdb.Error) and not isinstance(err, duckdb.InterruptException):
+                raise SettingRefusedError(f"DuckDB refused the mode {mode}: {str(err).splitlines()[0]}") from err
             raise
         if not undo.changes():
             cur.close()
@@ -273,7 +295,11 @@ class RuleModes:
                 raise LqoError("lqo changed DuckDB's optimizer rules inside a statement while others ran, "
                                "or asked for DuckDB's own rules inside changed ones")
             outer_value, outer_values = self._value, self._values
-            undo = self._apply(con, mode)
+            try:
+                undo = self._apply(con, mode)
+            except BaseException:
+                self._value, self._values = outer_value, outer_values  # the outer mode still runs
+                raise
             outer_mode, self._mode = self._mode, mode
         self._local.held = mode
         try:
@@ -314,6 +340,12 @@ class _Undo:
                 pass
 
 
+def engine_thread() -> bool:
+    """Whether the calling thread is one Python did not start: a DuckDB worker running a
+    Python function (UDF) of a statement in progress."""
+    return isinstance(threading.current_thread(), threading._DummyThread)
+
+
 def _shown(value: Any) -> str:
     """A setting's value as text, as a mode compares it (``True`` -> ``true``)."""
     return str(value).lower() if isinstance(value, bool) else str(value)
@@ -330,16 +362,17 @@ RULE_MODES = RuleModes()
 
 @contextmanager
 def disabled_optimizers(con: duckdb.DuckDBPyConnection, names: Sequence[str],
-                        settings: Mapping[str, Any] | Iterable[Sequence[Any]] = ()) -> Iterator[None]:
+                        settings: Mapping[str, Any] | Iterable[Sequence[Any]] = (),
+                        cancel: threading.Event | None = None) -> Iterator[None]:
     """Disable DuckDB optimizer rules ``names`` (and set ``settings``: name -> value, or
     pairs) while the block runs; restore after.
 
     Rules that were already disabled stay disabled: ``names`` are added to them. An
     empty ``names`` without settings changes nothing, but still waits while lqo runs a
     statement under other rules or settings (see ``RuleModes``), so it never runs under
-    another statement's.
+    another statement's; ``cancel``: see ``RuleModes.hold``.
     """
-    with RULE_MODES.hold(con, names, settings):
+    with RULE_MODES.hold(con, names, settings, cancel):
         yield
 
 
