@@ -391,6 +391,10 @@ class _Guarded:
         self._rel, self._con, self._rules, self._settings = rel, con, rules, settings
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            # Not the relation's protocols (``__arrow_c_stream__``): DuckDB's scan of a Python
+            # variable by name would run the relation on the connection that is scanning it.
+            raise AttributeError(name)
         value = getattr(self._rel, name)
         if not callable(value):
             return value

@@ -252,3 +252,25 @@ def test_many_threads_mixing_served_plans_writes_relations_and_errors(tiny, tmp_
     assert native.execute("SELECT count(*) FROM audit").fetchone()[0] == 12
     assert (current_setting(native, "disabled_optimizers"), current_setting(native, "merge_join_threshold"),
             current_setting(native, "perfect_ht_threshold")) == ("late_materialization", 77, 12)
+
+
+def test_a_served_relation_scanned_by_name_raises_rather_than_hangs(tiny):
+    raw, book = tiny
+    con = lqo.wrap(raw, book=book)
+    out: list = []
+
+    def scan() -> None:
+        rel = con.sql(TREE.format("'F'", 0))  # noqa: F841 - DuckDB looks it up by name
+        assert con.last is not None and con.last.forced
+        try:
+            out.append(con.execute("SELECT count(*) FROM rel").fetchall())
+        except duckdb.Error as err:
+            out.append(err)
+    t = threading.Thread(target=scan, daemon=True)
+    t.start()
+    t.join(15)
+    if t.is_alive():
+        con.interrupt()
+    assert not t.is_alive(), "the connection hung on its own relation"
+    # DuckDB's own error (a relation of lqo's is not one DuckDB scans by name): not a hang
+    assert out and (out[0] == [(24,)] or isinstance(out[0], duckdb.InvalidInputException)), out
