@@ -131,9 +131,13 @@ def test_a_udf_calling_back_into_lqo_passes_a_waiting_mode():
     assert current_setting(con.duckdb, "disabled_optimizers") == ""
 
 
+@pytest.mark.parametrize("threads", [1, 4])
 @pytest.mark.parametrize("policy", ["fifo", "sjf"])
-def test_a_udf_calling_back_into_lqo_under_one_admission_slot(policy):
+def test_a_udf_calling_back_into_lqo_under_one_admission_slot(policy, threads):
+    # threads=1: DuckDB runs the UDF on the very thread whose statement holds the slot
+    # (with more, on a worker thread or on that one, as its scheduler goes)
     con, inner, started = _callback_con(admission=policy, admission_slots=1)
+    con.duckdb.execute(f"SET threads = {threads}")
     out: list = []
 
     def outer() -> None:

@@ -109,6 +109,7 @@ class AdmissionQueue:
         self._waiting: list[_Waiter] = []
         self._cond = threading.Condition()
         self._seq = itertools.count()
+        self._holding = threading.local()  # slots the calling thread holds now
 
     @property
     def waiting(self) -> int:
@@ -171,7 +172,9 @@ class AdmissionQueue:
         """Hold one slot for the block; wait for it in policy order (``mode``: what the
         statement needs to run under, None for DuckDB's own rules and settings). Yields
         the mode granted: ``mode``, or None where the statement is to run as written."""
-        if engine_thread():
+        # A Python UDF calling back into lqo runs on a DuckDB worker thread, or on the very
+        # thread whose statement holds a slot: waiting would wait on itself.
+        if engine_thread() or getattr(self._holding, "slots", 0) > 0:
             with self._cond:
                 self.demoted += mode is not None
             yield None
@@ -186,9 +189,11 @@ class AdmissionQueue:
                     self._admit_next()  # it may have been what held the others back
                     raise duckdb.InterruptException("INTERRUPT Error: interrupted while waiting for admission")
                 self._cond.wait(timeout=0.05 if cancel is not None else None)
+        self._holding.slots = getattr(self._holding, "slots", 0) + 1
         try:
             yield w.granted
         finally:
+            self._holding.slots -= 1
             with self._cond:
                 self.running -= 1
                 self._admit_next()
