@@ -281,7 +281,7 @@ def test_one_queue_shared_by_two_connections(tpch_db):
 def test_latency_memory_finds_the_books_time_of_a_parameterized_text():
     from types import SimpleNamespace
 
-    from lqo.connection import LatencyMemory
+    from lqo.book.expected import LatencyMemory
 
     entry = SimpleNamespace(sample_sql="SELECT * FROM t WHERE x = 5 AND d >= '2000-01-01'",
                             native_ms={"a": 80.0}, adopted_ratio=0.5)
