@@ -46,7 +46,6 @@ Writes the raw figures to ``--json``; prints one line per template and a summary
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
 import json
 import math
@@ -60,7 +59,7 @@ from paired import Variant as Run
 from paired import interleave, med
 
 from lqo.engine.harness import Harness
-from lqo.engine.settings import disabled_optimizers
+from lqo.tune.arms import plan_signature
 from lqo.tune.trials import ARMS
 from lqo.workloads.workload import Workload
 
@@ -92,23 +91,9 @@ def label(v: Variant) -> str:
     return ",".join(parts) or "native"
 
 
-def _drop_estimates(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {k: _drop_estimates(v) for k, v in node.items() if k != "Estimated Cardinality"}
-    if isinstance(node, list):
-        return [_drop_estimates(x) for x in node]
-    return node
-
-
 def signature(con: duckdb.DuckDBPyConnection, sql: str, v: Variant) -> str | None:
     """A hash of the physical plan DuckDB builds under ``v`` (estimates dropped); None on error."""
-    try:
-        with disabled_optimizers(con, v[0], v[1]):
-            text = con.execute("EXPLAIN (FORMAT JSON) " + sql).fetchall()[0][1]
-    except duckdb.Error:
-        return None
-    canon = json.dumps(_drop_estimates(json.loads(text)), sort_keys=True)
-    return hashlib.sha1(canon.encode()).hexdigest()
+    return plan_signature(con, sql, v[0], v[1])
 
 
 METRIC = "cpu"  # what screening compares: "cpu" (process CPU time) or "wall" (latency)
